@@ -1,0 +1,192 @@
+"""The `medimg` command: datasets, synthetic data and environment information."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import click
+
+from medimg_core import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="medimg")
+def main() -> None:
+    """medimg: interpretable medical image classification, shared tools.
+
+    Datasets (list, describe, verify, download), synthetic data with ground truth, and
+    environment information. Each method has its own command (crl, cipl, iis,
+    neuron-concepts, dae-cf).
+    """
+
+
+@main.command()
+def info() -> None:
+    """Versions of medimg and its libraries, and the devices torch can use."""
+    import numpy
+    import torch
+
+    lines = [
+        f"medimg-core {__version__}",
+        f"python {platform.python_version()} ({sys.executable})",
+        f"torch {torch.__version__}, numpy {numpy.__version__}",
+    ]
+    for name in ("torchvision", "timm", "sklearn", "diffusers", "safetensors"):
+        try:
+            module = __import__(name)
+            lines.append(f"{name} {getattr(module, '__version__', '?')}")
+        except ImportError:
+            lines.append(f"{name} not installed")
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    lines.append(f"devices: {', '.join(devices)}; CPU threads: {torch.get_num_threads()}")
+    try:
+        from importlib.metadata import entry_points
+
+        methods = sorted(ep.name for ep in entry_points(group="console_scripts")
+                         if ep.value.split(".")[0] in {"crl", "cipl", "iis", "neuron_concepts", "dae_counterfactual"})
+        lines.append(f"method commands installed: {', '.join(methods) or 'none'}")
+    except Exception:  # pragma: no cover - metadata quirks must not break `info`
+        pass
+    click.echo("\n".join(lines))
+
+
+@main.group()
+def datasets() -> None:
+    """List, describe, verify and download datasets."""
+
+
+@datasets.command("list")
+def datasets_list() -> None:
+    """Every dataset format medimg can read, with its task and size of label space."""
+    from medimg_core.data import get_dataset_class, list_datasets
+    from medimg_core.synthetic import GENERATORS
+
+    for name in list_datasets():
+        card = get_dataset_class(name).card
+        concepts = f", {card.num_concepts} concepts" if card.num_concepts else ""
+        title = "your own CSV or class folders" if name == "csv" else card.title
+        click.echo(f"{name:16s} {card.task:10s} {card.num_classes:3d} classes{concepts:15s} {title}")
+    for name in sorted(GENERATORS):
+        click.echo(f"{name:16s} {'synthetic':10s} generate with `medimg synth {name}`, read with --format csv")
+
+
+@datasets.command("info")
+@click.argument("name")
+def datasets_info(name: str) -> None:
+    """Show the card of dataset NAME (task, classes, concepts, licence, citation, download)."""
+    from medimg_core.data import get_dataset_class
+    from medimg_core.synthetic import GENERATORS, card_for
+
+    if name in GENERATORS:
+        click.echo(card_for(name).to_markdown())
+        return
+    try:
+        cls = get_dataset_class(name)
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    click.echo(cls.card.to_markdown())
+
+
+@datasets.command("verify")
+@click.argument("root", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", required=True, help="Dataset format, as `medimg datasets list` names it.")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Loader option (repeatable), e.g. -o official_split=false -o missing_images=drop.")
+@click.option("--no-images", is_flag=True, help="Check the tables only; do not decode every image.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def datasets_verify(root: Path, fmt: str, options: tuple[str, ...], no_images: bool, as_json: bool) -> None:
+    """Check the dataset at ROOT: count images, classes and concepts, and list every problem.
+
+    Exits with status 1 when anything is wrong (missing or unreadable images, bad columns or values).
+    """
+    from medimg_core.data import get_dataset_class
+
+    try:
+        cls = get_dataset_class(fmt)
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    report = cls.verify(root, check_images=not no_images, progress=not as_json, **parse_options(options))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+    if not report.ok:
+        sys.exit(1)
+
+
+@datasets.command("download")
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to download into.")
+@click.option("--size", default=28, show_default=True, type=click.Choice(["28", "64", "128", "224"]),
+              help="MedMNIST image size.")
+@click.option("--url", default=None, help="Download from this address instead of the official one.")
+def datasets_download(name: str, out: Path, size: str, url: str | None) -> None:
+    """Download dataset NAME into --out (MedMNIST subsets; other datasets print where to get them)."""
+    from medimg_core.data import download_medmnist, get_dataset_class
+    from medimg_core.data.medmnist import SUBSETS
+
+    if name in SUBSETS:
+        path = download_medmnist(name, out, int(size), url)
+        click.echo(f"wrote {path}")
+        return
+    try:
+        card = get_dataset_class(name).card
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    raise click.ClickException(
+        f"{name} cannot be downloaded automatically (licence terms or size). Get it here: "
+        f"{card.homepage or 'see the card'}. {card.download}"
+    )
+
+
+@main.command()
+@click.argument("name")
+@click.option("--n", "n", default=500, show_default=True, type=click.IntRange(min=1), help="Number of images.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (must be new or empty).")
+@click.option("--seed", default=0, show_default=True, help="Random seed: the same seed gives identical files.")
+@click.option("--size", default=None, type=click.IntRange(min=16), help="Image size in pixels.")
+@click.option("--rule", default=None, help="synth-derm: the label rule, e.g. '(irregular_border & blue_white_veil) | streaks'.")
+@click.option("--label-noise", default=None, type=click.FloatRange(0, 1), help="Fraction of labels flipped.")
+@click.option("--concept-noise", default=None, type=click.FloatRange(0, 1),
+              help="synth-derm: fraction of concept annotations flipped (pixels unchanged).")
+@click.option("--spurious", default=None, type=click.FloatRange(0, 1),
+              help="synth-derm: strength of a label-correlated artifact in train/val (absent from test's correlation).")
+def synth(name: str, n: int, out: Path, seed: int, size: int | None, rule: str | None, label_noise: float | None,
+          concept_noise: float | None, spurious: float | None) -> None:
+    """Generate synthetic dataset NAME (synth-derm, synth-cxr, synth-grade) with ground truth into --out."""
+    from medimg_core.synthetic import GENERATORS, generate
+
+    if name not in GENERATORS:
+        raise click.ClickException(f"unknown generator {name!r}; expected one of {sorted(GENERATORS)}")
+    options = {"size": size, "rule": rule, "label_noise": label_noise, "concept_noise": concept_noise,
+               "spurious": spurious}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        path = generate(name, n=n, out=out, seed=seed, **options)
+    except (TypeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {n} images to {path}; read it with `medimg datasets verify {path} --format csv`")
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict:
+    """`("a=1", "b=false", "c=x,y")` -> `{"a": 1, "b": False, "c": ["x", "y"]}`."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--option")
+        key, value = pair.split("=", 1)
+        parsed = yaml.safe_load(value) if value else ""
+        if isinstance(parsed, str) and "," in parsed:
+            parsed = [v.strip() for v in parsed.split(",")]
+        out[key.strip()] = parsed
+    return out
+
+
+if __name__ == "__main__":
+    main()

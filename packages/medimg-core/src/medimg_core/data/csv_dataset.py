@@ -1,0 +1,319 @@
+"""A generic dataset for users' own data: a CSV of image paths and labels, or class folders.
+
+The CSV names an image column, one label column (or several 0/1 label columns for a multi-label
+task), and optionally concept columns (0/1, blank when unannotated), per-concept mask columns, a
+split column and a group column (patient, lesion). Options come as keyword arguments or from a
+`dataset.json` descriptor at the root (keyword arguments win)::
+
+    {"format": "csv", "csv": "labels.csv", "image_column": "path", "label_column": "label",
+     "task": "binary", "class_names": ["benign", "malignant"],
+     "concept_columns": ["irregular_border"], "mask_columns": ["mask_irregular_border"],
+     "split_column": "split", "group_column": null, "channels": 3,
+     "card": {"name": "my-data", "title": "...", "license": "...", "extra": {...}}}
+
+Without a CSV, a root holding one folder per class (`root/<class>/<image>`) is read as a
+single-label dataset. Without a split column, splits are seeded stratified folds (grouped when a
+group column is given), written to a split file once and reused.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medimg_core.data.base import MedicalImageDataset, SampleTable, collect_missing_files
+from medimg_core.data.card import TASK_TYPES, DatasetCard
+from medimg_core.data.errors import DatasetError, ProblemLog
+from medimg_core.data.images import IMAGE_SUFFIXES, PathResolver
+from medimg_core.data.registry import register_dataset
+from medimg_core.data.splits import load_or_create_folds, split_file_path
+from medimg_core.data.tables import ROW_OFFSET, binary_column, map_values, read_table_file, require_columns
+
+DESCRIPTOR = "dataset.json"
+
+OPTION_KEYS = (
+    "csv",
+    "image_column",
+    "label_column",
+    "label_columns",
+    "label_separator",
+    "task",
+    "class_names",
+    "concept_columns",
+    "mask_columns",
+    "split_column",
+    "group_column",
+    "id_column",
+    "channels",
+    "n_folds",
+    "fold",
+    "seed",
+    "split_file",
+    "card",
+)
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
+
+
+def _read_descriptor(root: Path) -> dict[str, Any]:
+    path = root / DESCRIPTOR
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    unknown = sorted(set(data) - set(OPTION_KEYS) - {"format"})
+    if unknown:
+        raise DatasetError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(OPTION_KEYS)}")
+    return data
+
+
+def resolve_options(root: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+    """The descriptor's options overridden by the keyword arguments, with defaults filled in."""
+    root = Path(root)
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise TypeError(f"CSVDataset: unknown option(s) {unknown}; expected some of {sorted(OPTION_KEYS)}")
+    merged = {**_read_descriptor(root), **{k: v for k, v in options.items() if v is not None}}
+    merged.pop("format", None)
+    merged.setdefault("image_column", "path")
+    merged.setdefault("n_folds", 5)
+    merged.setdefault("fold", 0)
+    merged.setdefault("seed", 0)
+    merged.setdefault("card", {})
+    if merged.get("task") is not None and merged["task"] not in TASK_TYPES:
+        raise DatasetError(f"{root}: task {merged['task']!r} is not one of {TASK_TYPES}")
+    return merged
+
+
+def _folder_frame(root: Path) -> pd.DataFrame:
+    """A CSV-like frame for a root of class folders."""
+    rows = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for image in sorted(class_dir.rglob("*")):
+            if image.suffix.lower() in IMAGE_SUFFIXES:
+                rows.append({"path": image.relative_to(root).as_posix(), "label": class_dir.name})
+    if not rows:
+        raise DatasetError(
+            f"{root}: no CSV given and no class folders with images found; expected a dataset.json, "
+            "a csv= option, or one folder per class"
+        )
+    return pd.DataFrame(rows)
+
+
+@lru_cache(maxsize=8)
+def _parse_cached(root: str, options_json: str) -> tuple[pd.DataFrame, DatasetCard, str]:
+    return _parse(Path(root), json.loads(options_json))
+
+
+def _parse(root: Path, opts: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard, str]:
+    """Read the whole CSV once, check it, and build the card. Returns (frame, card, file label)."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root is not a directory")
+    if opts.get("csv"):
+        csv_path = root / opts["csv"]
+        frame = read_table_file(csv_path)
+        label = str(csv_path)
+    else:
+        frame = _folder_frame(root)
+        opts.setdefault("label_column", "label")
+        label = f"{root} (class folders)"
+    log = ProblemLog()
+    multilabel = bool(opts.get("label_columns"))
+    label_cols = list(opts["label_columns"]) if multilabel else [opts.get("label_column") or "label"]
+    concept_cols = list(opts.get("concept_columns") or [])
+    mask_cols = list(opts.get("mask_columns") or [])
+    if mask_cols and len(mask_cols) != len(concept_cols):
+        log.add(label, f"mask_columns has {len(mask_cols)} entries, concept_columns {len(concept_cols)}; expected one mask column per concept")
+    needed = [opts["image_column"], *label_cols, *concept_cols, *mask_cols]
+    for key in ("split_column", "group_column", "id_column"):
+        if opts.get(key):
+            needed.append(opts[key])
+    require_columns(frame, needed, label, log)
+    log.raise_if_any(f"cannot read dataset at {root}")
+    if len(frame) == 0:
+        raise DatasetError(f"{label}: the table has no rows")
+
+    task = opts.get("task")
+    if multilabel:
+        task = task or "multilabel"
+        if task != "multilabel":
+            raise DatasetError(f"{label}: several label_columns need task 'multilabel', got {task!r}")
+        class_names = tuple(opts.get("class_names") or label_cols)
+    elif opts.get("label_separator"):
+        task = task or "multilabel"
+        values = sorted({v.strip() for cell in frame[label_cols[0]] for v in str(cell).split(opts["label_separator"]) if v.strip()})
+        class_names = tuple(opts.get("class_names") or values)
+    else:
+        present = sorted({str(v).strip() for v in frame[label_cols[0]]})
+        if opts.get("class_names"):
+            class_names = tuple(str(c) for c in opts["class_names"])
+        elif task == "ordinal":
+            try:
+                grades = sorted({int(v) for v in present})
+            except ValueError:
+                raise DatasetError(f"{label}: ordinal labels must be integers, found {present[:5]}") from None
+            class_names = tuple(str(g) for g in range(min(grades), max(grades) + 1))
+        else:
+            class_names = tuple(present)
+        if task is None:
+            task = "binary" if len(class_names) == 2 else "multiclass"
+    if task == "binary" and len(class_names) != 2:
+        raise DatasetError(f"{label}: task 'binary' needs exactly 2 classes, found {len(class_names)}: {list(class_names)}")
+    if task in ("multiclass", "ordinal") and len(class_names) < 2:
+        raise DatasetError(f"{label}: a single class {list(class_names)} in column '{label_cols[0]}'; expected at least 2")
+
+    card_fields = dict(opts.get("card") or {})
+    for key in ("task", "class_names", "concept_names", "channels", "has_masks", "splits", "official_splits"):
+        card_fields.pop(key, None)
+    card_fields.setdefault("name", root.name)
+    card_fields.setdefault("title", card_fields["name"])
+    card_fields.setdefault("description", f"User dataset read from {label}.")
+    card = DatasetCard.from_dict(
+        {
+            **card_fields,
+            "task": task,
+            "class_names": class_names,
+            "concept_names": tuple(concept_cols),
+            "channels": int(opts.get("channels", 3)),
+            "has_masks": bool(mask_cols),
+            "official_splits": bool(opts.get("split_column")),
+        }
+    )
+    return frame, card, label
+
+
+def _targets(frame: pd.DataFrame, card: DatasetCard, opts: dict[str, Any], label: str, log: ProblemLog) -> np.ndarray:
+    if opts.get("label_columns"):
+        cols = [binary_column(frame, c, label, log, missing=()) for c in opts["label_columns"]]
+        return np.stack(cols, axis=1).astype(np.float32)
+    column = opts.get("label_column") or "label"
+    if card.task == "multilabel":
+        sep = opts["label_separator"]
+        out = np.zeros((len(frame), card.num_classes), dtype=np.float32)
+        index = {name: i for i, name in enumerate(card.class_names)}
+        for r, cell in enumerate(frame[column].tolist()):
+            for value in (v.strip() for v in str(cell).split(sep) if v.strip()):
+                if value in index:
+                    out[r, index[value]] = 1
+                else:
+                    log.add(label, f"unknown label {value!r}; expected one of {list(card.class_names)}",
+                            row=r + ROW_OFFSET, column=column)
+        return out
+    mapping = {name: i for i, name in enumerate(card.class_names)}
+    return map_values(frame, column, mapping, label, log, case_insensitive=False)
+
+
+@register_dataset("csv")
+class CSVDataset(MedicalImageDataset):
+    """Users' own data from a CSV (or class folders); see the module docstring for the options."""
+
+    card = DatasetCard(
+        name="csv",
+        title="Generic CSV or class-folder dataset",
+        task="multiclass",
+        class_names=("class_a", "class_b"),
+        description="Your own images: a CSV with an image path column and label column(s), "
+        "optional concept, mask, split and group columns; or one folder per class.",
+    )
+
+    def __init__(self, root: str | Path, split: str = "train", transform=None, **options: Any):
+        split = SPLIT_ALIASES.get(split, split)
+        card = self.card_for(root, **options)
+        super().__init__(self.read_table(root, split, **options), card, split, transform)
+
+    @classmethod
+    def _load(cls, root: str | Path, options: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard, str, dict]:
+        opts = resolve_options(root, options)
+        frame, card, label = _parse_cached(str(Path(root).resolve()), json.dumps(opts, sort_keys=True, default=str))
+        return frame, card, label, opts
+
+    @classmethod
+    def card_for(cls, root: str | Path, **options: Any) -> DatasetCard:
+        return cls._load(root, options)[1]
+
+    @classmethod
+    def read_table(cls, root: str | Path, split: str, **options: Any) -> SampleTable:
+        frame, card, label, opts = cls._load(root, options)
+        split = SPLIT_ALIASES.get(split, split)
+        if split not in card.splits:
+            raise ValueError(f"{card.name}: unknown split {split!r}; expected one of {list(card.splits)}")
+        log = ProblemLog()
+        root = Path(root)
+        targets = _targets(frame, card, opts, label, log)
+        concepts = (
+            np.stack([binary_column(frame, c, label, log) for c in card.concept_names], axis=1)
+            if card.num_concepts
+            else np.zeros((len(frame), 0), dtype=np.float32)
+        )
+        ids = (
+            frame[opts["id_column"]].astype(str).tolist()
+            if opts.get("id_column")
+            else [Path(p).stem for p in frame[opts["image_column"]]]
+        )
+        if len(set(ids)) != len(ids):
+            ids = [f"{i}:{s}" for i, s in enumerate(ids)]  # file stems repeat across folders: keep ids unique
+        groups = frame[opts["group_column"]].astype(str).tolist() if opts.get("group_column") else None
+        split_of_row = cls._split_assignment(frame, card, opts, ids, targets, groups, label, log)
+        if len(log):
+            log.raise_if_any(f"{card.name}: cannot read {label}")
+        rows = np.flatnonzero(split_of_row == split)
+        if len(rows) == 0:
+            raise DatasetError(f"{card.name}: the {split!r} split of {label} is empty")
+        resolver = PathResolver(root)
+        rel_paths = frame[opts["image_column"]].astype(str).tolist()
+        paths = collect_missing_files(resolver, [rel_paths[i] for i in rows], label, opts["image_column"], log, rows)
+        mask_paths = None
+        if opts.get("mask_columns"):
+            mask_paths = []
+            for r in rows:
+                row_masks = []
+                for col in opts["mask_columns"]:
+                    rel = str(frame.at[r, col]).strip()
+                    path = resolver.resolve(rel) if rel else None
+                    if rel and path is None:
+                        log.add(label, f"mask {rel!r} not found under {root}", row=int(r) + ROW_OFFSET, column=col)
+                    row_masks.append(path)
+                mask_paths.append(row_masks)
+        log.raise_if_any(f"{card.name}: cannot read the {split} split of {label}")
+        return SampleTable(
+            ids=[ids[i] for i in rows],
+            targets=targets[rows],
+            concepts=concepts[rows],
+            paths=paths,  # type: ignore[arg-type]
+            groups=None if groups is None else [groups[i] for i in rows],
+            mask_paths=mask_paths,
+        )
+
+    @staticmethod
+    def _split_assignment(frame, card, opts, ids, targets, groups, label, log) -> np.ndarray:
+        if opts.get("split_column"):
+            col = opts["split_column"]
+            out = np.empty(len(frame), dtype=object)
+            for r, value in enumerate(frame[col].tolist()):
+                name = SPLIT_ALIASES.get(str(value).strip().lower())
+                if name is None:
+                    log.add(label, f"unknown split {value!r}; expected train, val or test", row=r + ROW_OFFSET, column=col)
+                out[r] = name
+            return out
+        if len(log):  # targets are unreliable: no point splitting
+            return np.full(len(frame), "", dtype=object)
+        n_folds, fold = int(opts["n_folds"]), int(opts["fold"])
+        if not 0 <= fold < n_folds:
+            raise DatasetError(f"{card.name}: fold {fold} is out of range for {n_folds} folds")
+        path = opts.get("split_file") or split_file_path(None, card.name, ids, n_folds, int(opts["seed"]))
+        folds = load_or_create_folds(path, ids, targets, n_folds, int(opts["seed"]), groups, card.name,
+                                     grouped_by=opts.get("group_column"))
+        out = np.full(len(frame), "train", dtype=object)
+        out[folds == fold] = "test"
+        out[folds == (fold + 1) % n_folds] = "val"
+        return out

@@ -1,0 +1,69 @@
+"""Errors for bad input data: every problem names where it is and what was expected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_LISTED_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset: where it is (file, row, column) and what is wrong."""
+
+    file: str
+    message: str
+    row: int | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.row is not None:
+            where += f", row {self.row}"
+        if self.column is not None:
+            where += f", column '{self.column}'"
+        return f"{where}: {self.message}"
+
+
+class DatasetError(ValueError):
+    """A dataset could not be read. `problems` lists every problem that was found."""
+
+    def __init__(self, header: str, problems: list[Problem] | None = None):
+        self.header = header
+        self.problems = list(problems or [])
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        if not self.problems:
+            return self.header
+        lines = [f"{self.header} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
+        lines += [f"  - {p}" for p in self.problems[:MAX_LISTED_PROBLEMS]]
+        hidden = len(self.problems) - MAX_LISTED_PROBLEMS
+        if hidden > 0:
+            lines.append(f"  ... and {hidden} more (run `medimg datasets verify` to list them all)")
+        return "\n".join(lines)
+
+
+class ImageReadError(DatasetError):
+    """An image file is missing, truncated or not an image."""
+
+
+class ProblemLog:
+    """Collects problems while a dataset is parsed so that all of them are reported at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, file: str | Path, message: str, row: int | None = None, column: str | None = None) -> None:
+        self.problems.append(Problem(str(file), message, row, column))
+
+    def extend(self, problems: list[Problem]) -> None:
+        self.problems.extend(problems)
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def raise_if_any(self, header: str) -> None:
+        if self.problems:
+            raise DatasetError(header, self.problems)

@@ -1,0 +1,20 @@
+from click.testing import CliRunner
+
+import neuron_concepts
+from neuron_concepts.cli import main
+
+
+def test_help_and_version():
+    runner = CliRunner()
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert neuron_concepts.__version__ in result.output
+
+
+def test_depends_on_core():
+    import medimg_core
+
+    assert medimg_core.__version__
