@@ -12,7 +12,19 @@ import click
 from medimg_core import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns a DatasetError into a clean message and exit status 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from medimg_core.data.errors import DatasetError
+
+        try:
+            return super().invoke(ctx)
+        except DatasetError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="medimg")
 def main() -> None:
     """medimg: interpretable medical image classification, shared tools.
@@ -118,6 +130,44 @@ def datasets_verify(root: Path, fmt: str, options: tuple[str, ...], no_images: b
         sys.exit(1)
 
 
+@datasets.command("preview")
+@click.argument("root", type=click.Path(exists=True, path_type=Path))
+@click.option("--format", "fmt", required=True, help="Dataset format, as `medimg datasets list` names it.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--n", "n", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option("--seed", default=0, show_default=True, help="Which images: a seeded sample.")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Loader option (repeatable).")
+def datasets_preview(root: Path, fmt: str, split: str, n: int, out: Path, seed: int, options: tuple[str, ...]) -> None:
+    """Write a grid of sample images with their labels, concepts and mask contours."""
+    import numpy as np
+
+    from medimg_core.data import load_dataset
+    from medimg_core.figures import image_grid
+
+    try:
+        ds = load_dataset(fmt, root, split, **parse_options(options))
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from None
+    rng = np.random.default_rng(seed)
+    index = sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False).tolist())
+    samples = [ds[i] for i in index]
+    card = ds.card
+    captions = []
+    for s in samples:
+        target = s["target"]
+        if card.task == "multilabel":
+            label = ", ".join(card.class_names[j] for j in np.flatnonzero(target.numpy())) or "no finding"
+        else:
+            label = card.class_names[int(target)]
+        present = [card.concept_names[j] for j in np.flatnonzero(np.nan_to_num(s["concepts"].numpy()) > 0.5)]
+        captions.append(label + ("\n" + ", ".join(present) if present else ""))
+    masks = [s["masks"] for s in samples] if card.has_masks else None
+    image_grid([s["image"] for s in samples], captions, out, masks=masks,
+               mask_names=list(card.concept_names) if masks else None, title=f"{card.title}: {split}")
+    click.echo(f"wrote {out}")
+
+
 @datasets.command("download")
 @click.argument("name")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to download into.")
@@ -170,6 +220,57 @@ def synth(name: str, n: int, out: Path, seed: int, size: int | None, rule: str |
     except (TypeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {n} images to {path}; read it with `medimg datasets verify {path} --format csv`")
+
+
+@main.command("train-baseline", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="YAML config (sections data, model, train, optim); options and overrides win over it.")
+@click.option("--dataset", default=None, help="Dataset format (`medimg datasets list`), e.g. wbcatt, retinamnist, csv.")
+@click.option("--root", default=None, help="Dataset root folder (or .npz file for MedMNIST).")
+@click.option("--backbone", default=None, help="timm model name or torchvision alias, e.g. resnet18.")
+@click.option("--pretrained", default=None, help="false, true (timm hub weights) or a local weights file.")
+@click.option("--image-size", type=int, default=None, help="Input size in pixels.")
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None, help="Learning rate (peak rate for onecycle).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
+@click.option("--seed", type=int, default=None)
+@click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue the interrupted run in this folder with its saved config.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when interactive).")
+@click.pass_context
+def train_baseline_cmd(ctx: click.Context, config_path, dataset, root, backbone, pretrained, image_size, epochs,
+                       batch_size, lr, device, seed, out, resume_dir, progress) -> None:
+    """Train the black-box baseline classifier on a dataset and evaluate it on the test split.
+
+    Any config key can be overridden as --section.key VALUE, e.g. --optim.scheduler onecycle
+    --train.precision bf16 --data.options.fold 2. Writes a run folder (config.yaml, metrics.jsonl,
+    metrics.json with test metrics and 95% bootstrap intervals, checkpoints/, figures/, log.txt).
+    """
+    from medimg_core.baseline import BaselineConfig, config_for_resume, train_baseline
+    from medimg_core.config import ConfigError, load_config
+
+    named = {"data.dataset": dataset, "data.root": root, "model.backbone": backbone, "model.pretrained": pretrained,
+             "data.image_size": image_size, "train.epochs": epochs, "train.batch_size": batch_size,
+             "optim.lr": lr, "device": device, "seed": seed, "out": out, "train.progress": progress}
+    try:
+        overrides = {k: v for k, v in named.items() if v is not None}
+        from medimg_core.config import parse_overrides
+
+        overrides.update(parse_overrides(ctx.args))
+        if resume_dir is not None:
+            cfg = config_for_resume(resume_dir)
+            if overrides:
+                raise ConfigError("--resume continues a run with its saved config; drop the other options")
+        else:
+            cfg = load_config(BaselineConfig, config_path, overrides)
+            if not cfg.data.root:
+                raise ConfigError("--root (data.root) is required: the dataset folder or file")
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    run_dir = train_baseline(cfg, resume_dir=resume_dir)
+    click.echo(f"run folder: {run_dir}")
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict:

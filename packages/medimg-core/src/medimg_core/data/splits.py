@@ -51,7 +51,7 @@ def assign_folds(
     labels = np.asarray(labels)
     n = len(labels)
     if n < n_folds:
-        raise DatasetError(f"cannot split {n} samples into {n_folds} folds")
+        raise DatasetError(f"cannot split {n} samples into {n_folds} folds; use fewer folds")
     if labels.ndim == 2:  # multi-label: stratify on the rarest positive label of each row
         freq = labels.sum(axis=0)
         rarest = np.where(labels > 0, freq[None, :], np.inf)
@@ -65,7 +65,10 @@ def assign_folds(
     if groups is not None:
         groups_arr = np.asarray([str(g) for g in groups])
         if len(np.unique(groups_arr)) < n_folds:
-            raise DatasetError(f"cannot split {len(np.unique(groups_arr))} groups into {n_folds} folds")
+            raise DatasetError(
+                f"cannot split {len(np.unique(groups_arr))} groups into {n_folds} folds; "
+                "use fewer folds (or a larger held-out fraction)"
+            )
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         iterator = splitter.split(dummy, strat if can_stratify else np.zeros(n), groups_arr)
     elif can_stratify:

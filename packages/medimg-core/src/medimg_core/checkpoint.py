@@ -1,0 +1,217 @@
+"""Checkpoints as folders of safetensors + JSON, written atomically; never unpickled.
+
+A checkpoint folder holds::
+
+    model.safetensors    the weights (EMA weights when EMA is on; the raw ones in raw_model.safetensors)
+    config.json          what rebuilds the model (architecture, classes, dataset card), plus versions
+    state.safetensors    optimizer tensors, RNG states, scaler  (training checkpoints only)
+    state.json           epoch, step, optimizer/scheduler scalars, best metric, history, python RNG
+    README.md            a short model card
+
+Writes go to a hidden temporary folder that is renamed into place, so a crash never leaves a
+half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from medimg_core import __version__
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not fit the model."""
+
+
+def state_dict_to_cpu(module_or_state: torch.nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A contiguous CPU copy of a state dict (shared tensors are copied apart, as safetensors wants)."""
+    state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, pstate in state["state"].items():
+        entry = {}
+        for key, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer/{pid}/{key}"] = value.detach().cpu().contiguous()
+                entry[key] = "__tensor__"
+            else:
+                entry[key] = value
+        scalars["state"][str(pid)] = entry
+    return tensors, scalars
+
+
+def _optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], scalars: dict) -> None:
+    state = {}
+    for pid, entry in scalars["state"].items():
+        state[int(pid)] = {k: (tensors[f"optimizer/{pid}/{k}"] if v == "__tensor__" else v) for k, v in entry.items()}
+    optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The RNG states of torch (CPU and CUDA), numpy and python, as tensors + JSON."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng/numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    scalars = {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [py_version, list(py_state), py_gauss]}
+    return tensors, scalars
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, cached = scalars["numpy"]
+    np.random.set_state((kind, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    py_version, py_state, py_gauss = scalars["python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.ndarray,)):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic JSON write (temp file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished temporary folder into place, replacing an older checkpoint."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module | Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    *,
+    raw_model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    training_state: Mapping[str, Any] | None = None,
+    with_rng: bool = False,
+    card: str | None = None,
+) -> Path:
+    """Write a checkpoint folder at `directory` atomically. See the module docstring for its files."""
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(state_dict_to_cpu(model), str(tmp / "model.safetensors"))
+    if raw_model is not None:
+        save_file(state_dict_to_cpu(raw_model), str(tmp / "raw_model.safetensors"))
+    write_json(tmp / "config.json", {**config, "medimg_core_version": __version__, "torch_version": torch.__version__})
+    if optimizer is not None or training_state is not None or with_rng:
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: dict[str, Any] = dict(training_state or {})
+        if optimizer is not None:
+            opt_tensors, opt_scalars = _optimizer_to_flat(optimizer)
+            tensors.update(opt_tensors)
+            scalars["optimizer"] = opt_scalars
+        if scheduler is not None:
+            scalars["scheduler"] = scheduler.state_dict()
+        if scaler is not None and scaler.is_enabled():
+            scalars["scaler"] = scaler.state_dict()
+        if with_rng:
+            rng_tensors, rng_scalars = rng_state()
+            tensors.update(rng_tensors)
+            scalars["rng"] = rng_scalars
+        save_file(tensors, str(tmp / "state.safetensors"))
+        write_json(tmp / "state.json", scalars)
+    if card:
+        (tmp / "README.md").write_text(card)
+    _publish(tmp, final)
+    return final
+
+
+def find_checkpoint(directory: str | Path) -> Path:
+    """The checkpoint folder at `directory`, or the previous one left by a crash mid-publish."""
+    directory = Path(directory)
+    for candidate in (directory, directory.with_name(f".{directory.name}.old")):
+        if (candidate / "model.safetensors").is_file() and (candidate / "config.json").is_file():
+            return candidate
+    raise CheckpointError(f"{directory}: no checkpoint here (expected model.safetensors and config.json)")
+
+
+def load_config_json(directory: str | Path) -> dict[str, Any]:
+    return json.loads((find_checkpoint(directory) / "config.json").read_text())
+
+
+def load_weights(model: torch.nn.Module, directory: str | Path, file: str = "model.safetensors",
+                 strict: bool = True) -> torch.nn.Module:
+    """Load weights saved by `save_checkpoint` into `model` (safetensors only: nothing is unpickled)."""
+    path = find_checkpoint(directory) / file
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types on corrupt files
+        raise CheckpointError(f"{path}: cannot read weights ({exc})") from None
+    result = model.load_state_dict(state, strict=strict)
+    if strict is False and (result.missing_keys or result.unexpected_keys):
+        raise CheckpointError(f"{path}: keys do not fit the model (missing {result.missing_keys[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]})")
+    return model
+
+
+def load_training_state(
+    directory: str | Path,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Restore optimizer, scheduler, scaler and RNG states; return the remaining scalars (epoch, ...)."""
+    folder = find_checkpoint(directory)
+    tensors = load_file(str(folder / "state.safetensors"))
+    scalars = json.loads((folder / "state.json").read_text())
+    if optimizer is not None and "optimizer" in scalars:
+        _optimizer_from_flat(optimizer, tensors, scalars.pop("optimizer"))
+    if scheduler is not None and "scheduler" in scalars:
+        scheduler.load_state_dict(scalars.pop("scheduler"))
+    if scaler is not None and "scaler" in scalars:
+        scaler.load_state_dict(scalars.pop("scaler"))
+    if restore_rng and "rng" in scalars:
+        set_rng_state(tensors, scalars.pop("rng"))
+    return scalars

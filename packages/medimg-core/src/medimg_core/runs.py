@@ -1,0 +1,67 @@
+"""Run folders: one per run, never overwritten, with the resolved config, metrics, checkpoints,
+figures and a log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("medimg")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def create_run_dir(base: str | Path, name: str) -> Path:
+    """A new folder `base/<date>-<name>`; a suffix -2, -3 ... keeps runs from overwriting each other."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(name)}"
+    for i in range(1, 1000):
+        path = base / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / "figures").mkdir()
+        return path
+    raise RuntimeError(f"{base}: cannot create a new run folder for {name}")
+
+
+def check_writable(path: str | Path, min_free_mb: int = 200) -> None:
+    """Fail before training starts when the run folder cannot be written or the disk is nearly full."""
+    import shutil
+
+    path = Path(path)
+    probe = path / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"{path}: the run folder is not writable ({exc.strerror})") from None
+    free_mb = shutil.disk_usage(path).free / 2**20
+    if free_mb < min_free_mb:
+        raise OSError(f"{path}: only {free_mb:.0f} MB free on this disk; need at least {min_free_mb} MB for checkpoints")
+
+
+def setup_logging(run_dir: Path | None = None, is_main: bool = True, verbose: bool = False) -> None:
+    """Log to stderr (main process only) and to run_dir/log.txt."""
+    logger = logging.getLogger("medimg")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    if is_main:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        logger.addHandler(stream)
+        if run_dir is not None:
+            file = logging.FileHandler(Path(run_dir) / "log.txt")
+            file.setFormatter(fmt)
+            logger.addHandler(file)

@@ -1,0 +1,130 @@
+"""The training loop: configs, checkpoints, resume after SIGKILL, and DDP on CPU with gloo."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medimg_core.checkpoint import CheckpointError, load_training_state, load_weights, save_checkpoint
+from medimg_core.config import ConfigError, load_config, parse_overrides, save_config
+from medimg_core.runs import create_run_dir
+from medimg_core.training import OptimConfig, build_optimizer, build_scheduler
+
+SCRIPT = Path(__file__).with_name("_train_script.py")
+
+
+@dataclass
+class Section:
+    lr: float = 0.1
+    name: str = "x"
+    sizes: tuple[int, ...] = (1, 2)
+    flag: bool = False
+    maybe: int | None = None
+
+
+@dataclass
+class Root:
+    sec: Section = field(default_factory=Section)
+    options: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+def test_config_yaml_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sec:\n  lr: 0.5\n  sizes: [3, 4]\nseed: 2\n")
+    cfg = load_config(Root, path, ["--sec.lr", "1e-4", "--sec.flag=true", "--sec.maybe", "none",
+                                   "--options.fold", "3"])
+    assert cfg.sec.lr == 1e-4 and cfg.sec.sizes == (3, 4) and cfg.sec.flag is True and cfg.seed == 2
+    assert cfg.sec.maybe is None and cfg.options == {"fold": 3}
+    with pytest.raises(ConfigError, match="unknown config key 'sec.lrr'; did you mean 'sec.lr'"):
+        load_config(Root, None, ["--sec.lrr", "1"])
+    with pytest.raises(ConfigError, match="seed: expected an integer, got 'abc'"):
+        load_config(Root, None, {"seed": "abc"})
+    (tmp_path / "bad.yaml").write_text("sec:\n  colour: red\n")
+    with pytest.raises(ConfigError, match="bad.yaml: unknown config key 'sec.colour'"):
+        load_config(Root, tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="has no value"):
+        parse_overrides(["--seed"])
+    save_config(cfg, tmp_path / "out.yaml")
+    assert load_config(Root, tmp_path / "out.yaml") == cfg
+
+
+def test_run_dirs_never_collide(tmp_path):
+    a, b = create_run_dir(tmp_path, "exp"), create_run_dir(tmp_path, "exp")
+    assert a != b and a.is_dir() and b.is_dir() and (a / "figures").is_dir()
+
+
+def test_checkpoint_round_trip_restores_optimizer_scheduler_and_rng(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer([{"params": model.parameters()}], OptimConfig(lr=0.1))
+    sched = build_scheduler(opt, OptimConfig(), total_steps=10, steps_per_epoch=5)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    save_checkpoint(tmp_path / "ck", model, {"kind": "linear"}, optimizer=opt, scheduler=sched,
+                    training_state={"epoch": 3}, with_rng=True)
+    expected_next = torch.rand(3)
+    model2 = torch.nn.Linear(3, 2)
+    opt2 = build_optimizer([{"params": model2.parameters()}], OptimConfig(lr=0.1))
+    sched2 = build_scheduler(opt2, OptimConfig(), total_steps=10, steps_per_epoch=5)
+    load_weights(model2, tmp_path / "ck")
+    state = load_training_state(tmp_path / "ck", opt2, sched2)
+    assert state["epoch"] == 3 and torch.equal(torch.rand(3), expected_next)
+    assert torch.equal(model.weight, model2.weight)
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], opt2.state_dict()["state"][0]["exp_avg"])
+    assert sched2.last_epoch == sched.last_epoch
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+    with pytest.raises(CheckpointError, match="no checkpoint here"):
+        load_weights(model2, tmp_path / "nothing")
+
+
+def _run(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          timeout=300, **kw)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    full = _run([str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr
+    killed = _run([str(tmp_path / "cut"), "--kill-at-step", "21"])  # 8 steps per epoch: mid-epoch 3
+    assert killed.returncode == -signal.SIGKILL
+    state = json.loads((tmp_path / "cut/checkpoints/last/state.json").read_text())
+    assert state["epoch"] == 2
+    resumed = _run([str(tmp_path / "cut"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(str(tmp_path / "full/final.safetensors")), load_file(str(tmp_path / "cut/final.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    ma = json.loads((tmp_path / "full/metrics.json").read_text())
+    mb = json.loads((tmp_path / "cut/metrics.json").read_text())
+    assert [h["val/acc"] for h in ma["history"]] == [h["val/acc"] for h in mb["history"]]
+    assert ma["steps"] == mb["steps"] == 32
+    lines = (tmp_path / "cut/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    single = _run([str(tmp_path / "one"), "--sgd", "--epochs", "2"])
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+         str(tmp_path / "two"), "--sgd", "--epochs", "2"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = load_file(str(tmp_path / "one/final.safetensors")), load_file(str(tmp_path / "two/final.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    one = json.loads((tmp_path / "one/metrics.json").read_text())
+    two = json.loads((tmp_path / "two/metrics.json").read_text())
+    assert one["steps"] == two["steps"] == 16
+    assert one["history"][-1]["val/acc"] == two["history"][-1]["val/acc"]
