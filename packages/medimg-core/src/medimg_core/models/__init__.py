@@ -1,0 +1,31 @@
+"""medimg_core.models: timm backbones with pooled and spatial features, and safe weight loading."""
+
+from medimg_core.models.backbones import (
+    ALIASES,
+    CPU_FRIENDLY,
+    MAX_MISSING_FRACTION,
+    TEST_MODELS,
+    Backbone,
+    BackboneError,
+    UnsafeCheckpointError,
+    create_backbone,
+    load_local_weights,
+    read_checkpoint,
+    resolve_name,
+    weights_fingerprint,
+)
+
+__all__ = [
+    "ALIASES",
+    "CPU_FRIENDLY",
+    "MAX_MISSING_FRACTION",
+    "TEST_MODELS",
+    "Backbone",
+    "BackboneError",
+    "UnsafeCheckpointError",
+    "create_backbone",
+    "load_local_weights",
+    "read_checkpoint",
+    "resolve_name",
+    "weights_fingerprint",
+]

@@ -1,0 +1,62 @@
+"""Shared pieces of the benchmarks: machine description, result files, the report.
+
+Every benchmark writes docs/bench/<name>.json (numbers, the exact command, date, machine);
+`python tools/bench/report.py` renders all of them into docs/benchmarks.md. Numbers are never
+edited by hand: rerun the benchmark to change them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "bench"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "gpu": gpu, "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def command_line() -> str:
+    rel = Path(sys.argv[0]).resolve()
+    try:
+        rel = rel.relative_to(ROOT)
+    except ValueError:
+        pass
+    return "python " + " ".join(shlex.quote(a) for a in [str(rel), *sys.argv[1:]])
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"name": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+               **payload}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,86 @@
+"""Render docs/benchmarks.md from the result files in docs/bench/*.json (written by the benchmarks).
+
+    python tools/bench/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, ROOT  # noqa: E402
+
+
+def fmt(value, digits=3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def ci(metrics: dict, key: str) -> str:
+    value, interval = metrics.get(key), metrics.get(f"{key}_ci")
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
+def machine_line(m: dict) -> str:
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    return f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB{gpu}; Python {m['python']}, torch {m['torch']}"
+
+
+def baselines(result: dict) -> list[str]:
+    lines = ["## Black-box baselines (`medimg train-baseline`)", "",
+             f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. "
+             f"Regenerate: `{result['command']}`.", "",
+             "| dataset | backbone | test accuracy [95% CI] | balanced acc. | macro-F1 | AUROC | best epoch | wall time | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, run in result["runs"].items():
+        m, t = run["metrics"], run["metrics"]["test"]
+        auroc = ci(t, "auroc") if "auroc" in t else ci(t, "auroc_mean")
+        lines.append(f"| {name} | {m['backbone']} | {ci(t, 'accuracy')} | {ci(t, 'balanced_accuracy')} | "
+                     f"{ci(t, 'macro_f1')} | {auroc} | {m['best_epoch']}/{m['epochs_run']} | "
+                     f"{m['wall_time_s'] / 60:.1f} min | {m['peak_memory_mb'] / 1024:.1f} GB |")
+    lines.append("")
+    for name, run in result["runs"].items():
+        lines.append(f"- {name}: `{run['command']}`")
+        extra = {k: v for k, v in run["metrics"]["test"].items() if k in ("mae", "qwk", "spearman")}
+        if extra:
+            lines.append("  - ordinal: " + ", ".join(f"{k} {fmt(v)}" for k, v in extra.items()))
+    return [*lines, ""]
+
+
+def loop_overhead(result: dict) -> list[str]:
+    return [
+        "## Training-loop overhead", "",
+        f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.", "",
+        f"The medimg Trainer against a bare PyTorch loop on the same {result['model']} at {result['image_size']} px, "
+        f"batch {result['batch']}, {result['steps_per_run']} steps per run, {result['repeats']} alternating repeats:",
+        "",
+        f"- bare loop: {', '.join(f'{t:.2f}' for t in result['bare_s'])} s",
+        f"- Trainer: {', '.join(f'{t:.2f}' for t in result['trainer_s'])} s",
+        f"- ratio of medians: **{result['ratio']:.3f}** ({result['overhead_percent']:+.1f}%; goal under +5%)", "",
+    ]
+
+
+RENDERERS = {"baselines": baselines, "loop_overhead": loop_overhead}
+
+
+def main() -> None:
+    sections = ["# Benchmarks", "",
+                "Every number below was written by a benchmark under `tools/bench/` into `docs/bench/*.json` and "
+                "rendered by `python tools/bench/report.py`; none is edited by hand.", ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        result = json.loads(path.read_text())
+        render = RENDERERS.get(result["name"])
+        if render is None:
+            sections += [f"## {result['name']}", "", "```json", json.dumps(result, indent=1)[:4000], "```", ""]
+        else:
+            sections += render(result)
+    out = ROOT / "docs" / "benchmarks.md"
+    out.write_text("\n".join(sections))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
