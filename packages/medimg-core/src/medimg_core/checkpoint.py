@@ -101,10 +101,21 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and infinities become null: strict JSON readers reject the NaN literal."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write (temp file, then rename)."""
+    """Atomic, strict JSON write (temp file, then rename; NaN written as null)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(_finite(payload), indent=2, default=_json_default, allow_nan=False))
     os.replace(tmp, path)
 
 

@@ -125,3 +125,211 @@ def write_chestxray14_fixture(root: Path, n_patients: int = 12, with_lists: bool
         (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
         (root / "test_list.txt").write_text("\n".join(test) + "\n")
     return root
+
+
+# ---------------------------------------------------------------- Derm7pt, Fitzpatrick17k + SkinCon, DDI,
+# HAM10000, ODIR-5K (official layouts)
+
+DERM7PT_COLUMNS = ["case_num", "diagnosis", "seven_point_score", "pigment_network", "streaks", "pigmentation",
+                   "regression_structures", "dots_and_globules", "blue_whitish_veil", "vascular_structures",
+                   "level_of_diagnostic_difficulty", "elevation", "location", "sex", "clinic", "derm",
+                   "management", "notes"]
+#: (diagnosis, pigment_network, streaks, pigmentation, regression_structures, dots_and_globules,
+#:  blue_whitish_veil, vascular_structures) of each fixture case, as meta.csv spells them
+DERM7PT_CASES = [
+    ("melanoma (in situ)", "atypical", "irregular", "diffuse irregular", "blue areas", "irregular", "present", "dotted"),
+    ("clark nevus", "typical", "absent", "absent", "absent", "regular", "absent", "absent"),
+    ("basal cell carcinoma", "absent", "absent", "absent", "absent", "absent", "absent", "arborizing"),
+    ("melanoma (less than 0.76 mm)", "atypical", "regular", "localized irregular", "combinations", "irregular",
+     "absent", "linear irregular"),
+    ("seborrheic keratosis", "absent", "absent", "diffuse regular", "absent", "absent", "absent", "hairpin"),
+    ("dermatofibroma", "typical", "absent", "localized regular", "white areas", "absent", "absent", "absent"),
+    ("melanoma", "atypical", "irregular", "absent", "white areas", "regular", "present", "absent"),
+    ("blue nevus", "absent", "absent", "diffuse regular", "absent", "absent", "present", "absent"),
+    ("lentigo", "typical", "absent", "absent", "absent", "absent", "absent", "absent"),
+    ("melanoma metastasis", "absent", "absent", "diffuse irregular", "absent", "absent", "present", "comma"),
+    ("reed or spitz nevus", "typical", "regular", "absent", "absent", "regular", "absent", "dotted"),
+    ("vascular lesion", "absent", "absent", "absent", "absent", "absent", "absent", "wreath"),
+]
+DERM7PT_SPLITS = {"train": [0, 1, 2, 3, 4, 5], "valid": [6, 7, 8], "test": [9, 10, 11]}
+
+
+def write_derm7pt_fixture(root: Path, cases: Sequence = DERM7PT_CASES, splits: dict | None = None) -> Path:
+    """Derm7pt as released (release_v0): `meta/meta.csv`, `meta/{train,valid,test}_indexes.csv`, `images/`.
+
+    The CSV names `NEL/Nel0NN.jpg` while the disk holds a mix of `.JPG` files and a lower-case `nel/`
+    folder, as the real download does.
+    """
+    import pandas as pd
+
+    splits = DERM7PT_SPLITS if splits is None else splits
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, case in enumerate(cases):
+        folder = "NEL" if i % 3 else "Fal"
+        clinic, derm = f"{folder}/{folder.title()}{2 * i:03d}.jpg", f"{folder}/{folder.title()}{2 * i + 1:03d}.jpg"
+        for k, rel in enumerate((clinic, derm)):
+            disk = rel
+            if k == 1 and i % 2 == 0:
+                disk = rel[:-4] + ".JPG"  # extension case differs from the CSV
+            if folder == "Fal":
+                disk = "fal" + disk[3:]  # folder case differs from the CSV
+            write_image(root / "images" / disk, size=12, seed=10 * i + k)
+        diagnosis, *criteria = case
+        rows.append([i + 1, diagnosis, 1, *criteria, "low", "palpable", "back", "female", clinic, derm,
+                     "excision", ""])
+    pd.DataFrame(rows, columns=DERM7PT_COLUMNS).to_csv(root / "meta" / "meta.csv", index=False)
+    for split, indexes in splits.items():
+        pd.DataFrame({"indexes": list(indexes)}).to_csv(root / "meta" / f"{split}_indexes.csv", index=False)
+    return root
+
+
+def fitzpatrick_fixture_md5(text: str) -> str:
+    """The md5hash the Fitzpatrick17k fixture gives image `text` (`"fitz0"`, `"fitz1"`, ...)."""
+    import hashlib
+
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def write_fitzpatrick17k_skincon_fixture(root: Path, n_benign: int = 10, n_malignant: int = 10,
+                                         n_missing_images: int = 2, image_dir: str = "images") -> Path:
+    """Fitzpatrick17k + SkinCon as released: `fitzpatrick17k.csv`, `annotations_fitzpatrick_final_v2.csv`
+    (unnamed index, ImageID, 48 concepts, 'Do not consider this image') and `<image_dir>/<md5hash>.jpg`.
+
+    Beyond the `n_benign + n_malignant` eligible images, SkinCon also annotates 3 non-neoplastic images,
+    2 flagged 'Do not consider this image' and 1 absent from the Fitzpatrick CSV; 4 Fitzpatrick rows
+    have no SkinCon annotation. The last `n_missing_images` eligible images are not written to disk.
+    Image md5s are `fitzpatrick_fixture_md5(f"fitz{i}")`, eligible ones first (benign, then malignant).
+    """
+    import pandas as pd
+
+    from medimg_core.data.skincon import DO_NOT_CONSIDER, SKINCON_CONCEPTS
+
+    root.mkdir(parents=True, exist_ok=True)
+    n_eligible = n_benign + n_malignant
+    kinds = (["benign"] * n_benign + ["malignant"] * n_malignant + ["non-neoplastic"] * 3
+             + ["benign", "malignant"] + ["benign"] * 4)  # then 2 flagged, then 4 without SkinCon
+    fitz_rows, skincon_rows = [], []
+    for i, kind in enumerate(kinds):
+        md5 = fitzpatrick_fixture_md5(f"fitz{i}")
+        nine = {"benign": "benign epidermal", "malignant": "malignant melanoma", "non-neoplastic": "inflammatory"}
+        fitz_rows.append([md5, 1 + i % 6, 1 + (i + 1) % 6, f"condition {i % 4}", nine[kind], kind, "",
+                          f"https://example.org/{md5}.jpg", f"httpsexampleorg{md5}jpg"])
+        if i < n_eligible + 5:
+            flagged = int(n_eligible + 3 <= i < n_eligible + 5)
+            concepts = [int((i + k) % 3 == 0) for k in range(len(SKINCON_CONCEPTS))]
+            skincon_rows.append([f"{md5}.jpg", *concepts, flagged])
+        if i < n_eligible - n_missing_images or i >= n_eligible:
+            write_image(root / image_dir / f"{md5}.jpg", size=10, seed=i)
+    skincon_rows.append([f"{fitzpatrick_fixture_md5('not-in-fitzpatrick')}.jpg", *([0] * len(SKINCON_CONCEPTS)), 0])
+    pd.DataFrame(fitz_rows, columns=["md5hash", "fitzpatrick_scale", "fitzpatrick_centaur", "label",
+                                     "nine_partition_label", "three_partition_label", "qc", "url", "url_alphanum"]
+                 ).to_csv(root / "fitzpatrick17k.csv", index=False)
+    pd.DataFrame(skincon_rows, columns=["ImageID", *SKINCON_CONCEPTS, DO_NOT_CONSIDER]).to_csv(
+        root / "annotations_fitzpatrick_final_v2.csv")  # the unnamed index column, as released
+    return root
+
+
+def write_ddi_fixture(root: Path, n: int = 12, skincon: bool = True) -> Path:
+    """DDI as released: `ddi_metadata.csv` (unnamed index, DDI_ID, DDI_file, skin_tone, malignant, disease)
+    and the PNGs `000001.png`... in the root; optionally SkinCon's `annotations_ddi_final.csv`, which
+    annotates all images but the last, and flags image 2 'Do not consider this image'.
+    Image i (1-based) is malignant when i % 3 == 0; skin tones cycle 12, 34, 56.
+    """
+    import pandas as pd
+
+    from medimg_core.data.skincon import DO_NOT_CONSIDER, SKINCON_CONCEPTS
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows, annotations = [], []
+    for i in range(1, n + 1):
+        file = f"{i:06d}.png"
+        malignant = i % 3 == 0
+        rows.append([i, file, (12, 34, 56)[i % 3], malignant,
+                     "melanoma-in-situ" if malignant else "seborrheic-keratosis"])
+        write_image(root / file, size=10, seed=i)
+        if i < n:
+            annotations.append([file, *[int((i + k) % 4 == 0) for k in range(len(SKINCON_CONCEPTS))], int(i == 2)])
+    pd.DataFrame(rows, columns=["DDI_ID", "DDI_file", "skin_tone", "malignant", "disease"]).to_csv(
+        root / "ddi_metadata.csv")
+    if skincon:
+        pd.DataFrame(annotations, columns=["ImageID", *SKINCON_CONCEPTS, DO_NOT_CONSIDER]).to_csv(
+            root / "annotations_ddi_final.csv")
+    return root
+
+
+HAM10000_DX = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+
+
+def write_ham10000_fixture(root: Path, n_lesions: int = 21) -> Path:
+    """HAM10000 as released: `HAM10000_metadata.csv` and `HAM10000_images_part_{1,2}/<image_id>.jpg`.
+
+    Lesion j has dx `HAM10000_DX[j % 7]` and two images when j % 3 == 0, one otherwise.
+    """
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows, image = [], 24306
+    for j in range(n_lesions):
+        for _ in range(2 if j % 3 == 0 else 1):
+            image_id = f"ISIC_{image:07d}"
+            part = 1 if image % 2 else 2
+            write_image(root / f"HAM10000_images_part_{part}" / f"{image_id}.jpg", size=10, seed=image)
+            rows.append([f"HAM_{j:07d}", image_id, HAM10000_DX[j % 7], "histo", f"{30 + j}.0",
+                         "male" if j % 2 else "female", "back", "vidir_modern"])
+            image += 1
+    pd.DataFrame(rows, columns=["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
+                 ).to_csv(root / "HAM10000_metadata.csv", index=False)
+    return root
+
+
+#: (left keywords, right keywords) of the fixture's patients; "，" is the sheet's full-width comma
+ODIR_KEYWORDS = [
+    ("normal fundus", "normal fundus"),
+    ("moderate non proliferative retinopathy", "mild nonproliferative retinopathy"),
+    ("glaucoma", "normal fundus"),
+    ("cataract", "lens dust，normal fundus"),
+    ("dry age-related macular degeneration", "wet age-related macular degeneration"),
+    ("hypertensive retinopathy，moderate non proliferative retinopathy", "hypertensive retinopathy"),
+    ("pathological myopia", "pathological myopia"),
+    ("drusen", "epiretinal membrane"),
+    ("low image quality", "normal fundus"),
+    ("laser spot，moderate non proliferative retinopathy", "normal fundus"),
+    ("no fundus image", "cataract"),
+    ("normal fundus", "suspected glaucoma"),
+    ("severe proliferative diabetic retinopathy", "normal fundus"),
+    ("normal fundus", "cataract,lens dust"),
+    ("mild nonproliferative retinopathy", "normal fundus"),
+]
+ODIR_COLUMNS = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords",
+                "Right-Diagnostic Keywords", "N", "D", "G", "C", "A", "H", "M", "O"]
+
+
+def write_odir_fixture(root: Path, keywords: Sequence = ODIR_KEYWORDS, xlsx: bool = False) -> Path:
+    """ODIR-5K as released: the training annotation sheet and `ODIR-5K_Training_Dataset/<ID>_{left,right}.jpg`.
+
+    The sheet is written as `ODIR-5K_Training_Annotations(Updated)_V2.csv` (the .xlsx saved as CSV), or as
+    the official `.xlsx` when `xlsx` (needs openpyxl). Patient IDs skip numbers, as the real ones do;
+    N..O are the patient-level labels derived from both eyes.
+    """
+    import pandas as pd
+
+    from medimg_core.data.odir import eye_labels
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p, (left, right) in enumerate(keywords):
+        pid = 3 * p  # real IDs skip numbers too
+        labels = [lab for lab in (eye_labels(k)[0] for k in (left, right)) if lab.any()]
+        union = np.max(labels, axis=0)
+        union[0] = float(all(lab[0] == 1 for lab in labels))  # N only when every labelled eye is normal
+        for eye in ("left", "right"):
+            write_image(root / "ODIR-5K_Training_Dataset" / f"{pid}_{eye}.jpg", size=12, seed=10 * p + len(eye))
+        rows.append([pid, 40 + p, "Female" if p % 2 else "Male", f"{pid}_left.jpg", f"{pid}_right.jpg", left, right,
+                     *[int(v) for v in union]])
+    frame = pd.DataFrame(rows, columns=ODIR_COLUMNS)
+    if xlsx:
+        frame.to_excel(root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx", index=False)
+    else:
+        frame.to_csv(root / "ODIR-5K_Training_Annotations(Updated)_V2.csv", index=False)
+    return root

@@ -247,6 +247,7 @@ class VerifyReport:
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     concept_coverage: dict[str, float] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     card: DatasetCard | None = None
     _files: list[tuple[Path, int]] = field(default_factory=list, repr=False)
 
@@ -291,6 +292,7 @@ class VerifyReport:
             "concepts": card.num_concepts if card else None,
             "concept_annotation_coverage": self.concept_coverage,
             "problems": [str(p) for p in self.problems],
+            "notes": list(self.notes),
             "ok": self.ok,
         }
 
@@ -306,6 +308,7 @@ class VerifyReport:
             lines.append(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         for split, cov in self.concept_coverage.items():
             lines.append(f"  {split}: {cov:.1%} of concept values annotated")
+        lines += [f"note: {n}" for n in self.notes]
         if self.problems:
             lines.append(f"errors: {len(self.problems)}")
             lines += [f"  - {p}" for p in self.problems]

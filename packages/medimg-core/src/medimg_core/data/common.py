@@ -6,45 +6,11 @@ import difflib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from medimg_core.data.base import VerifyReport
 from medimg_core.data.errors import DatasetError, ProblemLog
-from medimg_core.data.splits import load_or_create_folds, split_file_path
-
-
-def fold_split_names(
-    dataset: str,
-    ids: Sequence[str],
-    labels: Sequence | np.ndarray,
-    n_folds: int = 5,
-    fold: int = 0,
-    seed: int = 0,
-    split_file: str | Path | None = None,
-    groups: Sequence[str] | None = None,
-    grouped_by: str | None = None,
-) -> np.ndarray:
-    """The split name ("train", "val" or "test") of every id, from seeded stratified (grouped) folds.
-
-    test = fold `fold`, val = fold `(fold + 1) % n_folds`, train = the rest. The folds are written to
-    `split_file` (default: `split_file_path(None, dataset, ids, n_folds, seed)`) once and reused.
-    """
-    n_folds, fold, seed = int(n_folds), int(fold), int(seed)
-    if n_folds < 3:
-        raise ValueError(f"{dataset}: n_folds must be at least 3 (train, val and test folds), got {n_folds}")
-    if not 0 <= fold < n_folds:
-        raise ValueError(f"{dataset}: fold {fold} is out of range for {n_folds} folds; expected 0..{n_folds - 1}")
-    path = split_file if split_file is not None else split_file_path(None, dataset, ids, n_folds, seed)
-    folds = load_or_create_folds(path, ids, labels, n_folds, seed, groups, dataset, grouped_by=grouped_by)
-    out = np.full(len(ids), "train", dtype=object)
-    out[folds == fold] = "test"
-    out[folds == (fold + 1) % n_folds] = "val"
-    return out
 
 
 def find_dir(root: Path, names: Sequence[str], max_depth: int = 3) -> Path | None:
@@ -109,26 +75,3 @@ def read_excel_file(path: Path) -> pd.DataFrame:
         raise DatasetError(f"{path}: cannot read as an Excel workbook ({exc})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
-
-
-@dataclass
-class NotedVerifyReport(VerifyReport):
-    """A verify report with notes: counts of rows a loader dropped on purpose (not errors)."""
-
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["notes"] = list(self.notes)
-        return out
-
-    def to_text(self) -> str:
-        lines = super().to_text().split("\n")
-        at = next((i for i, line in enumerate(lines) if line.startswith("errors:")), len(lines))
-        return "\n".join(lines[:at] + [f"note: {n}" for n in self.notes] + lines[at:])
-
-
-def with_notes(report: VerifyReport, notes: Sequence[str]) -> NotedVerifyReport:
-    """A copy of `report` carrying `notes`."""
-    values = {f.name: getattr(report, f.name) for f in fields(VerifyReport)}
-    return NotedVerifyReport(**values, notes=list(notes))

@@ -31,7 +31,7 @@ from medimg_core.data.card import TASK_TYPES, DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import IMAGE_SUFFIXES, PathResolver
 from medimg_core.data.registry import register_dataset
-from medimg_core.data.splits import load_or_create_folds, split_file_path
+from medimg_core.data.splits import fold_split_names
 from medimg_core.data.tables import ROW_OFFSET, binary_column, map_values, read_table_file, require_columns
 
 DESCRIPTOR = "dataset.json"
@@ -307,13 +307,8 @@ class CSVDataset(MedicalImageDataset):
             return out
         if len(log):  # targets are unreliable: no point splitting
             return np.full(len(frame), "", dtype=object)
-        n_folds, fold = int(opts["n_folds"]), int(opts["fold"])
-        if not 0 <= fold < n_folds:
-            raise DatasetError(f"{card.name}: fold {fold} is out of range for {n_folds} folds")
-        path = opts.get("split_file") or split_file_path(None, card.name, ids, n_folds, int(opts["seed"]))
-        folds = load_or_create_folds(path, ids, targets, n_folds, int(opts["seed"]), groups, card.name,
-                                     grouped_by=opts.get("group_column"))
-        out = np.full(len(frame), "train", dtype=object)
-        out[folds == fold] = "test"
-        out[folds == (fold + 1) % n_folds] = "val"
-        return out
+        try:
+            return fold_split_names(card.name, ids, targets, opts["n_folds"], opts["fold"], opts["seed"],
+                                    opts.get("split_file"), groups, grouped_by=opts.get("group_column"))
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None

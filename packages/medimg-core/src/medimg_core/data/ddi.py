@@ -9,7 +9,6 @@ import numpy as np
 
 from medimg_core.data.base import MedicalImageDataset, SampleTable, VerifyReport, collect_missing_files
 from medimg_core.data.card import DatasetCard
-from medimg_core.data.common import with_notes
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
 from medimg_core.data.registry import register_dataset
@@ -153,4 +152,5 @@ class DDI(MedicalImageDataset):
         else:
             note = (f"SkinCon concepts for {extra['skincon_annotated']} of {len(table)} images "
                     f"({extra['skincon_do_not_consider']} flagged 'Do not consider this image' left NaN)")
-        return with_notes(report, [note])
+        report.notes.extend([note])
+        return report

@@ -9,7 +9,6 @@ import numpy as np
 
 from medimg_core.data.base import MedicalImageDataset, SampleTable, VerifyReport
 from medimg_core.data.card import DatasetCard
-from medimg_core.data.common import fold_split_names, with_notes
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
 from medimg_core.data.registry import register_dataset
@@ -20,6 +19,7 @@ from medimg_core.data.skincon import (
     SKINCON_LICENSE,
     read_skincon,
 )
+from medimg_core.data.splits import fold_split_names
 from medimg_core.data.tables import ROW_OFFSET, find_file, read_table_file, require_columns
 
 FITZPATRICK_CSVS = ("fitzpatrick17k.csv", "fitzpatrick17k/fitzpatrick17k.csv")
@@ -200,7 +200,8 @@ class Fitzpatrick17kSkinCon(MedicalImageDataset):
             f"image', {extra['non_neoplastic']} non-neoplastic, {extra['not_in_fitzpatrick_csv']} not in "
             f"fitzpatrick17k.csv, {extra['duplicate_rows']} duplicates",
         ]
-        return with_notes(report, notes)
+        report.notes.extend(notes)
+        return report
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -9,10 +9,10 @@ import numpy as np
 
 from medimg_core.data.base import MedicalImageDataset, SampleTable, empty_concepts
 from medimg_core.data.card import DatasetCard
-from medimg_core.data.common import fold_split_names
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
 from medimg_core.data.registry import register_dataset
+from medimg_core.data.splits import fold_split_names
 from medimg_core.data.tables import ROW_OFFSET, find_file, map_values, read_table_file, require_columns
 
 #: the `dx` codes, in the order of the class indices

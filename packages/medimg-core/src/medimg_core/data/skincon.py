@@ -63,10 +63,10 @@ def read_skincon(path: Path, log: ProblemLog) -> SkinConTable | None:
     columns = match_columns(frame, [IMAGE_ID, *SKINCON_CONCEPTS, DO_NOT_CONSIDER], path, log)
     if columns is None:
         return None
-    concepts = np.stack(
-        [binary_column(frame, columns[c], path, log) for c in SKINCON_CONCEPTS], axis=1
-    ).astype(np.float32) if len(frame) else np.zeros((0, len(SKINCON_CONCEPTS)), dtype=np.float32)
-    flag = binary_column(frame, columns[DO_NOT_CONSIDER], path, log) if len(frame) else np.zeros(0)
+    concepts = np.zeros((len(frame), len(SKINCON_CONCEPTS)), dtype=np.float32)
+    for k, concept in enumerate(SKINCON_CONCEPTS):
+        concepts[:, k] = binary_column(frame, columns[concept], path, log)
+    flag = binary_column(frame, columns[DO_NOT_CONSIDER], path, log)
     image_ids = [str(v).strip() for v in frame[columns[IMAGE_ID]].tolist()]
     for i, name in enumerate(image_ids):
         if not name:

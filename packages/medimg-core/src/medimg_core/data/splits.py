@@ -163,3 +163,32 @@ def holdout_mask(
     path = split_file if split_file is not None else split_file_path(None, f"{dataset}-holdout", ids, n_folds, seed)
     folds = load_or_create_folds(path, ids, labels, n_folds, seed, groups, dataset, grouped_by=grouped_by)
     return folds == 0
+
+
+def fold_split_names(
+    dataset: str,
+    ids: Sequence[str],
+    labels: Sequence | np.ndarray,
+    n_folds: int = 5,
+    fold: int = 0,
+    seed: int = 0,
+    split_file: str | Path | None = None,
+    groups: Sequence[str] | None = None,
+    grouped_by: str | None = None,
+) -> np.ndarray:
+    """The split name ("train", "val" or "test") of every id, from seeded stratified (grouped) folds.
+
+    test = fold `fold`, val = fold `(fold + 1) % n_folds`, train = the rest. The folds are written to
+    `split_file` (default: `split_file_path(None, dataset, ids, n_folds, seed)`) once and reused.
+    """
+    n_folds, fold, seed = int(n_folds), int(fold), int(seed)
+    if n_folds < 3:
+        raise ValueError(f"{dataset}: n_folds must be at least 3 (train, val and test folds), got {n_folds}")
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"{dataset}: fold {fold} is out of range for {n_folds} folds; expected 0..{n_folds - 1}")
+    path = split_file if split_file is not None else split_file_path(None, dataset, ids, n_folds, seed)
+    folds = load_or_create_folds(path, ids, labels, n_folds, seed, groups, dataset, grouped_by=grouped_by)
+    out = np.full(len(ids), "train", dtype=object)
+    out[folds == fold] = "test"
+    out[folds == (fold + 1) % n_folds] = "val"
+    return out

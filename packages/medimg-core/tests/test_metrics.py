@@ -1,0 +1,221 @@
+"""Metrics against hand-computed values, degenerate inputs, and the bootstrap."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from medimg_core.metrics import (
+    HEADLINE_KEYS,
+    _index_chunks,
+    _vectorised_keys,
+    _weighted_metrics,
+    bootstrap_ci,
+    classification_metrics,
+    concept_metrics,
+    metrics_with_ci,
+)
+
+# Hand-worked binary example: pred = [0, 1, 1, 0, 1, 0]; 4 of 6 right; per class tp 2, fp 1, fn 1 -> F1 2/3;
+# recalls 2/3 and 2/3; AUROC: positives .8, .4, .9 beat 3 + 2 + 3 of the 9 negative pairs -> 8/9.
+Y_BIN = np.array([0, 0, 1, 1, 1, 0])
+P_BIN = np.array([0.1, 0.6, 0.8, 0.4, 0.9, 0.2])
+
+
+def test_binary_hand_computed():
+    m = classification_metrics("binary", Y_BIN, P_BIN)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["balanced_accuracy"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx(2 / 3)
+    assert m["auroc"] == pytest.approx(8 / 9)
+
+
+def test_binary_score_layouts_agree():
+    a = classification_metrics("binary", Y_BIN, P_BIN)
+    b = classification_metrics("binary", Y_BIN, P_BIN[:, None])
+    c = classification_metrics("binary", Y_BIN, np.stack([1 - P_BIN, P_BIN], axis=1), ["neg", "pos"])
+    assert a == b == c
+
+
+def test_perfect_and_reversed_auroc():
+    y = np.array([0, 0, 1, 1])
+    assert classification_metrics("binary", y, np.array([0.1, 0.2, 0.8, 0.9]))["auroc"] == 1.0
+    assert classification_metrics("binary", y, np.array([0.9, 0.8, 0.2, 0.1]))["auroc"] == 0.0
+
+
+def test_single_class_auroc_is_nan_not_an_error():
+    m = classification_metrics("binary", np.zeros(4, dtype=int), np.array([0.1, 0.2, 0.6, 0.3]))
+    assert math.isnan(m["auroc"])
+    assert m["accuracy"] == pytest.approx(0.75)
+
+
+def test_multiclass_perfect_and_per_class_keys():
+    y = np.array([0, 1, 2, 2])
+    s = np.eye(3)[y] * 0.8 + 0.2 / 3
+    m = classification_metrics("multiclass", y, s, ["a", "b", "c"])
+    assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0 and m["auroc"] == 1.0
+    assert m["auroc/a"] == m["auroc/b"] == m["auroc/c"] == 1.0
+
+
+def test_multiclass_absent_class_auroc_nan_and_skipped_in_mean():
+    y = np.array([0, 0, 1, 1])  # class 2 never occurs
+    s = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
+    m = classification_metrics("multiclass", y, s)
+    assert math.isnan(m["auroc/class_2"])
+    assert m["auroc"] == pytest.approx(1.0)
+
+
+def test_ordinal_perfect_agreement_and_monotone_spearman():
+    y = np.array([0, 1, 2, 3, 4])
+    m = classification_metrics("ordinal", y, np.eye(5)[y] * 0.9 + 0.02)
+    assert m["qwk"] == pytest.approx(1.0) and m["mae"] == 0.0 and m["spearman"] == pytest.approx(1.0)
+    # argmax is always grade 0 or 1, but the expected grade rises with the true grade: Spearman 1
+    s = np.array([[0.9, 0.1, 0, 0, 0], [0.8, 0.1, 0.1, 0, 0], [0.6, 0.2, 0.1, 0.1, 0],
+                  [0.3, 0.4, 0.1, 0.1, 0.1], [0.2, 0.3, 0.1, 0.2, 0.2]])
+    assert classification_metrics("ordinal", y, s)["spearman"] == pytest.approx(1.0)
+
+
+def test_ordinal_mae_hand_computed():
+    y = np.array([0, 1, 2])
+    s = np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1]])  # pred [1, 1, 0] -> |errors| 1, 0, 2
+    assert classification_metrics("ordinal", y, s)["mae"] == pytest.approx(1.0)
+
+
+def test_multilabel_hand_computed():
+    y = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 1]])
+    s = np.array([[0.9, 0.2, 0.6], [0.3, 0.1, 0.4], [0.8, 0.7, 0.3], [0.2, 0.4, 0.9]])
+    m = classification_metrics("multilabel", y, s, ["x", "y", "z"])
+    # label x perfect (4/4), y 3/4 (one false positive), z 3/4 (0.4 missed) -> mean 10/12
+    assert m["accuracy"] == pytest.approx(10 / 12)
+    assert m["auroc/x"] == 1.0
+    assert math.isnan(m["auroc/y"])  # all zeros
+    assert m["auroc/z"] == pytest.approx(1.0)  # positives .6 .4 .9 vs negative .3
+    assert m["auroc_mean"] == pytest.approx(1.0)
+    assert m["f1_best_mean"] == pytest.approx(1.0)  # x and z separable, y has no positives (skipped)
+    # F1: x 1; y tp 0 fp 1 -> 0; z tp 2 fn 1 -> 0.8
+    assert m["macro_f1"] == pytest.approx((1 + 0 + 0.8) / 3)
+
+
+def test_concept_metrics_ignore_unannotated_entries():
+    nan = np.nan
+    c_true = np.array([[1, nan], [0, 1], [nan, 0], [1, 1]])
+    c_score = np.array([[0.9, 0.99], [0.2, 0.7], [0.9, 0.1], [0.4, 0.8]])  # scores under NaN would be wrong
+    m = concept_metrics(c_true, c_score, ["a", "b"])
+    assert m["concept_accuracy"] == pytest.approx(5 / 6)  # only (3, a) is wrong
+    assert m["concept_accuracy/a"] == pytest.approx(2 / 3) and m["concept_accuracy/b"] == 1.0
+    assert m["concept_f1/a"] == pytest.approx(2 / 3)
+    assert m["concept_macro_f1"] == pytest.approx(5 / 6)
+    assert m["concept_auroc/a"] == 1.0 and m["concept_auroc_mean"] == 1.0
+    assert m["concept_annotated_fraction"] == pytest.approx(6 / 8)
+
+
+def test_concept_metrics_unannotated_or_single_valued_concept_is_nan():
+    c_true = np.array([[1, np.nan, 0], [0, np.nan, 0]])
+    m = concept_metrics(c_true, np.array([[0.8, 0.5, 0.1], [0.3, 0.5, 0.2]]))
+    assert math.isnan(m["concept_auroc/concept_1"]) and math.isnan(m["concept_auroc/concept_2"])
+    assert m["concept_auroc_mean"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("task", "y", "s", "match"),
+    [
+        ("binary", np.array([0, 1, 1]), np.array([0.2, 0.7]), "3 rows"),
+        ("binary", np.array([0, 1]), np.array([0.2, np.nan]), "NaN"),
+        ("multiclass", np.array([0, 3]), np.full((2, 3), 1 / 3), "out of range"),
+        ("multiclass", np.array([0, 1]), np.array([[2.0, -1.0], [0.5, 3.0]]), "logits"),
+        ("multiclass", np.array([0, 1]), np.array([[0.9, 0.9], [0.5, 0.5]]), "sum to 1"),
+        ("multilabel", np.array([[0, 1]]), np.array([[0.2, 0.3, 0.1]]), "same shape"),
+        ("multilabel", np.array([[0, 2]]), np.array([[0.2, 0.3]]), "0/1"),
+        ("regression", np.array([0]), np.array([0.5]), "not one of"),
+    ],
+)
+def test_clear_errors(task, y, s, match):
+    with pytest.raises(ValueError, match=match):
+        classification_metrics(task, y, s)
+
+
+def test_class_names_count_and_concept_shape_errors():
+    with pytest.raises(ValueError, match="name"):
+        classification_metrics("multiclass", np.array([0, 1]), np.eye(3)[[0, 1]], ["a", "b"])
+    with pytest.raises(ValueError, match="same shape"):
+        concept_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="0/1"):
+        concept_metrics(np.array([[2.0]]), np.array([[0.5]]))
+
+
+def _data(task: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if task == "multilabel":
+        y = (rng.random((n, 3)) < [0.5, 0.3, 0.05]).astype(int)
+        return y, np.clip(0.6 * y + 0.5 * rng.random((n, 3)), 0, 1)
+    c = {"binary": 2, "multiclass": 4, "ordinal": 4}[task]
+    y = rng.choice(c, size=n, p=[0.4, 0.6] if c == 2 else [0.4, 0.3, 0.25, 0.05])
+    z = rng.normal(size=(n, c))
+    z[np.arange(n), y] += 1.0
+    z = np.round(z, 1)  # ties in scores
+    return y, np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "ordinal", "multilabel"])
+def test_vectorised_bootstrap_matches_sklearn_on_every_resample(task):
+    y, s = _data(task, 30)
+    point = classification_metrics(task, y, s)
+    names = [k.split("/", 1)[1] for k in point if k.startswith("auroc/")] or ["class_0", "class_1"]
+    keys = _vectorised_keys(task, names)
+    assert keys <= set(point)
+    for chunk in _index_chunks(len(y), 25, seed=3):
+        counts = np.stack([np.bincount(idx, minlength=len(y)) for idx in chunk])
+        fast = _weighted_metrics(task, y, s, names, counts, keys)
+        for row, idx in enumerate(chunk):
+            ref = classification_metrics(task, y[idx], s[idx])
+            for key in keys:
+                assert fast[key][row] == pytest.approx(ref[key], abs=1e-9, nan_ok=True), (key, row)
+
+
+def test_bootstrap_ci_contains_point_and_is_seeded():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    point, low, high = bootstrap_ci(np.mean, x, n_boot=300, seed=5)
+    assert point == pytest.approx(x.mean())
+    assert low < point < high
+    assert bootstrap_ci(np.mean, x, n_boot=300, seed=5) == (point, low, high)
+    assert bootstrap_ci(np.mean, x, n_boot=300, seed=6) != (point, low, high)
+
+
+def test_bootstrap_ci_skips_undefined_resamples():
+    y = np.array([0] * 9 + [1])  # most resamples of 10 miss the single positive
+    p = np.linspace(0.1, 0.9, 10)
+
+    def auroc(a, b):
+        return classification_metrics("binary", a, b)["auroc"]
+
+    point, low, high, skipped = bootstrap_ci(auroc, y, p, n_boot=100, seed=0, return_skipped=True)
+    assert point == 1.0 and 0 < skipped < 100 and low == high == 1.0
+    with pytest.raises(ValueError, match="length"):
+        bootstrap_ci(auroc, y, p[:5])
+
+
+def test_metrics_with_ci_structure_and_agreement_with_bootstrap_ci():
+    y, s = _data("ordinal", 60, seed=2)
+    out = metrics_with_ci("ordinal", y, s, keys=("accuracy", "qwk", "spearman"), n_boot=30, seed=1)
+    assert out["bootstrap"]["n_boot"] == 30 and set(out["bootstrap"]["skipped"]) == {"accuracy", "qwk", "spearman"}
+    for key in ("accuracy", "qwk", "spearman"):
+        low, high = out[f"{key}_ci"]
+        assert low <= out[key] <= high
+        ref = bootstrap_ci(lambda a, b, k=key: classification_metrics("ordinal", a, b)[k], y, s, n_boot=30, seed=1)
+        assert (out[key], low, high) == pytest.approx(ref)
+    assert "mae" in out and "mae_ci" not in out  # every point metric, intervals for the asked keys
+    again = metrics_with_ci("ordinal", y, s, keys=("accuracy", "qwk", "spearman"), n_boot=30, seed=1)
+    assert again == out
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "ordinal", "multilabel"])
+def test_metrics_with_ci_default_keys(task):
+    y, s = _data(task, 40)
+    out = metrics_with_ci(task, y, s, n_boot=20)
+    for key in HEADLINE_KEYS[task]:
+        assert isinstance(out[key], float) and len(out[f"{key}_ci"]) == 2
+    with pytest.raises(ValueError, match="unknown key"):
+        metrics_with_ci(task, y, s, keys=("nope",), n_boot=5)
