@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, command_line, write_result  # noqa: E402
+from common import ROOT, SHARED, command_line, write_result
 
 RUNS = {
     # resnet18 from scratch at 64 px, AdamW + one-cycle, flips, batch 64, 6 epochs (CPU budget ~10 min)

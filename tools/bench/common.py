@@ -7,6 +7,7 @@ edited by hand: rerun the benchmark to change them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -32,10 +33,8 @@ def machine() -> dict:
     except OSError:
         pass
     mem_gb = None
-    try:
+    with contextlib.suppress(ValueError, OSError):
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "gpu": gpu, "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
@@ -43,10 +42,8 @@ def machine() -> dict:
 
 def command_line() -> str:
     rel = Path(sys.argv[0]).resolve()
-    try:
+    with contextlib.suppress(ValueError):
         rel = rel.relative_to(ROOT)
-    except ValueError:
-        pass
     return "python " + " ".join(shlex.quote(a) for a in [str(rel), *sys.argv[1:]])
 
 

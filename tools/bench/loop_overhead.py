@@ -23,10 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command_line, write_result  # noqa: E402
+from common import command_line, write_result
 
-from medimg_core.data import DatasetCard, MedicalImageDataset, SampleTable  # noqa: E402
-from medimg_core.training import OptimConfig, Trainer, TrainConfig, build_optimizer, build_scheduler  # noqa: E402
+from medimg_core.data import DatasetCard, MedicalImageDataset, SampleTable
+from medimg_core.training import OptimConfig, TrainConfig, Trainer, build_optimizer, build_scheduler
 
 
 def make_data(n: int, size: int) -> MedicalImageDataset:
@@ -83,6 +83,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     data = make_data(args.n, args.size)
+    bare_loop(timm.create_model(args.model, num_classes=5), make_data(4 * args.batch, args.size), 1, args.batch)  # warm-up
     bare, ours = [], []
     for r in range(args.repeats):
         torch.manual_seed(r)

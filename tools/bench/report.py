@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, ROOT  # noqa: E402
+from common import RESULTS, ROOT
 
 
 def fmt(value, digits=3) -> str:

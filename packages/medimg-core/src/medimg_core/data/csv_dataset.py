@@ -234,7 +234,7 @@ class CSVDataset(MedicalImageDataset):
     @classmethod
     def _load(cls, root: str | Path, options: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard, str, dict]:
         opts = resolve_options(root, options)
-        frame, card, label = _parse_cached(str(Path(root).resolve()), json.dumps(opts, sort_keys=True, default=str))
+        frame, card, label = _parse_cached(str(Path(root).resolve()), json.dumps(opts, default=str))
         return frame, card, label, opts
 
     @classmethod
