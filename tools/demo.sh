@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up the environment (tools/setup.sh) and run the main job on the embedded default data:
 # generate the synthetic dermoscopy set with ground-truth concepts, masks and rule, verify it, show
-# its card and write a preview of sample images. Each method's issue adds its train/evaluate/explain
-# step here. Output goes to runs/demo (override with MEDIMG_DEMO_OUT).
+# its card, write a preview of sample images, and train and evaluate the black-box baseline on it.
+# Each method's issue adds its train/evaluate/explain step here. Output goes to runs/demo (override with MEDIMG_DEMO_OUT).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/tools/setup.sh"
@@ -19,4 +19,15 @@ fi
 "$BIN/medimg" datasets preview "$DATA" --format csv --split train --n 16 --out "$OUT/synth-derm-preview.png"
 cat "$DATA/card.md"
 echo
-echo "demo done: data in $DATA, preview in $OUT/synth-derm-preview.png"
+# The black-box baseline every interpretable method is compared with: train, evaluate on test.
+"$BIN/medimg" train-baseline --config baseline-synth-derm --root "$DATA" --device cpu --seed 0 --out "$OUT/runs" \
+  | tee "$OUT/baseline.log"
+RUN="$(tail -n 1 "$OUT/baseline.log" | sed 's/^run folder: //')"
+"$BIN/python" - "$RUN" <<'PY'
+import json, sys
+m = json.load(open(f"{sys.argv[1]}/metrics.json"))
+t = m["test"]
+print(f"baseline test accuracy {t['accuracy']:.3f} (95% CI {t['accuracy_ci'][0]:.3f}-{t['accuracy_ci'][1]:.3f}), "
+      f"AUROC {t['auroc']:.3f}, {m['wall_time_s']:.0f} s")
+PY
+echo "demo done: data in $DATA, preview in $OUT/synth-derm-preview.png, baseline run in $RUN"

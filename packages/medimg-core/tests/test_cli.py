@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 from click.testing import CliRunner
 
 from medimg_core import __version__
@@ -48,3 +49,26 @@ def test_download_refuses_unknown_and_explains_manual_sets(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["datasets", "download", "wbcatt", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "cannot be downloaded automatically" in result.output
+
+
+def test_synth_then_verify_preview_and_load(tmp_path):
+    from medimg_core.data import load_dataset
+    from medimg_core.synthetic import parse_rule
+
+    out = tmp_path / "d"
+    runner = CliRunner()
+    result = runner.invoke(main, ["synth", "synth-derm", "--n", "40", "--out", str(out), "--seed", "1",
+                                  "--size", "32", "--rule", "streaks | ~dots_and_globules"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["datasets", "verify", str(out), "--format", "csv"])
+    assert result.exit_code == 0 and "images: 40" in result.output and "errors: none" in result.output
+    result = runner.invoke(main, ["datasets", "preview", str(out), "--format", "csv", "--n", "6",
+                                  "--out", str(tmp_path / "p.png")])
+    assert result.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 1000
+    ds = load_dataset("csv", out, "train")
+    rule = parse_rule(ds.card.extra["rule"], ds.card.concept_names)
+    assert np.array_equal(rule.evaluate(ds.concepts).astype(int), ds.targets)
+    assert ds[0]["masks"].shape == (6, 32, 32)
+    result = runner.invoke(main, ["synth", "synth-derm", "--n", "4", "--out", str(tmp_path / "e"),
+                                  "--rule", "streaks & blue"])
+    assert result.exit_code != 0 and "blue_white_veil" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -161,7 +162,7 @@ def datasets_preview(root: Path, fmt: str, split: str, n: int, out: Path, seed: 
         else:
             label = card.class_names[int(target)]
         present = [card.concept_names[j] for j in np.flatnonzero(np.nan_to_num(s["concepts"].numpy()) > 0.5)]
-        captions.append(label + ("\n" + ", ".join(present) if present else ""))
+        captions.append("\n".join([label, *textwrap.wrap(", ".join(present), 34)]))
     masks = [s["masks"] for s in samples] if card.has_masks else None
     image_grid([s["image"] for s in samples], captions, out, masks=masks,
                mask_names=list(card.concept_names) if masks else None, title=f"{card.title}: {split}")
@@ -223,8 +224,9 @@ def synth(name: str, n: int, out: Path, seed: int, size: int | None, rule: str |
 
 
 @main.command("train-baseline", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), default=None,
-              help="YAML config (sections data, model, train, optim); options and overrides win over it.")
+@click.option("--config", "config_path", default=None,
+              help="YAML config file, or the name of a shipped one (baseline-wbcatt, baseline-retinamnist, "
+                   "baseline-synth-derm); options and overrides win over it.")
 @click.option("--dataset", default=None, help="Dataset format (`medimg datasets list`), e.g. wbcatt, retinamnist, csv.")
 @click.option("--root", default=None, help="Dataset root folder (or .npz file for MedMNIST).")
 @click.option("--backbone", default=None, help="timm model name or torchvision alias, e.g. resnet18.")
@@ -264,13 +266,28 @@ def train_baseline_cmd(ctx: click.Context, config_path, dataset, root, backbone,
             if overrides:
                 raise ConfigError("--resume continues a run with its saved config; drop the other options")
         else:
-            cfg = load_config(BaselineConfig, config_path, overrides)
+            cfg = load_config(BaselineConfig, resolve_config_path(config_path), overrides)
             if not cfg.data.root:
                 raise ConfigError("--root (data.root) is required: the dataset folder or file")
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     run_dir = train_baseline(cfg, resume_dir=resume_dir)
     click.echo(f"run folder: {run_dir}")
+
+
+def resolve_config_path(name: str | None) -> Path | None:
+    """A config file path, or the name of a config shipped in medimg_core/configs."""
+    if name is None:
+        return None
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = Path(__file__).parent / "configs" / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    available = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+    raise click.BadParameter(f"{name!r} is neither a file nor a shipped config ({', '.join(available)})",
+                             param_hint="--config")
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict:

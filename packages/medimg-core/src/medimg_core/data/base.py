@@ -99,7 +99,8 @@ class MedicalImageDataset(Dataset):
 
     card: ClassVar[DatasetCard]
     #: split names accepted by the constructor, beyond those on the card
-    split_aliases: ClassVar[dict[str, str]] = {"valid": "val", "validation": "val"}
+    split_aliases: ClassVar[dict[str, str]] = {"training": "train", "valid": "val", "validation": "val",
+                                               "testing": "test"}
 
     def __init__(
         self,
@@ -123,7 +124,8 @@ class MedicalImageDataset(Dataset):
     # -- construction helpers -------------------------------------------------------------------
     @classmethod
     def normalize_split(cls, split: str) -> str:
-        name = cls.split_aliases.get(split, split)
+        name = str(split).strip().lower()
+        name = cls.split_aliases.get(name, name)
         splits = cls.card.splits
         if name not in splits:
             raise ValueError(f"{cls.card.name}: unknown split {split!r}; expected one of {list(splits)}")
@@ -235,6 +237,20 @@ class MedicalImageDataset(Dataset):
     def card_for(cls, root: str | Path, **options: Any) -> DatasetCard:
         """The card for the data at `root`; generic loaders build it from the files."""
         return cls.card
+
+
+class FileDataset(MedicalImageDataset):
+    """A dataset read from files under a root: `Loader(root, split=None, transform=None, **options)`.
+
+    Subclasses implement `read_table(root, split, **options)` (and `card_for` when the card depends on the
+    files or options). `split=None` is the card's first split.
+    """
+
+    def __init__(self, root: str | Path, split: str | None = None, transform: Callable | None = None,
+                 **options: Any):
+        split = self.normalize_split(split or self.card.splits[0])
+        table = self.read_table(root, split, **options)
+        super().__init__(table, self.card_for(root, **options), split, transform)
 
 
 @dataclass

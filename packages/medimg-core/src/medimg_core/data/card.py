@@ -89,7 +89,7 @@ class DatasetCard:
         lines += [
             f"- task: {self.task}, {self.num_classes} classes: {', '.join(self.class_names)}",
             f"- image channels: {self.channels}; modality: {self.modality or 'n/a'}",
-            f"- splits: {', '.join(self.splits)} ({'official' if self.official_splits else 'seeded, written to a split file'})",
+            f"- splits: {', '.join(self.splits)} ({'fixed: official or given by the data' if self.official_splits else 'seeded folds, written to a split file'})",
             f"- concepts: {self.num_concepts}" + (f" ({', '.join(self.concept_names)})" if self.concept_names else ""),
             f"- pixel masks per concept: {'yes' if self.has_masks else 'no'}",
         ]

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from medimg_core.data.base import MedicalImageDataset, SampleTable, collect_missing_files, empty_concepts
+from medimg_core.data.base import FileDataset, SampleTable, collect_missing_files, empty_concepts
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
@@ -61,7 +61,7 @@ def read_bboxes(root: Path) -> dict[str, list[tuple[str, float, float, float, fl
 
 
 @register_dataset("chestxray14")
-class ChestXray14(MedicalImageDataset):
+class ChestXray14(FileDataset):
     """NIH ChestX-ray14, multi-label over 14 findings ("No Finding" = all zeros).
 
     Root layout, as released by the NIH: `Data_Entry_2017*.csv[.gz]`, `train_val_list.txt`,
@@ -95,10 +95,6 @@ class ChestXray14(MedicalImageDataset):
         download="Data_Entry_2017_v2020.csv, train_val_list.txt, test_list.txt and images_001..012.tar.gz "
         "from the NIH box folder, unpacked under one root.",
     )
-
-    def __init__(self, root: str | Path, split: str = "train", transform=None, **options: Any):
-        split = self.normalize_split(split)
-        super().__init__(self.read_table(root, split, **options), type(self).card, split, transform)
 
     @classmethod
     def read_table(

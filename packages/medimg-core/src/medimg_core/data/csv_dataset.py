@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medimg_core.data.base import MedicalImageDataset, SampleTable, collect_missing_files
+from medimg_core.data.base import FileDataset, SampleTable, collect_missing_files
 from medimg_core.data.card import TASK_TYPES, DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import IMAGE_SUFFIXES, PathResolver
@@ -57,8 +57,6 @@ OPTION_KEYS = (
     "card",
 )
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "test": "test", "testing": "test"}
 
 
 def _read_descriptor(root: Path) -> dict[str, Any]:
@@ -214,7 +212,7 @@ def _targets(frame: pd.DataFrame, card: DatasetCard, opts: dict[str, Any], label
 
 
 @register_dataset("csv")
-class CSVDataset(MedicalImageDataset):
+class CSVDataset(FileDataset):
     """Users' own data from a CSV (or class folders); see the module docstring for the options."""
 
     card = DatasetCard(
@@ -225,11 +223,6 @@ class CSVDataset(MedicalImageDataset):
         description="Your own images: a CSV with an image path column and label column(s), "
         "optional concept, mask, split and group columns; or one folder per class.",
     )
-
-    def __init__(self, root: str | Path, split: str = "train", transform=None, **options: Any):
-        split = SPLIT_ALIASES.get(split, split)
-        card = self.card_for(root, **options)
-        super().__init__(self.read_table(root, split, **options), card, split, transform)
 
     @classmethod
     def _load(cls, root: str | Path, options: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard, str, dict]:
@@ -244,9 +237,7 @@ class CSVDataset(MedicalImageDataset):
     @classmethod
     def read_table(cls, root: str | Path, split: str, **options: Any) -> SampleTable:
         frame, card, label, opts = cls._load(root, options)
-        split = SPLIT_ALIASES.get(split, split)
-        if split not in card.splits:
-            raise ValueError(f"{card.name}: unknown split {split!r}; expected one of {list(card.splits)}")
+        split = cls.normalize_split(split)
         log = ProblemLog()
         root = Path(root)
         targets = _targets(frame, card, opts, label, log)
@@ -300,7 +291,10 @@ class CSVDataset(MedicalImageDataset):
             col = opts["split_column"]
             out = np.empty(len(frame), dtype=object)
             for r, value in enumerate(frame[col].tolist()):
-                name = SPLIT_ALIASES.get(str(value).strip().lower())
+                try:
+                    name = CSVDataset.normalize_split(str(value))
+                except ValueError:
+                    name = None
                 if name is None:
                     log.add(label, f"unknown split {value!r}; expected train, val or test", row=r + ROW_OFFSET, column=col)
                 out[r] = name

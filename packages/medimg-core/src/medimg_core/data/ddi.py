@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medimg_core.data.base import MedicalImageDataset, SampleTable, VerifyReport, collect_missing_files
+from medimg_core.data.base import FileDataset, SampleTable, VerifyReport, collect_missing_files
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
@@ -35,7 +35,7 @@ CLASSES = ("benign", "malignant")
 
 
 @register_dataset("ddi")
-class DDI(MedicalImageDataset):
+class DDI(FileDataset):
     """DDI: 656 biopsy-proven clinical images over Fitzpatrick I-VI; one split, "test".
 
     Root layout, as released (Stanford AIMI): `ddi_metadata.csv` (columns: an unnamed index,
@@ -81,10 +81,6 @@ class DDI(MedicalImageDataset):
             "site to the same root."
         ),
     )
-
-    def __init__(self, root: str | Path, split: str = "test", transform=None, **options: Any):
-        split = self.normalize_split(split)
-        super().__init__(self.read_table(root, split, **options), type(self).card, split, transform)
 
     @classmethod
     def read_table(cls, root: str | Path, split: str = "test") -> SampleTable:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from medimg_core.data.base import MedicalImageDataset, SampleTable, collect_missing_files
+from medimg_core.data.base import FileDataset, SampleTable, collect_missing_files
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
@@ -119,7 +119,7 @@ def diagnosis_class(diagnosis: str) -> str | None:
 
 
 @register_dataset("derm7pt")
-class Derm7pt(MedicalImageDataset):
+class Derm7pt(FileDataset):
     """Derm7pt: melanoma vs not (default) from dermoscopic images, with seven-point checklist concepts.
 
     Root layout, as released (release_v0): `meta/meta.csv`, the official split lists
@@ -166,11 +166,6 @@ class Derm7pt(MedicalImageDataset):
             "(holding meta/meta.csv, meta/{train,valid,test}_indexes.csv and images/). Nothing needs renaming."
         ),
     )
-
-    def __init__(self, root: str | Path, split: str = "train", transform=None, **options: Any):
-        split = self.normalize_split(split)
-        table = self.read_table(root, split, **options)
-        super().__init__(table, type(self).card_for(root, **options), split, transform)
 
     @classmethod
     def card_for(

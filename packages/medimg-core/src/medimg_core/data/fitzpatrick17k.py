@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medimg_core.data.base import MedicalImageDataset, SampleTable, VerifyReport
+from medimg_core.data.base import FileDataset, SampleTable, VerifyReport
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
@@ -34,7 +34,7 @@ CLASSES = ("benign", "malignant")
 
 
 @register_dataset("fitzpatrick17k-skincon")
-class Fitzpatrick17kSkinCon(MedicalImageDataset):
+class Fitzpatrick17kSkinCon(FileDataset):
     """Fitzpatrick17k clinical images annotated with SkinCon's 48 concepts; benign (0) vs malignant (1).
 
     Root layout, as released: `fitzpatrick17k.csv` (from the Fitzpatrick17k repository), SkinCon's
@@ -86,10 +86,6 @@ class Fitzpatrick17kSkinCon(MedicalImageDataset):
             "root and the images in root/images/ (or raw_data/, or the root)."
         ),
     )
-
-    def __init__(self, root: str | Path, split: str = "train", transform=None, **options: Any):
-        split = self.normalize_split(split)
-        super().__init__(self.read_table(root, split, **options), type(self).card, split, transform)
 
     @classmethod
     def read_table(

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medimg_core.data.base import MedicalImageDataset, SampleTable, empty_concepts
+from medimg_core.data.base import FileDataset, SampleTable, empty_concepts
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
@@ -32,7 +32,7 @@ IMAGE_DIRS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_imag
 
 
 @register_dataset("ham10000")
-class HAM10000(MedicalImageDataset):
+class HAM10000(FileDataset):
     """HAM10000, 7 classes (akiec, bcc, bkl, df, mel, nv, vasc); no concepts; groups = lesion_id.
 
     Root layout, as released (Harvard Dataverse, doi:10.7910/DVN/DBW86T): `HAM10000_metadata.csv`
@@ -73,10 +73,6 @@ class HAM10000(MedicalImageDataset):
             "that root/HAM10000_images_part_1/ISIC_0024306.jpg exists, next to HAM10000_metadata.csv."
         ),
     )
-
-    def __init__(self, root: str | Path, split: str = "train", transform=None, **options: Any):
-        split = self.normalize_split(split)
-        super().__init__(self.read_table(root, split, **options), type(self).card, split, transform)
 
     @classmethod
     def read_table(

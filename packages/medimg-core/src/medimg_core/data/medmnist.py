@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medimg_core.data.base import MedicalImageDataset, SampleTable, empty_concepts
+from medimg_core.data.base import FileDataset, SampleTable, empty_concepts
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.errors import DatasetError
 from medimg_core.data.registry import register_dataset
@@ -127,15 +127,11 @@ def read_npz(path: Path, split: str, channels: int, num_classes: int, task: str)
     return images, labels
 
 
-class MedMNIST(MedicalImageDataset):
+class MedMNIST(FileDataset):
     """One MedMNIST 2D subset; `root` is the `.npz` file or the folder holding it."""
 
     subset: ClassVar[str] = "retinamnist"
     card: ClassVar[DatasetCard] = _card("retinamnist")
-
-    def __init__(self, root: str | Path, split: str = "train", transform=None, size: int = 28, **options: Any):
-        split = self.normalize_split(split)
-        super().__init__(self.read_table(root, split, size=size, **options), type(self).card, split, transform)
 
     @classmethod
     def read_table(cls, root: str | Path, split: str, size: int = 28, **options: Any) -> SampleTable:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from medimg_core.data.base import (
-    MedicalImageDataset,
+    FileDataset,
     SampleTable,
     VerifyReport,
     collect_missing_files,
@@ -124,7 +124,7 @@ def read_annotations(path: Path) -> pd.DataFrame:
 
 
 @register_dataset("odir")
-class ODIR(MedicalImageDataset):
+class ODIR(FileDataset):
     """ODIR-5K, one sample per eye, multi-label over N, D, G, C, A, H, M, O; groups = patient ID.
 
     Root layout, as released for the ODIR-2019 challenge: `ODIR-5K_Training_Annotations(Updated)_V2.xlsx`
@@ -181,10 +181,6 @@ class ODIR(MedicalImageDataset):
             "the name). The Kaggle 'full_df.csv' is a derivative: pass it as annotations= if that is what you have."
         ),
     )
-
-    def __init__(self, root: str | Path, split: str = "train", transform=None, **options: Any):
-        split = self.normalize_split(split)
-        super().__init__(self.read_table(root, split, **options), type(self).card, split, transform)
 
     @classmethod
     def read_table(

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medimg_core.data.base import MedicalImageDataset, SampleTable, collect_missing_files
+from medimg_core.data.base import FileDataset, SampleTable, collect_missing_files
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
@@ -73,7 +73,7 @@ CONCEPT_NAMES, CONCEPT_GROUPS = _concept_layout()
 
 
 @register_dataset("wbcatt")
-class WBCAtt(MedicalImageDataset):
+class WBCAtt(FileDataset):
     """WBCAtt attributes over PBC images: 5 white-blood-cell classes, 24 binary concepts.
 
     Root layout, as released: the three WBCAtt CSVs (`pbc_attr_v1_{train,val,test}.csv`, or the same
@@ -110,10 +110,6 @@ class WBCAtt(MedicalImageDataset):
             "dataset (Mendeley Data, dataset snkd93bnjr), unzipped under the same root."
         ),
     )
-
-    def __init__(self, root: str | Path, split: str = "train", transform=None, **options: Any):
-        split = self.normalize_split(split)
-        super().__init__(self.read_table(root, split, **options), type(self).card, split, transform)
 
     @classmethod
     def read_table(cls, root: str | Path, split: str, **options: Any) -> SampleTable:
