@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -128,3 +129,64 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     two = json.loads((tmp_path / "two/metrics.json").read_text())
     assert one["steps"] == two["steps"] == 16
     assert one["history"][-1]["val/acc"] == two["history"][-1]["val/acc"]
+
+
+def _toy_trainer(tmp_path, **train_kw):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_train_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from medimg_core.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = script.TinyNet(0.0)
+    data = script.dataset(32)
+
+    def step_fn(m, b):
+        return torch.nn.functional.cross_entropy(m(b["image"]), b["target"]), {"extra": 1.0}
+
+    def predict_fn(m, b):
+        return {"pred": m(b["image"]).argmax(1), "target": b["target"]}
+
+    metrics = iter([0.5, 0.6, 0.55, 0.55, 0.55, 0.9, 0.9, 0.9])
+
+    def metrics_fn(out):
+        return {"score": next(metrics)}
+
+    cfg = TrainConfig(**{"epochs": 8, "batch_size": 8, "monitor": "val/score", "progress": False, **train_kw})
+    return Trainer(model, data, data, step_fn, predict_fn, metrics_fn, train=cfg,
+                   optim=OptimConfig(optimizer="sgd", lr=0.1, scheduler="none"), run_dir=tmp_path,
+                   model_config={"kind": "tiny"}, device="cpu")
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path):
+    trainer = _toy_trainer(tmp_path, early_stopping_patience=3)
+    result = trainer.fit()
+    assert result.stopped_early and len(result.history) == 5  # best at epoch 2, then 3 epochs without gain
+    assert result.best_epoch == 2 and result.best_metric == 0.6
+    assert json.loads((tmp_path / "checkpoints/best/state.json").read_text())["epoch"] == 2
+    assert result.history[0]["train/extra"] == 1.0
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
+    big = _toy_trainer(tmp_path / "a", epochs=1)
+    big.train_epoch(0)
+    small = _toy_trainer(tmp_path / "b", epochs=1, batch_size=4, grad_accum=2)
+    small.train_epoch(0)
+    assert big.global_step == small.global_step == 4
+    for p, q in zip(big.model.parameters(), small.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_on_cpu_trains_and_fp16_is_refused(tmp_path):
+    trainer = _toy_trainer(tmp_path / "a", epochs=1, precision="bf16")
+    logs = trainer.train_epoch(0)
+    assert np.isfinite(logs["train/loss"])
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        _toy_trainer(tmp_path / "b", precision="fp16")
+
+
+def test_batch_larger_than_the_data_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="smaller than one batch of 64"):
+        _toy_trainer(tmp_path, batch_size=64)

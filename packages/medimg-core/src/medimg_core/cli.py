@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import textwrap
@@ -272,7 +273,8 @@ def train_baseline_cmd(ctx: click.Context, config_path, dataset, root, backbone,
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     run_dir = train_baseline(cfg, resume_dir=resume_dir)
-    click.echo(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only the main process reports
+        click.echo(f"run folder: {run_dir}")
 
 
 def resolve_config_path(name: str | None) -> Path | None:
