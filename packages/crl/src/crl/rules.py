@@ -1,0 +1,316 @@
+"""Reading the Boolean rules out of a trained CRL, and using them on their own.
+
+`extract_rules(model, loader)` turns every node of the discrete model into a formula over concept names,
+drops nodes that are constant, merges duplicates (summing their class weights), keeps the layer each rule
+came from, and folds constant rules into the class biases. The `RuleSet` then predicts from binary
+concepts without the network: scores_c = b_c + sum_r w_{c,r} * rule_r(concepts).
+
+Two pruning modes:
+- "support" (as published): a node that never or always fires on the data given (the non-augmented
+  training set) is a constant. The rule set reproduces the network exactly on data whose concept
+  patterns occur in that set, and is the most compact.
+- "logical": only nodes that are constant for every concept pattern (empty or contradictory rules) are
+  constants; the rule set reproduces the network exactly on every input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crl.model import CRL
+
+# a formula: ("const", bool) | ("var", k) | ("not", f) | ("and", (f, ...)) | ("or", (f, ...))
+Formula = tuple
+
+
+def _evaluate(formula: Formula, concepts: np.ndarray) -> np.ndarray:
+    kind = formula[0]
+    if kind == "const":
+        return np.full(len(concepts), formula[1], dtype=bool)
+    if kind == "var":
+        return concepts[:, formula[1]] > 0.5
+    if kind == "not":
+        return ~_evaluate(formula[1], concepts)
+    parts = [_evaluate(f, concepts) for f in formula[1]]
+    return np.logical_and.reduce(parts) if kind == "and" else np.logical_or.reduce(parts)
+
+
+def _render(formula: Formula, names: Sequence[str], top: bool = True) -> str:
+    kind = formula[0]
+    if kind == "const":
+        return "TRUE" if formula[1] else "FALSE"
+    if kind == "var":
+        return names[formula[1]]
+    if kind == "not":
+        inner = formula[1]
+        return "~" + _render(inner, names, top=False) if inner[0] == "var" else f"~({_render(inner, names, top=True)})"
+    op = " & " if kind == "and" else " | "
+    text = op.join(_render(f, names, top=False) for f in formula[1])
+    return text if top else f"({text})"
+
+
+def _count_literals(formula: Formula) -> int:
+    kind = formula[0]
+    if kind == "var":
+        return 1
+    if kind == "const":
+        return 0
+    if kind == "not":
+        return _count_literals(formula[1])
+    return sum(_count_literals(f) for f in formula[1])
+
+
+def _negate(f: Formula) -> Formula:
+    if f[0] == "const":
+        return ("const", not f[1])
+    if f[0] == "not":
+        return f[1]
+    return ("not", f)
+
+
+def _combine(kind: str, children: list[Formula]) -> Formula:
+    """AND/OR of children with constants simplified; duplicates dropped; contradictions detected."""
+    neutral, absorbing = (True, False) if kind == "and" else (False, True)
+    kept: list[Formula] = []
+    for child in children:
+        if child[0] == "const":
+            if child[1] == absorbing:
+                return ("const", absorbing)
+            continue
+        if child not in kept:
+            kept.append(child)
+    for child in kept:  # x & ~x is FALSE, x | ~x is TRUE
+        if _negate(child) in kept:
+            return ("const", absorbing)
+    if not kept:
+        return ("const", neutral)
+    return kept[0] if len(kept) == 1 else (kind, tuple(kept))
+
+
+@dataclass
+class Rule:
+    """One rule: its formula over concepts, the layer it came from, its class weights and support."""
+
+    formula: Formula
+    layer: int
+    weights: np.ndarray  # (C,)
+    support: float
+    text: str = ""
+    length: int = 0
+
+    def evaluate(self, concepts: np.ndarray) -> np.ndarray:
+        return _evaluate(self.formula, np.asarray(concepts))
+
+
+@dataclass
+class RuleSet:
+    """A dataset-level decision logic: class biases plus weighted Boolean rules over concepts."""
+
+    concept_names: list[str]
+    class_names: list[str]
+    bias: np.ndarray  # (C,)
+    rules: list[Rule] = field(default_factory=list)
+    pruning: str = "support"
+
+    def scores(self, concepts: np.ndarray) -> np.ndarray:
+        """(N, K) binary concepts -> (N, C) class scores of the rule set alone."""
+        concepts = np.asarray(concepts, dtype=np.float32)
+        out = np.tile(self.bias.astype(np.float64), (len(concepts), 1))
+        for rule in self.rules:
+            fired = rule.evaluate(concepts)
+            out[fired] += rule.weights
+        return out
+
+    def predict(self, concepts: np.ndarray) -> np.ndarray:
+        """(N, K) binary concepts -> (N,) class indices."""
+        return self.scores(concepts).argmax(axis=1)
+
+    def fired(self, concepts: np.ndarray) -> np.ndarray:
+        """(N, R) bool: which rules fire for each sample."""
+        concepts = np.asarray(concepts, dtype=np.float32)
+        return np.stack([r.evaluate(concepts) for r in self.rules], axis=1) if self.rules else \
+            np.zeros((len(concepts), 0), dtype=bool)
+
+    def truth_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every concept combination (2^K, K) and the rule set's class for each (K <= 20)."""
+        k = len(self.concept_names)
+        if k > 20:
+            raise ValueError(f"a truth table over {k} concepts has 2^{k} rows; restrict to fewer concepts")
+        combos = np.array(list(product([0, 1], repeat=k)), dtype=np.float32).reshape(-1, k)
+        return combos, self.predict(combos)
+
+    @property
+    def mean_length(self) -> float:
+        return float(np.mean([r.length for r in self.rules])) if self.rules else 0.0
+
+    def importance(self, rule: Rule) -> float:
+        return float(np.abs(rule.weights).max())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "concept_names": self.concept_names,
+            "class_names": self.class_names,
+            "bias": self.bias.tolist(),
+            "pruning": self.pruning,
+            "rule_count": len(self.rules),
+            "mean_rule_length": self.mean_length,
+            "rules": [
+                {"rule": r.text, "layer": r.layer, "weights": dict(zip(self.class_names, r.weights.tolist(), strict=True)),
+                 "support": r.support, "length": r.length, "formula": _to_jsonable(r.formula)}
+                for r in self.rules
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RuleSet:
+        classes = data["class_names"]
+        rules = [
+            Rule(formula=_from_jsonable(r["formula"]), layer=r["layer"],
+                 weights=np.array([r["weights"][c] for c in classes]), support=r["support"], text=r["rule"],
+                 length=r["length"])
+            for r in data["rules"]
+        ]
+        return cls(data["concept_names"], classes, np.array(data["bias"]), rules, data.get("pruning", "support"))
+
+    def save(self, directory: str | Path) -> tuple[Path, Path]:
+        """rules.json (machine-readable) and rules.txt (sorted by importance per class), atomically."""
+        from medimg_core.checkpoint import write_json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(directory / "rules.json", self.to_json())
+        text = directory / "rules.txt"
+        tmp = text.with_name(".rules.txt.tmp")
+        tmp.write_text(self.to_text())
+        tmp.replace(text)
+        return directory / "rules.json", text
+
+    def to_text(self) -> str:
+        lines = [f"{len(self.rules)} rules over {len(self.concept_names)} concepts "
+                 f"(mean length {self.mean_length:.2f} literals; pruning: {self.pruning})",
+                 "score(class) = bias + sum of the weights of the rules that fire; the highest score wins", ""]
+        for c, name in enumerate(self.class_names):
+            lines.append(f"== {name} (bias {self.bias[c]:+.3f}) ==")
+            ranked = sorted(self.rules, key=lambda r: -abs(r.weights[c]))
+            for r in ranked:
+                if abs(r.weights[c]) < 1e-6:
+                    continue
+                lines.append(f"  {r.weights[c]:+8.3f}  [layer {r.layer}, support {r.support:.3f}]  {r.text}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _to_jsonable(f: Formula) -> Any:
+    if f[0] in ("const", "var"):
+        return list(f)
+    if f[0] == "not":
+        return ["not", _to_jsonable(f[1])]
+    return [f[0], [_to_jsonable(c) for c in f[1]]]
+
+
+def _from_jsonable(f: Any) -> Formula:
+    if f[0] in ("const", "var"):
+        return (f[0], f[1])
+    if f[0] == "not":
+        return ("not", _from_jsonable(f[1]))
+    return (f[0], tuple(_from_jsonable(c) for c in f[1]))
+
+
+@torch.no_grad()
+def node_activations(model: CRL, concepts: torch.Tensor) -> list[np.ndarray]:
+    """Per logical layer, (N, nodes) bool outputs of the discrete model for binary concepts (N, K)."""
+    c = concepts.float()
+    _, outputs = model.reason(torch.cat([c, 1 - c], dim=1))
+    return [o.cpu().numpy() > 0.5 for o in outputs]
+
+
+def concepts_of(model: CRL, loader: Iterable, device: str | torch.device = "cpu") -> np.ndarray:
+    """The model's binary concepts (N, K) over a loader of batches with "image" (or "features")."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for batch in loader:
+            x = batch["features"] if "features" in batch else batch["image"]
+            out.append((model.concept_logits(x.to(device)) > 0).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def extract_rules(
+    model: CRL,
+    data: Iterable | np.ndarray,
+    concept_names: Sequence[str],
+    class_names: Sequence[str],
+    pruning: str = "support",
+    device: str | torch.device = "cpu",
+) -> RuleSet:
+    """Read the rules out of `model` (see the module docstring).
+
+    `data` is a loader of the non-augmented training set (the model's own predicted concepts are used)
+    or directly a (N, K) array of binary concepts.
+    """
+    if pruning not in ("support", "logical"):
+        raise ValueError(f"pruning must be 'support' or 'logical', got {pruning!r}")
+    concepts = np.asarray(data, dtype=np.float32) if isinstance(data, np.ndarray) else concepts_of(model, data, device)
+    if concepts.ndim != 2 or concepts.shape[1] != model.n_concepts:
+        raise ValueError(f"concepts must be (N, {model.n_concepts}), got {concepts.shape}")
+    model = model.cpu().eval()
+    acts = node_activations(model, torch.from_numpy(concepts))
+    k = model.n_concepts
+    literals: list[Formula] = [("var", i) for i in range(k)] + [("not", ("var", i)) for i in range(k)]
+    layer_formulas: list[list[Formula]] = []
+    previous: list[Formula] = literals
+    for li, layer in enumerate(model.logic):
+        inputs = previous + [_negate(f) for f in previous] if layer.use_not else previous
+        formulas = []
+        for nodes, kind in ((layer.conj, "and"), (layer.disj, "or")):
+            member = nodes.membership.cpu().numpy()  # (n_in, m)
+            for j in range(member.shape[1]):
+                formulas.append(_combine(kind, [inputs[i] for i in np.flatnonzero(member[:, j])]))
+        if pruning == "support":
+            fired = acts[li]
+            formulas = [("const", bool(fired[0, j])) if fired[:, j].all() or not fired[:, j].any() else f
+                        for j, f in enumerate(formulas)]
+        layer_formulas.append(formulas)
+        previous = formulas
+    # the classifier reads the last layer and, through the skip connection, the one before it
+    sources = [(len(layer_formulas), layer_formulas[-1])]
+    if model.use_skip:
+        sources.append((len(layer_formulas) - 1, layer_formulas[-2]))
+    weight = model.classifier.weight.detach().cpu().numpy().astype(np.float64)  # (C, F)
+    bias = model.classifier.bias.detach().cpu().numpy().astype(np.float64).copy()
+    merged: dict[str, Rule] = {}
+    column = 0
+    names = list(concept_names)
+    for layer_index, formulas in sources:
+        for f in formulas:
+            w = weight[:, column]
+            column += 1
+            if f[0] == "const":
+                if f[1]:
+                    bias += w  # an always-true rule is part of the bias
+                continue
+            text = _render(f, names)
+            if text in merged:
+                merged[text].weights = merged[text].weights + w
+                merged[text].layer = min(merged[text].layer, layer_index)
+            else:
+                support = float(_evaluate(f, concepts).mean())
+                merged[text] = Rule(f, layer_index, w.copy(), support, text, _count_literals(f))
+    rules = [r for r in merged.values() if np.abs(r.weights).max() > 1e-9]
+    rules.sort(key=lambda r: -float(np.abs(r.weights).max()))
+    return RuleSet(names, list(class_names), bias, rules, pruning)
+
+
+def load_rules(path: str | Path) -> RuleSet:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "rules.json"
+    return RuleSet.from_json(json.loads(path.read_text()))
