@@ -89,7 +89,7 @@ def test_rule_set_alone_reproduces_the_network(pruning):
 
 def test_rules_json_round_trip_and_text(tmp_path):
     rules = extract_rules(_hand_set_model(), COMBOS, NAMES, ["neg", "pos"])
-    json_path, text_path = rules.save(tmp_path)
+    _, text_path = rules.save(tmp_path)
     again = load_rules(tmp_path)
     np.testing.assert_allclose(again.scores(COMBOS), rules.scores(COMBOS))
     text = text_path.read_text()
