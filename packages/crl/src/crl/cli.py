@@ -1,18 +1,159 @@
-"""Command line of the `crl` tool."""
+"""The `crl` command: train, evaluate, read rules, explain an image, write fold files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 import click
 
 from crl import __version__
 
+CONFIGS = Path(__file__).parent / "configs"
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def _config_path(name: str | None) -> Path | None:
+    if name is None:
+        return None
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIGS / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    available = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+    raise click.BadParameter(f"{name!r} is neither a file nor a shipped config ({available})", param_hint="--config")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        from medimg_core.config import ConfigError
+        from medimg_core.data import DatasetError
+
+        try:
+            return super().invoke(ctx)
+        except (DatasetError, ConfigError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="crl")
 def main() -> None:
-    """Concept Rule Learner: images to binary concepts to Boolean rules (Gao et al., MICCAI 2025).
+    """Concept Rule Learner (Gao et al., MICCAI 2025): images -> binary concepts -> Boolean rules.
 
-    The method's commands arrive with its own issue; the shared data commands
-    live in `medimg` (see `medimg --help`).
+    Train with `crl train`, read the learned decision logic with `crl rules RUN`, explain one image
+    with `crl explain RUN IMAGE`, test on a shifted dataset with `crl evaluate RUN --dataset ...`.
     """
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--config", "config_name", default=None,
+              help="YAML config, or a shipped one: synthetic, wbc, skin, derm7pt (CPU presets end in -cpu).")
+@click.option("--root", default=None, help="Dataset root (data.root).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
+@click.option("--seed", type=int, default=None)
+@click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue the interrupted run in this folder.")
+@click.pass_context
+def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) -> None:
+    """Train CRL; any config key can be overridden as --section.key VALUE (e.g. --train.epochs 5).
+
+    Writes a run folder: config.yaml, metrics.jsonl, metrics.json (task metrics with 95% intervals,
+    concept metrics, rule count and length, rule-set fidelity), rules.json, rules.txt, checkpoints/, figures/.
+    """
+    from crl.train import CRLConfig, train_crl
+    from medimg_core.config import ConfigError, load_config, parse_overrides
+
+    overrides = {k: v for k, v in {"data.root": root, "device": device, "seed": seed, "out": out}.items()
+                 if v is not None}
+    overrides.update(parse_overrides(ctx.args))
+    if resume_dir is not None:
+        if overrides or config_name:
+            raise click.UsageError("--resume continues a run with its saved config; drop the other options")
+        cfg = load_config(CRLConfig, resume_dir / "config.yaml")
+    else:
+        cfg = load_config(CRLConfig, _config_path(config_name), overrides)
+        if not cfg.data.root:
+            raise ConfigError("--root (data.root) is required: the dataset folder")
+    run_dir = train_crl(cfg, resume_dir)
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"run folder: {run_dir}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset", required=True, help="Dataset format, e.g. ddi for the out-of-distribution skin test.")
+@click.option("--root", required=True, help="Its root folder.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Loader option (repeatable).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
+def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device: str, seed: int) -> None:
+    """Evaluate the trained model of RUN_DIR on another dataset's split; writes RUN_DIR/eval-<dataset>-<split>.json."""
+    from crl.train import evaluate_run
+    from medimg_core.checkpoint import write_json
+    from medimg_core.cli import parse_options
+
+    result = evaluate_run(run_dir, dataset, root, split, parse_options(options), device)
+    path = run_dir / f"eval-{dataset}-{split}.json"
+    write_json(path, result)
+    t = result["test"]
+    click.echo(f"{dataset}/{split} (n={result['n']}): accuracy {t['accuracy']:.4f} {t['accuracy_ci']}, "
+               f"macro-F1 {t['macro_f1']:.4f}, AUROC {t.get('auroc', float('nan')):.4f}")
+    if "concepts" in result:
+        c = result["concepts"]
+        click.echo(f"concepts: accuracy {c['concept_accuracy']:.4f}, macro-F1 {c['concept_macro_f1']:.4f}")
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print rules.json instead of the readable list.")
+def rules(run_dir: Path, as_json: bool) -> None:
+    """Print the rules learned in RUN_DIR, sorted by importance per class."""
+    path = run_dir / ("rules.json" if as_json else "rules.txt")
+    if not path.is_file():
+        raise click.ClickException(f"{path} not found: is {run_dir} a finished `crl train` run folder?")
+    click.echo(path.read_text())
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Figure to write (default RUN_DIR/figures/explain-<image>.png).")
+@click.option("--device", default="cpu", show_default=True)
+def explain(run_dir: Path, image: Path, out: Path | None, device: str) -> None:
+    """Explain the prediction for IMAGE: its concepts, the rules that fired and their contributions."""
+    from crl.explain import explain_image
+
+    explanation = explain_image(run_dir, image, device=device)
+    out = out or run_dir / "figures" / f"explain-{image.stem}.png"
+    explanation.figure(out)
+    click.echo(explanation.to_text())
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--dataset", required=True, help="Dataset format without an official split, e.g. fitzpatrick17k-skincon.")
+@click.option("--root", required=True)
+@click.option("--n-folds", default=5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", "split_file", required=True, type=click.Path(path_type=Path), help="Split file to write.")
+def split(dataset: str, root: str, n_folds: int, seed: int, split_file: Path) -> None:
+    """Write the fold file of DATASET once (stratified, grouped where the data say so); runs reuse it.
+
+    Train fold k with --data.options.fold k --data.options.split_file FILE.
+    """
+    from medimg_core.data import load_dataset
+
+    if split_file.exists():
+        raise click.ClickException(f"{split_file} exists; split files are never overwritten (delete it first)")
+    ds = load_dataset(dataset, root, "train", n_folds=n_folds, seed=seed, split_file=split_file, fold=0)
+    folds = json.loads(split_file.read_text())["folds"]
+    click.echo(f"wrote {split_file}: {len(folds)} images in {n_folds} folds ({ds.card.name})")
 
 
 if __name__ == "__main__":

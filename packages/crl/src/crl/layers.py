@@ -143,14 +143,15 @@ class LogicalNodes(nn.Module):
     W ~ U[0, 0.5) at init (every node starts empty), clipped to [0, 1] by `clip()` after each step.
     """
 
-    def __init__(self, n_in: int, n_nodes: int, conjunction: bool):
+    def __init__(self, n_in: int, n_nodes: int, conjunction: bool, fast: bool = True):
         super().__init__()
         self.conjunction = conjunction
+        self.fast = fast  # False: always the published per-element formulas (for comparison and benchmarks)
         self.weight = nn.Parameter(INIT_RANGE * torch.rand(n_in, n_nodes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype)
-        if _is_binary(x):
+        if self.fast and _is_binary(x):
             return LogicalFunction.apply(x, w, self.conjunction)
         ref = reference_conjunction if self.conjunction else reference_disjunction
         discrete, continuous = ref(x, w)
