@@ -63,13 +63,71 @@ def loop_overhead(result: dict) -> list[str]:
     ]
 
 
-RENDERERS = {"baselines": baselines, "loop_overhead": loop_overhead}
+def crl_logic_speed(result: dict) -> list[str]:
+    return [
+        "## CRL: speed of the logical layers", "",
+        f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.", "",
+        f"Logic stack (binarize, {result['nodes_per_layer']}, skip, linear; {result['concepts']} concepts, "
+        f"{result['classes']} classes, batch {result['batch']}), forward + backward, median:", "",
+        f"- published per-element formulas: {1000 * result['logic_published_s']:.1f} ms",
+        f"- matrix products (`crl.layers.LogicalFunction`): {1000 * result['logic_fast_s']:.1f} ms "
+        f"(**{result['speedup']:.1f}x** faster; goal at least 10x)",
+        f"- full training step at {result['image_size']} px, resnet18: plain classifier {result['plain_step_s']:.3f} s, "
+        f"CRL {result['crl_step_s']:.3f} s (**{result['crl_extra_percent']:+.1f}%**; goal under +10%)", "",
+    ]
+
+
+def crl_synthetic(result: dict) -> list[str]:
+    lines = ["## CRL on synth-derm (ground truth known)", "",
+             f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.", "",
+             "| data | model | test accuracy [95% CI] | macro-F1 | concept accuracy | rules (mean length) | wall time |",
+             "|---|---|---|---|---|---|---|"]
+    for name, run in result["runs"].items():
+        c, b = run["crl"], run["baseline"]
+        lines.append(f"| {name} | CRL | {ci(c['test'], 'accuracy')} | {fmt(c['test']['macro_f1'])} | "
+                     f"{fmt(c['test_concepts'].get('concept_accuracy'))} | {c['rules']['count']} "
+                     f"({c['rules']['mean_length']:.2f}) | {c['wall_time_s'] / 60:.1f} min |")
+        lines.append(f"| {name} | baseline | {ci(b['test'], 'accuracy')} | {fmt(b['test']['macro_f1'])} | - | - | "
+                     f"{b['wall_time_s'] / 60:.1f} min |")
+    lines.append("")
+    for name, run in result["runs"].items():
+        lines += [f"- {name}: data `{run['data']}`; CRL `{run['crl_command']}`; baseline `{run['baseline_command']}`"]
+        rec = run.get("rule_recovery")
+        if rec:
+            lines += [f"  - rule recovery against `{rec['rule']}`: agreement {rec['agreement_seen']:.3f} on the "
+                      f"{rec['combinations_seen']} concept combinations in the data (exact: {rec['exact_on_seen']}), "
+                      f"{rec['agreement_all']:.3f} on all {rec['combinations_all']}; top rules: "
+                      + "; ".join(f"`{t}`" for t in rec["top_rules"])]
+    return [*lines, ""]
+
+
+def crl_wbcatt(result: dict) -> list[str]:
+    c, b = result["crl"], result["baseline"]
+    lines = ["## CRL on WBCAtt", "",
+             f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.", "",
+             "| model | test accuracy [95% CI] | macro-F1 | concept F1 | concept accuracy | rules (mean length) | wall time |",
+             "|---|---|---|---|---|---|---|",
+             f"| CRL | {ci(c['test'], 'accuracy')} | {fmt(c['test']['macro_f1'])} | "
+             f"{fmt(result['crl_concepts'].get('concept_macro_f1'))} | {fmt(result['crl_concepts'].get('concept_accuracy'))} | "
+             f"{c['rules']['count']} ({c['rules']['mean_length']:.2f}) | {c['wall_time_s'] / 60:.1f} min |"]
+    if b:
+        lines.append(f"| baseline | {ci(b['test'], 'accuracy')} | {fmt(b['test']['macro_f1'])} | - | - | - | "
+                     f"{b['wall_time_s'] / 60:.1f} min |")
+    lines += ["", f"- CRL: `{result['crl_command']}`"]
+    if b:
+        lines.append(f"- baseline: `{b['command']}`")
+    return [*lines, ""]
+
+
+RENDERERS = {"baselines": baselines, "loop_overhead": loop_overhead, "crl_logic_speed": crl_logic_speed,
+             "crl_synthetic": crl_synthetic, "crl_wbcatt": crl_wbcatt}
 
 
 def main() -> None:
     sections = ["# Benchmarks", "",
                 "Every number below was written by a benchmark under `tools/bench/` into `docs/bench/*.json` and "
-                "rendered by `python tools/bench/report.py`; none is edited by hand.", ""]
+                "rendered by `python tools/bench/report.py`; none is edited by hand. `bash tools/bench/run_all.sh` "
+                "reruns every benchmark and this report.", ""]
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
         render = RENDERERS.get(result["name"])
