@@ -25,7 +25,7 @@ from crl.model import CRL
 from crl.rules import RuleSet, concepts_of, extract_rules
 from medimg_core.baseline import DataConfig, build_transforms, parse_pretrained, peak_memory_mb
 from medimg_core.checkpoint import find_checkpoint, load_config_json, load_weights
-from medimg_core.config import config_to_dict, load_config, save_config
+from medimg_core.config import config_to_dict, load_config
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.distributed import cleanup_distributed, init_distributed, seed_everything, select_device
 from medimg_core.training import Hook, OptimConfig, TrainConfig, Trainer
@@ -165,7 +165,7 @@ def train_crl(cfg: CRLConfig, resume_dir: str | Path | None = None) -> Path:
     """Train CRL, select the best epoch on validation, extract the rules, evaluate; return the run folder."""
     from medimg_core.figures import confusion_matrix_figure, training_curves
     from medimg_core.metrics import concept_metrics, metrics_with_ci
-    from medimg_core.runs import check_writable, create_run_dir, setup_logging
+    from medimg_core.runs import prepare_run
 
     start = time.perf_counter()
     dist_info = init_distributed(select_device(cfg.device))
@@ -175,21 +175,7 @@ def train_crl(cfg: CRLConfig, resume_dir: str | Path | None = None) -> Path:
     card = data["train"].card
     step_fn, predict_fn, metrics_fn = task_functions(card, cfg.loss)  # refuses unsuitable data before any work
     in_chans = cfg.data.channels or card.channels
-    from medimg_core.distributed import broadcast_object
-
-    if resume_dir is not None:
-        run_dir = Path(resume_dir)
-    elif dist_info.is_main:
-        fold = cfg.data.options.get("fold")
-        name = cfg.name or f"crl-{card.name}-{cfg.model.backbone}" + (f"-fold{fold}" if fold is not None else "")
-        run_dir = create_run_dir(cfg.out, f"{name}-seed{cfg.seed}")
-    else:
-        run_dir = None
-    run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
-    setup_logging(run_dir, dist_info.is_main)
-    if dist_info.is_main:
-        check_writable(run_dir)
-        save_config(cfg, run_dir / "config.yaml")
+    run_dir = prepare_run(cfg, "crl", card.name, cfg.model.backbone, dist_info, resume_dir)
     model, backbone = build_model(cfg, card, in_chans)
     if cfg.mode == "features":
         from medimg_core.features import FeatureCache

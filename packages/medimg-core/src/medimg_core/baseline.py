@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from medimg_core.checkpoint import find_checkpoint, load_config_json, load_weights
-from medimg_core.config import config_to_dict, load_config, save_config
+from medimg_core.config import config_to_dict, load_config
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.data.transforms import TransformConfig, eval_transform, train_transform
 from medimg_core.distributed import (
-    broadcast_object,
     cleanup_distributed,
     init_distributed,
     seed_everything,
@@ -166,7 +165,7 @@ def train_baseline(cfg: BaselineConfig, resume_dir: str | Path | None = None) ->
     """Train, select the best epoch on validation, evaluate on test with CIs; return the run folder."""
     from medimg_core.figures import confusion_matrix_figure, training_curves
     from medimg_core.metrics import metrics_with_ci
-    from medimg_core.runs import check_writable, create_run_dir, setup_logging
+    from medimg_core.runs import prepare_run
 
     start = time.perf_counter()
     device = select_device(cfg.device)
@@ -175,19 +174,7 @@ def train_baseline(cfg: BaselineConfig, resume_dir: str | Path | None = None) ->
     seed_everything(cfg.seed, cfg.train.deterministic)
     data = load_splits(cfg.data)
     card = data["train"].card
-    if resume_dir is not None:
-        run_dir = Path(resume_dir)
-    elif dist_info.is_main:
-        fold = cfg.data.options.get("fold")
-        name = cfg.name or f"baseline-{card.name}-{cfg.model.backbone}" + (f"-fold{fold}" if fold is not None else "")
-        run_dir = create_run_dir(cfg.out, f"{name}-seed{cfg.seed}")
-    else:
-        run_dir = None
-    run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
-    setup_logging(run_dir, dist_info.is_main)
-    if dist_info.is_main:
-        check_writable(run_dir)
-        save_config(cfg, run_dir / "config.yaml")
+    run_dir = prepare_run(cfg, "baseline", card.name, cfg.model.backbone, dist_info, resume_dir)
     in_chans = cfg.data.channels or card.channels
     model = build_model(cfg.model, card, in_chans)
     if cfg.train.monitor == TrainConfig.monitor and card.task == "multilabel":

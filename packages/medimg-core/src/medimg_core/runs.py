@@ -65,3 +65,30 @@ def setup_logging(run_dir: Path | None = None, is_main: bool = True, verbose: bo
             file = logging.FileHandler(Path(run_dir) / "log.txt")
             file.setFormatter(fmt)
             logger.addHandler(file)
+
+
+def prepare_run(cfg, method: str, dataset: str, backbone: str, dist_info, resume_dir: str | Path | None = None) -> Path:
+    """The run folder of a training run, ready on every rank.
+
+    A new folder `<cfg.out>/<date>-<cfg.name or method-dataset-backbone[-foldF]>-seed<S>` is made by rank 0
+    (or `resume_dir` is reused), shared with the other ranks, logging starts, the folder is checked for
+    writing and free space, and the resolved config is saved as config.yaml. `cfg` needs `out`, `name`,
+    `seed` and `data.options`.
+    """
+    from medimg_core.config import save_config
+    from medimg_core.distributed import broadcast_object
+
+    if resume_dir is not None:
+        run_dir: Path | None = Path(resume_dir)
+    elif dist_info.is_main:
+        fold = cfg.data.options.get("fold")
+        name = cfg.name or f"{method}-{dataset}-{backbone}" + (f"-fold{fold}" if fold is not None else "")
+        run_dir = create_run_dir(cfg.out, f"{name}-seed{cfg.seed}")
+    else:
+        run_dir = None
+    run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
+    setup_logging(run_dir, dist_info.is_main)
+    if dist_info.is_main:
+        check_writable(run_dir)
+        save_config(cfg, run_dir / "config.yaml")
+    return run_dir
