@@ -227,6 +227,8 @@ class MedicalImageDataset(Dataset):
                 report.problems.extend(exc.problems or [Problem(str(root), exc.header)])
                 continue
             card = cls.card_for(root, **options)
+            if not report.split_sizes:  # notes describe the whole dataset: take them once
+                report.notes.extend(cls.verify_notes(table))
             report.add_split(split, table, card)
         report.card = cls.card_for(root, **options)
         if check_images:
@@ -237,6 +239,11 @@ class MedicalImageDataset(Dataset):
     def card_for(cls, root: str | Path, **options: Any) -> DatasetCard:
         """The card for the data at `root`; generic loaders build it from the files."""
         return cls.card
+
+    @classmethod
+    def verify_notes(cls, table: SampleTable) -> list[str]:
+        """Facts worth a line in `verify` that are not errors (rows a loader dropped on purpose...)."""
+        return list(table.extra.get("notes", []))
 
 
 class FileDataset(MedicalImageDataset):

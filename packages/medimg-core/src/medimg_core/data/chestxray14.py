@@ -143,6 +143,8 @@ class ChestXray14(FileDataset):
             found = [resolver.resolve(ids[r]) for r in rows]
             keep = [i for i, p in enumerate(found) if p is not None]
             extra["dropped_missing_images"] = len(rows) - len(keep)
+            extra["notes"] = [f"{split}: {len(rows) - len(keep)} listed images are not on disk and were dropped "
+                              "(missing_images='drop')"]
             rows, paths = rows[keep], [found[i] for i in keep]
         else:
             paths = collect_missing_files(resolver, [ids[r] for r in rows], str(table_path), "Image Index", log, rows)

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medimg_core.data.base import FileDataset, SampleTable, VerifyReport, collect_missing_files
+from medimg_core.data.base import FileDataset, SampleTable, collect_missing_files
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
@@ -134,19 +134,12 @@ class DDI(FileDataset):
         return SampleTable(ids=ids, targets=targets, concepts=concepts, paths=paths, extra=extra)  # type: ignore[arg-type]
 
     @classmethod
-    def verify(cls, root: str | Path, check_images: bool = True, progress: bool = False,
-               **options: Any) -> VerifyReport:
-        """As MedicalImageDataset.verify, with a note of how many images SkinCon annotates."""
-        report = super().verify(root, check_images=check_images, progress=progress, **options)
-        try:
-            table = cls.read_table(root, "test", **options)
-        except DatasetError:
-            return report
+    def verify_notes(cls, table: SampleTable) -> list[str]:
+        """Notes for `verify`: a note of how many images SkinCon annotates."""
         extra = table.extra
         if extra["skincon_file"] is None:
             note = "SkinCon's DDI annotation CSV not found: all concepts are NaN"
         else:
             note = (f"SkinCon concepts for {extra['skincon_annotated']} of {len(table)} images "
                     f"({extra['skincon_do_not_consider']} flagged 'Do not consider this image' left NaN)")
-        report.notes.extend([note])
-        return report
+        return [note]

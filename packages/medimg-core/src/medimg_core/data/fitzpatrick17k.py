@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medimg_core.data.base import FileDataset, SampleTable, VerifyReport
+from medimg_core.data.base import FileDataset, SampleTable
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import PathResolver
@@ -181,14 +181,9 @@ class Fitzpatrick17kSkinCon(FileDataset):
         )
 
     @classmethod
-    def verify(cls, root: str | Path, check_images: bool = True, progress: bool = False,
-               **options: Any) -> VerifyReport:
-        """As MedicalImageDataset.verify, with a note of the rows dropped (missing images above all)."""
-        report = super().verify(root, check_images=check_images, progress=progress, **options)
-        try:
-            extra = cls.read_table(root, cls.card.splits[0], **options).extra
-        except DatasetError:
-            return report
+    def verify_notes(cls, table: SampleTable) -> list[str]:
+        """Notes for `verify`: a note of the rows dropped (missing images above all)."""
+        extra = table.extra
         notes = [
             f"{extra['missing_images']} of {extra['eligible']} eligible images are not on disk and were dropped "
             "(Fitzpatrick17k images are downloaded from URLs; re-run the download to recover them)",
@@ -196,8 +191,7 @@ class Fitzpatrick17kSkinCon(FileDataset):
             f"image', {extra['non_neoplastic']} non-neoplastic, {extra['not_in_fitzpatrick_csv']} not in "
             f"fitzpatrick17k.csv, {extra['duplicate_rows']} duplicates",
         ]
-        report.notes.extend(notes)
-        return report
+        return notes
 
 
 def _int_or_none(value: Any) -> int | None:

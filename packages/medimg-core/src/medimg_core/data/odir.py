@@ -15,7 +15,6 @@ import pandas as pd
 from medimg_core.data.base import (
     FileDataset,
     SampleTable,
-    VerifyReport,
     collect_missing_files,
     empty_concepts,
 )
@@ -299,21 +298,15 @@ class ODIR(FileDataset):
 
 
     @classmethod
-    def verify(cls, root: str | Path, check_images: bool = True, progress: bool = False,
-               **options: Any) -> VerifyReport:
-        """As MedicalImageDataset.verify, with notes of the eyes dropped and of patient-label mismatches."""
-        report = super().verify(root, check_images=check_images, progress=progress, **options)
-        try:
-            extra = cls.read_table(root, cls.card.splits[0], **options).extra
-        except DatasetError:
-            return report
+    def verify_notes(cls, table: SampleTable) -> list[str]:
+        """Notes for `verify`: notes of the eyes dropped and of patient-label mismatches."""
+        extra = table.extra
         notes = [f"{extra['eyes_without_label']} eyes have only image-quality keywords and were dropped; "
                  f"{extra['eyes']} eyes kept"]
         if "patient_label_mismatches" in extra:
             notes.append(f"{extra['patient_label_mismatches']} patients' N..O columns differ from the union of "
                          "their eyes' keyword labels (targets follow the keywords)")
-        report.notes.extend(notes)
-        return report
+        return notes
 
 
 def _flag(value: Any) -> float:
