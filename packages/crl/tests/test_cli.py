@@ -85,3 +85,30 @@ def test_split_writes_once(tmp_path):
     assert "30 images in 3 folds" in result.output
     result = runner.invoke(main, args)
     assert result.exit_code != 0 and "never overwritten" in result.output
+
+
+def test_skin_folds_then_ddi_out_of_distribution(tmp_path):
+    """The published skin protocol on fixtures: a fold file, training on Fitzpatrick17k + SkinCon
+    (48 concepts), then `crl evaluate` on DDI with its SkinCon concepts."""
+    from medimg_core.testing import write_ddi_fixture, write_fitzpatrick17k_skincon_fixture
+
+    skin = write_fitzpatrick17k_skincon_fixture(tmp_path / "fitz", n_benign=15, n_malignant=15, n_missing_images=0)
+    ddi = write_ddi_fixture(tmp_path / "ddi")
+    runner = CliRunner()
+    folds = tmp_path / "folds.json"
+    result = runner.invoke(main, ["split", "--dataset", "fitzpatrick17k-skincon", "--root", str(skin),
+                                  "--out", str(folds)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["train", "--config", "skin", "--root", str(skin), "--out", str(tmp_path / "runs"),
+                                  "--device", "cpu", "--model.backbone", "test_resnet", "--model.pretrained", "false",
+                                  "--data.image_size", "32", "--train.epochs", "1", "--train.batch_size", "8",
+                                  "--bootstrap", "20", "--model.logic_layers", "[8, 8]",
+                                  "--data.options.split_file", str(folds), "--data.options.fold", "1"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs").iterdir())
+    assert "fold1" in run.name
+    result = runner.invoke(main, ["evaluate", str(run), "--dataset", "ddi", "--root", str(ddi)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "eval-ddi-test.json").read_text())
+    assert report["n"] == 12 and "concepts" in report and "accuracy" in report["test"]
