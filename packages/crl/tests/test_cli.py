@@ -112,3 +112,27 @@ def test_skin_folds_then_ddi_out_of_distribution(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((run / "eval-ddi-test.json").read_text())
     assert report["n"] == 12 and "concepts" in report and "accuracy" in report["test"]
+
+
+def test_training_on_cached_frozen_features(tmp_path):
+    data = generate("synth-derm", n=60, out=tmp_path / "data", seed=1, size=32)
+    args = ["train", "--config", "synthetic-cpu", "--root", str(data), "--out", str(tmp_path / "runs"),
+            "--device", "cpu", "--model.backbone", "test_resnet", "--data.image_size", "32", "--mode", "features",
+            "--train.epochs", "3", "--train.batch_size", "8", "--bootstrap", "20", "--model.logic_layers", "[8, 8]"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs").iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["mode"] == "features" and metrics["epochs_run"] == 3
+    cache = list((tmp_path / "medimg-home" / "features").rglob("*.safetensors"))
+    assert len(cache) == 3  # train, val and test features were cached once
+    assert (run / "frozen_backbone.safetensors").is_file()
+    # the reloaded model (frozen backbone + CRL) predicts the test split exactly as during training
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--dataset", "csv", "--root", str(data)])
+    assert result.exit_code == 0, result.output
+    again = json.loads((run / "eval-csv-test.json").read_text())
+    assert again["test"]["accuracy"] == metrics["test"]["accuracy"]
+    assert again["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)  # same scores
+    image = next((data / "images").iterdir())
+    result = CliRunner().invoke(main, ["explain", str(run), str(image), "--out", str(tmp_path / "e.png")])
+    assert result.exit_code == 0, result.output

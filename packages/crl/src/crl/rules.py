@@ -246,8 +246,8 @@ def concepts_of(model: CRL, loader: Iterable, device: str | torch.device = "cpu"
 def extract_rules(
     model: CRL,
     data: Iterable | np.ndarray,
-    concept_names: Sequence[str],
-    class_names: Sequence[str],
+    concept_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
     pruning: str = "support",
     device: str | torch.device = "cpu",
 ) -> RuleSet:
@@ -258,6 +258,11 @@ def extract_rules(
     """
     if pruning not in ("support", "logical"):
         raise ValueError(f"pruning must be 'support' or 'logical', got {pruning!r}")
+    concept_names = list(concept_names or (f"c{i}" for i in range(model.n_concepts)))
+    class_names = list(class_names or (f"class{i}" for i in range(model.n_classes)))
+    if len(concept_names) != model.n_concepts or len(class_names) != model.n_classes:
+        raise ValueError(f"the model has {model.n_concepts} concepts and {model.n_classes} classes; got "
+                         f"{len(concept_names)} concept names and {len(class_names)} class names")
     concepts = np.asarray(data, dtype=np.float32) if isinstance(data, np.ndarray) else concepts_of(model, data, device)
     if concepts.ndim != 2 or concepts.shape[1] != model.n_concepts:
         raise ValueError(f"concepts must be (N, {model.n_concepts}), got {concepts.shape}")

@@ -67,6 +67,10 @@ class CRLConfig:
     bootstrap: int = 1000
 
 
+#: in features mode, the frozen backbone's weights, saved in the run folder
+FROZEN_BACKBONE = "frozen_backbone.safetensors"
+
+
 class ClipLogicalWeights(Hook):
     """Keep every logical weight in [0, 1] after each optimizer step, as the published training does."""
 
@@ -180,6 +184,12 @@ def train_crl(cfg: CRLConfig, resume_dir: str | Path | None = None) -> Path:
     if cfg.mode == "features":
         from medimg_core.features import FeatureCache
 
+        if dist_info.is_main:  # the frozen backbone is part of the model: keep its exact weights with the run
+            from safetensors.torch import save_file
+
+            from medimg_core.checkpoint import state_dict_to_cpu
+
+            save_file(state_dict_to_cpu(backbone), str(run_dir / FROZEN_BACKBONE))
         cache = FeatureCache()
         feats = {k: FeatureDataset(cache.get_or_extract(backbone, plain[k], split=k, device=device))
                  for k in ("train", "val", "test")}
@@ -255,10 +265,14 @@ def load_crl(run_dir: str | Path) -> tuple[CRL, dict[str, Any]]:
                 backbone=backbone if cfg.mode == "end2end" else None, logic_layers=cfg.model.logic_layers,
                 use_skip=cfg.model.use_skip)
     load_weights(model, folder)
-    if cfg.mode == "features":  # the frozen backbone's weights are not in the checkpoint: rebuild them
-        backbone_weights = parse_pretrained(cfg.model.pretrained)
-        frozen = create_backbone(cfg.model.backbone, pretrained=backbone_weights, in_chans=config["in_chans"])
-        model.backbone = frozen
+    if cfg.mode == "features":  # the frozen backbone was saved next to the checkpoints
+        from safetensors.torch import load_file
+
+        frozen_path = run_dir / FROZEN_BACKBONE
+        if not frozen_path.is_file():
+            raise FileNotFoundError(f"{frozen_path}: the frozen backbone of this features-mode run is missing")
+        backbone.load_state_dict(load_file(str(frozen_path)))
+        model.backbone = backbone
     return model.eval(), {**config, "cfg": cfg, "card_obj": card}
 
 
