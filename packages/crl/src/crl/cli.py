@@ -49,10 +49,11 @@ def main() -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--config", "config_name", default=None,
-              help="YAML config, or a shipped one: synthetic, wbc, skin, derm7pt (CPU presets end in -cpu).")
+              help="YAML config, or a shipped one: wbc, skin, derm7pt (the paper's settings), synthetic-cpu, "
+                   "wbc-cpu (CPU presets).")
 @click.option("--root", default=None, help="Dataset root (data.root).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Random seed (model init, data order, augmentation).")
 @click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the interrupted run in this folder.")
