@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from medimg_core.metrics import to_numpy
+
 MASK_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 
 
@@ -91,15 +93,6 @@ PAPER_RC = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "xtick.la
             "ytick.labelsize": 8, "legend.fontsize": 8, "axes.spines.top": False, "axes.spines.right": False}
 
 
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-        if x.is_floating_point():
-            x = x.float()
-        return x.numpy()
-    return np.asarray(x)
-
-
 def heatmap_overlay(image, heatmap, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     """Blend a colour-mapped heatmap over an image -> (H, W, 3) float32 in [0, 1].
 
@@ -112,7 +105,7 @@ def heatmap_overlay(image, heatmap, alpha: float = 0.5, cmap: str = "jet") -> np
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     img = to_display(image)
-    hm = np.squeeze(_numpy(heatmap).astype(np.float32))
+    hm = np.squeeze(to_numpy(heatmap).astype(np.float32))
     if hm.ndim != 2:
         raise ValueError(f"heatmap must be 2-D (h, w) after squeezing, got shape {hm.shape}")
     finite = np.isfinite(hm)
@@ -163,7 +156,7 @@ def overlay_grid(
             ax = axes.flat[i]
             ax.imshow(heatmap_overlay(images[i], heatmaps[i], alpha=alpha, cmap=cmap), interpolation="nearest")
             if contours is not None:
-                m = _numpy(contours[i])
+                m = to_numpy(contours[i])
                 m = m[None] if m.ndim == 2 else m
                 for k in range(m.shape[0]):
                     if m[k].any():
@@ -198,7 +191,7 @@ def concept_bar_chart(
 
     names, values: (K,) each; top_k keeps the K largest |value|.
     """
-    vals = _numpy(values).astype(np.float64).ravel()
+    vals = to_numpy(values).astype(np.float64).ravel()
     names = [str(n) for n in names]
     if len(names) != vals.size:
         raise ValueError(f"concept_bar_chart: {len(names)} names but {vals.size} values")
@@ -319,8 +312,8 @@ def confusion_matrix_figure(
     """
     from sklearn.metrics import confusion_matrix
 
-    y_true = _numpy(y_true).astype(np.int64).ravel()
-    y_pred = _numpy(y_pred).astype(np.int64).ravel()
+    y_true = to_numpy(y_true).astype(np.int64).ravel()
+    y_pred = to_numpy(y_pred).astype(np.int64).ravel()
     names = [str(n) for n in class_names]
     n_classes = len(names)
     if y_true.shape != y_pred.shape:

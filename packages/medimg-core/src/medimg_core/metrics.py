@@ -57,7 +57,7 @@ _CHUNK_ELEMENTS = 1 << 20  # resample indices drawn per chunk (bounds the memory
 # --------------------------------------------------------------------------- helpers
 
 
-def _to_numpy(x: Any) -> np.ndarray:
+def to_numpy(x: Any) -> np.ndarray:
     """Array-like or torch tensor (any device, bf16 included) -> numpy array."""
     if hasattr(x, "detach"):
         x = x.detach().cpu()
@@ -139,8 +139,8 @@ def _validate(
     """
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {TASKS}")
-    y = _to_numpy(y_true)
-    s = _to_numpy(y_score).astype(np.float64)
+    y = to_numpy(y_true)
+    s = to_numpy(y_score).astype(np.float64)
     if y.shape[:1] != s.shape[:1]:
         raise ValueError(f"y_true has {y.shape[0] if y.ndim else 0} rows (shape {y.shape}) but y_score has "
                          f"{s.shape[0] if s.ndim else 0} (shape {s.shape})")
@@ -263,8 +263,8 @@ def concept_metrics(
     annotated), concept_annotated_fraction, and per concept concept_accuracy/<name>,
     concept_f1/<name>, concept_auroc/<name> (NaN when undefined).
     """
-    t = _to_numpy(c_true).astype(np.float64)
-    s = _to_numpy(c_score).astype(np.float64)
+    t = to_numpy(c_true).astype(np.float64)
+    s = to_numpy(c_score).astype(np.float64)
     if t.ndim == 1:
         t = t[:, None]
     if s.ndim == 1:
@@ -348,7 +348,7 @@ def bootstrap_ci(
     _check_bootstrap_args(n_boot, alpha)
     if not arrays:
         raise ValueError("bootstrap_ci needs at least one array to resample")
-    arrays = tuple(_to_numpy(a) for a in arrays)
+    arrays = tuple(to_numpy(a) for a in arrays)
     lengths = {a.shape[0] if a.ndim else 0 for a in arrays}
     if len(lengths) != 1:
         raise ValueError(f"bootstrap_ci: arrays differ in length along axis 0: {[a.shape for a in arrays]}")
