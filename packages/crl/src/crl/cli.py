@@ -9,35 +9,12 @@ from pathlib import Path
 import click
 
 from crl import __version__
+from medimg_core.cli import ErrorReportingGroup, resolve_config_path
 
 CONFIGS = Path(__file__).parent / "configs"
 
 
-def _config_path(name: str | None) -> Path | None:
-    if name is None:
-        return None
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = CONFIGS / f"{name.removesuffix('.yaml')}.yaml"
-    if shipped.is_file():
-        return shipped
-    available = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
-    raise click.BadParameter(f"{name!r} is neither a file nor a shipped config ({available})", param_hint="--config")
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context):
-        from medimg_core.config import ConfigError
-        from medimg_core.data import DatasetError
-
-        try:
-            return super().invoke(ctx)
-        except (DatasetError, ConfigError) as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="crl")
 def main() -> None:
     """Concept Rule Learner (Gao et al., MICCAI 2025): images -> binary concepts -> Boolean rules.
@@ -75,7 +52,7 @@ def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) 
             raise click.UsageError("--resume continues a run with its saved config; drop the other options")
         cfg = load_config(CRLConfig, resume_dir / "config.yaml")
     else:
-        cfg = load_config(CRLConfig, _config_path(config_name), overrides)
+        cfg = load_config(CRLConfig, resolve_config_path(config_name, CONFIGS), overrides)
         if not cfg.data.root:
             raise ConfigError("--root (data.root) is required: the dataset folder")
     run_dir = train_crl(cfg, resume_dir)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from crl.model import CRL
 from crl.rules import RuleSet, concepts_of, extract_rules
 from medimg_core.baseline import DataConfig, build_transforms, parse_pretrained, peak_memory_mb
-from medimg_core.checkpoint import find_checkpoint, load_config_json, load_weights
+from medimg_core.checkpoint import best_checkpoint, load_config_json, load_weights
 from medimg_core.config import config_to_dict, load_config
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.distributed import cleanup_distributed, init_distributed, seed_everything, select_device
@@ -254,7 +254,7 @@ def load_crl(run_dir: str | Path) -> tuple[CRL, dict[str, Any]]:
     from medimg_core.models import create_backbone
 
     run_dir = Path(run_dir)
-    folder = find_checkpoint(run_dir / "checkpoints" / "best" if (run_dir / "checkpoints").is_dir() else run_dir)
+    folder = best_checkpoint(run_dir)
     config = load_config_json(folder)
     if config.get("kind") != "crl":
         raise ValueError(f"{folder}: not a CRL checkpoint (kind {config.get('kind')!r})")

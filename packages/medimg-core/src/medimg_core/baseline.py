@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medimg_core.checkpoint import find_checkpoint, load_config_json, load_weights
+from medimg_core.checkpoint import best_checkpoint, load_config_json, load_weights
 from medimg_core.config import config_to_dict, load_config
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.data.transforms import TransformConfig, eval_transform, train_transform
@@ -227,9 +227,7 @@ def _model_card(cfg: BaselineConfig, card: DatasetCard) -> str:
 
 def load_baseline(path: str | Path, map_location: str = "cpu") -> tuple[ImageClassifier, dict[str, Any]]:
     """A trained baseline from a run folder (its best checkpoint) or a checkpoint folder."""
-    path = Path(path)
-    folder = path / "checkpoints" / "best" if (path / "checkpoints").is_dir() else path
-    folder = find_checkpoint(folder)
+    folder = best_checkpoint(path)
     config = load_config_json(folder)
     if config.get("kind") != "medimg-baseline":
         raise ValueError(f"{folder}: not a baseline checkpoint (kind {config.get('kind')!r})")

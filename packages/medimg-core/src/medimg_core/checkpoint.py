@@ -187,6 +187,12 @@ def find_checkpoint(directory: str | Path) -> Path:
     raise CheckpointError(f"{directory}: no checkpoint here (expected model.safetensors and config.json)")
 
 
+def best_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder for `path`: a run folder's checkpoints/best, or `path` itself."""
+    path = Path(path)
+    return find_checkpoint(path / "checkpoints" / "best" if (path / "checkpoints").is_dir() else path)
+
+
 def load_config_json(directory: str | Path) -> dict[str, Any]:
     return json.loads((find_checkpoint(directory) / "config.json").read_text())
 

@@ -13,20 +13,24 @@ import click
 
 from medimg_core import __version__
 
+CONFIGS = Path(__file__).parent / "configs"
 
-class _Group(click.Group):
-    """Turns a DatasetError into a clean message and exit status 1 instead of a traceback."""
+
+class ErrorReportingGroup(click.Group):
+    """A command group that turns bad data and bad configs into a clean message and exit status 1
+    instead of a traceback; every medimg command line uses it."""
 
     def invoke(self, ctx: click.Context):
+        from medimg_core.config import ConfigError
         from medimg_core.data.errors import DatasetError
 
         try:
             return super().invoke(ctx)
-        except DatasetError as exc:
+        except (DatasetError, ConfigError) as exc:
             raise click.ClickException(str(exc)) from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="medimg")
 def main() -> None:
     """medimg: interpretable medical image classification, shared tools.
@@ -277,17 +281,17 @@ def train_baseline_cmd(ctx: click.Context, config_path, dataset, root, backbone,
         click.echo(f"run folder: {run_dir}")
 
 
-def resolve_config_path(name: str | None) -> Path | None:
-    """A config file path, or the name of a config shipped in medimg_core/configs."""
+def resolve_config_path(name: str | None, shipped_dir: Path = CONFIGS) -> Path | None:
+    """A config file path, or the name of a config shipped in `shipped_dir` (medimg_core/configs by default)."""
     if name is None:
         return None
     path = Path(name)
     if path.is_file():
         return path
-    shipped = Path(__file__).parent / "configs" / f"{name.removesuffix('.yaml')}.yaml"
+    shipped = shipped_dir / f"{name.removesuffix('.yaml')}.yaml"
     if shipped.is_file():
         return shipped
-    available = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+    available = sorted(p.stem for p in shipped_dir.glob("*.yaml"))
     raise click.BadParameter(f"{name!r} is neither a file nor a shipped config ({', '.join(available)})",
                              param_hint="--config")
 
