@@ -57,3 +57,20 @@ def write_result(name: str, payload: dict) -> Path:
     os.replace(tmp, path)
     print(f"wrote {path}")
     return path
+
+
+# Formatting shared by report.py and the render_<package>.py modules.
+def fmt(value, digits=3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def ci(metrics: dict, key: str) -> str:
+    value, interval = metrics.get(key), metrics.get(f"{key}_ci")
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
+def machine_line(m: dict) -> str:
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    return f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB{gpu}; Python {m['python']}, torch {m['torch']}"

@@ -10,23 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, ROOT
-
-
-def fmt(value, digits=3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def ci(metrics: dict, key: str) -> str:
-    value, interval = metrics.get(key), metrics.get(f"{key}_ci")
-    if value is None:
-        return "n/a"
-    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
-
-
-def machine_line(m: dict) -> str:
-    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB{gpu}; Python {m['python']}, torch {m['torch']}"
+from common import RESULTS, ROOT, ci, fmt, machine_line
 
 
 def baselines(result: dict) -> list[str]:
@@ -123,14 +107,25 @@ RENDERERS = {"baselines": baselines, "loop_overhead": loop_overhead, "crl_logic_
              "crl_synthetic": crl_synthetic, "crl_wbcatt": crl_wbcatt}
 
 
+def discover_renderers() -> dict:
+    """Renderers of the method benchmarks: each tools/bench/render_<package>.py defines RENDERERS too."""
+    import importlib
+
+    found = dict(RENDERERS)
+    for path in sorted(Path(__file__).parent.glob("render_*.py")):
+        found.update(importlib.import_module(path.stem).RENDERERS)
+    return found
+
+
 def main() -> None:
     sections = ["# Benchmarks", "",
                 "Every number below was written by a benchmark under `tools/bench/` into `docs/bench/*.json` and "
                 "rendered by `python tools/bench/report.py`; none is edited by hand. `bash tools/bench/run_all.sh` "
                 "reruns every benchmark and this report.", ""]
+    renderers = discover_renderers()
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
-        render = RENDERERS.get(result["name"])
+        render = renderers.get(result["name"])
         if render is None:
             sections += [f"## {result['name']}", "", "```json", json.dumps(result, indent=1)[:4000], "```", ""]
         else:
