@@ -281,6 +281,24 @@ def train_baseline_cmd(ctx: click.Context, config_path, dataset, root, backbone,
         click.echo(f"run folder: {run_dir}")
 
 
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--compare", "compare", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Another run folder (a baseline, say) whose metrics and curves sit next to RUN_DIR's; repeatable.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the page (default RUN_DIR/report.html).")
+def report_cmd(run_dir: Path, compare: tuple[Path, ...], out: Path | None) -> None:
+    """Write a self-contained HTML page of a run: metrics with intervals, curves, explanations, dataset card.
+
+    Every image is embedded; the page needs no server and fetches nothing, so it can be opened offline
+    or attached to an e-mail. Works for the run folder of any medimg method (crl, cipl, iis,
+    neuron-concepts, dae-cf) and of `medimg train-baseline`.
+    """
+    from medimg_core.report import build_report
+
+    click.echo(f"wrote {build_report(run_dir, compare, out)}")
+
+
 def resolve_config_path(name: str | None, shipped_dir: Path = CONFIGS) -> Path | None:
     """A config file path, or the name of a config shipped in `shipped_dir` (medimg_core/configs by default)."""
     if name is None:

@@ -1,0 +1,86 @@
+"""`medimg report`: a self-contained HTML page of a run folder, checked in headless Chromium."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+from click.testing import CliRunner
+
+from medimg_core.cli import main
+from medimg_core.figures import save_figure
+from medimg_core.report import build_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REQUIRE_CHROMIUM = os.environ.get("MEDIMG_REQUIRE_CHROMIUM") == "1"  # set by .ci/run
+
+
+def _fake_run(root: Path, name: str, accuracy: float, with_figures: bool = True) -> Path:
+    run = root / name
+    (run / "figures" / "prototypes").mkdir(parents=True)
+    (run / "config.yaml").write_text("data:\n  dataset: synth-derm\n  root: null\nseed: 0\n")
+    metrics = {"method": "crl", "dataset": "synth-derm", "backbone": "resnet18", "wall_time_s": 12.5,
+               "test": {"accuracy": accuracy, "accuracy_ci": [accuracy - 0.05, accuracy + 0.03], "auroc": 0.9}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    history = [{"epoch": e, "train/loss": 1.0 / e, "val/accuracy": 0.5 + 0.1 * e} for e in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(h) for h in history) + "\n{\"epoch\": 4, \"tra")
+    (run / "rules.txt").write_text("class <b>melanoma</b> <- irregular_border & streaks\n")
+    (run / "log.txt").write_text("not shown\n")
+    if with_figures:
+        for path in (run / "figures" / "confusion_test.png", run / "figures" / "prototypes" / "class_0.png"):
+            fig, ax = plt.subplots(figsize=(2, 2))
+            ax.imshow([[0, 1], [1, 0]])
+            save_figure(fig, path)
+    return run
+
+
+def test_report_embeds_every_figure_and_escapes_text(tmp_path):
+    run = _fake_run(tmp_path, "crl-run", 0.91)
+    base = _fake_run(tmp_path, "baseline-run", 0.88, with_figures=False)
+    page = build_report(run, compare=[base]).read_text()
+    # 2 figures + a training-curve figure for each run; every image is a data URI, nothing is fetched
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in page and "https://" not in page
+    assert "0.9100 [0.8600, 0.9400]" in page and "0.8800 [0.8300, 0.9100]" in page
+    assert "(crl-run)" in page and "(baseline-run)" in page  # same method/dataset/backbone: folders tell them apart
+    assert "&lt;b&gt;melanoma&lt;/b&gt;" in page and "<b>melanoma</b>" not in page
+    assert "not shown" not in page
+    assert "Dataset card" in page and "irregular_border" in page
+    assert not list(run.glob(".report.html.tmp*"))
+
+
+def test_report_cli_and_bad_folder(tmp_path):
+    run = _fake_run(tmp_path, "run", 0.9)
+    result = CliRunner().invoke(main, ["report", str(run), "--out", str(tmp_path / "page.html")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "page.html").is_file()
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "missing")])
+    assert result.exit_code != 0 and "does not exist" in result.output
+
+
+@pytest.mark.skipif(CHROMIUM is None and not REQUIRE_CHROMIUM,
+                    reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium_with_every_image(tmp_path):
+    assert CHROMIUM is not None, "MEDIMG_REQUIRE_CHROMIUM=1 but no chromium on PATH"
+    run = _fake_run(tmp_path, "run", 0.9)
+    page = build_report(run).read_text()
+    n_images = page.count("<img ")
+    # A copy of the page with a checking script: it counts the images that decoded once the page loaded.
+    probe = page.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';").replace(
+        "</body>", "<script>addEventListener('load',()=>{const i=[...document.images];document.body.setAttribute("
+        "'data-check',i.length+':'+i.filter(x=>x.complete&&x.naturalWidth>0).length)})</script></body>")
+    (tmp_path / "probe.html").write_text(probe)
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+         (tmp_path / "probe.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    check = re.search(r'data-check="(\d+):(\d+)"', result.stdout)
+    assert check is not None, result.stdout[:2000]
+    assert int(check.group(1)) == n_images == 3 and int(check.group(2)) == n_images
