@@ -227,7 +227,8 @@ def test_csv_dataset_bad_input(tmp_path):
     frame.assign(split="train").to_csv(root / "nosplit.csv", index=False)
     with pytest.raises(DatasetError, match="'test' split .* is empty"):
         CSVDataset(root, "test", csv="nosplit.csv", split_column="split")
-    frame.assign(path="../../etc/passwd", split="train").to_csv(root / "escape.csv", index=False)
+    escaping = [f"../../etc/passwd{i}" for i in range(len(frame))]
+    frame.assign(path=escaping, split="train").to_csv(root / "escape.csv", index=False)
     with pytest.raises(DatasetError, match="leaves the dataset root"):
         CSVDataset(root, csv="escape.csv", split_column="split")
     with pytest.raises(TypeError, match="unknown option"):

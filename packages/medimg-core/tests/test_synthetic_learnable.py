@@ -43,7 +43,7 @@ def _fit_concepts(data, epochs=12, seed=0):
 
 def test_synth_derm_concepts_are_learnable_from_pixels():
     data = make("synth-derm", n=640, seed=3, size=48)
-    aurocs = _fit_concepts(data, epochs=20)
+    aurocs = _fit_concepts(data, epochs=30)  # 20 epochs sat at the threshold with one thread
     names = data.card.concept_names
     assert min(aurocs) >= 0.85, dict(zip(names, np.round(aurocs, 3), strict=True))
 

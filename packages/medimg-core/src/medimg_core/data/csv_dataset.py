@@ -152,7 +152,13 @@ def _parse(root: Path, opts: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard,
         values = sorted({v.strip() for cell in frame[label_cols[0]] for v in str(cell).split(opts["label_separator"]) if v.strip()})
         class_names = tuple(opts.get("class_names") or values)
     else:
-        present = sorted({str(v).strip() for v in frame[label_cols[0]]})
+        cells = [str(v).strip() for v in frame[label_cols[0]]]
+        empty = [r + ROW_OFFSET for r, v in enumerate(cells) if v == "" or v.lower() == "nan"]
+        if empty:
+            raise DatasetError(f"{label}, column '{label_cols[0]}': empty label in {len(empty)} row(s) "
+                               f"(rows {', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}); "
+                               "every image needs a label")
+        present = sorted(set(cells))
         if opts.get("class_names"):
             class_names = tuple(str(c) for c in opts["class_names"])
         elif task == "ordinal":
@@ -251,7 +257,22 @@ class CSVDataset(FileDataset):
             if opts.get("id_column")
             else [Path(p).stem for p in frame[opts["image_column"]]]
         )
-        if len(set(ids)) != len(ids):
+        first_row: dict[str, int] = {}
+        for r, rel in enumerate(frame[opts["image_column"]].astype(str)):
+            key = Path(rel.strip()).as_posix().lower()
+            if key in first_row:  # the same image twice could sit in train and test at once
+                log.add(label, f"image {rel!r} is also named in row {first_row[key] + ROW_OFFSET}; expected one row "
+                        "per image", row=r + ROW_OFFSET, column=opts["image_column"])
+            else:
+                first_row[key] = r
+        if opts.get("id_column") and len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            for r, value in enumerate(ids):
+                if value in seen:
+                    log.add(label, f"duplicate id {value!r}; expected unique ids", row=r + ROW_OFFSET,
+                            column=opts["id_column"])
+                seen.add(value)
+        elif len(set(ids)) != len(ids):
             ids = [f"{i}:{s}" for i, s in enumerate(ids)]  # file stems repeat across folders: keep ids unique
         groups = frame[opts["group_column"]].astype(str).tolist() if opts.get("group_column") else None
         split_of_row = cls._split_assignment(frame, card, opts, ids, targets, groups, label, log)
