@@ -151,29 +151,35 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(state_dict_to_cpu(model), str(tmp / "model.safetensors"))
-    if raw_model is not None:
-        save_file(state_dict_to_cpu(raw_model), str(tmp / "raw_model.safetensors"))
-    write_json(tmp / "config.json", {**config, "medimg_core_version": __version__, "torch_version": torch.__version__})
-    if optimizer is not None or training_state is not None or with_rng:
-        tensors: dict[str, torch.Tensor] = {}
-        scalars: dict[str, Any] = dict(training_state or {})
-        if optimizer is not None:
-            opt_tensors, opt_scalars = _optimizer_to_flat(optimizer)
-            tensors.update(opt_tensors)
-            scalars["optimizer"] = opt_scalars
-        if scheduler is not None:
-            scalars["scheduler"] = scheduler.state_dict()
-        if scaler is not None and scaler.is_enabled():
-            scalars["scaler"] = scaler.state_dict()
-        if with_rng:
-            rng_tensors, rng_scalars = rng_state()
-            tensors.update(rng_tensors)
-            scalars["rng"] = rng_scalars
-        save_file(tensors, str(tmp / "state.safetensors"))
-        write_json(tmp / "state.json", scalars)
-    if card:
-        (tmp / "README.md").write_text(card)
+    try:
+        save_file(state_dict_to_cpu(model), str(tmp / "model.safetensors"))
+        if raw_model is not None:
+            save_file(state_dict_to_cpu(raw_model), str(tmp / "raw_model.safetensors"))
+        write_json(tmp / "config.json", {**config, "medimg_core_version": __version__, "torch_version": torch.__version__})
+        if optimizer is not None or training_state is not None or with_rng:
+            tensors: dict[str, torch.Tensor] = {}
+            scalars: dict[str, Any] = dict(training_state or {})
+            if optimizer is not None:
+                opt_tensors, opt_scalars = _optimizer_to_flat(optimizer)
+                tensors.update(opt_tensors)
+                scalars["optimizer"] = opt_scalars
+            if scheduler is not None:
+                scalars["scheduler"] = scheduler.state_dict()
+            if scaler is not None and scaler.is_enabled():
+                scalars["scaler"] = scaler.state_dict()
+            if with_rng:
+                rng_tensors, rng_scalars = rng_state()
+                tensors.update(rng_tensors)
+                scalars["rng"] = rng_scalars
+            save_file(tensors, str(tmp / "state.safetensors"))
+            write_json(tmp / "state.json", scalars)
+        if card:
+            (tmp / "README.md").write_text(card)
+    except BaseException as exc:  # a full disk or an interrupt: leave no half-written folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"{final}: cannot write the checkpoint ({exc}); the previous one is kept") from exc
+        raise
     _publish(tmp, final)
     return final
 
@@ -221,8 +227,11 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Restore optimizer, scheduler, scaler and RNG states; return the remaining scalars (epoch, ...)."""
     folder = find_checkpoint(directory)
-    tensors = load_file(str(folder / "state.safetensors"))
-    scalars = json.loads((folder / "state.json").read_text())
+    try:
+        tensors = load_file(str(folder / "state.safetensors"))
+        scalars = json.loads((folder / "state.json").read_text())
+    except Exception as exc:  # safetensors and json raise several types on corrupt files
+        raise CheckpointError(f"{folder}: cannot read the training state ({type(exc).__name__}: {exc})") from None
     if optimizer is not None and "optimizer" in scalars:
         _optimizer_from_flat(optimizer, tensors, scalars.pop("optimizer"))
     if scheduler is not None and "scheduler" in scalars:

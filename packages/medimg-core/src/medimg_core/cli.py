@@ -23,10 +23,11 @@ class ErrorReportingGroup(click.Group):
     def invoke(self, ctx: click.Context):
         from medimg_core.config import ConfigError
         from medimg_core.data.errors import DatasetError
+        from medimg_core.runs import RunFolderError
 
         try:
             return super().invoke(ctx)
-        except (DatasetError, ConfigError) as exc:
+        except (DatasetError, ConfigError, RunFolderError) as exc:
             raise click.ClickException(str(exc)) from None
 
 

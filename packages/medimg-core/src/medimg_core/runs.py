@@ -12,6 +12,10 @@ from pathlib import Path
 log = logging.getLogger("medimg")
 
 
+class RunFolderError(OSError):
+    """The run folder cannot be created or written, or its disk is nearly full (reported before training)."""
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
 
@@ -19,7 +23,11 @@ def slug(text: str) -> str:
 def create_run_dir(base: str | Path, name: str) -> Path:
     """A new folder `base/<date>-<name>`; a suffix -2, -3 ... keeps runs from overwriting each other."""
     base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"{base}: cannot create the folder for runs ({exc.strerror or exc}); "
+                             "expected a writable directory (--out)") from None
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(name)}"
     for i in range(1, 1000):
         path = base / (stem if i == 1 else f"{stem}-{i}")
@@ -27,6 +35,8 @@ def create_run_dir(base: str | Path, name: str) -> Path:
             path.mkdir()
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise RunFolderError(f"{path}: cannot create the run folder ({exc.strerror or exc})") from None
         (path / "figures").mkdir()
         return path
     raise RuntimeError(f"{base}: cannot create a new run folder for {name}")
@@ -42,10 +52,10 @@ def check_writable(path: str | Path, min_free_mb: int = 200) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise OSError(f"{path}: the run folder is not writable ({exc.strerror})") from None
+        raise RunFolderError(f"{path}: the run folder is not writable ({exc.strerror})") from None
     free_mb = shutil.disk_usage(path).free / 2**20
     if free_mb < min_free_mb:
-        raise OSError(f"{path}: only {free_mb:.0f} MB free on this disk; need at least {min_free_mb} MB for checkpoints")
+        raise RunFolderError(f"{path}: only {free_mb:.0f} MB free on this disk; need at least {min_free_mb} MB for checkpoints")
 
 
 def setup_logging(run_dir: Path | None = None, is_main: bool = True, verbose: bool = False) -> None:
@@ -83,12 +93,20 @@ def prepare_run(cfg, method: str, dataset: str, backbone: str, dist_info, resume
     elif dist_info.is_main:
         fold = cfg.data.options.get("fold")
         name = cfg.name or f"{method}-{dataset}-{backbone}" + (f"-fold{fold}" if fold is not None else "")
-        run_dir = create_run_dir(cfg.out, f"{name}-seed{cfg.seed}")
+        base = Path(cfg.out)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"{base}: cannot create the folder for runs ({exc.strerror or exc}); "
+                                 "expected a writable directory (--out)") from None
+        check_writable(base)  # before the run folder exists, so a refused run leaves nothing behind
+        run_dir = create_run_dir(base, f"{name}-seed{cfg.seed}")
     else:
         run_dir = None
     run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
     setup_logging(run_dir, dist_info.is_main)
     if dist_info.is_main:
-        check_writable(run_dir)
+        if resume_dir is not None:
+            check_writable(run_dir)
         save_config(cfg, run_dir / "config.yaml")
     return run_dir

@@ -83,6 +83,9 @@ def resolve_options(root: str | Path, options: dict[str, Any]) -> dict[str, Any]
         raise TypeError(f"CSVDataset: unknown option(s) {unknown}; expected some of {sorted(OPTION_KEYS)}")
     merged = {**_read_descriptor(root), **{k: v for k, v in options.items() if v is not None}}
     merged.pop("format", None)
+    for key in ("label_columns", "concept_columns", "mask_columns", "class_names"):
+        if isinstance(merged.get(key), str):  # "-o concept_columns=spots" names one column, not five letters
+            merged[key] = [v.strip() for v in merged[key].split(",") if v.strip()]
     merged.setdefault("image_column", "path")
     merged.setdefault("n_folds", 5)
     merged.setdefault("fold", 0)
