@@ -1,0 +1,78 @@
+"""Each method installs alone: its built wheel plus medimg-core's, in a fresh virtual environment that has
+only torch, resolves its dependencies from the package index, imports and answers --help.
+
+Between packages, everything the previous install added is removed again, so a dependency missing from a
+package's metadata cannot hide behind another package's. Takes a few minutes (torch comes from pip's
+local files); set MEDIMG_SKIP_WHEEL_INSTALL=1 to skip it on a machine without a package index.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {"crl": ("crl", "crl"), "neuron-concepts": ("neuron_concepts", "neuron-concepts"),
+           "cipl": ("cipl", "cipl"), "iis": ("iis", "iis"), "dae-counterfactual": ("dae_counterfactual", "dae-cf")}
+TORCH_PINS = os.environ.get("MEDIMG_TORCH_PINS", "torch==2.14.1 torchvision==0.29.1").split()
+
+pytestmark = pytest.mark.skipif(os.environ.get("MEDIMG_SKIP_WHEEL_INSTALL") == "1",
+                                reason="MEDIMG_SKIP_WHEEL_INSTALL=1")
+
+
+def _hatch() -> str:
+    local = Path(sys.executable).parent / "hatch"
+    return str(local) if local.exists() else (shutil.which("hatch") or "hatch")
+
+
+def _run(cmd, **kw):
+    result = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert result.returncode == 0, f"{' '.join(map(str, cmd))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheels")
+    for dist in ["medimg-core", *METHODS]:
+        _run([_hatch(), "build", "-t", "wheel", str(out)], cwd=ROOT / "packages" / dist, timeout=600)
+    found = {w.name.split("-")[0].replace("_", "-"): w for w in out.glob("*.whl")}
+    assert set(found) == {"medimg-core", *METHODS}, found
+    return found
+
+
+@pytest.fixture(scope="module")
+def torch_venv(tmp_path_factory):
+    venv = tmp_path_factory.mktemp("venv") / "env"
+    _run([sys.executable, "-m", "venv", str(venv)], timeout=300)
+    python = venv / "bin" / "python"
+    _run([str(python), "-m", "pip", "install", "-q", *TORCH_PINS], timeout=1800)
+    return python
+
+
+def _installed(python: Path) -> set[str]:
+    out = _run([str(python), "-m", "pip", "list", "--format=freeze"], timeout=300).stdout
+    return {line.split("==")[0].lower() for line in out.splitlines() if "==" in line}
+
+
+@pytest.mark.parametrize("dist", sorted(METHODS))
+def test_method_wheel_installs_alone_and_answers_help(wheels, torch_venv, dist):
+    module, command = METHODS[dist]
+    before = _installed(torch_venv)
+    try:
+        _run([str(torch_venv), "-m", "pip", "install", "-q", str(wheels["medimg-core"]), str(wheels[dist])],
+             timeout=1800)
+        _run([str(torch_venv), "-m", "pip", "check"], timeout=300)
+        _run([str(torch_venv), "-c", f"import {module}, medimg_core; print({module}.__version__)"], timeout=300)
+        result = _run([str(torch_venv.parent / command), "--help"], timeout=300,
+                      env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert "Usage" in result.stdout
+    finally:
+        added = sorted(_installed(torch_venv) - before)
+        if added:
+            _run([str(torch_venv), "-m", "pip", "uninstall", "-y", "-q", *added], timeout=600)
