@@ -1,20 +1,177 @@
+"""The `dae-cf` command end to end on a tiny synth-grade set (a DAE with a handful of channels, 16 px)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
 from click.testing import CliRunner
+from dae_test_helpers import TINY_ARGS
 
 import dae_counterfactual
+from dae_counterfactual.boundary import LatentBoundary
 from dae_counterfactual.cli import main
+from dae_counterfactual.train import load_dae, load_latents
+from medimg_core.checkpoint import load_weights
+from medimg_core.synthetic import generate
 
 
 def test_help_and_version():
     runner = CliRunner()
     result = runner.invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
-    assert "Usage" in result.output
+    for command in ("train", "encode", "fit-boundary", "counterfactual", "evaluate"):
+        assert command in result.output
     result = runner.invoke(main, ["--version"])
-    assert result.exit_code == 0
-    assert dae_counterfactual.__version__ in result.output
+    assert result.exit_code == 0 and dae_counterfactual.__version__ in result.output
 
 
-def test_depends_on_core():
-    import medimg_core
+def _train(data, out, *extra):
+    args = ["train", "--config", "synth-grade-cpu", "--root", str(data), "--out", str(out), "--device", "cpu",
+            *TINY_ARGS, "--train.epochs", "2", "--train.batch_size", "8", "--diffusion.encode_steps", "4",
+            "--diffusion.render_steps", "4", "--recon_images", "2", "--bootstrap", "20", *extra]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
 
-    assert medimg_core.__version__
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dae")
+    data = generate("synth-grade", n=60, out=tmp / "data", seed=0, size=32)
+    _train(data, tmp / "runs")
+    return data, next((tmp / "runs").iterdir()), tmp
+
+
+def test_train_writes_run_folder_and_ema_checkpoints(trained):
+    _, run, _ = trained
+    for name in ("config.yaml", "metrics.json", "metrics.jsonl", "checkpoints/best/model.safetensors",
+                 "checkpoints/last/raw_model.safetensors", "figures/training_curves.png",
+                 "figures/reconstructions.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "dae-counterfactual" and metrics["train"]["epochs_run"] == 2
+    assert metrics["train"]["steps"] == 2 * (42 // 8)  # 70% of 60 images in batches of 8, last one dropped
+    assert {"mse", "l1", "ssim"} <= set(metrics["reconstruction"])
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "val/mse" in history[-1]
+
+
+def test_save_load_round_trip(trained):
+    _, run, _ = trained
+    loaded = load_dae(run)
+    assert loaded.card.name == "synth-grade" and loaded.image_size == 16
+    # the inference model holds the EMA weights, which differ from the raw weights of the last step
+    raw = load_dae(run).model
+    load_weights(raw, run / "checkpoints" / "last", "raw_model.safetensors")
+    diffs = [float((a - b).detach().abs().max()) for a, b in zip(loaded.model.parameters(), raw.parameters(), strict=True)]
+    assert max(diffs) > 0
+    again = load_dae(run)
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(again.model.encode(x), loaded.model.encode(x), rtol=0, atol=0)
+    z = loaded.model.encode(x)
+    x_T = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(again.model.render(x_T, z, 3), loaded.model.render(x_T, z, 3), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(trained):
+    data, run, tmp = trained
+    runner = CliRunner()
+    result = runner.invoke(main, ["encode", str(run)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["fit-boundary", str(run), "--bootstrap", "20"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "grade Spearman" in result.output
+    return data, run, tmp
+
+
+def test_encode_and_fit_boundary(fitted):
+    _, run, _ = fitted
+    latents = load_latents(run, "train")
+    assert latents["z"].shape == (42, 16) and len(latents["ids"]) == 42
+    boundary = LatentBoundary.load(run / "boundary.json")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "train" in metrics and "boundary" in metrics  # the sections are merged, not replaced
+    for split in ("train", "val", "test"):
+        assert "auroc" in metrics["boundary"][split]["binary"]
+        assert "spearman" in metrics["boundary"][split]["grade"]
+    assert metrics["boundary"]["calibration"]["slope"] == pytest.approx(boundary.slope_)
+    assert (run / "figures" / "calibration.png").is_file()
+    train_acc = metrics["boundary"]["train"]["binary"]["accuracy"]
+    assert train_acc == pytest.approx(float((boundary.predict(latents["z"]) == (latents["targets"] >= 1)).mean()))
+
+
+def test_counterfactual_command(fitted, tmp_path):
+    data, run, _ = fitted
+    images = sorted((data / "images").iterdir())[:2]
+    result = CliRunner().invoke(main, ["counterfactual", str(run), *map(str, images), "--grades", "0", "2", "4",
+                                       "--out", str(tmp_path), "--encode-steps", "3", "--render-steps", "3"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    folder = next(tmp_path.iterdir())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["targets"] == [0.0, 2.0, 4.0] and len(metrics["series"]) == 2
+    boundary = LatentBoundary.load(run / "boundary.json")
+    np.testing.assert_allclose(metrics["series"][0]["edited_grades"], [0, 2, 4], atol=1e-6)
+    for name in (f"images/{images[0].stem}_grade4.png", f"figures/{images[1].stem}.png", "config.yaml"):
+        assert (folder / name).is_file(), name
+    assert boundary.slope_ != 0
+    # the notebooks' fixed steps
+    result = CliRunner().invoke(main, ["counterfactual", str(run), str(images[0]), "--steps", "100", "300",
+                                       "--direction", "up", "--out", str(tmp_path / "s"), "--encode-steps", "2",
+                                       "--render-steps", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "step -> re-encoded: 100->" in result.output
+    result = CliRunner().invoke(main, ["counterfactual", str(run), str(images[0])])
+    assert result.exit_code != 0 and "--grades" in result.output
+
+
+def test_evaluate_with_an_image_classifier(fitted, tmp_path):
+    data, run, tmp = fitted
+    from medimg_core.baseline import BaselineConfig, train_baseline
+    from medimg_core.config import load_config
+
+    cfg = load_config(BaselineConfig, None, {"data.dataset": "csv", "data.root": str(data), "data.image_size": 16,
+                                             "model.backbone": "test_resnet", "train.epochs": 1,
+                                             "train.batch_size": 8, "device": "cpu", "out": str(tmp / "base"),
+                                             "bootstrap": 10})
+    oracle = train_baseline(cfg)
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--n", "4", "--grades", "0", "4", "--oracle",
+                                       str(oracle), "--encode-steps", "3", "--render-steps", "3", "--out",
+                                       str(tmp_path), "--figures", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    folder = next(tmp_path.iterdir())
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["n_images"] == 4 and m["n_pairs"] == 8 and len(m["per_target"]) == 2
+    assert 0 <= m["latent"]["target_side_agreement"] <= 1
+    assert {"flip_rate", "positive_rate_per_target"} <= set(m["image_classifier"])
+    assert {"spearman_target_vs_measure", "monotone_fraction"} <= set(m["measure"])  # synth-grade's measure
+    assert (folder / "figures" / "counterfactuals.png").is_file()
+    assert "measured structure" in result.output
+
+
+def test_resume_restores_ema_and_raw_weights(tmp_path):
+    data = generate("synth-grade", n=30, out=tmp_path / "data", seed=1, size=32)
+    _train(data, tmp_path / "full", "--train.checkpoint_every", "1", "--recon_images", "0")
+    _train(data, tmp_path / "part", "--train.epochs", "1", "--recon_images", "0")
+    full, part = next((tmp_path / "full").iterdir()), next((tmp_path / "part").iterdir())
+    # the interrupted run was meant to run 2 epochs: continue it
+    config = (part / "config.yaml").read_text().replace("epochs: 1\n", "epochs: 2\n", 1)
+    (part / "config.yaml").write_text(config)
+    result = CliRunner().invoke(main, ["train", "--resume", str(part)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    a, b = load_dae(full).model, load_dae(part).model
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+    shutil.rmtree(tmp_path / "full")
+
+
+def test_bad_config_is_refused(tmp_path):
+    data = generate("synth-grade", n=20, out=tmp_path / "data", seed=0, size=32)
+    result = CliRunner().invoke(main, ["train", "--config", "synth-grade-cpu", "--root", str(data), "--out",
+                                       str(tmp_path / "runs"), *TINY_ARGS, "--data.normalize", "imagenet"])
+    assert result.exit_code != 0 and "data.normalize" in result.output
+    result = CliRunner().invoke(main, ["train", "--config", "synth-grade-cpu", "--out", str(tmp_path / "runs")])
+    assert result.exit_code != 0 and "--root" in result.output

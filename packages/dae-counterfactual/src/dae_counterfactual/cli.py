@@ -1,18 +1,229 @@
-"""Command line of the `dae-cf` tool."""
+"""The `dae-cf` command: train, encode, fit-boundary, counterfactual, evaluate."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import click
 
 from dae_counterfactual import __version__
+from medimg_core.cli import ErrorReportingGroup, resolve_config_path
+
+CONFIGS = Path(__file__).parent / "configs"
+RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class GreedyNumbersCommand(click.Command):
+    """Lets `--grades 0 1 2 3 4` (and `--steps`) take several numbers: the values are rewritten to
+    `--grades 0 --grades 1 ...` before click parses them."""
+
+    greedy = ("--grades", "--steps")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        current: str | None = None
+        for arg in args:
+            if arg in self.greedy:
+                current = arg
+                out.append(arg)
+                continue
+            if current is not None and _is_number(arg):
+                if out[-1] != current:
+                    out.append(current)
+                out.append(arg)
+                continue
+            current = None
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dae-cf")
 def main() -> None:
     """Diffusion-autoencoder counterfactuals for classification and ordinal grading (Atad et al., MELBA 2024).
 
-    The method's commands arrive with its own issue; the shared data commands
-    live in `medimg` (see `medimg --help`).
+    \b
+    dae-cf train --config synth-grade-cpu --root DATA      # the diffusion autoencoder (no labels)
+    dae-cf encode RUN                                      # z_sem of every image -> RUN/latents/
+    dae-cf fit-boundary RUN                                # linear classifier + grade calibration
+    dae-cf counterfactual RUN IMAGE... --grades 0 1 2 3 4  # the same image at other grades
+    dae-cf evaluate RUN --oracle BASELINE_RUN              # flip rates, Spearman, proximity
     """
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--config", "config_name", default=None,
+              help="YAML config, or a shipped one: dae-32, dae-64, dae-128 (templates), synth-grade-cpu, "
+                   "retinamnist-cpu (CPU presets), retinamnist-64-gpu.")
+@click.option("--root", default=None, help="Dataset root (data.root).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
+@click.option("--seed", type=int, default=None, help="Random seed (initialisation, data order, noise).")
+@click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
+@click.option("--resume", "resume_dir", type=RUN_DIR, default=None, help="Continue the interrupted run in this folder.")
+@click.pass_context
+def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) -> None:
+    """Train the diffusion autoencoder; any config key can be overridden as --section.key VALUE
+    (e.g. --train.epochs 5 --model.base_channels 32).
+
+    Writes a run folder: config.yaml, metrics.jsonl, metrics.json (losses, reconstruction error),
+    checkpoints/ (EMA weights used for inference, raw weights and optimizer state for --resume), figures/.
+    """
+    from dae_counterfactual.train import DAEConfig, train_dae
+    from medimg_core.config import ConfigError, load_config, parse_overrides
+
+    overrides = {k: v for k, v in {"data.root": root, "device": device, "seed": seed, "out": out}.items()
+                 if v is not None}
+    overrides.update(parse_overrides(ctx.args))
+    if resume_dir is not None:
+        if overrides or config_name:
+            raise click.UsageError("--resume continues a run with its saved config; drop the other options")
+        cfg = load_config(DAEConfig, resume_dir / "config.yaml")
+    else:
+        cfg = load_config(DAEConfig, resolve_config_path(config_name, CONFIGS), overrides)
+        if not cfg.data.root:
+            raise ConfigError("--root (data.root) is required: the dataset folder or file")
+    run_dir = train_dae(cfg, resume_dir)
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"run folder: {run_dir}")
+
+
+@main.command()
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--split", "splits", multiple=True, default=("train", "val", "test"), show_default=True,
+              help="Split to encode (repeatable).")
+@click.option("--root", default=None, help="Dataset root, if it moved since training.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Unused by the deterministic encoder; recorded.")
+def encode(run_dir: Path, splits, root, batch_size: int, device: str, seed: int) -> None:
+    """Encode the run's dataset splits to z_sem with the EMA encoder -> RUN_DIR/latents/<split>.safetensors."""
+    from dae_counterfactual.train import encode_run
+
+    for split, path in encode_run(run_dir, tuple(splits), device, batch_size, root).items():
+        click.echo(f"{split}: {path}")
+
+
+@main.command("fit-boundary")
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--classifier", type=click.Choice(["svm", "logistic"]), default=None,
+              help="Linear SVM (the paper) or logistic regression (default: the run's config).")
+@click.option("--C", "C", type=float, default=None, help="Inverse regularisation strength.")
+@click.option("--standardize/--no-standardize", default=None, help="Fit on per-dimension standardised latents.")
+@click.option("--positive-min-grade", type=int, default=None,
+              help="Binary pathology = grade >= this (default 1: grade > 0).")
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default=None)
+@click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples of the intervals.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
+def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, class_weight, bootstrap, device,
+                 seed) -> None:
+    """Fit the linear boundary on the training latents and the grade calibration; evaluate on val and test.
+
+    Encodes missing latents first; writes RUN_DIR/boundary.json, metrics.json["boundary"] and
+    figures/calibration.png.
+    """
+    from dataclasses import replace
+
+    from dae_counterfactual.train import fit_boundary_run, load_dae
+
+    cfg = load_dae(run_dir).cfg.boundary
+    changes = {"classifier": classifier, "C": C, "standardize": standardize,
+               "positive_min_grade": positive_min_grade}
+    cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    if class_weight is not None:
+        cfg = replace(cfg, class_weight=None if class_weight == "none" else class_weight)
+    m = fit_boundary_run(run_dir, cfg, device, bootstrap, seed)
+    for split in ("val", "test"):
+        b, g = m[split]["binary"], m[split]["grade"]
+        click.echo(f"{split}: AUROC {b['auroc']:.4f} {[round(v, 4) for v in b['auroc_ci']]}, accuracy "
+                   f"{b['accuracy']:.4f}; grade Spearman {g['spearman']:.4f}, MAE {g['mae']:.4f}, QWK {g['qwk']:.4f}")
+    click.echo(f"wrote {run_dir / 'boundary.json'}")
+
+
+@main.command(cls=GreedyNumbersCommand)
+@click.argument("run_dir", type=RUN_DIR)
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--grades", multiple=True, type=float, help="Target grades, e.g. --grades 0 1 2 3 4.")
+@click.option("--steps", multiple=True, type=float,
+              help="Instead of grades: the notebooks' fixed steps along the normal, e.g. --steps 100 300 500.")
+@click.option("--direction", type=click.Choice(["auto", "up", "down"]), default="auto", show_default=True,
+              help="Fixed steps only: towards the pathology (up), away (down), or across the hyperplane (auto).")
+@click.option("--encode-steps", type=int, default=None, help="DDIM inversion steps (default: the run's config).")
+@click.option("--render-steps", type=int, default=None, help="DDIM rendering steps (default: the run's config).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder receiving the output folder (default RUN_DIR/counterfactuals).")
+@click.option("--batch-size", default=8, show_default=True, help="Images per batch.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps, render_steps, out, batch_size,
+                   device, seed) -> None:
+    """Render IMAGE(s) at target grades (or fixed steps) with their own stochastic code x_T.
+
+    Writes a folder with config.yaml, metrics.json (calibrated grade of each image, target and
+    re-encoded grades), images/ (reconstruction and counterfactual PNGs) and figures/ (series and
+    difference maps).
+    """
+    from dae_counterfactual.explain import counterfactual_run
+
+    if bool(grades) == bool(steps):
+        raise click.UsageError("give either --grades G... or --steps S...")
+    mode = "grade" if grades else "step"
+    sign = {"auto": None, "up": 1.0, "down": -1.0}[direction]
+    folder, series = counterfactual_run(run_dir, list(images), list(grades or steps), mode, sign, encode_steps,
+                                        render_steps, device, out, seed, batch_size)
+    for s in series:
+        pairs = ", ".join(f"{t:g}->{g:.2f}" for t, g in zip(s.targets, s.reencoded_grades, strict=True))
+        click.echo(f"{s.id}: grade {s.grade:.2f}; {'target' if mode == 'grade' else 'step'} -> re-encoded: {pairs}")
+    click.echo(f"wrote {folder}")
+
+
+@main.command(cls=GreedyNumbersCommand)
+@click.argument("run_dir", type=RUN_DIR)
+@click.option("--split", default="test", show_default=True)
+@click.option("--n", "n_images", default=40, show_default=True, help="Images (spread evenly over the grades).")
+@click.option("--grades", multiple=True, type=float, help="Target grades (default: every grade of the dataset).")
+@click.option("--oracle", type=RUN_DIR, default=None,
+              help="A `medimg train-baseline` run: the independent image classifier of the image flip rate.")
+@click.option("--encode-steps", type=int, default=None, help="DDIM inversion steps (default: the run's config).")
+@click.option("--render-steps", type=int, default=None, help="DDIM rendering steps (default: the run's config).")
+@click.option("--measure", type=click.Choice(["auto", "none"]), default="auto", show_default=True,
+              help="auto: measure the structure of synth-grade counterfactuals with the generator's measure.")
+@click.option("--figures", default=6, show_default=True, help="Series shown in figures/counterfactuals.png.")
+@click.option("--root", default=None, help="Dataset root, if it moved since training.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder receiving the output folder (default RUN_DIR/evaluations).")
+@click.option("--batch-size", default=8, show_default=True, help="Images per batch.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Which images are drawn.")
+def evaluate(run_dir: Path, split, n_images, grades, oracle, encode_steps, render_steps, measure, figures, root, out,
+             batch_size, device, seed) -> None:
+    """Evaluate counterfactuals: reconstruction error, latent and image flip rates, Spearman of target vs
+    re-encoded grade, L1/SSIM to the reconstruction (and, on synth-grade, the measured structure)."""
+    from dae_counterfactual.evaluate import evaluate_run
+
+    folder, m = evaluate_run(run_dir, split, n_images, list(grades) or None, oracle, encode_steps, render_steps,
+                             device, seed, batch_size, figures, out, measure, root)
+    r, lat = m["reconstruction"], m["latent"]
+    click.echo(f"reconstruction: MSE {r['mse']:.5f}, L1 {r['l1']:.4f}, SSIM {r['ssim']:.4f}")
+    click.echo(f"latent flip rate {lat['flip_rate']:.3f} ({lat['n_crossing_pairs']} pairs); Spearman(target, "
+               f"re-encoded grade) {lat['spearman_target_vs_reencoded_grade']:.3f}")
+    if "image_classifier" in m:
+        ic = m["image_classifier"]
+        click.echo(f"image classifier flip rate {ic['flip_rate']:.3f} ({ic['n_crossing_pairs']} pairs)")
+    if "measure" in m:
+        ms = m["measure"]
+        click.echo(f"measured structure: Spearman {ms['spearman_target_vs_measure']:.3f}, monotone series "
+                   f"{ms['monotone_fraction']:.3f}")
+    click.echo(f"wrote {folder}")
 
 
 if __name__ == "__main__":

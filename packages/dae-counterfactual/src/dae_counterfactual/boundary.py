@@ -1,0 +1,235 @@
+"""The decision hyperplane in the semantic latent space and its ordinal calibration (Atad et al.).
+
+    boundary = LatentBoundary(classifier="svm").fit(z_train, grades_train)   # label = grade >= positive_min_grade
+    boundary.distance(z)       # signed distance to the hyperplane (N,)
+    boundary.grade(z)          # calibrated grade alpha * distance + beta (N,)
+    boundary.edit_to_grade(z, [0, 1, 2, 3, 4])   # (N, 5, D): latents whose calibrated grade is each target
+
+A linear classifier (scikit-learn's SVC with a linear kernel, as in the paper's notebooks, or a
+logistic regression) separates the binary pathology in z_sem, optionally after per-dimension
+standardisation with the training mean mu and std sigma (DiffAE's manipulation works on
+standardised latents). With u = (z - mu) / sigma (or u = z) and the hyperplane w . u + b = 0:
+
+    d(z) = (w . u + b) / ||w||                      signed Euclidean distance in u
+    grade(z) = alpha d(z) + beta                    linear regression of the grade on d (training set)
+    edit_to_grade(z, g):  d* = (g - beta) / alpha,  u' = u + (d* - d(z)) w / ||w||,  z' = mu + sigma u'
+
+u' is the point nearest to u (L2) whose calibrated grade is exactly g. `edit_fixed_step` is the rule
+of the paper's notebooks: u' = u + direction * step * w / (||w|| sqrt(D)).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+FORMAT = "dae-counterfactual/latent-boundary"
+
+
+def _as_latents(z: Any, name: str = "z", dim: int | None = None) -> np.ndarray:
+    arr = np.asarray(z.detach().cpu().numpy() if hasattr(z, "detach") else z, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"{name}: expected latents of shape (N, D) with N >= 1, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{name}: row {bad[0]}, dimension {bad[1]} is {arr[tuple(bad)]}; latents must be finite")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name}: latents have {arr.shape[1]} dimensions; this boundary was fitted on {dim}")
+    return arr
+
+
+class LatentBoundary(BaseEstimator):
+    """Linear decision boundary on z_sem + linear calibration of the grade on the distance to it.
+
+    Parameters
+    ----------
+    classifier: "svm" (SVC, linear kernel; the paper) or "logistic" (LogisticRegression).
+    C: inverse regularisation strength of either classifier.
+    standardize: fit and edit in per-dimension standardised latents (mu, sigma of the training set).
+    positive_min_grade: the binary pathology is grade >= this (1: grade > 0).
+    class_weight: None or "balanced", passed to the classifier.
+
+    Fitted attributes: coef_ (D,) w, intercept_ b, slope_ alpha, offset_ beta, mean_ (D,), scale_ (D,),
+    n_features_in_, calibration_ (r2 of the regression on the training set).
+    """
+
+    def __init__(self, classifier: Literal["svm", "logistic"] = "svm", C: float = 1.0, standardize: bool = True,
+                 positive_min_grade: float = 1, class_weight: str | None = None, random_state: int = 42):
+        self.classifier = classifier
+        self.C = C
+        self.standardize = standardize
+        self.positive_min_grade = positive_min_grade
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    # ---------------------------------------------------------------- fitting
+    def fit(self, z: Any, grades: Any, labels: Any | None = None) -> LatentBoundary:
+        """Fit on latents z (N, D) and grades (N,); binary labels default to grade >= positive_min_grade."""
+        from sklearn.linear_model import LinearRegression, LogisticRegression
+        from sklearn.svm import SVC
+
+        z = _as_latents(z)
+        grades = np.asarray(grades, dtype=np.float64).reshape(-1)
+        if grades.shape[0] != z.shape[0]:
+            raise ValueError(f"grades: {grades.shape[0]} values for {z.shape[0]} latents")
+        if not np.isfinite(grades).all():
+            raise ValueError(f"grades: row {int(np.flatnonzero(~np.isfinite(grades))[0])} is not a finite number")
+        y = (grades >= self.positive_min_grade) if labels is None else np.asarray(labels).reshape(-1)
+        y = y.astype(np.int64)
+        if y.shape[0] != z.shape[0]:
+            raise ValueError(f"labels: {y.shape[0]} values for {z.shape[0]} latents")
+        if set(np.unique(y)) != {0, 1}:
+            raise ValueError(f"the binary labels must contain both 0 and 1 (positive = grade >= "
+                             f"{self.positive_min_grade}); got {sorted(set(np.unique(y).tolist()))}")
+        if self.classifier not in ("svm", "logistic"):
+            raise ValueError(f"classifier must be 'svm' or 'logistic', got {self.classifier!r}")
+        self.n_features_in_ = z.shape[1]
+        if self.standardize:
+            self.mean_ = z.mean(axis=0)
+            std = z.std(axis=0)
+            self.scale_ = np.where(std > 1e-12, std, 1.0)
+        else:
+            self.mean_, self.scale_ = np.zeros(z.shape[1]), np.ones(z.shape[1])
+        u = (z - self.mean_) / self.scale_
+        if self.classifier == "svm":
+            clf = SVC(kernel="linear", C=self.C, class_weight=self.class_weight, random_state=self.random_state)
+        else:
+            clf = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=5000)
+        clf.fit(u, y)
+        self.coef_ = np.asarray(clf.coef_, dtype=np.float64).reshape(-1)
+        self.intercept_ = float(np.asarray(clf.intercept_).reshape(-1)[0])
+        if not np.linalg.norm(self.coef_) > 0:
+            raise ValueError("the linear classifier found no direction (w = 0); the latents do not separate the classes")
+        reg = LinearRegression().fit(self.distance(z)[:, None], grades)
+        self.slope_, self.offset_ = float(reg.coef_[0]), float(reg.intercept_)
+        self.calibration_ = float(reg.score(self.distance(z)[:, None], grades))
+        return self
+
+    @classmethod
+    def from_hyperplane(cls, w: Sequence[float], b: float, slope: float, offset: float,
+                        mean: Sequence[float] | None = None, scale: Sequence[float] | None = None,
+                        **params: Any) -> LatentBoundary:
+        """A boundary with a given hyperplane w . u + b = 0 and calibration grade = slope * d + offset."""
+        w_arr = np.asarray(w, dtype=np.float64).reshape(-1)
+        obj = cls(standardize=mean is not None or scale is not None, **params)
+        obj.n_features_in_ = w_arr.shape[0]
+        obj.coef_, obj.intercept_ = w_arr, float(b)
+        obj.mean_ = np.zeros_like(w_arr) if mean is None else np.asarray(mean, dtype=np.float64)
+        obj.scale_ = np.ones_like(w_arr) if scale is None else np.asarray(scale, dtype=np.float64)
+        obj.slope_, obj.offset_ = float(slope), float(offset)
+        obj.calibration_ = float("nan")
+        return obj
+
+    # ---------------------------------------------------------------- geometry
+    def _u(self, z: Any) -> np.ndarray:
+        check_is_fitted(self, "coef_")
+        return (_as_latents(z, dim=self.n_features_in_) - self.mean_) / self.scale_
+
+    @property
+    def normal_(self) -> np.ndarray:
+        """The unit normal w / ||w|| (D,) in the (standardised) space of the classifier."""
+        return self.coef_ / np.linalg.norm(self.coef_)
+
+    def decision_function(self, z: Any) -> np.ndarray:
+        """The classifier's score w . u + b (N,)."""
+        return self._u(z) @ self.coef_ + self.intercept_
+
+    def distance(self, z: Any) -> np.ndarray:
+        """Signed distance (N,) of each latent to the hyperplane (positive side = pathology)."""
+        return self.decision_function(z) / np.linalg.norm(self.coef_)
+
+    def predict(self, z: Any) -> np.ndarray:
+        """Binary prediction (N,) int: 1 = pathology (distance > 0)."""
+        return (self.distance(z) > 0).astype(np.int64)
+
+    def score_proba(self, z: Any) -> np.ndarray:
+        """A monotone score in (0, 1) of the pathology, sigmoid(distance) (N,): for AUROC, not a calibrated probability."""
+        return 1.0 / (1.0 + np.exp(-self.distance(z)))
+
+    def grade(self, z: Any) -> np.ndarray:
+        """Calibrated grade alpha * distance + beta (N,), continuous."""
+        return self.slope_ * self.distance(z) + self.offset_
+
+    def distance_for_grade(self, grades: Any) -> np.ndarray:
+        """The signed distance d* = (g - beta) / alpha at which the calibrated grade is g."""
+        check_is_fitted(self, "coef_")
+        if not abs(self.slope_) > 1e-12:
+            raise ValueError("the grade calibration is flat (slope 0): the distance to the hyperplane does not "
+                             "predict the grade, so no edit can reach a target grade")
+        return (np.asarray(grades, dtype=np.float64) - self.offset_) / self.slope_
+
+    # ---------------------------------------------------------------- edits
+    def _back(self, u: np.ndarray) -> np.ndarray:
+        return u * self.scale_ + self.mean_
+
+    def edit_to_distance(self, z: Any, distances: Any) -> np.ndarray:
+        """Move each latent along the normal to each signed distance: (N, D), (K,) -> (N, K, D)."""
+        u = self._u(z)
+        target = np.atleast_1d(np.asarray(distances, dtype=np.float64))
+        delta = target[None, :] - (u @ self.normal_ + self.intercept_ / np.linalg.norm(self.coef_))[:, None]
+        return self._back(u[:, None, :] + delta[..., None] * self.normal_)
+
+    def edit_to_grade(self, z: Any, grades: Any) -> np.ndarray:
+        """The minimal (standardised-L2) edits whose calibrated grade equals each target: (N, D), (K,) -> (N, K, D)."""
+        return self.edit_to_distance(z, self.distance_for_grade(np.atleast_1d(grades)))
+
+    def edit_fixed_step(self, z: Any, steps: Any, direction: Any | None = None) -> np.ndarray:
+        """The paper notebooks' edit u' = u + direction * step * w / (||w|| sqrt(D)): (N, D), (K,) -> (N, K, D).
+
+        direction: +1 (towards pathology), -1, an (N,) array of those, or None for "across the
+        hyperplane" (-sign of the current distance). The notebooks take it from the ground truth.
+        """
+        u = self._u(z)
+        steps = np.atleast_1d(np.asarray(steps, dtype=np.float64))
+        if direction is None:
+            sign = np.where(self.distance(z) > 0, -1.0, 1.0)
+        else:
+            sign = np.broadcast_to(np.asarray(direction, dtype=np.float64), (u.shape[0],)).copy()
+            if not np.isin(sign, (-1.0, 1.0)).all():
+                raise ValueError(f"direction must be +1 or -1, got {np.unique(sign).tolist()}")
+        shift = sign[:, None, None] * steps[None, :, None] * self.normal_ / np.sqrt(self.n_features_in_)
+        return self._back(u[:, None, :] + shift)
+
+    # ---------------------------------------------------------------- persistence (JSON, nothing pickled)
+    def to_dict(self) -> dict[str, Any]:
+        check_is_fitted(self, "coef_")
+        return {"format": FORMAT, "params": self.get_params(), "coef": self.coef_.tolist(),
+                "intercept": self.intercept_, "slope": self.slope_, "offset": self.offset_,
+                "mean": self.mean_.tolist(), "scale": self.scale_.tolist(), "calibration_r2": self.calibration_}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "boundary") -> LatentBoundary:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{source}: not a latent boundary file (format {data.get('format')!r}, expected {FORMAT!r})")
+        obj = cls(**data["params"])
+        obj.coef_ = np.asarray(data["coef"], dtype=np.float64)
+        obj.n_features_in_ = obj.coef_.shape[0]
+        obj.intercept_, obj.slope_, obj.offset_ = float(data["intercept"]), float(data["slope"]), float(data["offset"])
+        obj.mean_ = np.asarray(data["mean"], dtype=np.float64)
+        obj.scale_ = np.asarray(data["scale"], dtype=np.float64)
+        obj.calibration_ = float("nan") if data.get("calibration_r2") is None else float(data["calibration_r2"])
+        if obj.mean_.shape != obj.coef_.shape or obj.scale_.shape != obj.coef_.shape:
+            raise ValueError(f"{source}: coef, mean and scale differ in length")
+        return obj
+
+    def save(self, path: str | Path) -> Path:
+        from medimg_core.checkpoint import write_json
+
+        path = Path(path)
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentBoundary:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no boundary here; run `dae-cf fit-boundary RUN` first")
+        return cls.from_dict(json.loads(path.read_text()), str(path))

@@ -1,0 +1,334 @@
+"""Measuring the latent boundary and the counterfactuals.
+
+Boundary (`boundary_metrics`): the latent classifier's binary metrics (AUROC from the signed
+distance, accuracy, ...) and the calibrated grade's agreement with the true grade (Spearman, MAE
+of the rounded grade, quadratic kappa), with bootstrap intervals.
+
+Counterfactuals (`counterfactual_metrics`), over (image, target grade) pairs:
+
+- reconstruction error of encode -> render (MSE, L1, SSIM against the input);
+- latent flip rate: among pairs whose edited latent lies on the other side of the hyperplane than
+  the image's own latent, the fraction whose *re-encoded* counterfactual the latent classifier puts
+  on the target side;
+- image flip rate: the same with an independent image classifier (a medimg-core baseline run) on the
+  counterfactual images, among pairs whose target side differs from its prediction on the input;
+- Spearman correlation between target grade and re-encoded calibrated grade (pooled), mean |error|;
+- proximity of each counterfactual to the reconstruction (L1, SSIM);
+- with a `measure` (synth-grade's measure_structure): Spearman of measured structure vs target grade
+  and the fraction of monotone series: the measure never decreases as the target grade rises and ends
+  higher than it starts (also reported: strictly increasing series).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from dae_counterfactual.boundary import LatentBoundary
+from dae_counterfactual.explain import CounterfactualSeries
+
+Measure = Callable[[np.ndarray], np.ndarray]
+
+
+# ------------------------------------------------------------------------------------ image distances
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two (C, H, W) images in [0, 1] (scikit-image, 7x7 window or the largest odd one that fits)."""
+    from skimage.metrics import structural_similarity
+
+    side = min(a.shape[-2:])
+    win = min(7, side if side % 2 else side - 1)
+    return float(structural_similarity(a, b, data_range=1.0, channel_axis=0, win_size=win))
+
+
+def image_distances(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """Mean MSE, L1 and SSIM between image batches (N, C, H, W) in [0, 1]."""
+    a = np.clip(np.asarray(a, dtype=np.float64), 0, 1)
+    b = np.clip(np.asarray(b, dtype=np.float64), 0, 1)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"image_distances: expected two (N, C, H, W) batches of one shape, got {a.shape}, {b.shape}")
+    return {"mse": float(((a - b) ** 2).mean()), "l1": float(np.abs(a - b).mean()),
+            "ssim": float(np.mean([_ssim(x, y) for x, y in zip(a, b, strict=True)]))}
+
+
+def per_image(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(L1 (N,), SSIM (N,)) between image batches (N, C, H, W) in [0, 1]."""
+    a, b = np.clip(a, 0, 1).astype(np.float64), np.clip(b, 0, 1).astype(np.float64)
+    return np.abs(a - b).mean(axis=(1, 2, 3)), np.array([_ssim(x, y) for x, y in zip(a, b, strict=True)])
+
+
+def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+# ------------------------------------------------------------------------------------ the image classifier
+
+
+class ImageOracle:
+    """An independent image classifier (a `medimg train-baseline` run) applied to [0, 1] images.
+
+    Images are quantised to uint8 (as if saved as PNG) and get the baseline's own eval transform.
+    """
+
+    def __init__(self, run_dir: str | Path, positive_min_grade: int = 1, device: str | torch.device = "cpu"):
+        from medimg_core.baseline import load_baseline
+        from medimg_core.data.transforms import TransformConfig, eval_transform
+
+        self.model, self.config = load_baseline(run_dir, map_location=str(device))
+        self.device = device
+        self.run_dir = Path(run_dir)
+        self.transform = eval_transform(TransformConfig(size=self.config["image_size"],
+                                                        channels=self.config["in_chans"],
+                                                        normalize=self.config["normalize"]))
+        self.num_classes = int(self.config["num_outputs"])
+        self.task = self.config["card"]["task"]
+        if self.task == "multilabel":
+            raise ValueError(f"{run_dir}: a multi-label baseline cannot judge a binary pathology")
+        if not 0 < positive_min_grade < self.num_classes:
+            raise ValueError(f"{run_dir}: positive_min_grade {positive_min_grade} is not a class index in "
+                             f"1..{self.num_classes - 1} of this baseline")
+        self.positive_min_grade = positive_min_grade
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+        """Class probabilities (N, classes) of images (N, C, H, W) in [0, 1]."""
+        from torchvision import tv_tensors
+
+        out = []
+        for s in range(0, images.shape[0], batch_size):
+            x = (images[s:s + batch_size].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            x = self.transform(tv_tensors.Image(x)).as_subclass(torch.Tensor)
+            out.append(torch.softmax(self.model(x.to(self.device)).float(), dim=1).cpu().numpy())
+        return np.concatenate(out)
+
+    def positive_probability(self, images: torch.Tensor) -> np.ndarray:
+        """P(class >= positive_min_grade) (N,)."""
+        return self.probabilities(images)[:, self.positive_min_grade:].sum(axis=1)
+
+    def expected_grade(self, probabilities: np.ndarray) -> np.ndarray:
+        return probabilities @ np.arange(probabilities.shape[1])
+
+
+# ------------------------------------------------------------------------------------ boundary metrics
+
+
+def grade_metrics(true: np.ndarray, predicted: np.ndarray, num_grades: int, n_boot: int = 1000,
+                  seed: int = 0) -> dict[str, Any]:
+    """Calibrated (continuous) grade vs the true grade: Spearman, MAE (rounded and continuous), QWK, accuracy."""
+    from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
+
+    from medimg_core.metrics import bootstrap_ci
+
+    true = np.asarray(true, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    rounded = np.clip(np.rint(predicted), 0, num_grades - 1).astype(np.int64)
+    truth = true.astype(np.int64)
+    spear = bootstrap_ci(_spearman, true, predicted, n_boot=n_boot, seed=seed)
+    mae = bootstrap_ci(lambda a, b: float(np.abs(a - b).mean()), truth, rounded, n_boot=n_boot, seed=seed)
+    return {"spearman": spear[0], "spearman_ci": [spear[1], spear[2]], "mae": mae[0], "mae_ci": [mae[1], mae[2]],
+            "mae_continuous": float(np.abs(true - predicted).mean()),
+            "qwk": float(cohen_kappa_score(truth, rounded, labels=np.arange(num_grades), weights="quadratic")),
+            "accuracy": float(accuracy_score(truth, rounded)),
+            "macro_f1": float(f1_score(truth, rounded, average="macro", zero_division=np.nan)), "n": int(true.size)}
+
+
+def boundary_metrics(boundary: LatentBoundary, z: np.ndarray, grades: np.ndarray, num_grades: int,
+                     n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Binary metrics of the latent classifier (pathology = grade >= positive_min_grade) and grade metrics."""
+    from sklearn.metrics import roc_auc_score
+
+    from medimg_core.metrics import metrics_with_ci
+
+    y = (np.asarray(grades) >= boundary.positive_min_grade).astype(np.int64)
+    binary = metrics_with_ci("binary", y, boundary.score_proba(z), ["negative", "positive"], n_boot=n_boot,
+                             seed=seed)
+    binary.pop("bootstrap", None)
+    if len(np.unique(y)) == 2:  # the paper's notebooks report the AUROC of hard predictions
+        binary["auroc_hard_labels"] = float(roc_auc_score(y, boundary.predict(z)))
+    return {"binary": binary, "grade": grade_metrics(grades, boundary.grade(z), num_grades, n_boot, seed)}
+
+
+# ------------------------------------------------------------------------------------ counterfactual metrics
+
+
+def select_images(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """n indices spread evenly over the grades (round robin over grades, random within), sorted."""
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(targets)
+    groups = [list(rng.permutation(np.flatnonzero(targets == g))) for g in np.unique(targets)]
+    chosen: list[int] = []
+    while len(chosen) < min(n, targets.size):
+        for group in groups:
+            if group and len(chosen) < n:
+                chosen.append(int(group.pop()))
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: LatentBoundary,
+                           oracle: ImageOracle | None = None, measure: Measure | None = None) -> dict[str, Any]:
+    """Metrics of counterfactual series made in grade mode (see the module docstring)."""
+    if not series:
+        raise ValueError("no counterfactual series to evaluate")
+    if any(s.mode != "grade" for s in series):
+        raise ValueError("counterfactual_metrics needs series made with mode='grade' (target grades)")
+    targets = series[0].targets
+    k = targets.size
+    if any(s.targets.size != k or not np.allclose(s.targets, targets) for s in series):
+        raise ValueError("every series must have the same target grades")
+    n = len(series)
+    images = torch.stack([s.image for s in series]).numpy()
+    recons = torch.stack([s.reconstruction for s in series]).numpy()
+    cfs = torch.stack([s.counterfactuals for s in series]).numpy()  # (n, k, C, H, W)
+    flat_cf = cfs.reshape(n * k, *cfs.shape[2:])
+    recon_rep = np.repeat(recons, k, axis=0)
+    t_all = np.tile(targets, n)
+    orig_side = np.array([s.distance > 0 for s in series])
+    target_side = np.stack([s.edited_distances > 0 for s in series])  # (n, k)
+    reenc_side = np.stack([s.reencoded_distances > 0 for s in series])
+    reenc_grade = np.stack([s.reencoded_grades for s in series])
+    crossing = target_side != orig_side[:, None]
+    out: dict[str, Any] = {"n_images": n, "target_grades": targets.tolist(), "n_pairs": n * k,
+                           "reconstruction": image_distances(images, recons)}
+    out["latent"] = {
+        "flip_rate": float((reenc_side == target_side)[crossing].mean()) if crossing.any() else float("nan"),
+        "n_crossing_pairs": int(crossing.sum()),
+        "target_side_agreement": float((reenc_side == target_side).mean()),
+        "spearman_target_vs_reencoded_grade": _spearman(t_all, reenc_grade.reshape(-1)),
+        "mean_abs_grade_error": float(np.abs(reenc_grade - targets[None]).mean()),
+        "mean_reencoded_grade_per_target": reenc_grade.mean(axis=0).tolist(),
+    }
+    l1, ssim = per_image(flat_cf, recon_rep)
+    out["proximity_to_reconstruction"] = {"l1": float(l1.mean()), "ssim": float(ssim.mean()),
+                                          "l1_per_target": l1.reshape(n, k).mean(axis=0).tolist(),
+                                          "ssim_per_target": ssim.reshape(n, k).mean(axis=0).tolist()}
+    if oracle is not None:
+        cf_t = torch.from_numpy(flat_cf).float()
+        p_cf = oracle.probabilities(cf_t)
+        p_in = oracle.probabilities(torch.from_numpy(images).float())
+        pos_cf = p_cf[:, oracle.positive_min_grade:].sum(1).reshape(n, k) > 0.5
+        pos_in = p_in[:, oracle.positive_min_grade:].sum(1) > 0.5
+        o_cross = target_side != pos_in[:, None]
+        exp_cf = oracle.expected_grade(p_cf)
+        out["image_classifier"] = {
+            "run": str(oracle.run_dir),
+            "flip_rate": float((pos_cf == target_side)[o_cross].mean()) if o_cross.any() else float("nan"),
+            "n_crossing_pairs": int(o_cross.sum()),
+            "target_side_agreement": float((pos_cf == target_side).mean()),
+            "positive_rate_inputs": float(pos_in.mean()),
+            "positive_rate_per_target": pos_cf.mean(axis=0).tolist(),
+            "spearman_target_vs_expected_grade": _spearman(t_all, exp_cf),
+            "mean_expected_grade_per_target": exp_cf.reshape(n, k).mean(axis=0).tolist(),
+        }
+    if measure is not None:
+        m_cf = np.asarray(measure(flat_cf), dtype=np.float64).reshape(n, k)
+        order = np.argsort(targets, kind="stable")
+        steps = np.diff(m_cf[:, order], axis=1)
+        per_series = [_spearman(targets, row) for row in m_cf]
+        out["measure"] = {
+            "spearman_target_vs_measure": _spearman(t_all, m_cf.reshape(-1)),
+            # never decreasing and higher at the highest target than at the lowest (a flat series is not monotone)
+            "monotone_fraction": float(((steps >= 0).all(axis=1) & (steps.sum(axis=1) > 0)).mean()),
+            "strictly_increasing_fraction": float((steps > 0).all(axis=1).mean()),
+            "mean_series_spearman": float(np.nanmean(per_series)) if not np.isnan(per_series).all() else float("nan"),
+            "mean_measure_per_target": m_cf.mean(axis=0).tolist(),
+            "mean_measure_inputs": float(np.mean(measure(images))),
+            "mean_measure_reconstructions": float(np.mean(measure(recons))),
+        }
+    return out
+
+
+def per_target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per target grade from `counterfactual_metrics` output."""
+    rows = []
+    for j, g in enumerate(metrics["target_grades"]):
+        row = {"target": g, "reencoded_grade": metrics["latent"]["mean_reencoded_grade_per_target"][j],
+               "l1": metrics["proximity_to_reconstruction"]["l1_per_target"][j],
+               "ssim": metrics["proximity_to_reconstruction"]["ssim_per_target"][j]}
+        if "image_classifier" in metrics:
+            row["oracle_positive_rate"] = metrics["image_classifier"]["positive_rate_per_target"][j]
+            row["oracle_expected_grade"] = metrics["image_classifier"]["mean_expected_grade_per_target"][j]
+        if "measure" in metrics:
+            row["measure"] = metrics["measure"]["mean_measure_per_target"][j]
+        rows.append(row)
+    return rows
+
+
+def measure_for(card_name: str) -> Measure | None:
+    """The structure measure a synthetic dataset's generator provides (synth-grade), else None."""
+    if card_name == "synth-grade":
+        from medimg_core.synthetic import measure_structure
+
+        return lambda images: np.atleast_1d(measure_structure(np.asarray(images, dtype=np.float32)))
+    return None
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: Sequence[float] | None = None,
+                 oracle_run: str | Path | None = None, encode_steps: int | None = None,
+                 render_steps: int | None = None, device: str = "cpu", seed: int = 0, batch_size: int = 8,
+                 figures: int = 6, out: str | Path | None = None, measure: str = "auto",
+                 root: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Counterfactual series of n images of `split` at each target grade, and their metrics.
+
+    Writes a folder (default run_dir/evaluations/<date>-<split>-n<n>) with config.yaml, metrics.json
+    (metrics, per-target rows, every series) and figures/counterfactuals.png (the first `figures` images).
+    measure: "auto" (the generator's measure for synth-grade, else none) or "none".
+    """
+    import time
+
+    from dae_counterfactual.explain import generate_counterfactuals, series_figure
+    from dae_counterfactual.train import eval_datasets, load_dae, require_run_dir
+    from medimg_core.baseline import peak_memory_mb
+    from medimg_core.checkpoint import write_json
+    from medimg_core.config import save_config
+    from medimg_core.distributed import seed_everything
+    from medimg_core.runs import create_run_dir
+
+    start = time.perf_counter()
+    seed_everything(seed)
+    run = load_dae(run_dir, device)
+    run_dir = require_run_dir(run, "evaluate")
+    boundary = LatentBoundary.load(run_dir / "boundary.json")
+    grades = list(range(run.card.num_classes)) if grades is None else list(grades)
+    encode_steps = encode_steps or run.cfg.diffusion.encode_steps
+    render_steps = render_steps or run.cfg.diffusion.render_steps
+    if measure not in ("auto", "none"):
+        raise ValueError(f"measure must be 'auto' or 'none', got {measure!r}")
+    measure_fn = measure_for(run.card.name) if measure == "auto" else None
+    oracle = ImageOracle(oracle_run, boundary.positive_min_grade, device) if oracle_run else None
+    dataset = eval_datasets(run.cfg, (split,), root)[split]
+    index = select_images(np.asarray(dataset.table.targets), n, seed)
+    samples = [dataset[int(i)] for i in index]
+    x = torch.stack([s["image"] for s in samples])
+    series = generate_counterfactuals(run.model, boundary, x, grades, "grade", encode_steps, render_steps,
+                                      ids=[s["id"] for s in samples],
+                                      true_grades=[float(s["target"]) for s in samples], batch_size=batch_size,
+                                      device=device)
+    generate_time = time.perf_counter() - start
+    metrics = counterfactual_metrics(series, boundary, oracle, measure_fn)
+    settings = {"run": str(run_dir), "split": split, "n": len(series), "grades": grades, "encode_steps": encode_steps,
+                "render_steps": render_steps, "oracle": None if oracle_run is None else str(oracle_run),
+                "measure": "measure_structure" if measure_fn else None, "device": device, "seed": seed}
+    folder = create_run_dir(Path(out) if out else run_dir / "evaluations", f"{split}-n{len(series)}")
+    save_config(settings, folder / "config.yaml")
+    extra = None
+    if measure_fn is not None:
+        shown = series[:figures]
+        extra = [[f"measure {v:.1f}" for v in measure_fn(s.counterfactuals.numpy())] for s in shown]
+    if figures > 0:
+        series_figure(series[:figures], folder / "figures" / "counterfactuals.png",
+                      f"{run.card.name}: counterfactuals at target grades {grades}", extra)
+    metrics.update({"method": "dae-counterfactual", "dataset": run.card.name, "settings": settings,
+                    "per_target": per_target_table(metrics), "wall_time_s": time.perf_counter() - start,
+                    "generate_time_s": generate_time, "peak_memory_mb": peak_memory_mb(),
+                    "series": [s.to_dict() for s in series]})
+    write_json(folder / "metrics.json", metrics)
+    return folder, metrics

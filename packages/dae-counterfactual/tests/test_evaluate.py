@@ -1,0 +1,75 @@
+"""Counterfactual metrics on hand-made series (known flips, grades and measures)."""
+
+import numpy as np
+import pytest
+import torch
+
+from dae_counterfactual.boundary import LatentBoundary
+from dae_counterfactual.evaluate import (
+    counterfactual_metrics,
+    image_distances,
+    per_target_table,
+    select_images,
+)
+from dae_counterfactual.explain import CounterfactualSeries
+
+TARGETS = np.array([0.0, 2.0, 4.0])
+# grade = 2 d + 1 on the hyperplane z_0 = 0: the targets sit at distances -0.5, 0.5, 1.5
+PLANE = LatentBoundary.from_hyperplane([1.0, 0.0], 0.0, slope=2.0, offset=1.0)
+
+
+def series(distance: float, reencoded: list[float], brightness: list[float], sid: str) -> CounterfactualSeries:
+    image = torch.full((3, 8, 8), 0.5)
+    cfs = torch.stack([torch.full((3, 8, 8), b) for b in brightness])
+    d_edit = PLANE.distance_for_grade(TARGETS)
+    r = np.asarray(reencoded)
+    return CounterfactualSeries(id=sid, image=image, reconstruction=image.clone(), mode="grade", targets=TARGETS,
+                                counterfactuals=cfs, grade=2 * distance + 1, distance=distance,
+                                edited_grades=TARGETS.copy(), edited_distances=d_edit, reencoded_grades=r,
+                                reencoded_distances=(r - 1) / 2)
+
+
+def test_flip_rates_grades_and_measure():
+    s1 = series(-1.0, [0.2, 1.6, 3.0], [0.5, 0.6, 0.7], "a")  # negative image: targets 2 and 4 cross
+    s2 = series(+1.0, [1.4, 2.2, 3.8], [0.5, 0.4, 0.6], "b")  # positive image: target 0 crosses, stays positive
+    m = counterfactual_metrics([s1, s2], PLANE, measure=lambda x: x.mean(axis=(1, 2, 3)) * 10)
+    # crossing pairs: (a, 2), (a, 4), (b, 0); re-encoded sides: a2 + (1.6 > 1), a4 +, b0 + (1.4 > 1) -> 2 of 3
+    assert m["latent"]["n_crossing_pairs"] == 3
+    assert m["latent"]["flip_rate"] == pytest.approx(2 / 3)
+    assert m["latent"]["target_side_agreement"] == pytest.approx(5 / 6)
+    assert m["latent"]["mean_reencoded_grade_per_target"] == pytest.approx([0.8, 1.9, 3.4])
+    assert m["latent"]["mean_abs_grade_error"] == pytest.approx(np.mean([0.2, 0.4, 1.0, 1.4, 0.2, 0.2]))
+    # measured brightness: series a increases, series b dips -> half the series are monotone
+    assert m["measure"]["monotone_fraction"] == 0.5
+    assert m["measure"]["strictly_increasing_fraction"] == 0.5
+    assert m["measure"]["mean_measure_per_target"] == pytest.approx([5.0, 5.0, 6.5])
+    assert m["proximity_to_reconstruction"]["l1_per_target"] == pytest.approx([0.0, 0.1, 0.15])
+    assert m["reconstruction"]["mse"] == 0.0 and m["reconstruction"]["ssim"] == pytest.approx(1.0)
+    rows = per_target_table(m)
+    assert [r["target"] for r in rows] == [0.0, 2.0, 4.0] and rows[2]["measure"] == pytest.approx(6.5)
+
+
+def test_flat_series_are_not_monotone():
+    flat = series(-1.0, [0.0, 0.0, 0.0], [0.5, 0.5, 0.5], "flat")
+    m = counterfactual_metrics([flat], PLANE, measure=lambda x: x.mean(axis=(1, 2, 3)))
+    assert m["measure"]["monotone_fraction"] == 0.0
+    assert np.isnan(m["latent"]["spearman_target_vs_reencoded_grade"])
+
+
+def test_select_images_spreads_over_grades():
+    targets = np.array([0] * 50 + [1] * 3 + [2] * 50)
+    chosen = select_images(targets, 9, seed=0)
+    assert len(chosen) == 9 and len(set(chosen)) == 9
+    counts = np.bincount(targets[chosen], minlength=3)
+    assert counts.tolist() == [3, 3, 3]
+    assert select_images(targets, 9, seed=0).tolist() == chosen.tolist()
+    assert len(select_images(targets, 500)) == len(targets)
+
+
+def test_image_distances_by_hand():
+    a = torch.zeros(1, 1, 8, 8)
+    b = torch.full((1, 1, 8, 8), 0.5)
+    d = image_distances(a, b)
+    assert d["mse"] == pytest.approx(0.25) and d["l1"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="one shape"):
+        image_distances(a, torch.zeros(1, 1, 4, 4))

@@ -1,0 +1,85 @@
+"""The diffusion autoencoder's parts: diffusers blocks with DiffAE's semantic modulation."""
+
+import pytest
+import torch
+from dae_test_helpers import randomise, tiny_config
+from diffusers.models.resnet import ResnetBlock2D
+
+from dae_counterfactual.model import CondResBlock, DiffusionAutoencoder
+
+
+@pytest.mark.parametrize("kw", [{}, {"down": True}, {"up": True}])
+def test_cond_block_is_diffusers_block_times_semantic_scale(kw):
+    torch.manual_seed(0)
+    ours = randomise(CondResBlock(8, 12, temb_channels=16, z_dim=5, groups=4, dropout=0.0, **kw)).eval()
+    ref = ResnetBlock2D(in_channels=8, out_channels=12, temb_channels=16, groups=4, dropout=0.0,
+                        time_embedding_norm="scale_shift", **kw).eval()
+    ref.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("cond_proj")})
+    x, temb, z = torch.randn(2, 8, 8, 8), torch.randn(2, 16), torch.randn(2, 5)
+    with torch.no_grad():
+        ours.cond_proj.weight.zero_()
+        ours.cond_proj.bias.zero_()
+        torch.testing.assert_close(ours(x, temb, z), ref(x, temb))  # z-scale 1: diffusers' block exactly
+
+
+def test_semantic_scale_sits_after_the_time_adagn():
+    """h <- (GN(conv(SiLU(GN(x)))) (1 + s_t) + b_t) (1 + Linear(SiLU(z))), then SiLU, conv, + skip (DiffAE)."""
+    torch.manual_seed(0)
+    block = randomise(CondResBlock(8, 12, temb_channels=16, z_dim=5, groups=4, dropout=0.0)).eval()
+    x, temb, z = torch.randn(2, 8, 8, 8), torch.randn(2, 16), torch.randn(2, 5)
+    silu = torch.nn.functional.silu
+    with torch.no_grad():
+        h = block.conv1(silu(block.norm1(x)))
+        scale, shift = block.time_emb_proj(silu(temb))[:, :, None, None].chunk(2, dim=1)
+        h = block.norm2(h) * (1 + scale) + shift
+        h = h * (1 + block.cond_proj(silu(z))[:, :, None, None])
+        expected = block.conv_shortcut(x) + block.conv2(silu(h))
+        torch.testing.assert_close(block(x, temb, z), expected)
+
+
+def test_shapes_and_semantic_conditioning(tiny):
+    model = randomise(DiffusionAutoencoder(tiny, 3, 16)).eval()
+    x = torch.rand(3, 3, 16, 16)
+    z = model.encode(x)
+    assert z.shape == (3, tiny.z_dim)
+    t = torch.full((3,), 400)
+    with torch.no_grad():
+        eps = model.unet(model.to_model(x), t, z)
+        other = model.unet(model.to_model(x), t, z.flip(0))
+        assert eps.shape == x.shape
+        assert (eps - other).abs().max() > 1e-4  # z_sem changes the prediction
+        assert (eps - model.unet(model.to_model(x), t + 300, z)).abs().max() > 1e-4  # so does t
+    x_T = model.encode_stochastic(x, z, 5)
+    assert x_T.shape == x.shape and torch.isfinite(x_T).all()
+
+
+def test_data_range_maps_to_minus_one_one(tiny):
+    model = DiffusionAutoencoder(tiny, 1, 16, data_range=(0, 255))
+    x = torch.tensor([0.0, 127.5, 255.0])
+    torch.testing.assert_close(model.to_model(x), torch.tensor([-1.0, 0.0, 1.0]))
+    torch.testing.assert_close(model.from_model(model.to_model(x)), x)
+    with pytest.raises(ValueError, match="expected images"):
+        model.encode(torch.rand(1, 3, 16, 16))
+
+
+def test_training_pass_predicts_noise_shape_and_backpropagates(tiny):
+    model = DiffusionAutoencoder(tiny, 1, 16)
+    x0 = torch.rand(4, 1, 16, 16) * 2 - 1
+    noise = torch.randn_like(x0)
+    loss = torch.nn.functional.mse_loss(model(x0, torch.randint(0, 1000, (4,)), noise), noise)
+    loss.backward()
+    # zero-initialised output convolutions: at init only they get gradients, as in DiffAE
+    assert model.unet.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_timm_encoder_and_bad_architectures():
+    model = DiffusionAutoencoder(tiny_config(encoder="timm:test_resnet"), 3, 16)
+    assert model.encode(torch.rand(2, 3, 16, 16)).shape == (2, 16)
+    with pytest.raises(ValueError, match="half-unet"):
+        DiffusionAutoencoder(tiny_config(encoder="resnet18"), 3, 16)
+    with pytest.raises(ValueError, match="not divisible by 2"):
+        DiffusionAutoencoder(tiny_config(channel_mult=(1, 2, 2, 2, 2)), 3, 16 + 8)
+    with pytest.raises(ValueError, match="GroupNorm groups"):
+        DiffusionAutoencoder(tiny_config(groups=3), 3, 16)
+    with pytest.raises(ValueError, match="1 .grayscale. or 3"):
+        DiffusionAutoencoder(tiny_config(), 2, 16)

@@ -1,0 +1,139 @@
+"""DAE latent classifier and grade regression on RetinaMNIST next to the medimg-core black-box baseline.
+
+    python tools/bench/dae_retinamnist.py [--baseline runs/bench/<baseline-retinamnist run>] [--out runs/bench-dae]
+
+The DAE is trained with `dae-cf train --config retinamnist-cpu` on the official training split (28 px images
+resized to 32 px, no labels); the linear SVM (grade > 0) and the grade calibration are fitted on the training
+latents and tested on the official val and test splits. The baseline is the existing resnet18 run (read-only):
+its softmax gives P(grade > 0) = 1 - p(grade 0) and the expected grade, on the same splits. A few test images
+also get counterfactual series (flip rates judged by the baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import ROOT, SHARED, command_line, write_result
+from dae_synth_grade import FIGURES, run
+
+DEFAULT_BASELINE = ROOT / "runs" / "bench" / "20261123-022602-baseline-retinamnist-resnet18-seed0"
+
+#: the official repository's released RetinaMNIST latents (128 px DAE trained on GPUs for 1.25 M steps), re-run in
+#: /work/shared/research/dae.md: linear SVM on z_sem, val split (n = 120)
+OFFICIAL_GPU_VAL = {"auroc": 0.891, "accuracy": 0.850, "grade_mae": 0.728, "grade_spearman": 0.706,
+                    "source": "matanat/dae_counterfactual latents/retina_latents.pt, re-run in the research notes"}
+
+
+def baseline_scores(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline's softmax (N, 5) on an official split, and the true grades."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from medimg_core.baseline import load_baseline
+    from medimg_core.data import load_dataset
+    from medimg_core.data.transforms import TransformConfig, eval_transform
+
+    model, config = load_baseline(run_dir)
+    root = config["config"]["data"]["root"]
+    tf = eval_transform(TransformConfig(size=config["image_size"], channels=config["in_chans"],
+                                        normalize=config["normalize"]))
+    ds = load_dataset("retinamnist", root if Path(root).exists() else SHARED / "medmnist", split, transform=tf)
+    scores, targets = [], []
+    with torch.no_grad():
+        for batch in DataLoader(ds, batch_size=200):
+            scores.append(torch.softmax(model(batch["image"]), 1).numpy())
+            targets.append(batch["target"].numpy())
+    return np.concatenate(scores), np.concatenate(targets)
+
+
+def baseline_metrics(run_dir: Path, split: str, n_boot: int = 1000) -> dict:
+    from dae_counterfactual.evaluate import grade_metrics
+    from medimg_core.metrics import metrics_with_ci
+
+    scores, grades = baseline_scores(run_dir, split)
+    y = (grades >= 1).astype(int)
+    binary = metrics_with_ci("binary", y, scores[:, 1:].sum(1), ["0", ">0"], n_boot=n_boot)
+    binary.pop("bootstrap")
+    return {"binary": binary, "grade_expected": grade_metrics(grades, scores @ np.arange(5), 5, n_boot),
+            "grade_argmax": grade_metrics(grades, scores.argmax(1).astype(float), 5, n_boot), "n": int(len(y))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", default=str(DEFAULT_BASELINE))
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench-dae"))
+    p.add_argument("--n-eval", type=int, default=20, help="test images given counterfactual series")
+    p.add_argument("--dae-args", nargs=argparse.REMAINDER, default=[], help="extra `dae-cf train` overrides")
+    args = p.parse_args()
+    out, base_run = Path(args.out), Path(args.baseline)
+    if not (SHARED / "medmnist" / "retinamnist.npz").is_file():
+        raise SystemExit(f"{SHARED / 'medmnist' / 'retinamnist.npz'} not found: this benchmark needs the shared data")
+    if not (base_run / "metrics.json").is_file():
+        raise SystemExit(f"{base_run}: no baseline run here (train one with medimg train-baseline --config "
+                         "baseline-retinamnist)")
+    bins = Path(sys.executable).parent
+    short = lambda cmd: (shlex.join(cmd).replace(str(out), "runs/bench-dae").replace(str(bins) + "/", "")  # noqa: E731
+                         .replace(str(SHARED), "../shared/data").replace(str(ROOT) + "/", ""))
+    train_cmd = [str(bins / "dae-cf"), "train", "--config", "retinamnist-cpu", "--root", str(SHARED / "medmnist"),
+                 "--device", "cpu", "--out", str(out), *args.dae_args]
+    dae_run, train_time, _ = run(train_cmd, "run folder:")
+    encode_cmd = [str(bins / "dae-cf"), "encode", str(dae_run), "--device", "cpu"]
+    _, encode_time, _ = run(encode_cmd, "test:")
+    boundary_cmd = [str(bins / "dae-cf"), "fit-boundary", str(dae_run), "--device", "cpu"]
+    _, boundary_time, _ = run(boundary_cmd, "wrote")
+    eval_cmd = [str(bins / "dae-cf"), "evaluate", str(dae_run), "--n", str(args.n_eval), "--oracle", str(base_run),
+                "--device", "cpu", "--figures", "6"]
+    eval_dir, eval_time, _ = run(eval_cmd, "wrote")
+    t0 = time.perf_counter()
+    base = {split: baseline_metrics(base_run, split) for split in ("val", "test")}
+    base_time = time.perf_counter() - t0
+    metrics = json.loads((dae_run / "metrics.json").read_text())
+    cf = json.loads((eval_dir / "metrics.json").read_text())
+    base_saved = json.loads((base_run / "metrics.json").read_text())
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for name, src in (("counterfactuals", eval_dir / "figures" / "counterfactuals.png"),
+                      ("reconstructions", dae_run / "figures" / "reconstructions.png"),
+                      ("calibration", dae_run / "figures" / "calibration.png")):
+        dst = FIGURES / f"retinamnist_{name}.png"
+        shutil.copyfile(src, dst)
+        figures[name] = str(dst.relative_to(ROOT))
+    result = {
+        "command": command_line(),
+        "commands": {"train": short(train_cmd), "encode": short(encode_cmd), "fit_boundary": short(boundary_cmd),
+                     "evaluate": short(eval_cmd), "baseline": base_saved.get("command", "").replace(
+                         str(SHARED), "../shared/data").replace(str(ROOT) + "/", "")},
+        "train": metrics["train"], "reconstruction_val": metrics.get("reconstruction"),
+        "dae": {split: metrics["boundary"][split] for split in ("val", "test")},
+        "calibration": metrics["boundary"]["calibration"],
+        "baseline": base, "baseline_run": str(base_run.relative_to(ROOT)) if base_run.is_relative_to(ROOT) else
+        str(base_run),
+        "baseline_saved_test": {k: v for k, v in base_saved["test"].items() if not isinstance(v, dict)},
+        "counterfactuals": {k: cf[k] for k in ("n_images", "target_grades", "reconstruction", "latent",
+                                                "image_classifier", "proximity_to_reconstruction", "per_target",
+                                                "settings") if k in cf},
+        "official_gpu_val": OFFICIAL_GPU_VAL,
+        "wall_time_s": {"train": train_time, "encode": encode_time, "fit_boundary": boundary_time,
+                        "evaluate": eval_time, "baseline_predict": base_time,
+                        "baseline_train": base_saved["wall_time_s"]},
+        "peak_memory_mb": {"train": metrics["peak_memory_mb"], "evaluate": cf["peak_memory_mb"]},
+        "figures": figures,
+        "run": str(dae_run.relative_to(ROOT)) if dae_run.is_relative_to(ROOT) else str(dae_run),
+    }
+    d, b = result["dae"]["test"], base["test"]
+    print(f"test: DAE AUROC {d['binary']['auroc']:.3f} vs baseline {b['binary']['auroc']:.3f}; grade Spearman "
+          f"{d['grade']['spearman']:.3f} vs {b['grade_expected']['spearman']:.3f}")
+    write_result("dae_retinamnist", result)
+
+
+if __name__ == "__main__":
+    main()

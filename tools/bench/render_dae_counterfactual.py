@@ -1,0 +1,126 @@
+"""docs/benchmarks.md sections of the dae-counterfactual benchmarks (discovered by report.py)."""
+
+from __future__ import annotations
+
+from common import ci, fmt, machine_line
+
+
+def _minutes(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _per_target(rows: list[dict]) -> list[str]:
+    has_measure = any("measure" in r for r in rows)
+    has_oracle = any("oracle_positive_rate" in r for r in rows)
+    head = ["target grade", "re-encoded grade", "L1 to recon.", "SSIM to recon."]
+    head += ["image classifier: P(grade > 0) > 0.5", "image classifier: expected grade"] if has_oracle else []
+    head += ["measured structure (% of image)"] if has_measure else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r['target']:g}", fmt(r["reencoded_grade"], 2), fmt(r["l1"]), fmt(r["ssim"])]
+        if has_oracle:
+            cells += [fmt(r.get("oracle_positive_rate"), 2), fmt(r.get("oracle_expected_grade"), 2)]
+        if has_measure:
+            cells.append(fmt(r.get("measure"), 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cf_summary(cf: dict) -> list[str]:
+    lat, prox, rec = cf["latent"], cf["proximity_to_reconstruction"], cf["reconstruction"]
+    s = cf["settings"]
+    lines = [f"Counterfactuals: {cf['n_images']} test images x target grades {cf['target_grades']} "
+             f"(DDIM inversion {s['encode_steps']} steps, rendering {s['render_steps']} steps):", "",
+             f"- reconstruction (encode -> render) against the input: MSE {fmt(rec['mse'], 4)}, L1 {fmt(rec['l1'])}, "
+             f"SSIM {fmt(rec['ssim'])}",
+             f"- latent flip rate (re-encoded counterfactual on the target side, {lat['n_crossing_pairs']} pairs "
+             f"that cross the hyperplane): **{fmt(lat['flip_rate'])}**; Spearman(target grade, re-encoded grade) "
+             f"**{fmt(lat['spearman_target_vs_reencoded_grade'])}**, mean |re-encoded - target| "
+             f"{fmt(lat['mean_abs_grade_error'], 2)}",
+             f"- proximity to the reconstruction: L1 {fmt(prox['l1'])}, SSIM {fmt(prox['ssim'])}"]
+    if "image_classifier" in cf:
+        ic = cf["image_classifier"]
+        lines.append(f"- image classifier (medimg-core baseline) flip rate: **{fmt(ic['flip_rate'])}** "
+                     f"({ic['n_crossing_pairs']} pairs); Spearman(target grade, its expected grade) "
+                     f"{fmt(ic['spearman_target_vs_expected_grade'])}")
+    if "measure" in cf:
+        m = cf["measure"]
+        lines.append(f"- measured structure (`measure_structure`, the generator's ground truth) of the "
+                     f"counterfactuals: Spearman with the target grade **{fmt(m['spearman_target_vs_measure'])}**; "
+                     f"monotone series (never decreasing, ending higher than they start) **{fmt(m['monotone_fraction'], 2)}**, strictly increasing "
+                     f"{fmt(m['strictly_increasing_fraction'], 2)}; inputs {fmt(m['mean_measure_inputs'], 2)}, "
+                     f"reconstructions {fmt(m['mean_measure_reconstructions'], 2)}")
+    return [*lines, "", *_per_target(cf["per_target"]), ""]
+
+
+def _train_line(t: dict) -> str:
+    return (f"DAE: {t['parameters'] / 1e6:.2f} M parameters (encoder {t['encoder_parameters'] / 1e6:.2f} M), "
+            f"{t['steps']} steps in {t['epochs_run']} epochs, {_minutes(t['wall_time_s'])} on {t['device']} "
+            f"({t['precision']}); final training loss {fmt(t['final_loss'], 4)}, validation noise MSE "
+            f"{fmt(t['val_mse'], 4)}.")
+
+
+def dae_synth_grade(result: dict) -> list[str]:
+    b, tg, w = result["boundary"], result["targets"], result["wall_time_s"]
+    lines = ["## dae-counterfactual on synth-grade (32 px, CPU budget)", "",
+             f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.",
+             "", _train_line(result["train"]), "",
+             "Latent classifier (linear SVM on standardised z_sem, pathology = grade > 0) and grade calibration "
+             "(linear regression of the grade on the signed distance), official synthetic split:", "",
+             "| split | AUROC [95% CI] | accuracy | balanced acc. | grade Spearman [95% CI] | grade MAE | QWK |",
+             "|---|---|---|---|---|---|---|"]
+    for split in ("val", "test"):
+        bb, gg = b[split]["binary"], b[split]["grade"]
+        lines.append(f"| {split} | {ci(bb, 'auroc')} | {fmt(bb['accuracy'])} | {fmt(bb['balanced_accuracy'])} | "
+                     f"{ci(gg, 'spearman')} | {fmt(gg['mae'])} | {fmt(gg['qwk'])} |")
+    base = result["baseline"]["test"]
+    lines += ["", f"Image classifier (`medimg train-baseline`, resnet18, 10 epochs) on the same test split: accuracy "
+              f"{ci(base, 'accuracy')}, grade MAE {fmt(base.get('mae'))}, Spearman {fmt(base.get('spearman'))}.", ""]
+    lines += _cf_summary(result["counterfactuals"])
+    met = {k: v for k, v in tg.items() if "met" in v}
+    lines += ["Issue targets: " + "; ".join(f"{k} {fmt(v['value'])} (target {v['target']}): "
+                                           f"{'met' if v['met'] else '**not met**'}" for k, v in met.items()) + ".", "",
+              f"Wall time: data {_minutes(w['data'])}, baseline {_minutes(w['baseline'])}, DAE training "
+              f"{_minutes(w['train'])}, encoding {_minutes(w['encode'])}, boundary {_minutes(w['fit_boundary'])}, "
+              f"counterfactual evaluation {_minutes(w['evaluate'])}. Peak memory: training "
+              f"{result['peak_memory_mb']['train'] / 1024:.1f} GB, evaluation "
+              f"{result['peak_memory_mb']['evaluate'] / 1024:.1f} GB.", "",
+              f"![synth-grade counterfactuals]({result['figures']['counterfactuals'].removeprefix('docs/')})", "",
+              "Commands:", ""]
+    lines += [f"- {k}: `{v}`" for k, v in result["commands"].items()]
+    return [*lines, ""]
+
+
+def dae_retinamnist(result: dict) -> list[str]:
+    d, base, off = result["dae"], result["baseline"], result["official_gpu_val"]
+    lines = ["## dae-counterfactual on RetinaMNIST (grade 0-4, CPU budget)", "",
+             f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.",
+             "", _train_line(result["train"]), "",
+             "Grade > 0 (binary) and the grade (0-4) on the official splits. DAE: linear SVM on z_sem and the "
+             "grade regressed on the signed distance; baseline: the resnet18 run of `medimg train-baseline` "
+             f"(`{result['baseline_run']}`), P(grade > 0) = 1 - p(grade 0), grade = expected grade of its softmax "
+             "(MAE of the argmax grade in brackets).", "",
+             "| split | model | grade > 0 AUROC [95% CI] | accuracy | grade Spearman [95% CI] | grade MAE | QWK |",
+             "|---|---|---|---|---|---|---|"]
+    for split in ("val", "test"):
+        db, dg = d[split]["binary"], d[split]["grade"]
+        bb, bg, ba = base[split]["binary"], base[split]["grade_expected"], base[split]["grade_argmax"]
+        lines.append(f"| {split} | DAE (CPU) | {ci(db, 'auroc')} | {fmt(db['accuracy'])} | {ci(dg, 'spearman')} | "
+                     f"{fmt(dg['mae'])} | {fmt(dg['qwk'])} |")
+        lines.append(f"| {split} | baseline | {ci(bb, 'auroc')} | {fmt(bb['accuracy'])} | {ci(bg, 'spearman')} | "
+                     f"{fmt(bg['mae'])} ({fmt(ba['mae'])}) | {fmt(ba['qwk'])} |")
+    lines.append(f"| val | DAE (paper's code, GPU, 128 px) | {fmt(off['auroc'])} | {fmt(off['accuracy'])} | "
+                 f"{fmt(off['grade_spearman'])} | {fmt(off['grade_mae'])} | - |")
+    lines += ["", f"The last row: {off['source']} (a 128 px DAE trained for 1.25 M steps of batch 8 on GPUs), "
+              "for scale; it is not a run of this package.", ""]
+    lines += _cf_summary(result["counterfactuals"])
+    w = result["wall_time_s"]
+    lines += [f"Wall time: DAE training {_minutes(w['train'])}, encoding {_minutes(w['encode'])}, boundary "
+              f"{_minutes(w['fit_boundary'])}, counterfactual evaluation {_minutes(w['evaluate'])}; the baseline "
+              f"trained in {_minutes(w['baseline_train'])}.", "",
+              f"![RetinaMNIST counterfactuals]({result['figures']['counterfactuals'].removeprefix('docs/')})", "", "Commands:", ""]
+    lines += [f"- {k}: `{v}`" for k, v in result["commands"].items()]
+    return [*lines, ""]
+
+
+RENDERERS = {"dae_synth_grade": dae_synth_grade, "dae_retinamnist": dae_retinamnist}
