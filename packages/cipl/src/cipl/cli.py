@@ -1,18 +1,181 @@
-"""Command line of the `cipl` tool."""
+"""The `cipl` command: train, push, evaluate, reason about an image, show the prototype gallery."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 import click
 
 from cipl import __version__
+from medimg_core.cli import ErrorReportingGroup, resolve_config_path
+
+CONFIGS = Path(__file__).parent / "configs"
+RUN = click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cipl")
 def main() -> None:
-    """Cross- and Intra-image Prototypical Learning for multi-label diagnosis (Wang et al., IEEE TMI 2025).
+    """Cross- and Intra-image Prototypical Learning (Wang et al., IEEE TMI 2025): multi-label diagnosis
+    explained as "this region looks like that training patch".
 
-    The method's commands arrive with its own issue; the shared data commands
-    live in `medimg` (see `medimg --help`).
+    Train with `cipl train` (prototypes are pushed during training), re-push with `cipl push RUN`,
+    evaluate with `cipl evaluate RUN`, explain an image with `cipl reason RUN IMAGE`, and look at the
+    prototypes with `cipl gallery RUN`.
     """
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--config", "config_name", default=None,
+              help="YAML config, or a shipped one: chestxray14, chestxray14-224, odir (the paper's settings), "
+                   "synth-cxr-cpu, medmnist-cpu (CPU presets).")
+@click.option("--root", default=None, help="Dataset root (data.root): a folder, or an .npz for MedMNIST.")
+@click.option("--dataset", default=None, help="Dataset format (data.dataset), e.g. csv, chestxray14, pneumoniamnist.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
+@click.option("--seed", type=int, default=None, help="Random seed (model init, pairs, augmentation).")
+@click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when interactive).")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue the interrupted run in this folder.")
+@click.pass_context
+def train(ctx: click.Context, config_name, root, dataset, device, seed, out, progress, resume_dir) -> None:
+    """Train CIPL; any config key can be overridden as --section.key VALUE (e.g. --train.epochs 5,
+    --model.prototypes_per_class 10, --schedule.push_epochs "[4, 6]").
+
+    Writes a run folder: config.yaml, metrics.jsonl, metrics.json (test metrics with 95% intervals, and the
+    pointing game and IoU where the data have masks), checkpoints/, prototypes/epoch-N/ (each push:
+    source images, overlays, contours, patches), figures/ (training curves, prototype gallery).
+    """
+    from cipl.train import CIPLConfig, train_cipl
+    from medimg_core.config import ConfigError, load_config, parse_overrides
+
+    named = {"data.root": root, "data.dataset": dataset, "device": device, "seed": seed, "out": out,
+             "train.progress": progress}
+    overrides = {k: v for k, v in named.items() if v is not None}
+    overrides.update(parse_overrides(ctx.args))
+    if resume_dir is not None:
+        if overrides or config_name:
+            raise click.UsageError("--resume continues a run with its saved config; drop the other options")
+        cfg = load_config(CIPLConfig, resume_dir / "config.yaml")
+    else:
+        cfg = load_config(CIPLConfig, resolve_config_path(config_name, CONFIGS), overrides)
+        if not cfg.data.root:
+            raise ConfigError("--root (data.root) is required: the dataset folder or file")
+    run_dir = train_cipl(cfg, resume_dir)
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"run folder: {run_dir}")
+
+
+@main.command()
+@RUN
+@click.option("--checkpoint", default="best", show_default=True, help="Which checkpoint of the run: best, last.")
+@click.option("--split", default=None, help="Split whose images host the prototypes (default: the training split).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Random seed (the push itself is deterministic).")
+def push(run_dir: Path, checkpoint: str, split: str | None, device: str, seed: int) -> None:
+    """Project the prototypes of RUN_DIR's checkpoint onto training patches (one prototype per image).
+
+    Saves the pushed model as RUN_DIR/checkpoints/pushed and the prototypes' source images, overlays,
+    contours and patches under RUN_DIR/prototypes/push-<checkpoint>-<split>/.
+    """
+    import sys
+
+    from cipl.train import push_run
+    from medimg_core.distributed import seed_everything
+
+    seed_everything(seed)
+    result = push_run(run_dir, checkpoint, split, device, progress=sys.stderr.isatty())
+    click.echo(f"pushed {result['images_hosting']} prototypes onto {result['n_images']} images "
+               f"(mean squared distance moved {result['mean_distance_moved']:.4f})")
+    click.echo(f"wrote {result['checkpoint']} and {result['prototypes']}")
+
+
+@main.command()
+@RUN
+@click.option("--dataset", default=None, help="Dataset format (default: the run's own).")
+@click.option("--root", default=None, help="Its root (default: the run's own).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Loader option (repeatable).")
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or pushed.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
+@click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
+def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, seed, bootstrap) -> None:
+    """Evaluate RUN_DIR's model on a split: per-class AUROC, mean AUROC, best-threshold F1 and accuracy with
+    95% intervals; pointing game and mask IoU where the data have masks. Writes RUN_DIR/eval-<dataset>-<split>.json."""
+    from cipl.evaluate import evaluate_run
+    from medimg_core.checkpoint import write_json
+    from medimg_core.cli import parse_options
+
+    result = evaluate_run(run_dir, dataset, root, split, parse_options(options) if options else None, device,
+                          bootstrap, checkpoint, seed)
+    path = run_dir / f"eval-{result['dataset']}-{split}.json"
+    write_json(path, result)
+    t = result["test"]
+    if result["task"] == "multilabel":
+        click.echo(f"{result['dataset']}/{split} (n={result['n']}): mean AUROC {t['auroc_mean']:.4f} "
+                   f"{t['auroc_mean_ci']}, mean best-threshold F1 {t['f1_best_mean']:.4f}, accuracy {t['accuracy']:.4f}")
+    else:
+        click.echo(f"{result['dataset']}/{split} (n={result['n']}): accuracy {t['accuracy']:.4f} {t['accuracy_ci']}, "
+                   f"AUROC {t.get('auroc', float('nan')):.4f}")
+    loc = result.get("localisation")
+    if loc and loc.get("n"):
+        click.echo(f"localisation: pointing game {loc['pointing_game']:.3f}, IoU {loc['iou_mean']:.3f} "
+                   f"({loc['n']} detected findings)")
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@RUN
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--top-k", default=5, show_default=True, help="Prototypes shown per class.")
+@click.option("--threshold", default=0.5, show_default=True, help="Probability above which a finding is predicted.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the figures and summary (default RUN_DIR/figures/reason-<image>/).")
+@click.option("--checkpoint", default="best", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Unused by the (deterministic) reasoning; kept for scripts.")
+def reason(run_dir: Path, image: Path, top_k: int, threshold: float, out: Path | None, checkpoint: str, device: str,
+           seed: int) -> None:
+    """Explain IMAGE: for each predicted finding, where the image looks like which prototypes and how much
+    each adds to the finding's logit. One figure per finding plus summary.txt."""
+    from cipl.explain import reason_image
+
+    reasoning = reason_image(run_dir, image, device=device, top_k=top_k, threshold=threshold, checkpoint=checkpoint)
+    out = out or run_dir / "figures" / f"reason-{image.stem}"
+    paths = reasoning.figures(out, stem="reason")
+    text = reasoning.to_text()
+    (out / "summary.txt").write_text(text + "\n")
+    click.echo(text)
+    click.echo(f"wrote {len(paths)} figure(s) and summary.txt to {out}")
+
+
+@main.command()
+@RUN
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the figures (default RUN_DIR/figures/gallery/).")
+@click.option("--checkpoint", default="best", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Unused (the gallery reads saved artefacts).")
+@click.option("--seed", default=0, show_default=True, help="Unused; kept for scripts.")
+def gallery(run_dir: Path, out: Path | None, checkpoint: str, device: str, seed: int) -> None:
+    """Draw the prototypes of each class after the push: one figure per class and overview.png (a few per class)."""
+    from cipl.explain import gallery_figures, gallery_overview
+    from cipl.push import find_push_dir
+    from cipl.train import load_cipl
+
+    model, info = load_cipl(run_dir, checkpoint)
+    push_dir = find_push_dir(info["run_dir"], model)
+    if push_dir is None:
+        raise click.ClickException(f"{run_dir}: no push folder under prototypes/ matches this checkpoint's "
+                                   "prototypes; run `cipl push` first")
+    out = out or run_dir / "figures" / "gallery"
+    paths = gallery_figures(model, push_dir, out)
+    paths.append(gallery_overview(model, push_dir, out / "overview.png"))
+    summary = json.loads((push_dir / "prototypes.json").read_text())
+    click.echo(f"{len(summary['prototypes'])} prototypes from {push_dir}")
+    click.echo(f"wrote {len(paths)} figure(s) to {out}")
 
 
 if __name__ == "__main__":

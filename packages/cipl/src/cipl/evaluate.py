@@ -1,0 +1,195 @@
+"""Evaluation of a trained CIPL: classification metrics with intervals and, where the data carry
+per-finding masks (synth-cxr), CIPL's interpretability metrics.
+
+Localisation (per image and finding that is present and detected, i.e. probability > 0.5):
+- the class map is the similarity map (h, w) of the class's most activated prototype (the first row of
+  `cipl reason`; also reported: the maximum over the class's prototypes, and their sum weighted by the last
+  layer), upsampled bicubically to the input size with each cell at its receptive-field centre (`cipl.maps`);
+- pointing game: 1 when the map's maximum lies inside the finding's mask;
+- IoU: the map, min-max normalised, thresholded at `iou_threshold` (default 0.5 of its range), against the mask.
+For the misses, the median distance (pixels) from the map's maximum to the mask is reported per finding.
+Pointing game and IoU are also reported over every present finding (detected or not), per finding, with
+95% bootstrap intervals over instances.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cipl.maps import FeatureGrid, feature_grid, upsample
+from cipl.model import CIPL
+
+
+@torch.no_grad()
+def predict(model: CIPL, dataset: Dataset, device: str | torch.device = "cpu", batch_size: int = 64
+            ) -> dict[str, np.ndarray]:
+    """scores (N, L_out), target (N, L_out) or (N,), ids of `dataset` (eval transforms expected)."""
+    model = model.to(device).eval()
+    scores, targets, ids = [], [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        scores.append(model.predict_proba(batch["image"].to(device)).float().cpu().numpy())
+        targets.append(batch["target"].numpy())
+        ids += list(batch["id"])
+    return {"scores": np.concatenate(scores), "target": model.labels.output_targets(np.concatenate(targets)),
+            "ids": np.array(ids)}
+
+
+#: how a class's prototype maps become one map: the most activated prototype's (the first row of `cipl reason`),
+#: the maximum over the class's prototypes, or the sum weighted by the last layer (the class logit's spatial
+#: distribution)
+MAP_KINDS = ("top", "max", "weighted")
+
+
+@torch.no_grad()
+def class_maps(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None, kind: str = "top",
+               grid: FeatureGrid | None = None) -> torch.Tensor:
+    """(B, K, H, W) one similarity map per class (see MAP_KINDS), upsampled bicubically to `size` (default the
+    input size) on the feature grid `grid` (None: measured from the model)."""
+    if kind not in MAP_KINDS:
+        raise ValueError(f"map kind must be one of {MAP_KINDS}, got {kind!r}")
+    out = model(x)
+    act = model.similarity(out["distance_maps"])  # (B, P, h, w)
+    b, _, h, w = act.shape
+    m = model.prototypes_per_class
+    blocks = act.view(b, model.num_classes, m, h, w)
+    if kind == "max":
+        per_class = blocks.amax(dim=2)
+    elif kind == "weighted":
+        weights = (model.last_layer.weight * model.class_mask).view(model.num_classes, model.num_classes, m)
+        own = weights[torch.arange(model.num_classes), torch.arange(model.num_classes)]  # (K, M)
+        per_class = (blocks * own.view(1, model.num_classes, m, 1, 1)).sum(dim=2)
+    else:
+        top = out["similarities"].view(b, model.num_classes, m).argmax(dim=2)  # (B, K)
+        per_class = blocks.gather(2, top.view(b, model.num_classes, 1, 1, 1).expand(-1, -1, 1, h, w))[:, :, 0]
+    size = size or tuple(x.shape[-2:])
+    grid = grid or feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
+    if tuple(size) != tuple(x.shape[-2:]):
+        scale = (size[0] / x.shape[-2], size[1] / x.shape[-1])
+        grid = FeatureGrid(((grid.origin[0] + 0.5) * scale[0] - 0.5, (grid.origin[1] + 0.5) * scale[1] - 0.5),
+                           (grid.step[0] * scale[0], grid.step[1] * scale[1]), grid.shape)
+    return upsample(per_class, size, grid)
+
+
+def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> list[float] | None:
+    if len(values) < 2 or n_boot < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+@torch.no_grad()
+def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.device = "cpu", batch_size: int = 64,
+                         iou_threshold: float = 0.5, detect_threshold: float = 0.5, n_boot: int = 1000,
+                         seed: int = 0, kind: str = "top") -> dict[str, Any] | None:
+    """Pointing game and IoU of the class maps against the dataset's masks (None when no mask matches a
+    class of the model: masks are matched to outputs by concept name). The headline numbers use the map
+    `kind`; the other MAP_KINDS are reported under "<kind>/..."."""
+    card = getattr(dataset, "card", None)
+    if card is None or not card.has_masks:
+        return None
+    names = list(model.labels.output_names)
+    concept_of = {n: card.concept_names.index(n) for n in names if n in card.concept_names}
+    if not concept_of:
+        return None
+    class_index = {n: model.labels.class_names.index(n) for n in concept_of}
+    model = model.to(device).eval()
+    grid = None
+    # (finding, detected, hit, iou, distance in pixels from the map's maximum to the mask)
+    rows: dict[str, list[tuple[str, bool, bool, float, float]]] = {k: [] for k in MAP_KINDS}
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        x = batch["image"].to(device)
+        if grid is None:
+            grid = feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
+        masks = batch["masks"].bool()
+        probs = model.predict_proba(x).float().cpu()
+        target = torch.as_tensor(model.labels.output_targets(batch["target"].numpy()))
+        for variant in MAP_KINDS:
+            maps = class_maps(model, x, tuple(masks.shape[-2:]), variant, grid).float().cpu()
+            for i in range(len(x)):
+                for name, k in concept_of.items():
+                    out_idx = names.index(name)
+                    present = bool(target[i, out_idx] > 0.5) if model.multilabel else int(target[i]) == out_idx
+                    mask = masks[i, k]
+                    if not present or not mask.any():
+                        continue
+                    detected = bool(probs[i, out_idx] > detect_threshold) if model.multilabel else \
+                        int(probs[i].argmax()) == out_idx
+                    m = maps[i, class_index[name]]
+                    peak = int(torch.argmax(m))
+                    hit = bool(mask.flatten()[peak])
+                    ys, xs = torch.nonzero(mask, as_tuple=True)
+                    py, px = divmod(peak, mask.shape[1])
+                    miss = float(torch.sqrt(((ys - py) ** 2 + (xs - px) ** 2).float().min()))
+                    lo, hi = float(m.min()), float(m.max())
+                    region = (m - lo) / (hi - lo) >= iou_threshold if hi > lo else torch.ones_like(mask)
+                    iou = float((region & mask).sum()) / float((region | mask).sum())
+                    rows[variant].append((name, detected, hit, iou, miss))
+    if not rows[kind]:
+        return {"n": 0, "all_present/n": 0}
+
+    def summary(sel: list[tuple[str, bool, bool, float, float]], prefix: str, per_finding: bool = True
+                ) -> dict[str, Any]:
+        out: dict[str, Any] = {f"{prefix}n": len(sel)}
+        if not sel:
+            return out
+        hits = np.array([r[2] for r in sel], dtype=np.float64)
+        ious = np.array([r[3] for r in sel], dtype=np.float64)
+        out[f"{prefix}pointing_game"] = float(hits.mean())
+        out[f"{prefix}pointing_game_ci"] = _bootstrap_mean(hits, n_boot, seed)
+        out[f"{prefix}iou_mean"] = float(ious.mean())
+        out[f"{prefix}iou_mean_ci"] = _bootstrap_mean(ious, n_boot, seed)
+        if per_finding:
+            for name in concept_of:
+                part = [r for r in sel if r[0] == name]
+                if part:
+                    out[f"{prefix}pointing_game/{name}"] = float(np.mean([r[2] for r in part]))
+                    out[f"{prefix}iou/{name}"] = float(np.mean([r[3] for r in part]))
+                    out[f"{prefix}n/{name}"] = len(part)
+                    misses = [r[4] for r in part if not r[2]]
+                    if misses:
+                        out[f"{prefix}miss_distance_px/{name}"] = float(np.median(misses))
+        return out
+
+    result = {**summary([r for r in rows[kind] if r[1]], ""), **summary(rows[kind], "all_present/")}
+    for other in MAP_KINDS:
+        if other != kind:
+            result.update(summary([r for r in rows[other] if r[1]], f"{other}/"))
+    result.update(map=kind, iou_threshold=iou_threshold, detect_threshold=detect_threshold,
+                  grid_origin_px=list(grid.origin), grid_step_px=list(grid.step))
+    return result
+
+
+def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
+                 options: dict | None = None, device: str = "cpu", n_boot: int = 1000, checkpoint: str = "best",
+                 seed: int = 0) -> dict[str, Any]:
+    """Evaluate a trained CIPL on a split of its own data (default) or of another dataset with the same classes."""
+    from cipl.train import eval_transform_for, load_cipl, output_task
+    from medimg_core.data import load_dataset
+    from medimg_core.metrics import metrics_with_ci
+
+    model, info = load_cipl(run_dir, checkpoint)
+    cfg, card, labels = info["cfg"], info["card_obj"], info["labels_obj"]
+    name = dataset or cfg.data.dataset
+    data_root = root or cfg.data.root
+    opts = cfg.data.options if dataset is None and options is None else (options or {})
+    ds = load_dataset(name, data_root, split, transform=eval_transform_for(cfg, info["in_chans"]), **opts)
+    if list(ds.card.class_names) != list(card.class_names):
+        raise ValueError(f"{name} classes {list(ds.card.class_names)} differ from the model's {list(card.class_names)}")
+    batch = cfg.train.eval_batch_size or cfg.train.batch_size
+    out = predict(model, ds, device, batch)
+    task = output_task(labels)
+    target = out["target"] if labels.multilabel else out["target"].astype(np.int64)
+    result: dict[str, Any] = {"dataset": name, "split": split, "n": len(ds), "task": task,
+                              "test": metrics_with_ci(task, target, out["scores"], list(labels.output_names),
+                                                      n_boot=n_boot, seed=seed)}
+    loc = localisation_metrics(model, ds, device, batch, cfg.iou_threshold, n_boot=n_boot, seed=seed,
+                               kind=cfg.localisation_map)
+    if loc is not None:
+        result["localisation"] = loc
+    return result

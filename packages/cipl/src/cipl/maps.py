@@ -1,0 +1,83 @@
+"""Placing feature-grid maps on the input image.
+
+A CNN's feature cell (i, j) is centred on input pixel (origin_y + i * step_y, origin_x + j * step_x), where
+step is the stride and the origin depends on the architecture's padding: for timm's ResNets the centre of cell
+0 is pixel 0, for ViT patches it is (stride - 1) / 2. Resizing a map with `align_corners=False` (as cv2.resize
+and the released code do) assumes the latter, which draws a ResNet's maps half a cell (3.5 px at stride 8)
+down and to the right of where the features look. `feature_grid` measures the origin of any backbone once,
+from the centroid of the input gradient of the central cell (its effective receptive field), and
+`upsample` interpolates bicubically on that grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class FeatureGrid:
+    """Input-pixel coordinates of the feature cells' centres: origin + index * step (pixel centres are integers)."""
+
+    origin: tuple[float, float]
+    step: tuple[float, float]
+    shape: tuple[int, int]
+
+
+def naive_grid(shape: tuple[int, int], size: tuple[int, int]) -> FeatureGrid:
+    """The grid `align_corners=False` resizing assumes: cell centres at (i + 0.5) * step - 0.5."""
+    step = (size[0] / shape[0], size[1] / shape[1])
+    return FeatureGrid(((step[0] - 1) / 2, (step[1] - 1) / 2), step, tuple(shape))
+
+
+def feature_grid(model: torch.nn.Module, size: tuple[int, int], channels: int, seed: int = 0) -> FeatureGrid:
+    """The measured grid of `model.backbone` for inputs of `size` (H, W): its origin is the gradient centroid of
+    the central cell minus its index times the stride. `model` is a CIPL (its backbone's forward_features)."""
+    backbone = model.backbone
+    was_training = backbone.training
+    backbone.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, channels, *size, generator=g).to(device).requires_grad_(True)
+    with torch.enable_grad():
+        f = backbone.forward_features(x)
+        h, w = f.shape[-2:]
+        ci, cj = h // 2, w // 2
+        (f[0, :, ci, cj].float() ** 2).sum().backward()
+    backbone.train(was_training)
+    weight = x.grad.detach().abs().sum(dim=(0, 1)).cpu().double()  # (H, W)
+    step = (size[0] / h, size[1] / w)
+    if not torch.isfinite(weight).all() or float(weight.sum()) == 0.0:
+        return naive_grid((h, w), size)
+    ys = torch.arange(size[0], dtype=torch.float64)
+    xs = torch.arange(size[1], dtype=torch.float64)
+    cy = float((weight.sum(1) * ys).sum() / weight.sum())
+    cx = float((weight.sum(0) * xs).sum() / weight.sum())
+    return FeatureGrid((cy - ci * step[0], cx - cj * step[1]), step, (int(h), int(w)))
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int], grid: FeatureGrid | None = None) -> torch.Tensor:
+    """Bicubic interpolation of maps (..., h, w) to (..., H, W), cell centres placed on `grid` (None: the
+    `align_corners=False` placement); beyond the outer cell centres the border value is kept."""
+    lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
+    flat = maps.reshape(-1, 1, h, w).float()
+    if grid is None:
+        out = F.interpolate(flat, size=tuple(size), mode="bicubic", align_corners=False)
+        return out.reshape(*lead, *size)
+    coords = []
+    for axis, n in enumerate((h, w)):
+        p = torch.arange(size[axis], dtype=torch.float32, device=maps.device)
+        u = (p - grid.origin[axis]) / grid.step[axis]  # position in cell units
+        coords.append(2 * u / (n - 1) - 1 if n > 1 else torch.zeros_like(u))
+    gy, gx = torch.meshgrid(coords[0], coords[1], indexing="ij")
+    sample = torch.stack([gx, gy], dim=-1).expand(flat.shape[0], -1, -1, -1)
+    out = F.grid_sample(flat, sample, mode="bicubic", padding_mode="border", align_corners=True)
+    return out.reshape(*lead, *size)
+
+
+def upsample_numpy(activation: torch.Tensor, size: tuple[int, int], grid: FeatureGrid | None = None) -> np.ndarray:
+    """(h, w) map -> (H, W) float32 array (see `upsample`)."""
+    return upsample(activation.detach().float().cpu(), size, grid).numpy()

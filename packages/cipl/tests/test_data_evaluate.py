@@ -1,0 +1,124 @@
+"""Pairs share a label and their two views stay aligned; localisation metrics on maps set by hand."""
+
+import numpy as np
+import pytest
+import torch
+from cipl_test_helpers import IdentityBackbone
+
+from cipl.data import PairDataset, ViewConfig
+from cipl.evaluate import localisation_metrics
+from cipl.model import CIPL, LabelSpace
+from medimg_core.baseline import DataConfig
+from medimg_core.data import DatasetCard, MedicalImageDataset
+from medimg_core.data.base import SampleTable
+
+
+def multilabel_dataset(n=40, seed=0, size=16, masks=None, targets=None, images=None):
+    rng = np.random.default_rng(seed)
+    card = DatasetCard(name="toy", title="toy", task="multilabel", class_names=("a", "b", "c"),
+                       concept_names=("a", "b", "c"), channels=1, has_masks=masks is not None)
+    if targets is None:
+        targets = (rng.random((n, 3)) < 0.4).astype(np.float32)
+    if images is None:
+        images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+    table = SampleTable(ids=[f"i{k}" for k in range(n)], targets=targets, images=images,
+                        concepts=np.asarray(targets, np.float32), masks=masks)
+    return MedicalImageDataset(table, card, "train")
+
+
+def test_pairs_share_a_label_and_views_are_aligned():
+    ds = multilabel_dataset()
+    labels = LabelSpace.for_task("multilabel", ds.card.class_names)
+    data = DataConfig(image_size=16, hflip=True, rotation=10, scale_min=0.8)
+    pairs = PairDataset(ds, labels, data, ViewConfig(translate=0.1, blur_sigma=(0.1, 0.3)), channels=1)
+    torch.manual_seed(0)
+    class_labels = labels.class_labels(ds.targets).numpy()
+    close, far = [], []
+    for i in range(len(ds)):
+        item = pairs[i]
+        assert set(item) == {"image_a", "image_b", "view_a", "view_b", "target_a", "target_b", "labels_a", "labels_b"}
+        assert (item["labels_a"] * item["labels_b"]).sum() >= 1, "a pair must share at least one class"
+        assert torch.equal(item["labels_a"], torch.from_numpy(class_labels[i]))
+        close.append(torch.corrcoef(torch.stack([item["image_a"].flatten(), item["view_a"].flatten()]))[0, 1])
+        far.append(torch.corrcoef(torch.stack([item["image_a"].flatten(), item["image_b"].flatten()]))[0, 1])
+    # the two views of one image are nearly pixel-aligned (same crop, flip and rotation); partners are not
+    assert float(torch.stack(close).mean()) > 0.6 > float(torch.stack(far).abs().mean())
+    pairs.mode = "single"
+    assert set(pairs[0]) == {"image_a", "target_a", "labels_a"}
+
+
+def test_single_label_pairs_are_the_same_class():
+    rng = np.random.default_rng(1)
+    card = DatasetCard(name="toy2", title="toy2", task="binary", class_names=("neg", "pos"), channels=1)
+    targets = rng.integers(0, 2, 30)
+    table = SampleTable(ids=[f"i{k}" for k in range(30)], targets=targets, concepts=np.zeros((30, 0), np.float32),
+                        images=rng.integers(0, 256, size=(30, 16, 16), dtype=np.uint8))
+    ds = MedicalImageDataset(table, card, "train")
+    pairs = PairDataset(ds, LabelSpace.for_task("binary", card.class_names), DataConfig(image_size=16), ViewConfig(), 1)
+    for i in range(30):
+        item = pairs[i]
+        assert int(item["target_a"]) == int(item["target_b"]) == int(targets[i])
+
+
+class FixedMaps(CIPL):
+    """A CIPL (features = the input pixels, 1 prototype per class) whose similarity maps and probabilities are
+    set by the test: similarity = exp(-d), so d = -log(map)."""
+
+    def __init__(self, maps, probs):
+        super().__init__(IdentityBackbone(1), LabelSpace.for_task("multilabel", ("a", "b", "c")),
+                         prototypes_per_class=1, prototype_dim=1, reduce_dim=None, add_on_layers=1,
+                         similarity_scale=1.0)
+        self.maps, self.probs = maps, probs
+
+    def forward(self, x):
+        d = -torch.log(self.maps[: len(x)].clamp_min(1e-6))
+        d_min = d.flatten(2).min(2).values
+        return {"distance_maps": d, "min_distances": d_min, "similarities": torch.exp(-d_min),
+                "probabilities": self.probs[: len(x)]}
+
+
+def test_pointing_game_and_iou_by_hand():
+    size = 8
+    masks = np.zeros((2, 3, size, size), np.uint8)
+    masks[0, 0, 0:4, 0:4] = 1  # image 0, finding a: top-left quadrant
+    masks[0, 1, 4:8, 4:8] = 1  # image 0, finding b: bottom-right quadrant
+    masks[1, 2, 0:8, 0:2] = 1  # image 1, finding c: left columns
+    targets = np.array([[1, 1, 0], [0, 0, 1]], np.float32)
+    ds = multilabel_dataset(2, masks=masks, targets=targets, images=np.zeros((2, size, size), np.uint8))
+    maps = torch.full((2, 4, size, size), 0.1)  # 4 classes x 1 prototype, maps at the input size
+    maps[0, 0, 1, 1] = 1.0  # a: peak inside its mask
+    maps[0, 1, 0, 7] = 1.0  # b: peak outside its mask (top-right)
+    maps[1, 2, 3, 0] = 1.0  # c: peak inside
+    probs = torch.tensor([[0.9, 0.8, 0.1], [0.2, 0.1, 0.3]])  # c is present but not detected
+    ds.transform = None
+    result = localisation_metrics(FixedMaps(maps, probs), ds, n_boot=50)
+    assert result["n"] == 2 and result["pointing_game"] == pytest.approx(0.5)
+    assert result["pointing_game/a"] == 1.0 and result["pointing_game/b"] == 0.0
+    assert result["all_present/n"] == 3 and result["all_present/pointing_game"] == pytest.approx(2 / 3)
+    # IoU: the thresholded region of a one-peak map is its peak pixel (the features are the pixels: the measured
+    # grid is the pixel grid and the upsampling the identity): a 1 / 16, b 0 / 17
+    assert result["grid_origin_px"] == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert result["grid_step_px"] == [1.0, 1.0]
+    assert result["iou/a"] == pytest.approx(1 / 16) and result["iou/b"] == pytest.approx(0.0)
+    assert result["iou_mean"] == pytest.approx(1 / 32)
+    # with one prototype per class, the three kinds of class map are the same map
+    assert result["max/pointing_game"] == result["weighted/pointing_game"] == result["pointing_game"]
+
+
+def test_feature_grid_and_upsampling():
+    from cipl_test_helpers import tiny_cipl
+
+    from cipl.maps import FeatureGrid, feature_grid, naive_grid, upsample
+
+    # TinyBackbone: a 3x3 convolution, stride 2, padding 1: cell i is centred on pixel 2i
+    grid = feature_grid(tiny_cipl(), (16, 16), 1)
+    assert grid.step == (2.0, 2.0) and grid.shape == (8, 8)
+    assert grid.origin == pytest.approx((0.0, 0.0), abs=0.3)
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 1, 2] = 1.0
+    # on a grid with cells at pixels 0, 4, 8, 12 the peak of cell (1, 2) is pixel (4, 8)
+    up = upsample(maps, (16, 16), FeatureGrid((0.0, 0.0), (4.0, 4.0), (4, 4)))
+    assert divmod(int(up.argmax()), 16) == (4, 8)
+    # the naive grid is what align_corners=False resizing does
+    naive = torch.nn.functional.interpolate(maps[None], size=(16, 16), mode="bicubic", align_corners=False)[0]
+    assert torch.allclose(upsample(maps, (16, 16), naive_grid((4, 4), (16, 16))), naive, atol=1e-5)
