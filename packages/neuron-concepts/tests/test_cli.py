@@ -1,20 +1,171 @@
+"""The `neuron-concepts` command end to end on a tiny synthetic dataset (timm test model, 32 px)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
 from click.testing import CliRunner
 
 import neuron_concepts
+from medimg_core.synthetic import generate
 from neuron_concepts.cli import main
+
+TINY = ["--device", "cpu", "--model.backbone", "test_resnet", "--data.image_size", "32", "--train.epochs", "1",
+        "--train.batch_size", "16", "--train.num_workers", "0", "--sae.expansion", "2", "--sae.batch_size", "32",
+        "--sae.epochs", "10", "--sae.eval_every", "5", "--naming.figures", "5", "--naming.top_n", "6",
+        "--cav.top_n", "10", "--cav.n_negative", "20", "--select.k", "12", "--cbm.n_nonzero", "4",
+        "--cbm.c_search_steps", "1", "--bootstrap", "20", "--no-progress"]
 
 
 def test_help_and_version():
     runner = CliRunner()
     result = runner.invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
-    assert "Usage" in result.output
+    for command in ("run", "train-opaque", "encode", "train-sae", "name", "cav", "select", "train-cbm", "explain"):
+        assert command in result.output
     result = runner.invoke(main, ["--version"])
-    assert result.exit_code == 0
-    assert neuron_concepts.__version__ in result.output
+    assert result.exit_code == 0 and neuron_concepts.__version__ in result.output
+    for command in ("run", "train-sae", "name", "select", "explain"):
+        result = runner.invoke(main, [command, "--help"])
+        assert result.exit_code == 0 and "--" in result.output, command
 
 
-def test_depends_on_core():
-    import medimg_core
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nc")
+    with pytest.MonkeyPatch.context() as mp:  # module scope runs before the per-test MEDIMG_HOME fixture
+        mp.setenv("MEDIMG_HOME", str(tmp / "medimg-home"))
+        data = generate("synth-derm", n=80, out=tmp / "data", seed=0, size=32)
+        result = CliRunner().invoke(main, ["run", "--config", "synth-derm-cpu", "--root", str(data), "--out",
+                                           str(tmp / "runs"), *TINY], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    folder = next((tmp / "runs").iterdir())
+    return data, folder
 
-    assert medimg_core.__version__
+
+def test_run_writes_every_stage(pipeline):
+    _, folder = pipeline
+    summary = json.loads((folder / "metrics.json").read_text())
+    stages = json.loads((folder / "pipeline.json").read_text())["stages"]
+    assert set(stages) == {"opaque", "encode", "sae", "name", "cav", "select", "cbm"}
+    for stage in ("encode", "sae", "name", "cav", "select", "cbm"):
+        assert (folder / stage / "config.yaml").is_file() and (folder / stage / "metrics.json").is_file(), stage
+        assert json.loads((folder / stage / "stage.json").read_text())["stage"] == stage
+    assert (folder / stages["opaque"] / "checkpoints" / "best" / "model.safetensors").is_file()
+    for name in ("sae/sae.safetensors", "sae/sae.json", "sae/figures/sae_training.png", "name/names.json",
+                 "name/names.csv", "name/figures/top_latents.png", "cav/cavs.safetensors", "select/selection.json",
+                 "cbm/cbm.safetensors", "cbm/figures/concept_importance.png"):
+        assert (folder / name).is_file(), name
+    assert 1 <= len(list((folder / "name" / "latents").glob("latent_*.png"))) <= 5
+    assert set(summary["wall_time_s"]) >= {"opaque", "encode", "sae", "name", "cav", "select", "cbm", "total"}
+    assert 0 <= summary["cbm_test"]["accuracy"] <= 1 and len(summary["opaque_test"]["accuracy_ci"]) == 2
+    sae = json.loads((folder / "sae" / "metrics.json").read_text())
+    assert {"r2", "l0", "dead_fraction"} <= set(sae["train"])
+    names = json.loads((folder / "name" / "names.json").read_text())
+    assert names and all(r["source"] == "gt-attribute" for r in names)
+    matching = json.loads((folder / "name" / "metrics.json").read_text())["concept_matching"]
+    assert [r["concept"] for r in matching][:2] == ["irregular_border", "blue_white_veil"]
+    selection = json.loads((folder / "select" / "selection.json").read_text())
+    assert len(selection) == 12 and all(np.diff([s["gain"] for s in selection]) <= 1e-9)
+    cached = json.loads((folder / "encode" / "features.json").read_text())["splits"]
+    assert set(cached) == {"train", "val", "test"}  # the three splits went through medimg's feature cache
+    for entry in cached.values():
+        assert "medimg-home/features/" in entry["path"] and entry["path"].endswith(".safetensors")
+
+
+def test_encoded_features_are_the_heads_input(pipeline):
+    from medimg_core.baseline import load_baseline
+    from neuron_concepts.train import _eval_datasets, _opaque_data, load_features, stage_chain
+
+    _, folder = pipeline
+    chain = stage_chain(folder / "cbm")
+    assert set(chain) == {"opaque", "encode", "sae", "name", "cav", "select", "cbm"}
+    feats = load_features(chain["encode"])
+    model, _ = load_baseline(chain["opaque"])
+    _, _, bcfg, card = _opaque_data(chain["opaque"])
+    data = bcfg.data
+    test = _eval_datasets(data, card)["test"]
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    with torch.no_grad():
+        logits = model(images)
+        via_head = model.head(feats["test"]["features"])
+    torch.testing.assert_close(via_head, logits, atol=1e-5, rtol=1e-5)
+    assert feats["test"]["ids"] == list(test.ids)
+
+
+def test_stages_rerun_alone_and_explain(pipeline, tmp_path):
+    data, folder = pipeline
+    runner = CliRunner()
+    result = runner.invoke(main, ["train-sae", str(folder / "encode"), "--kind", "topk", "--sae.k", "4",
+                                  "--sae.epochs", "5", "--sae.resample_every", "2", "--no-progress"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (folder / "sae-2" / "sae.safetensors").is_file() and (folder / "sae" / "sae.safetensors").is_file()
+    meta = json.loads((folder / "sae-2" / "stage.json").read_text())
+    assert meta["parent"] == "../encode"
+    m = json.loads((folder / "sae-2" / "metrics.json").read_text())
+    assert m["kind"] == "topk" and m["train"]["l0"] <= 4 + 1e-9 and m["resampling"]
+    result = runner.invoke(main, ["name", str(folder / "sae-2"), "--backend", "mock", "--sources",
+                                  "annotations,backend", "--naming.figures", "2", "--no-progress"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (folder / "name-2" / "names.json").is_file()
+    result = runner.invoke(main, ["select", str(folder / "cav"), "--k", "5", "--select.discriminative_weight", "0.5",
+                                  "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["train-cbm", str(folder / "select-2"), "--cbm.C", "1.0", "--no-progress"],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    cbm = json.loads((folder / "cbm-2" / "metrics.json").read_text())
+    assert cbm["k"] == 5 and cbm["C"] == 1.0
+    image = sorted((data / "images").iterdir())[0]
+    result = runner.invoke(main, ["explain", str(folder / "cbm"), str(image), "--out", str(tmp_path / "e.png"),
+                                  "--class", "malignant"])
+    assert result.exit_code == 0, result.output
+    assert "logit of 'malignant'" in result.output and (tmp_path / "e.png").stat().st_size > 1000
+    # the text's decomposition adds up
+    from neuron_concepts.explain import explain_image
+
+    e = explain_image(folder / "cbm", image)
+    assert e.contributions.sum() + e.residual == pytest.approx(e.logit, abs=1e-9)
+    # a stage refuses the wrong kind of folder, in one line
+    result = runner.invoke(main, ["cav", str(folder / "sae")])
+    assert result.exit_code != 0 and "this is a 'sae' stage folder" in str(result.exception)
+    result = runner.invoke(main, ["name", str(folder / "sae"), "--sources", "file,vocabulary"])
+    assert result.exit_code != 0 and "none is usable here" in result.output
+    result = runner.invoke(main, ["explain", str(folder / "cbm"), str(image), "--class", "purple"])
+    assert result.exit_code != 0 and "unknown class" in str(result.exception)
+
+
+def test_run_needs_a_root(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--config", "synth-derm-cpu", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "--root" in result.output
+
+
+def test_multilabel_dataset_through_an_existing_baseline_run(tmp_path):
+    """synth-cxr (5 findings, multi-label, grayscale): a baseline trained by medimg-core (per-label BCE) is
+    dissected with --opaque-run; the CBM is one logistic regression per finding."""
+    from medimg_core.baseline import BaselineConfig, train_baseline
+    from medimg_core.config import load_config
+
+    data = generate("synth-cxr", n=60, out=tmp_path / "data", seed=0, size=32)
+    cfg = load_config(BaselineConfig, None, {"data.root": str(data), "data.image_size": "32", "model.backbone":
+                                             "test_resnet", "train.epochs": "1", "train.batch_size": "16",
+                                             "train.num_workers": "0", "out": str(tmp_path / "base"),
+                                             "bootstrap": "20", "device": "cpu", "train.progress": "false"})
+    baseline = train_baseline(cfg)
+    result = CliRunner().invoke(main, ["run", "--opaque-run", str(baseline), "--out", str(tmp_path / "runs"),
+                                       "--config", "synth-derm-cpu", *TINY], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    folder = next((tmp_path / "runs").iterdir())
+    assert "synth-cxr" in folder.name
+    summary = json.loads((folder / "metrics.json").read_text())
+    assert summary["stages"]["opaque"] == str(baseline.resolve()) and "opaque" not in summary["wall_time_s"]
+    assert "auroc_mean" in summary["cbm_test"] and "auroc_mean" in summary["opaque_test"]
+    from neuron_concepts.train import load_cbm
+
+    cbm = load_cbm(folder / "cbm")
+    assert cbm.task == "multilabel" and cbm.W_.shape[0] == 5
+    encode_cfg = (folder / "encode" / "config.yaml").read_text()
+    assert "dataset: csv" in encode_cfg and "test_resnet" in encode_cfg  # the opaque run's data and model

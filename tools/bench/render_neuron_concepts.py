@@ -1,0 +1,112 @@
+"""Markdown sections of the neuron-concepts benchmarks (docs/bench/neuron_concepts_*.json), found by report.py."""
+
+from __future__ import annotations
+
+from common import ci, fmt, machine_line
+
+
+def _auroc(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _times(times: dict) -> str:
+    order = ("opaque", "encode", "sae", "name", "cav", "select", "cbm", "total")
+    return ", ".join(f"{k} {times[k]:.0f} s" if times[k] >= 10 else f"{k} {times[k]:.1f} s"
+                     for k in order if times.get(k) is not None)
+
+
+def _header(result: dict, title: str) -> list[str]:
+    env = " ".join(f"{k}={v}" for k, v in result.get("environment", {}).items())
+    return [f"## {title}", "",
+            f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. "
+            f"Command: `{(env + ' ') if env else ''}{result['command']}`.", "",
+            f"Pipeline: `{result['run_command']}` (folder `{result['pipeline']}`).", ""]
+
+
+def _accuracy(result: dict) -> list[str]:
+    o, c, cbm = result["opaque_test"], result["cbm_test"], result["cbm"]
+    return ["| model | test accuracy [95% CI] | macro-F1 | AUROC |", "|---|---|---|---|",
+            f"| opaque (medimg baseline recipe) | {ci(o, 'accuracy')} | {fmt(o['macro_f1'])} | "
+            f"{fmt(o.get('auroc', o.get('auroc_mean')))} |",
+            f"| CBM ({result['selected']} concepts, {cbm['n_nonzero']} non-zeros, C {cbm['C']:.3g}) | "
+            f"{ci(c, 'accuracy')} | {fmt(c['macro_f1'])} | {fmt(c.get('auroc', c.get('auroc_mean')))} |", "",
+            f"Accuracy gap (opaque - CBM): **{100 * result['accuracy_gap']:+.1f} points**. CBM agrees with the opaque "
+            f"model on {100 * cbm['fidelity_to_opaque_test']:.1f}% of test images; the OMP decomposition explains "
+            f"R^2 = {cbm['decomposition_r2_test']:.3f} of the test features; the opaque head on the decomposition's "
+            f"reconstruction scores {fmt(cbm['opaque_head_on_reconstruction_accuracy_test'])}.", ""]
+
+
+def synth_derm(result: dict) -> list[str]:
+    lines = _header(result, "neuron-concepts (Concepts from Neurons) on synth-derm")
+    lines += [f"Data: `{result['data']}`; label rule `{result['rule']}` (label-relevant: "
+              f"{', '.join(result['label_relevant'])}).", ""]
+    lines += _accuracy(result)
+    s = result["sae"]
+    lines += [f"SAE (ReLU + L1, published defaults, {s['n_latents']} latents): train R^2 {fmt(s['r2'])}, "
+              f"test R^2 {fmt(s['test_r2'])}, L0 {s['l0']:.1f}, dead {100 * s['dead_fraction']:.1f}%; "
+              f"{result['alive']} alive latents named, {result['cavs']} CAVs.", "",
+              "Per ground-truth concept: the latent whose activation predicts it best on train (AUROC), scored on "
+              "test; its annotation-based name; and, as a ceiling, the test AUROC of a supervised linear probe on "
+              "the opaque model's features.", "",
+              "| concept | label-relevant | best latent | train AUROC | test AUROC | >= 0.9 | name | named correctly "
+              "| best test AUROC of any latent | linear-probe test AUROC |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["concepts"]:
+        lines.append(f"| {r['concept']} | {'yes' if r['label_relevant'] else 'no'} | {r['best_latent']} | "
+                     f"{_auroc(r['train_auroc'])} | {_auroc(r['test_auroc'])} | "
+                     f"{'yes' if (r['test_auroc'] or 0) >= 0.9 else 'no'} | {r['name']} | "
+                     f"{'yes' if r['named_correctly'] else 'no'} | {_auroc(r['best_test_auroc_any'])} | "
+                     f"{_auroc(r['probe_test_auroc'])} |")
+    lines += ["", f"Label-relevant concepts matched at AUROC >= 0.9: **{result['relevant_matched_0.9']} of "
+              f"{result['relevant_count']}**; naming accuracy (label-relevant concepts whose best latent carries "
+              f"their name): **{result['naming_accuracy_relevant']:.2f}** (all six: {result['naming_accuracy_all']:.2f}).",
+              "", "Best latent per term of the rule (train-chosen, test AUROC): "
+              + "; ".join(f"`{t['term']}` latent {t['best_latent']} {t['test_auroc']:.3f}" for t in result["rule_terms"])
+              + ".", "",
+              "SAE variants on the same cached features (`train-sae` and `name` rerun alone):", "",
+              "| SAE | test R^2 | L0 | dead | fit time | " + " | ".join(r["concept"] for r in result["concepts"])
+              + " | relevant >= 0.9 | naming acc. (relevant) |",
+              "|---|---|---|---|---|" + "---|" * len(result["concepts"]) + "---|---|",
+              f"| ReLU + L1 (default) | {fmt(s['test_r2'])} | {s['l0']:.0f} | {100 * s['dead_fraction']:.0f}% | "
+              f"{s['fit_time_s']:.0f} s | " + " | ".join(_auroc(r["test_auroc"]) for r in result["concepts"])
+              + f" | {result['relevant_matched_0.9']}/{result['relevant_count']} | "
+              f"{result['naming_accuracy_relevant']:.2f} |"]
+    for v in result["variants"]:
+        lines.append(f"| {v['label']} | {fmt(v['sae']['r2'])} | {v['sae']['l0']:.0f} | "
+                     f"{100 * v['sae']['dead_fraction']:.0f}% | {v['fit_time_s']:.0f} s | "
+                     + " | ".join(_auroc(r["test_auroc"]) for r in v["rows"])
+                     + f" | {v['relevant_matched_0.9']}/{v['relevant_count']} | {v['naming_accuracy_relevant']:.2f} |")
+    lines += ["", f"Wall time per stage: {_times(result['stage_wall_time_s'])}. Peak memory "
+              f"{max(result['stage_peak_memory_mb'].values()) / 1024:.1f} GB.", "",
+              f"Figures: {', '.join(f'`{f}`' for f in result['figures'])}.", ""]
+    return lines
+
+
+def wbcatt(result: dict) -> list[str]:
+    lines = _header(result, "neuron-concepts (Concepts from Neurons) on WBCAtt")
+    lines += _accuracy(result)
+    s, r = result["sae"], result["sae_resampling"]
+    lines += [f"Concepts matched by some latent at test AUROC >= 0.8 (latent chosen on train): "
+              f"**{result['matched_test_auroc_0.8']} of {result['n_concepts']}** (>= 0.9: "
+              f"{result['matched_test_auroc_0.9']}); naming accuracy {result['naming_accuracy']:.2f}; "
+              f"{result['alive']} alive latents, {result['cavs']} CAVs, {result['selected']} selected.", "",
+              "| SAE | train R^2 | test R^2 | L0 (test) | dead (train) | fit time |", "|---|---|---|---|---|---|",
+              f"| ReLU + L1 ({s['n_latents']} latents) | {fmt(s['r2'])} | {fmt(s['test']['r2'])} | "
+              f"{s['test']['l0']:.1f} | {100 * s['dead_fraction']:.1f}% | {s['fit_time_s']:.1f} s |",
+              f"| same + resampling (`{r['command']}`; {r['resampled']} latents in {r['events']} events) | "
+              f"{fmt(r['train']['r2'])} | {fmt(r['test']['r2'])} | {r['test']['l0']:.1f} | "
+              f"{100 * r['train']['dead_fraction']:.1f}% | {r['fit_time_s']:.1f} s |", "",
+              f"Wall time per stage: {_times(result['stage_wall_time_s'])} (SAE fit {result['sae_fit_time_s']:.1f} s, "
+              f"selection {result['select_time_s']:.1f} s). Peak memory "
+              f"{max(result['stage_peak_memory_mb'].values()) / 1024:.1f} GB.", "",
+              "| concept | best latent | test AUROC | name |", "|---|---|---|---|"]
+    for row in result["concepts"]:
+        lines.append(f"| {row['concept']} | {row['best_latent']} | {_auroc(row['test_auroc'])} | {row['name']} |")
+    lines += ["", "Concepts carrying the most of the predicted logit (mean |contribution| on test): "
+              + "; ".join(f"{c['name']} (#{c['latent']}) {c['mean_abs_contribution']:.2f}"
+                          for c in result["top_concepts"][:6]) + ".", "",
+              f"Figures: {', '.join(f'`{f}`' for f in result['figures'])}.", ""]
+    return lines
+
+
+RENDERERS = {"neuron_concepts_synth_derm": synth_derm, "neuron_concepts_wbcatt": wbcatt}
