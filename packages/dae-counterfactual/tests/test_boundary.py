@@ -121,3 +121,19 @@ def test_bad_inputs_are_named():
         plane.distance(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="flat"):
         plane.edit_to_grade(np.zeros((1, 2)), [1.0])
+
+
+@pytest.mark.parametrize("classifier", ["svm", "logistic"])
+def test_fit_and_calibration_against_hand_computed_points(classifier):
+    """Four latents on a line: the hyperplane is z_0 = 0 (by symmetry), the distances are -2, -1, 1, 2 and the
+    least-squares line of the grades (0, 0, 2, 4) on them is grade = 1.0 d + 1.5 (sum d g / sum d^2 = 10 / 10, mean
+    grade 1.5). An edit to grade 3 moves z_0 to d* = (3 - 1.5) / 1 = 1.5 and leaves z_1 alone."""
+    z = np.array([[-2.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+    grades = np.array([0, 0, 2, 4])
+    boundary = LatentBoundary(classifier=classifier, standardize=False, C=10.0).fit(z, grades)
+    np.testing.assert_allclose(boundary.normal_, [1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(boundary.distance(z), [-2.0, -1.0, 1.0, 2.0], atol=1e-3)
+    assert boundary.slope_ == pytest.approx(1.0, abs=1e-3) and boundary.offset_ == pytest.approx(1.5, abs=1e-3)
+    edited = boundary.edit_to_grade(np.array([[-2.0, 0.5]]), [3.0])[0, 0]
+    np.testing.assert_allclose(edited, [1.5, 0.5], atol=2e-3)
+    assert boundary.grade(edited[None])[0] == pytest.approx(3.0, abs=1e-12)  # exactly on the target

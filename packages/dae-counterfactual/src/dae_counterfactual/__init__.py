@@ -21,6 +21,8 @@ _LAZY = {
     "DiffusionConfig": "dae_counterfactual.sampling",
     "DAEConfig": "dae_counterfactual.train",
     "load_dae": "dae_counterfactual.train",
+    "save_dae": "dae_counterfactual.train",
+    "train_dae": "dae_counterfactual.train",
     "generate_counterfactuals": "dae_counterfactual.explain",
     "CounterfactualSeries": "dae_counterfactual.explain",
 }

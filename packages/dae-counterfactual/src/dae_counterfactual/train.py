@@ -154,7 +154,29 @@ def resolve_precision(cfg: DAEConfig, device: torch.device) -> None:
 
 
 def build_dae(cfg: DAEConfig, in_channels: int) -> DiffusionAutoencoder:
+    """A fresh DiffusionAutoencoder for `cfg` (architecture, image size, schedule) and 1 or 3 channels."""
     return DiffusionAutoencoder(cfg.model, in_channels, cfg.data.image_size, cfg.diffusion)
+
+
+def checkpoint_config(cfg: DAEConfig, card: DatasetCard, in_channels: int) -> dict[str, Any]:
+    """What a checkpoint's config.json holds to rebuild the model: kind, resolved config, dataset card, shape."""
+    return {"kind": KIND, "config": config_to_dict(cfg), "card": card.to_dict(), "in_channels": in_channels,
+            "image_size": cfg.data.image_size}
+
+
+def save_dae(model: DiffusionAutoencoder, cfg: DAEConfig, card: DatasetCard, directory: str | Path) -> Path:
+    """Write `model` as a checkpoint folder (model.safetensors + config.json, atomically) that `load_dae` reads.
+
+    Training writes its checkpoints itself (EMA and raw weights, optimizer state); this is for models
+    built or changed in Python.
+    """
+    from medimg_core.checkpoint import save_checkpoint
+
+    if model.image_size != cfg.data.image_size:
+        raise ValueError(f"the model takes {model.image_size} px images but cfg.data.image_size is "
+                         f"{cfg.data.image_size}")
+    return save_checkpoint(directory, model, checkpoint_config(cfg, card, model.in_channels),
+                           card=_model_card(cfg, card, model.in_channels))
 
 
 def train_dae(cfg: DAEConfig, resume_dir: str | Path | None = None) -> Path:
@@ -177,8 +199,7 @@ def train_dae(cfg: DAEConfig, resume_dir: str | Path | None = None) -> Path:
     model = build_dae(cfg, in_channels)  # refuses impossible architectures before a run folder exists
     run_dir = prepare_run(cfg, "dae", card.name, cfg.model.encoder.replace(":", "-"), dist_info, resume_dir)
     step_fn, predict_fn, metrics_fn = task_functions(cfg.diffusion.num_train_timesteps)
-    model_config = {"kind": KIND, "config": config_to_dict(cfg), "card": card.to_dict(), "in_channels": in_channels,
-                    "image_size": cfg.data.image_size}
+    model_config = checkpoint_config(cfg, card, in_channels)
     trainer = Trainer(model, train_set, val_set, step_fn, predict_fn, metrics_fn, train=cfg.train, optim=cfg.optim,
                       run_dir=run_dir, model_config=model_config, device=device, seed=cfg.seed, dist_info=dist_info,
                       model_card=_model_card(cfg, card, in_channels))
