@@ -30,26 +30,33 @@ def synth_cxr(result: dict) -> list[str]:
         f"{'met' if result['targets']['auroc_within_2_points'] else 'NOT met'}).", "",
     ]
     names = [k.split("/", 1)[1] for k in ct if k.startswith("auroc/")]
-    lines += ["| finding | CIPL AUROC | baseline AUROC | pointing game (detected) | IoU (detected) | n detected | "
-              "misses: median px to mask | pointing game (all present) | max-map / weighted-map pointing |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| finding | CIPL AUROC | baseline AUROC | pointing game (detected) | cell pointing game (detected) | "
+              "IoU (detected) | n detected | misses: median px to mask | pointing game (all present) | "
+              "max-map / weighted-map pointing |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         lines.append(f"| {n} | {fmt(ct.get(f'auroc/{n}'))} | {fmt(bt.get(f'auroc/{n}'))} | "
-                     f"{fmt(loc.get(f'pointing_game/{n}'))} | {fmt(loc.get(f'iou/{n}'))} | {loc.get(f'n/{n}', 0)} | "
+                     f"{fmt(loc.get(f'pointing_game/{n}'))} | {fmt(loc.get(f'cell_pointing_game/{n}'))} | "
+                     f"{fmt(loc.get(f'iou/{n}'))} | {loc.get(f'n/{n}', 0)} | "
                      f"{fmt(loc.get(f'miss_distance_px/{n}'), 1)} | {fmt(loc.get(f'all_present/pointing_game/{n}'))} | "
                      f"{fmt(loc.get(f'max/pointing_game/{n}'))} / {fmt(loc.get(f'weighted/pointing_game/{n}'))} |")
     pg, iou = loc.get("pointing_game"), loc.get("iou_mean")
     pg_ci, iou_ci = loc.get("pointing_game_ci") or [None, None], loc.get("iou_mean_ci") or [None, None]
+    cpg, cpg_ci = loc.get("cell_pointing_game"), loc.get("cell_pointing_game_ci") or [None, None]
     lines += [
         f"| **all** | {fmt(ct.get('auroc_mean'))} | {fmt(bt.get('auroc_mean'))} | **{fmt(pg)}** "
-        f"[{fmt(pg_ci[0])}, {fmt(pg_ci[1])}] | {fmt(iou)} [{fmt(iou_ci[0])}, {fmt(iou_ci[1])}] | {loc.get('n', 0)} | - | "
+        f"[{fmt(pg_ci[0])}, {fmt(pg_ci[1])}] | {fmt(cpg)} [{fmt(cpg_ci[0])}, {fmt(cpg_ci[1])}] | {fmt(iou)} [{fmt(iou_ci[0])}, {fmt(iou_ci[1])}] | {loc.get('n', 0)} | - | "
         f"{fmt(loc.get('all_present/pointing_game'))} | {fmt(loc.get('max/pointing_game'))} / "
         f"{fmt(loc.get('weighted/pointing_game'))} |", "",
         f"Pointing game: the maximum of the class map (the similarity map of the class's most activated prototype, "
         f"bicubic upsampling with cells at their receptive-field centres) lies inside the generator's mask, over test findings present and detected (p > 0.5); "
         f"target at least 0.8: {'met' if result['targets']['pointing_game_at_least_0.8'] else 'NOT met'}. IoU: the "
         f"map min-max normalised, thresholded at {loc.get('iou_threshold', 0.5)}, against the mask. Last column: the "
-        f"same with the maximum over the class's prototypes, and with their sum weighted by the last layer.", "",
+        f"same with the maximum over the class's prototypes, and with their sum weighted by the last layer. Cell "
+        f"pointing game (a diagnostic, not the target): the feature cell holding the map's maximum (stride "
+        f"{fmt((loc.get('grid_step_px') or [None])[0], 0)} px) overlaps the mask. A similarity map peaks at a cell "
+        f"centre, so a finding smaller than a cell, or a peak on the cell beside a finding's edge, fails the "
+        f"pixel-level game while the cell is right.", "",
         f"- CIPL: `{result['cipl_command']}`",
         f"- baseline: `{result['baseline_command']}`",
         f"- gallery: `{result['gallery_command']}`; reasoning: `{result['reason_command']}`",

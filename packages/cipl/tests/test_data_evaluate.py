@@ -101,6 +101,9 @@ def test_pointing_game_and_iou_by_hand():
     assert result["grid_step_px"] == [1.0, 1.0]
     assert result["iou/a"] == pytest.approx(1 / 16) and result["iou/b"] == pytest.approx(0.0)
     assert result["iou_mean"] == pytest.approx(1 / 32)
+    # on the pixel grid the cell pointing game is the pointing game
+    assert result["cell_pointing_game"] == result["pointing_game"]
+    assert result["cell_pointing_game/a"] == 1.0 and result["cell_pointing_game/b"] == 0.0
     # with one prototype per class, the three kinds of class map are the same map
     assert result["max/pointing_game"] == result["weighted/pointing_game"] == result["pointing_game"]
 
@@ -122,3 +125,19 @@ def test_feature_grid_and_upsampling():
     # the naive grid is what align_corners=False resizing does
     naive = torch.nn.functional.interpolate(maps[None], size=(16, 16), mode="bicubic", align_corners=False)[0]
     assert torch.allclose(upsample(maps, (16, 16), naive_grid((4, 4), (16, 16))), naive, atol=1e-5)
+
+
+def test_cell_pointing_game_by_hand():
+    from cipl.evaluate import cell_hit, cell_of_pixels
+    from cipl.maps import FeatureGrid
+
+    # cells every 4 px with cell 0 centred on pixel 0: cell 1 owns pixels 2..5, cell 3 owns 10..15 (clamped)
+    grid = FeatureGrid((0.0, 0.0), (4.0, 4.0), (4, 4))
+    rows, cols = cell_of_pixels(grid, (16, 16))
+    assert rows.tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3] and torch.equal(rows, cols)
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[6:8, 6:8] = True  # a small finding in cell (2, 2), beside cell (1, 1)'s border
+    assert cell_hit((6, 7), mask, grid)  # peak inside: hit
+    assert not cell_hit((5, 5), mask, grid)  # cell (1, 1) holds pixels 2..5: no overlap
+    assert cell_hit((9, 9), mask, grid)  # peak outside the mask but in its cell (2, 2): a cell hit
+    assert not cell_hit((12, 6), mask, grid)  # cell (3, 2)

@@ -8,6 +8,10 @@ Localisation (per image and finding that is present and detected, i.e. probabili
 - pointing game: 1 when the map's maximum lies inside the finding's mask;
 - IoU: the map, min-max normalised, thresholded at `iou_threshold` (default 0.5 of its range), against the mask.
 For the misses, the median distance (pixels) from the map's maximum to the mask is reported per finding.
+- cell pointing game (a diagnostic of the grid's resolution): 1 when the feature cell holding the map's
+  maximum (the pixels whose nearest cell centre it is) overlaps the mask. A map peaks at a cell centre, so on
+  a coarse grid a finding smaller than a cell, or a peak on the cell just beside a finding's edge, fails the
+  pixel-level game while the cell is right.
 Pointing game and IoU are also reported over every present finding (detected or not), per finding, with
 95% bootstrap intervals over instances.
 """
@@ -68,11 +72,34 @@ def class_maps(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None
         per_class = blocks.gather(2, top.view(b, model.num_classes, 1, 1, 1).expand(-1, -1, 1, h, w))[:, :, 0]
     size = size or tuple(x.shape[-2:])
     grid = grid or feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
-    if tuple(size) != tuple(x.shape[-2:]):
-        scale = (size[0] / x.shape[-2], size[1] / x.shape[-1])
-        grid = FeatureGrid(((grid.origin[0] + 0.5) * scale[0] - 0.5, (grid.origin[1] + 0.5) * scale[1] - 0.5),
-                           (grid.step[0] * scale[0], grid.step[1] * scale[1]), grid.shape)
-    return upsample(per_class, size, grid)
+    return upsample(per_class, size, _scaled_grid(grid, tuple(x.shape[-2:]), size))
+
+
+def _scaled_grid(grid: FeatureGrid, input_hw: tuple[int, int], size: tuple[int, int]) -> FeatureGrid:
+    """`grid` (in input pixels) expressed in the pixels of an image of `size`."""
+    if tuple(size) == tuple(input_hw):
+        return grid
+    scale = (size[0] / input_hw[0], size[1] / input_hw[1])
+    return FeatureGrid(((grid.origin[0] + 0.5) * scale[0] - 0.5, (grid.origin[1] + 0.5) * scale[1] - 0.5),
+                       (grid.step[0] * scale[0], grid.step[1] * scale[1]), grid.shape)
+
+
+def cell_of_pixels(grid: FeatureGrid, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every row and column of an image of `size` (H, W), the index of the feature cell whose centre is
+    nearest (clamped to the grid): ((H,), (W,)) long tensors."""
+    out = []
+    for axis in range(2):
+        p = torch.arange(size[axis], dtype=torch.float64)
+        idx = torch.floor((p - grid.origin[axis]) / grid.step[axis] + 0.5).long()
+        out.append(idx.clamp(0, grid.shape[axis] - 1))
+    return out[0], out[1]
+
+
+def cell_hit(peak: tuple[int, int], mask: torch.Tensor, grid: FeatureGrid) -> bool:
+    """Whether the feature cell holding pixel `peak` (y, x) overlaps `mask` (H, W); `grid` in mask pixels."""
+    rows, cols = cell_of_pixels(grid, tuple(mask.shape))
+    box = (rows == rows[peak[0]]).unsqueeze(1) & (cols == cols[peak[1]]).unsqueeze(0)
+    return bool((box & mask.bool()).any())
 
 
 def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> list[float] | None:
@@ -100,13 +127,14 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
     class_index = {n: model.labels.class_names.index(n) for n in concept_of}
     model = model.to(device).eval()
     grid = None
-    # (finding, detected, hit, iou, distance in pixels from the map's maximum to the mask)
-    rows: dict[str, list[tuple[str, bool, bool, float, float]]] = {k: [] for k in MAP_KINDS}
+    # (finding, detected, hit, iou, distance in pixels from the map's maximum to the mask, cell hit)
+    rows: dict[str, list[tuple[str, bool, bool, float, float, bool]]] = {k: [] for k in MAP_KINDS}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         x = batch["image"].to(device)
         if grid is None:
             grid = feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
         masks = batch["masks"].bool()
+        mask_grid = _scaled_grid(grid, tuple(x.shape[-2:]), tuple(masks.shape[-2:]))
         probs = model.predict_proba(x).float().cpu()
         target = torch.as_tensor(model.labels.output_targets(batch["target"].numpy()))
         for variant in MAP_KINDS:
@@ -129,11 +157,11 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
                     lo, hi = float(m.min()), float(m.max())
                     region = (m - lo) / (hi - lo) >= iou_threshold if hi > lo else torch.ones_like(mask)
                     iou = float((region & mask).sum()) / float((region | mask).sum())
-                    rows[variant].append((name, detected, hit, iou, miss))
+                    rows[variant].append((name, detected, hit, iou, miss, cell_hit((py, px), mask, mask_grid)))
     if not rows[kind]:
         return {"n": 0, "all_present/n": 0}
 
-    def summary(sel: list[tuple[str, bool, bool, float, float]], prefix: str, per_finding: bool = True
+    def summary(sel: list[tuple[str, bool, bool, float, float, bool]], prefix: str, per_finding: bool = True
                 ) -> dict[str, Any]:
         out: dict[str, Any] = {f"{prefix}n": len(sel)}
         if not sel:
@@ -142,6 +170,9 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
         ious = np.array([r[3] for r in sel], dtype=np.float64)
         out[f"{prefix}pointing_game"] = float(hits.mean())
         out[f"{prefix}pointing_game_ci"] = _bootstrap_mean(hits, n_boot, seed)
+        cells = np.array([r[5] for r in sel], dtype=np.float64)
+        out[f"{prefix}cell_pointing_game"] = float(cells.mean())
+        out[f"{prefix}cell_pointing_game_ci"] = _bootstrap_mean(cells, n_boot, seed)
         out[f"{prefix}iou_mean"] = float(ious.mean())
         out[f"{prefix}iou_mean_ci"] = _bootstrap_mean(ious, n_boot, seed)
         if per_finding:
@@ -150,6 +181,7 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
                 if part:
                     out[f"{prefix}pointing_game/{name}"] = float(np.mean([r[2] for r in part]))
                     out[f"{prefix}iou/{name}"] = float(np.mean([r[3] for r in part]))
+                    out[f"{prefix}cell_pointing_game/{name}"] = float(np.mean([r[5] for r in part]))
                     out[f"{prefix}n/{name}"] = len(part)
                     misses = [r[4] for r in part if not r[2]]
                     if misses:
