@@ -2,7 +2,8 @@
 single-process run with the same global batch within tolerance. Batch norm sees half the batch on each
 rank, so the two runs are close, not identical (medimg-core's own test checks exact equality on a model
 without batch norm). IIS trains linear heads on cached features and has no distributed trainer; the
-neuron-concepts opaque model is the medimg-core baseline, tested here."""
+neuron-concepts opaque model is the medimg-core baseline, tested here. The DAE's trainer is the same
+Trainer; its metric (noise-prediction MSE) is checked for a finished, rank-0-only run."""
 
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ CASES = {
     "crl": lambda d, b: ["crl", "train", "--config", "synthetic-cpu", "--root", str(d["synth-derm"]),
                          "--model.backbone", "test_resnet", "--data.image_size", "32", "--train.epochs", "2",
                          "--train.batch_size", str(b), "--train.progress", "false", "--device", "cpu", "--seed", "0"],
+    "cipl": lambda d, b: ["cipl", "train", "--config", "synth-cxr-cpu", "--root", str(d["synth-cxr"]),
+                          "--model.backbone", "test_resnet", "--model.output_stride", "8", "--data.image_size", "32",
+                          "--train.epochs", "2", "--train.batch_size", str(b), "--model.prototypes_per_class", "2",
+                          "--model.prototype_dim", "16", "--model.reduce_dim", "16", "--schedule.warm_epochs", "1",
+                          "--schedule.push_epochs", "[2]", "--schedule.last_layer_epochs", "1", "--bootstrap", "20",
+                          "--train.progress", "false", "--device", "cpu", "--seed", "0"],
 }
 
 
@@ -47,3 +54,21 @@ def test_two_processes_match_one(method, synth_data, tmp_path, e2e):
     for key in ("accuracy", "auroc", "auroc_mean"):
         if key in one["test"]:
             assert abs(one["test"][key] - two["test"][key]) <= TOLERANCE, (key, one["test"][key], two["test"][key])
+
+
+def test_dae_under_two_processes(synth_data, tmp_path, e2e):
+    tiny = ["--model.base_channels", "8", "--model.channel_mult", "[1, 2]", "--model.num_res_blocks", "1",
+            "--model.attention_resolutions", "[8]", "--model.groups", "4", "--model.time_embed_dim", "null",
+            "--model.z_dim", "16", "--model.encoder_channel_mult", "[1, 2]", "--model.encoder_num_res_blocks", "1",
+            "--model.encoder_attention_resolutions", "[]", "--data.image_size", "16"]
+    args = ["dae-cf", "train", "--config", "synth-grade-cpu", "--root", str(synth_data["synth-grade"]), *tiny,
+            "--train.epochs", "2", "--train.batch_size", "8", "--diffusion.encode_steps", "4",
+            "--diffusion.render_steps", "4", "--recon_images", "2", "--bootstrap", "20", "--device", "cpu",
+            "--seed", "0"]
+    metrics = _train(e2e, args, tmp_path / "two", 2)
+    import pandas as pd
+
+    n_train = int((pd.read_csv(synth_data["synth-grade"] / "labels.csv")["split"] == "train").sum())
+    # each rank sees half the training set in batches of 8: half the steps of one process
+    assert metrics["train"]["epochs_run"] == 2 and metrics["train"]["steps"] == 2 * ((n_train // 2) // 8)
+    assert 0 < metrics["train"]["val_mse"] < 2
