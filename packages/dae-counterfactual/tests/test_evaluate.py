@@ -45,6 +45,9 @@ def test_flip_rates_grades_and_measure():
     assert m["measure"]["mean_measure_per_target"] == pytest.approx([5.0, 5.0, 6.5])
     assert m["proximity_to_reconstruction"]["l1_per_target"] == pytest.approx([0.0, 0.1, 0.15])
     assert m["reconstruction"]["mse"] == 0.0 and m["reconstruction"]["ssim"] == pytest.approx(1.0)
+    # inputs all measure 5 (brightness 0.5): no real gap between true grades 0 and 4 -> no ratio
+    assert m["measure"]["change_lowest_to_highest_target"] == pytest.approx(1.5)
+    assert np.isnan(m["measure"]["effect_ratio"])
     rows = per_target_table(m)
     assert [r["target"] for r in rows] == [0.0, 2.0, 4.0] and rows[2]["measure"] == pytest.approx(6.5)
 
@@ -73,3 +76,21 @@ def test_image_distances_by_hand():
     assert d["mse"] == pytest.approx(0.25) and d["l1"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="one shape"):
         image_distances(a, torch.zeros(1, 1, 4, 4))
+
+
+def test_effect_ratio_compares_the_move_with_real_images():
+    # inputs of true grade 0 measure 1, of true grade 4 measure 9 (real gap 8); the counterfactuals move
+    # from 2 (target 0) to 4 (target 4) on average: a quarter of the real range
+    def make(grade: int, brightness_in: float, cf: list[float]) -> CounterfactualSeries:
+        s = series(-1.0, [0.0, 1.0, 2.0], cf, f"g{grade}")
+        s.image = torch.full((3, 8, 8), brightness_in)
+        s.true_grade = float(grade)
+        return s
+
+    m = counterfactual_metrics([make(0, 0.1, [0.1, 0.2, 0.3]), make(4, 0.9, [0.3, 0.4, 0.5])], PLANE,
+                               measure=lambda x: x.mean(axis=(1, 2, 3)) * 10)
+    ms = m["measure"]
+    assert ms["mean_measure_inputs_per_true_grade"] == pytest.approx({"0": 1.0, "4": 9.0})
+    assert ms["real_gap_lowest_to_highest_grade"] == pytest.approx(8.0)
+    assert ms["change_lowest_to_highest_target"] == pytest.approx(2.0)
+    assert ms["effect_ratio"] == pytest.approx(0.25)

@@ -16,7 +16,9 @@ Counterfactuals (`counterfactual_metrics`), over (image, target grade) pairs:
 - proximity of each counterfactual to the reconstruction (L1, SSIM);
 - with a `measure` (synth-grade's measure_structure): Spearman of measured structure vs target grade
   and the fraction of monotone series: the measure never decreases as the target grade rises and ends
-  higher than it starts (also reported: strictly increasing series).
+  higher than it starts (also reported: strictly increasing series); and the size of the move: the change
+  of the mean measure from the lowest to the highest target, divided by the difference of the inputs'
+  mean measure between true grades equal to those targets (effect_ratio; 1 = the real range).
 """
 
 from __future__ import annotations
@@ -230,6 +232,7 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
         }
     if measure is not None:
         m_cf = np.asarray(measure(flat_cf), dtype=np.float64).reshape(n, k)
+        m_in = np.asarray(measure(images), dtype=np.float64).reshape(n)
         order = np.argsort(targets, kind="stable")
         steps = np.diff(m_cf[:, order], axis=1)
         per_series = [_spearman(targets, row) for row in m_cf]
@@ -240,10 +243,30 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
             "strictly_increasing_fraction": float((steps > 0).all(axis=1).mean()),
             "mean_series_spearman": float(np.nanmean(per_series)) if not np.isnan(per_series).all() else float("nan"),
             "mean_measure_per_target": m_cf.mean(axis=0).tolist(),
-            "mean_measure_inputs": float(np.mean(measure(images))),
+            "mean_measure_inputs": float(np.mean(m_in)),
             "mean_measure_reconstructions": float(np.mean(measure(recons))),
         }
+        out["measure"].update(_effect_size(series, targets, m_cf, m_in))
     return out
+
+
+def _effect_size(series: Sequence[CounterfactualSeries], targets: np.ndarray, m_cf: np.ndarray,
+                 m_in: np.ndarray) -> dict[str, Any]:
+    """How far the counterfactuals move the measure, against how far it differs between real images.
+
+    change = mean measure at the highest target - at the lowest; real_gap = mean measure of the
+    inputs whose true grade is the highest target - of those at the lowest (needs both among the
+    inputs); effect_ratio = change / real_gap (1: the counterfactuals span the real range).
+    """
+    lo, hi = int(np.argmin(targets)), int(np.argmax(targets))
+    change = float(m_cf[:, hi].mean() - m_cf[:, lo].mean())
+    truth = np.array([np.nan if s.true_grade is None else s.true_grade for s in series])
+    per_grade = {f"{g:g}": float(m_in[truth == g].mean()) for g in np.unique(truth[~np.isnan(truth)])}
+    at_lo, at_hi = truth == targets[lo], truth == targets[hi]
+    gap = float(m_in[at_hi].mean() - m_in[at_lo].mean()) if at_lo.any() and at_hi.any() else float("nan")
+    ratio = change / gap if np.isfinite(gap) and abs(gap) > 1e-12 else float("nan")
+    return {"change_lowest_to_highest_target": change, "mean_measure_inputs_per_true_grade": per_grade,
+            "real_gap_lowest_to_highest_grade": gap, "effect_ratio": ratio}
 
 
 def per_target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
