@@ -127,7 +127,7 @@ def main() -> None:
         "baseline_saved_test": {k: v for k, v in base_saved["test"].items() if not isinstance(v, dict)},
         "counterfactuals": {k: cf[k] for k in ("n_images", "target_grades", "reconstruction", "latent",
                                                 "image_classifier", "proximity_to_reconstruction", "per_target",
-                                                "settings") if k in cf},
+                                                "settings", "latent_swap") if k in cf},
         "official_gpu_val": OFFICIAL_GPU_VAL,
         "wall_time_s": {"train": train_time, "encode": encode_time, "fit_boundary": boundary_time,
                         "evaluate": eval_time, "baseline_predict": base_time,

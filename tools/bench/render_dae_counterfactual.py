@@ -55,6 +55,12 @@ def _cf_summary(cf: dict) -> list[str]:
                          f"from the lowest to the highest target, while the inputs of those true grades differ by "
                          f"{fmt(m['real_gap_lowest_to_highest_grade'], 2)}: effect ratio "
                          f"**{fmt(m['effect_ratio'], 4)}** (1 = the counterfactuals span the real range)")
+    if "latent_swap" in cf:
+        sw = cf["latent_swap"]
+        lines.append(f"- decoder probe ({sw['n_pairs']} pairs of a lowest- and a highest-grade test image): the low "
+                     "image's x_T rendered with z_low + s (z_high - z_low) moves the measure by "
+                     + ", ".join(f"{fmt(v, 2)} (s = {k})" for k, v in sw["response_by_scale"].items() if k != "0")
+                     + " of the real gap between the two groups")
     return [*lines, "", *_per_target(cf["per_target"]), ""]
 
 

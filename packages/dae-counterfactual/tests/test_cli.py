@@ -147,7 +147,8 @@ def test_evaluate_with_an_image_classifier(fitted, tmp_path):
     assert m["n_images"] == 4 and m["n_pairs"] == 8 and len(m["per_target"]) == 2
     assert 0 <= m["latent"]["target_side_agreement"] <= 1
     assert {"flip_rate", "positive_rate_per_target"} <= set(m["image_classifier"])
-    assert {"spearman_target_vs_measure", "monotone_fraction"} <= set(m["measure"])  # synth-grade's measure
+    assert {"spearman_target_vs_measure", "monotone_fraction", "effect_ratio"} <= set(m["measure"])  # synth-grade
+    assert set(m["latent_swap"]["response_by_scale"]) == {"0", "1", "2", "5"}
     assert (folder / "figures" / "counterfactuals.png").is_file()
     assert "measured structure" in result.output
 

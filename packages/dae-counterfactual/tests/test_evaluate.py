@@ -94,3 +94,26 @@ def test_effect_ratio_compares_the_move_with_real_images():
     assert ms["real_gap_lowest_to_highest_grade"] == pytest.approx(8.0)
     assert ms["change_lowest_to_highest_target"] == pytest.approx(2.0)
     assert ms["effect_ratio"] == pytest.approx(0.25)
+
+
+def test_latent_swap_probe_renders_the_low_image_with_interpolated_latents():
+    from dae_test_helpers import randomise, tiny_config
+
+    from dae_counterfactual.evaluate import latent_swap_probe
+    from dae_counterfactual.model import DiffusionAutoencoder
+
+    model = randomise(DiffusionAutoencoder(tiny_config(), 3, 16)).eval()
+    g = torch.Generator().manual_seed(0)
+    x_low, x_high = torch.rand(2, 3, 16, 16, generator=g) * 0.2, torch.rand(2, 3, 16, 16, generator=g) * 0.2 + 0.8
+    brightness = lambda x: x.mean(axis=(1, 2, 3))  # noqa: E731
+    out = latent_swap_probe(model, x_low, x_high, brightness, 3, 3, scales=(0.0, 1.0))
+    assert out["n_pairs"] == 2 and out["measure_high_inputs"] > out["measure_low_inputs"]
+    z = model.encode(x_low)
+    recon = model.render(model.encode_stochastic(x_low, z, 3), z, 3)  # scale 0 is the reconstruction
+    assert out["measure_by_scale"]["0"] == pytest.approx(float(brightness(recon.numpy()).mean()))
+    assert out["response_by_scale"]["0"] == 0.0
+    gap = out["measure_high_inputs"] - out["measure_low_inputs"]
+    expected = (out["measure_by_scale"]["1"] - out["measure_by_scale"]["0"]) / gap
+    assert out["response_by_scale"]["1"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="one shape"):
+        latent_swap_probe(model, x_low, x_high[:1], brightness, 3, 3)

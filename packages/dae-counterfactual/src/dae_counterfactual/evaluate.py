@@ -269,6 +269,37 @@ def _effect_size(series: Sequence[CounterfactualSeries], targets: np.ndarray, m_
             "real_gap_lowest_to_highest_grade": gap, "effect_ratio": ratio}
 
 
+@torch.no_grad()
+def latent_swap_probe(model, x_low: torch.Tensor, x_high: torch.Tensor, measure: Measure, encode_steps: int,
+                      render_steps: int, scales: Sequence[float] = (0.0, 1.0, 2.0, 5.0),
+                      device: str | torch.device = "cpu") -> dict[str, Any]:
+    """How strongly the decoder follows z_sem, independent of the boundary.
+
+    Pairs (low-grade image i, high-grade image i), x (P, C, H, W) each: render the low image's own x_T
+    with z_low + s (z_high - z_low) for each scale s (s = 0: its reconstruction, s = 1: the high image's
+    whole z_sem) and measure the result. response[s] = (measure at s - measure at 0) / (measure of the
+    high inputs - of the low inputs): 1 means the rendered structure moved as far as the real images differ.
+    """
+    if x_low.shape != x_high.shape or x_low.shape[0] == 0:
+        raise ValueError(f"latent_swap_probe: expected two image batches of one shape, got {tuple(x_low.shape)} "
+                         f"and {tuple(x_high.shape)}")
+    x_low, x_high = x_low.to(device), x_high.to(device)
+    z_low, z_high = model.encode(x_low), model.encode(x_high)
+    x_T = model.encode_stochastic(x_low, z_low, encode_steps)
+    m_low = float(np.mean(measure(x_low.cpu().numpy())))
+    m_high = float(np.mean(measure(x_high.cpu().numpy())))
+    rendered = {}
+    for scale in scales:
+        out = model.render(x_T, z_low + float(scale) * (z_high - z_low), render_steps)
+        rendered[f"{scale:g}"] = float(np.mean(measure(out.cpu().numpy())))
+    base = rendered.get("0", m_low)
+    gap = m_high - m_low
+    return {"n_pairs": int(x_low.shape[0]), "measure_low_inputs": m_low, "measure_high_inputs": m_high,
+            "measure_by_scale": rendered, "z_distance": float((z_high - z_low).norm(dim=1).mean()),
+            "response_by_scale": {k: (v - base) / gap if abs(gap) > 1e-12 else float("nan")
+                                  for k, v in rendered.items()}}
+
+
 def per_target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target grade from `counterfactual_metrics` output."""
     rows = []
@@ -337,6 +368,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
                                       device=device)
     generate_time = time.perf_counter() - start
     metrics = counterfactual_metrics(series, boundary, oracle, measure_fn)
+    truth = np.array([float(sm["target"]) for sm in samples])
+    if measure_fn is not None and (truth == truth.min()).any() and truth.max() > truth.min():
+        lo, hi = np.flatnonzero(truth == truth.min()), np.flatnonzero(truth == truth.max())
+        pairs = min(len(lo), len(hi), 8)
+        metrics["latent_swap"] = latent_swap_probe(run.model, x[lo[:pairs]], x[hi[:pairs]], measure_fn, encode_steps,
+                                                   render_steps, device=device)
     settings = {"run": str(run_dir), "split": split, "n": len(series), "grades": grades, "encode_steps": encode_steps,
                 "render_steps": render_steps, "oracle": None if oracle_run is None else str(oracle_run),
                 "measure": "measure_structure" if measure_fn else None, "device": device, "seed": seed}
