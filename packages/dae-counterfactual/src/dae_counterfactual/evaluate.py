@@ -334,7 +334,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
 
     Writes a folder (default run_dir/evaluations/<date>-<split>-n<n>) with config.yaml, metrics.json
     (metrics, per-target rows, every series) and figures/counterfactuals.png (the first `figures` images).
-    measure: "auto" (the generator's measure for synth-grade, else none) or "none".
+    measure: "auto" (the generator's measure for synth-grade, else none) or "none". With a measure, the
+    metrics also hold `latent_swap` (see `latent_swap_probe`) for up to 8 pairs of images of the lowest and
+    the highest true grade among the chosen ones.
     """
     import time
 
