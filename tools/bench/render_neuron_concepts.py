@@ -59,7 +59,7 @@ def synth_derm(result: dict) -> list[str]:
                      f"{_auroc(r['probe_test_auroc'])} |")
     lines += ["", f"Label-relevant concepts matched at AUROC >= 0.9: **{result['relevant_matched_0.9']} of "
               f"{result['relevant_count']}**; naming accuracy (label-relevant concepts whose best latent carries "
-              f"their name): **{result['naming_accuracy_relevant']:.2f}** (all six: {result['naming_accuracy_all']:.2f}).",
+              f"their name): **{result['naming_accuracy_relevant']:.2f}** (all {len(result['concepts'])} concepts: {result['naming_accuracy_all']:.2f}).",
               "", "Best latent per term of the rule (train-chosen, test AUROC): "
               + "; ".join(f"`{t['term']}` latent {t['best_latent']} {t['test_auroc']:.3f}" for t in result["rule_terms"])
               + ".", "",
