@@ -95,7 +95,8 @@ def dae_synth_grade(result: dict) -> list[str]:
     if ratio is not None and ratio < 0.5:
         lines += ["Reading: the latents separate the grades and the calibration is monotone, and the edits push "
                   "the rendered structure in the right direction, but by a tiny fraction of the real difference "
-                  "between grades: at this CPU budget (a 1.6 M-parameter DAE, minutes of training) the decoder "
+                  f"between grades: at this CPU budget (a {result['train']['parameters'] / 1e6:.1f} M-parameter DAE, "
+                  f"{_minutes(result['train']['wall_time_s'])} of training) the decoder "
                   "reconstructs almost everything from the stochastic code x_T and responds only weakly to z_sem, "
                   "so these counterfactuals are not usable as explanations. DiffAE-sized models train for days on "
                   "GPUs (see the package README).", ""]
