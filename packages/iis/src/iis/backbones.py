@@ -6,8 +6,7 @@ weights is one of
   zero-initialises the last normalisation of each residual branch of ResNet-like models
   (``zero_init_last``), which turns a random ResNet into its stem and shortcut convolutions; IIS builds
   random models with ``zero_init_last=False`` where the model takes it, as torchvision (whose models the
-  paper scores) initialises them. On synth-derm a random resnet18 probe reaches 0.55 test accuracy
-  (chance 0.56) with timm's default and 0.84 without the zero init;
+  paper scores) initialises them;
 * ``pretrained``: timm's pretrained weights (``timm.create_model(..., pretrained=True)``), which only
   work where they are already in the local cache; offline this fails with a message saying so;
 * a weights file (``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with ``weights_only=True``) or a

@@ -252,6 +252,8 @@ def score_representation(train: Any, val: Any, test: Any, library: ConceptLibrar
     else:
         ty, vy, sy = ty.long(), vy.long(), sy.long()
         k = int(max(int(ty.max()), int(vy.max()), int(sy.max())) + 1)
+        if len(torch.unique(ty)) < 2:
+            raise ValueError(f"train: every target is class {int(ty[0])}; the heads need two classes or more")
     k = num_outputs or k
     device = torch.device(device)
     tx, ty, vx, vy, sx, sy = (t.to(device) for t in (tx, ty, vx, vy, sx, sy))
