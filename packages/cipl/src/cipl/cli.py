@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from cipl import __version__
-from medimg_core.cli import ErrorReportingGroup, resolve_config_path
+from medimg_core.cli import ErrorReportingGroup
 
 CONFIGS = Path(__file__).parent / "configs"
 RUN = click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -49,20 +49,11 @@ def train(ctx: click.Context, config_name, root, dataset, device, seed, out, pro
     source images, overlays, contours, patches), figures/ (training curves, prototype gallery).
     """
     from cipl.train import CIPLConfig, train_cipl
-    from medimg_core.config import ConfigError, load_config, parse_overrides
+    from medimg_core.cli import training_config
 
     named = {"data.root": root, "data.dataset": dataset, "device": device, "seed": seed, "out": out,
              "train.progress": progress}
-    overrides = {k: v for k, v in named.items() if v is not None}
-    overrides.update(parse_overrides(ctx.args))
-    if resume_dir is not None:
-        if overrides or config_name:
-            raise click.UsageError("--resume continues a run with its saved config; drop the other options")
-        cfg = load_config(CIPLConfig, resume_dir / "config.yaml")
-    else:
-        cfg = load_config(CIPLConfig, resolve_config_path(config_name, CONFIGS), overrides)
-        if not cfg.data.root:
-            raise ConfigError("--root (data.root) is required: the dataset folder or file")
+    cfg = training_config(CIPLConfig, config_name, CONFIGS, named, ctx.args, resume_dir)
     run_dir = train_cipl(cfg, resume_dir)
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"run folder: {run_dir}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from crl import __version__
-from medimg_core.cli import ErrorReportingGroup, resolve_config_path
+from medimg_core.cli import ErrorReportingGroup
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -42,19 +42,10 @@ def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) 
     concept metrics, rule count and length, rule-set fidelity), rules.json, rules.txt, checkpoints/, figures/.
     """
     from crl.train import CRLConfig, train_crl
-    from medimg_core.config import ConfigError, load_config, parse_overrides
+    from medimg_core.cli import training_config
 
-    overrides = {k: v for k, v in {"data.root": root, "device": device, "seed": seed, "out": out}.items()
-                 if v is not None}
-    overrides.update(parse_overrides(ctx.args))
-    if resume_dir is not None:
-        if overrides or config_name:
-            raise click.UsageError("--resume continues a run with its saved config; drop the other options")
-        cfg = load_config(CRLConfig, resume_dir / "config.yaml")
-    else:
-        cfg = load_config(CRLConfig, resolve_config_path(config_name, CONFIGS), overrides)
-        if not cfg.data.root:
-            raise ConfigError("--root (data.root) is required: the dataset folder")
+    named = {"data.root": root, "device": device, "seed": seed, "out": out}
+    cfg = training_config(CRLConfig, config_name, CONFIGS, named, ctx.args, resume_dir)
     run_dir = train_crl(cfg, resume_dir)
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"run folder: {run_dir}")

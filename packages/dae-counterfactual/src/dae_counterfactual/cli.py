@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from dae_counterfactual import __version__
-from medimg_core.cli import ErrorReportingGroup, resolve_config_path
+from medimg_core.cli import ErrorReportingGroup
 
 CONFIGS = Path(__file__).parent / "configs"
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -78,19 +78,10 @@ def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) 
     checkpoints/ (EMA weights used for inference, raw weights and optimizer state for --resume), figures/.
     """
     from dae_counterfactual.train import DAEConfig, train_dae
-    from medimg_core.config import ConfigError, load_config, parse_overrides
+    from medimg_core.cli import training_config
 
-    overrides = {k: v for k, v in {"data.root": root, "device": device, "seed": seed, "out": out}.items()
-                 if v is not None}
-    overrides.update(parse_overrides(ctx.args))
-    if resume_dir is not None:
-        if overrides or config_name:
-            raise click.UsageError("--resume continues a run with its saved config; drop the other options")
-        cfg = load_config(DAEConfig, resume_dir / "config.yaml")
-    else:
-        cfg = load_config(DAEConfig, resolve_config_path(config_name, CONFIGS), overrides)
-        if not cfg.data.root:
-            raise ConfigError("--root (data.root) is required: the dataset folder or file")
+    named = {"data.root": root, "device": device, "seed": seed, "out": out}
+    cfg = training_config(DAEConfig, config_name, CONFIGS, named, ctx.args, resume_dir)
     run_dir = train_dae(cfg, resume_dir)
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"run folder: {run_dir}")

@@ -8,6 +8,7 @@ import platform
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -313,6 +314,29 @@ def resolve_config_path(name: str | None, shipped_dir: Path = CONFIGS) -> Path |
     available = sorted(p.stem for p in shipped_dir.glob("*.yaml"))
     raise click.BadParameter(f"{name!r} is neither a file nor a shipped config ({', '.join(available)})",
                              param_hint="--config")
+
+
+def training_config(config_cls: type, config_name: str | None, shipped_dir: Path, named: dict[str, Any],
+                    extra_args: list[str], resume_dir: Path | None) -> Any:
+    """The resolved config of a method's `train` command.
+
+    With `resume_dir`: the run's saved config.yaml (no other option may be given). Otherwise the YAML
+    `config_name` (a path or a config shipped in `shipped_dir`), then the command's named options (`named`,
+    dotted keys; None values are skipped), then `--section.key VALUE` pairs from `extra_args`; data.root is
+    required.
+    """
+    from medimg_core.config import ConfigError, load_config, parse_overrides
+
+    overrides = {k: v for k, v in named.items() if v is not None}
+    overrides.update(parse_overrides(extra_args))
+    if resume_dir is not None:
+        if overrides or config_name:
+            raise click.UsageError("--resume continues a run with its saved config; drop the other options")
+        return load_config(config_cls, resume_dir / "config.yaml")
+    cfg = load_config(config_cls, resolve_config_path(config_name, shipped_dir), overrides)
+    if not cfg.data.root:
+        raise ConfigError("--root (data.root) is required: the dataset folder or file")
+    return cfg
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict:
