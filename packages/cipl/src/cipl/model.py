@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 NO_FINDING = "No Finding"
+#: the dataset-card tasks CIPL trains on (ordinal grades are read as classes)
+TASKS = ("binary", "multiclass", "ordinal", "multilabel")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class LabelSpace:
     def for_task(cls, task: str, card_classes: Sequence[str], reference: str | None = None) -> LabelSpace:
         """The label space of a dataset card's task; `reference` names a card class used as reference."""
         names = tuple(card_classes)
+        if task not in TASKS:
+            raise ValueError(f"task {task!r} is not one CIPL handles; expected one of {list(TASKS)}")
+        if len(names) < (1 if task == "multilabel" else 2) or len(set(names)) != len(names):
+            raise ValueError(f"a {task} task needs {'at least one class' if task == 'multilabel' else 'two or more classes'}"
+                             f" with distinct names; got {list(names)}")
         if task != "multilabel":
             if reference:
                 raise ValueError(f"reference class {reference!r} given, but the task is {task}: only multi-label "
@@ -143,6 +150,7 @@ class StageBackbone(nn.Module):
         self.index = index % n
         model.prune_intermediate_layers([self.index], prune_norm=True, prune_head=True)
         self.backbone = backbone
+        self.in_chans = getattr(backbone, "in_chans", None)
         self.feature_channels = int(info[self.index]["num_chs"])
         self.stride = int(info[self.index]["reduction"])
 
@@ -211,6 +219,10 @@ class CIPL(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """z (B, D, h, w) in (0, 1) of images x (B, C, H, W)."""
+        channels = getattr(self.backbone, "in_chans", None)
+        if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+            raise ValueError(f"CIPL expects images (B, C, H, W) with C = {channels} channel(s), got shape "
+                             f"{tuple(x.shape)}")
         return self.add_on(self.reduce(self.backbone.forward_features(x)))
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:

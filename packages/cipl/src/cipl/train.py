@@ -66,6 +66,11 @@ class CIPLModelConfig:
     #: "No Finding" class, positive for images without any finding
     reference_class: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.output_stride not in (None, 8, 16, 32):
+            raise ValueError(f"model.output_stride must be 8, 16, 32 or null, got {self.output_stride!r}; for a finer "
+                             "grid than stride 8 put the prototypes on an earlier stage (model.feature_stage)")
+
 
 @dataclass
 class CIPLLossConfig:
