@@ -14,7 +14,14 @@ import torch
 from safetensors.torch import load_file
 
 from medimg_core.checkpoint import CheckpointError, load_training_state, load_weights, save_checkpoint
-from medimg_core.config import ConfigError, load_config, parse_overrides, save_config
+from medimg_core.config import (
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 from medimg_core.runs import create_run_dir
 from medimg_core.training import OptimConfig, build_optimizer, build_scheduler
 
@@ -55,6 +62,10 @@ def test_config_yaml_overrides_and_errors(tmp_path):
         parse_overrides(["--seed"])
     save_config(cfg, tmp_path / "out.yaml")
     assert load_config(Root, tmp_path / "out.yaml") == cfg
+    # a checkpoint's saved config (nested dict, free-form mappings kept whole) builds the same config
+    assert config_from_dict(Root, config_to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="unknown config key 'sec.colour'"):
+        config_from_dict(Root, {"sec": {"colour": "red"}})
 
 
 def test_run_dirs_never_collide(tmp_path):

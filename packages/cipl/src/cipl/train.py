@@ -38,7 +38,7 @@ from cipl.losses import (
 from cipl.model import CIPL, CIPLWithTeacher, LabelSpace, StageBackbone
 from medimg_core.baseline import DataConfig, parse_pretrained, peak_memory_mb
 from medimg_core.checkpoint import best_checkpoint, find_checkpoint, load_config_json, load_weights
-from medimg_core.config import ConfigError, config_to_dict, load_config
+from medimg_core.config import ConfigError, config_from_dict, config_to_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.distributed import cleanup_distributed, init_distributed, seed_everything, select_device
 from medimg_core.training import Hook, OptimConfig, TrainConfig, Trainer, move_to
@@ -489,16 +489,6 @@ def _model_card(cfg: CIPLConfig, card: DatasetCard, labels: LabelSpace) -> str:
             f"- dataset licence: {card.license or 'see the dataset card'}\n")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("options",):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def load_cipl(path: str | Path, checkpoint: str = "best") -> tuple[CIPL, dict[str, Any]]:
     """A trained CIPL (the student) from a run folder (its checkpoints/<checkpoint>) or a checkpoint folder,
     with its checkpoint config plus "cfg" (CIPLConfig), "card_obj", "labels_obj" and "run_dir"."""
@@ -512,7 +502,7 @@ def load_cipl(path: str | Path, checkpoint: str = "best") -> tuple[CIPL, dict[st
     config = load_config_json(folder)
     if config.get("kind") != "cipl":
         raise ValueError(f"{folder}: not a CIPL checkpoint (kind {config.get('kind')!r})")
-    cfg = load_config(CIPLConfig, None, _flatten(config["config"]))
+    cfg = config_from_dict(CIPLConfig, config["config"])
     labels = LabelSpace.from_dict(config["labels"])
     module = build_model(cfg, labels, config["in_chans"], pretrained=False)
     load_weights(module, folder)

@@ -25,7 +25,7 @@ from crl.model import CRL
 from crl.rules import RuleSet, concepts_of, extract_rules
 from medimg_core.baseline import DataConfig, build_transforms, parse_pretrained, peak_memory_mb
 from medimg_core.checkpoint import best_checkpoint, load_config_json, load_weights
-from medimg_core.config import config_to_dict, load_config
+from medimg_core.config import config_from_dict, config_to_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.distributed import cleanup_distributed, init_distributed, seed_everything, select_device
 from medimg_core.training import Hook, OptimConfig, TrainConfig, Trainer
@@ -258,7 +258,7 @@ def load_crl(run_dir: str | Path) -> tuple[CRL, dict[str, Any]]:
     config = load_config_json(folder)
     if config.get("kind") != "crl":
         raise ValueError(f"{folder}: not a CRL checkpoint (kind {config.get('kind')!r})")
-    cfg = load_config(CRLConfig, None, _flatten(config["config"]))
+    cfg = config_from_dict(CRLConfig, config["config"])
     card = DatasetCard.from_dict(config["card"])
     backbone = create_backbone(cfg.model.backbone, pretrained=False, in_chans=config["in_chans"])
     model = CRL(card.num_concepts, card.num_classes, backbone.num_features,
@@ -274,16 +274,6 @@ def load_crl(run_dir: str | Path) -> tuple[CRL, dict[str, Any]]:
         backbone.load_state_dict(load_file(str(frozen_path)))
         model.backbone = backbone
     return model.eval(), {**config, "cfg": cfg, "card_obj": card}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k not in ("options",):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "test",

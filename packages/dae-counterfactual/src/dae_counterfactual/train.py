@@ -43,7 +43,7 @@ from medimg_core.checkpoint import (
     load_weights,
     write_json,
 )
-from medimg_core.config import ConfigError, config_to_dict, load_config
+from medimg_core.config import ConfigError, config_from_dict, config_to_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.distributed import cleanup_distributed, init_distributed, seed_everything, select_device
 from medimg_core.training import OptimConfig, TrainConfig, Trainer
@@ -249,16 +249,6 @@ def _model_card(cfg: DAEConfig, card: DatasetCard, in_channels: int) -> str:
 # ------------------------------------------------------------------------------------ loading
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "options":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 @dataclass
 class LoadedRun:
     """A trained DAE with its run folder, config and dataset card."""
@@ -279,7 +269,7 @@ def load_dae(path: str | Path, device: str | torch.device = "cpu", checkpoint: s
     config = load_config_json(folder)
     if config.get("kind") != KIND:
         raise ValueError(f"{folder}: not a dae-counterfactual checkpoint (kind {config.get('kind')!r})")
-    cfg = load_config(DAEConfig, None, _flatten(config["config"]))
+    cfg = config_from_dict(DAEConfig, config["config"])
     model = DiffusionAutoencoder(cfg.model, config["in_channels"], config["image_size"], cfg.diffusion)
     load_weights(model, folder)
     run_dir = path if (path / "checkpoints").is_dir() else None

@@ -206,17 +206,7 @@ def load_config(
             raise ConfigError(f"{path}: not valid YAML ({exc})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        flat = {}
-
-        def flatten(node: Mapping, prefix: str = "") -> None:
-            for k, v in node.items():
-                if isinstance(v, Mapping) and f"{prefix}{k}" in section_keys:
-                    flatten(v, f"{prefix}{k}.")
-                else:
-                    flat[f"{prefix}{k}"] = v
-
-        section_keys = {k for k in _all_keys(cls) if dataclasses.is_dataclass(_hint_at(cls, k))}
-        flatten(loaded)
+        flat = _flatten_sections(cls, loaded)
         try:
             data = merge_overrides(data, flat, cls)
         except ConfigError as exc:
@@ -225,6 +215,27 @@ def load_config(
         overrides = parse_overrides(overrides)
     data = merge_overrides(data, overrides, cls)
     return _build(cls, data)
+
+
+def _flatten_sections(cls: type, nested: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested sections of `cls` as dotted keys; free-form mappings (e.g. data.options) stay whole."""
+    section_keys = {k for k in _all_keys(cls) if dataclasses.is_dataclass(_hint_at(cls, k))}
+    flat: dict[str, Any] = {}
+
+    def walk(node: Mapping, prefix: str = "") -> None:
+        for k, v in node.items():
+            if isinstance(v, Mapping) and f"{prefix}{k}" in section_keys:
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(nested)
+    return flat
+
+
+def config_from_dict(cls: type[T], nested: Mapping[str, Any]) -> T:
+    """`cls` built from a nested dict such as a checkpoint's saved config (`config_to_dict` output)."""
+    return _build(cls, merge_overrides(config_to_dict(cls()), _flatten_sections(cls, nested), cls))
 
 
 def _is_mapping_field(cls: type, dotted: str) -> bool:
