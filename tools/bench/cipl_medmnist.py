@@ -9,25 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, command_line, write_result
-
-
-def run(cmd: list[str]) -> tuple[Path, float]:
-    print("running:", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        print(proc.stdout[-2000:], proc.stderr[-4000:])
-        raise SystemExit("command failed")
-    line = next(line for line in proc.stdout.splitlines() if "run folder: " in line)
-    return Path(line.split("run folder: ", 1)[1]), wall
+from common import ROOT, SHARED, command_line, run_command, write_result
 
 
 def shown(cmd: list[str], out: Path) -> str:
@@ -49,8 +36,8 @@ def medmnist(name: str, out: Path, seed: int) -> dict:
                 "--root", str(root), "--device", "cpu", "--out", str(out), "--seed", str(seed), "--no-progress",
                 "--backbone", preset.model.backbone, "--image-size", str(preset.data.image_size),
                 "--epochs", str(preset.train.epochs), "--data.scale_min", str(preset.data.scale_min)]
-    cipl_run, cipl_wall = run(cipl_cmd)
-    base_run, base_wall = run(base_cmd)
+    cipl_run, cipl_wall, _ = run_command(cipl_cmd)
+    base_run, base_wall, _ = run_command(base_cmd)
     cm = json.loads((cipl_run / "metrics.json").read_text())
     bm = json.loads((base_run / "metrics.json").read_text())
     return {

@@ -13,28 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, write_result
+from common import ROOT, command_line, run_command, write_result
 
 FIGURES = ROOT / "docs" / "figures" / "cipl"
 
 
-def run(cmd: list[str]) -> tuple[Path | None, float, str]:
-    print("running:", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        print(proc.stdout[-2000:], proc.stderr[-4000:])
-        raise SystemExit("command failed")
-    lines = proc.stdout.strip().splitlines()
-    run_dir = next((Path(line.split("run folder: ", 1)[1]) for line in lines if "run folder: " in line), None)
-    return run_dir, wall, proc.stdout
 
 
 def relative(cmd: list[str], out: Path) -> str:
@@ -83,8 +70,8 @@ def main() -> None:
                 "--device", "cpu", "--out", str(out), "--seed", str(args.seed), "--no-progress",
                 "--backbone", preset.model.backbone, "--image-size", str(preset.data.image_size),
                 "--epochs", str(preset.train.epochs)]
-    cipl_run, cipl_wall, _ = run(cipl_cmd)
-    base_run, base_wall, _ = run(base_cmd)
+    cipl_run, cipl_wall, _ = run_command(cipl_cmd)
+    base_run, base_wall, _ = run_command(base_cmd)
     cm = json.loads((cipl_run / "metrics.json").read_text())
     bm = json.loads((base_run / "metrics.json").read_text())
 
@@ -92,13 +79,13 @@ def main() -> None:
     gallery_dir = out / "gallery"
     shutil.rmtree(gallery_dir, ignore_errors=True)
     gal_cmd = [str(bin_dir / "cipl"), "gallery", str(cipl_run), "--out", str(gallery_dir)]
-    _, gal_wall, _ = run(gal_cmd)
+    _, gal_wall, _ = run_command(gal_cmd)
     shutil.copy(gallery_dir / "overview.png", FIGURES / "synth_cxr_gallery.png")
     image_id, image = pick_reason_image(cipl_run)
     reason_dir = out / "reason"
     shutil.rmtree(reason_dir, ignore_errors=True)
     reason_cmd = [str(bin_dir / "cipl"), "reason", str(cipl_run), str(image), "--top-k", "3", "--out", str(reason_dir)]
-    _, reason_wall, reason_text = run(reason_cmd)
+    _, reason_wall, reason_text = run_command(reason_cmd)
     reason_figures = []
     for fig in sorted(reason_dir.glob("reason-*.png")):
         target = FIGURES / f"synth_cxr_{fig.name.replace('-', '_')}"

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,3 +75,23 @@ def ci(metrics: dict, key: str) -> str:
 def machine_line(m: dict) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
     return f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB{gpu}; Python {m['python']}, torch {m['torch']}"
+
+
+def run_command(cmd: list[str], marker: str = "run folder:", echo: bool = False) -> tuple[Path | None, float, str]:
+    """Run one command of a benchmark and time it.
+
+    Returns (the path after `marker` on the last stdout line starting with it, or None; wall seconds; stdout).
+    A failing command prints the tail of its output and stops the benchmark.
+    """
+    print("running:", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-4000:])
+        raise SystemExit(f"command failed: {' '.join(cmd)}")
+    if echo:
+        print(proc.stdout.strip()[-1500:], flush=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
+    path = Path(lines[-1][len(marker):].lstrip(":").strip()) if lines else None
+    return path, wall, proc.stdout

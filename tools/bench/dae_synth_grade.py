@@ -29,23 +29,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, write_result
+from common import ROOT, command_line, run_command, write_result
 
 FIGURES = ROOT / "docs" / "figures" / "dae"
 
 
-def run(cmd: list[str], marker: str) -> tuple[Path, float, str]:
-    """Run a CLI command; (the folder named after `marker` on its last lines, wall time, stdout)."""
-    print("running:", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        print(proc.stdout[-2000:], proc.stderr[-4000:])
-        raise SystemExit(f"command failed: {' '.join(cmd)}")
-    print(proc.stdout.strip()[-1500:], flush=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
-    return (Path(lines[-1].split(marker, 1)[1].strip()) if lines else Path()), wall, proc.stdout
 
 
 def main() -> None:
@@ -73,7 +61,7 @@ def main() -> None:
                 "resnet18", "--image-size", "32", "--epochs", "10", "--batch-size", "64", "--lr", "1e-3",
                 "--data.scale_min", "1.0", "--device", "cpu", "--seed", "0", "--out", str(out), "--no-progress"]
     if args.baseline_run is None:
-        base_run, base_time, _ = run(base_cmd, "run folder:")
+        base_run, base_time, _ = run_command(base_cmd, "run folder:", echo=True)
         if not base_run.name:  # medimg train-baseline prints the folder on its own line
             base_run = sorted(out.glob("*-baseline-synth-grade-*"))[-1]
     else:
@@ -83,17 +71,17 @@ def main() -> None:
     train_cmd = [str(bins / "dae-cf"), "train", "--config", "synth-grade-cpu", "--root", str(data), "--device", "cpu",
                  "--out", str(out), *args.dae_args]
     if args.dae_run is None:
-        dae_run, train_time, _ = run(train_cmd, "run folder:")
+        dae_run, train_time, _ = run_command(train_cmd, "run folder:", echo=True)
     else:  # an earlier run of this script: its training command and time stand
         dae_run = Path(args.dae_run).resolve()
         train_time = json.loads((dae_run / "metrics.json").read_text())["wall_time_s"]
     encode_cmd = [str(bins / "dae-cf"), "encode", str(dae_run), "--device", "cpu"]
-    _, encode_time, _ = run(encode_cmd, "test:")
+    _, encode_time, _ = run_command(encode_cmd, "test:", echo=True)
     boundary_cmd = [str(bins / "dae-cf"), "fit-boundary", str(dae_run), "--device", "cpu"]
-    _, boundary_time, _ = run(boundary_cmd, "wrote")
+    _, boundary_time, _ = run_command(boundary_cmd, "wrote", echo=True)
     eval_cmd = [str(bins / "dae-cf"), "evaluate", str(dae_run), "--n", str(args.n_eval), "--grades", "0", "1", "2",
                 "3", "4", "--oracle", str(base_run), "--device", "cpu", "--figures", "6"]
-    eval_dir, eval_time, _ = run(eval_cmd, "wrote")
+    eval_dir, eval_time, _ = run_command(eval_cmd, "wrote", echo=True)
 
     metrics = json.loads((dae_run / "metrics.json").read_text())
     cf = json.loads((eval_dir / "metrics.json").read_text())

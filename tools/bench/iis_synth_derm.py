@@ -14,27 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, write_result
+from common import ROOT, command_line, run_command, write_result
 
 from medimg_core.baseline import peak_memory_mb
 from medimg_core.synthetic import generate
-
-
-def run(cmd: list[str]) -> tuple[Path, float]:
-    print("running:", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stdout[-2000:], proc.stderr[-4000:])
-        raise SystemExit("command failed")
-    print(proc.stdout.strip(), flush=True)
-    return Path(proc.stdout.strip().splitlines()[-1].split("run folder: ", 1)[1]), time.perf_counter() - start
 
 
 def rel(text: str, out: Path) -> str:
@@ -84,7 +71,7 @@ def main() -> None:
     if args.trained_run:
         trained = Path(args.trained_run).resolve()
     else:
-        trained, timings["train_baseline_s"] = run([str(bin_dir / "medimg"), *base_args])
+        trained, timings["train_baseline_s"], _ = run_command([str(bin_dir / "medimg"), *base_args])
     baseline = json.loads((trained / "metrics.json").read_text())
     backbones = ["--backbone", f"resnet18:{trained}", "--backbone", "resnet18:random"]
     common = ["--config", "synth-derm-cpu", "--root", str(data), "--device", "cpu", "--out", str(out), "--no-progress",
@@ -94,7 +81,7 @@ def main() -> None:
                 ("prototype-raw-probe", ["--sweep.probe_standardize", "false"]))
     for name, extra in variants:
         cmd = [str(bin_dir / "iis"), "score", *common, *extra]
-        run_dir, timings[f"iis_score_{name}_s"] = run(cmd)
+        run_dir, timings[f"iis_score_{name}_s"], _ = run_command(cmd, echo=True)
         runs[name] = summary(run_dir)
         commands[name] = rel("iis " + " ".join(cmd[1:]), out)
         for b in runs[name]["backbones"]:

@@ -15,11 +15,10 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, command_line, write_result
+from common import ROOT, SHARED, command_line, run_command, write_result
 from iis_synth_derm import recorded_command, rel, summary
 
 from medimg_core.baseline import peak_memory_mb
@@ -27,15 +26,6 @@ from medimg_core.baseline import peak_memory_mb
 FIGURES = ROOT / "docs" / "figures" / "iis"
 
 
-def run(cmd: list[str]) -> tuple[Path, float]:
-    print("running:", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stdout[-2000:], proc.stderr[-4000:])
-        raise SystemExit("command failed")
-    print(proc.stdout.strip(), flush=True)
-    return Path(proc.stdout.strip().splitlines()[-1].split("run folder: ", 1)[1]), time.perf_counter() - start
 
 
 def main() -> None:
@@ -56,7 +46,7 @@ def main() -> None:
     if args.trained_run:
         trained = Path(args.trained_run).resolve()
     else:
-        trained, timings["train_baseline_s"] = run([str(bin_dir / "medimg"), *base_args])
+        trained, timings["train_baseline_s"], _ = run_command([str(bin_dir / "medimg"), *base_args])
     baseline = json.loads((trained / "metrics.json").read_text())
     common = ["--config", "wbcatt-cpu", "--root", str(root), "--device", "cpu", "--out", str(out), "--no-progress",
               "--backbone", f"resnet18:{trained}", "--backbone", "resnet18:random"]
@@ -65,7 +55,7 @@ def main() -> None:
     FIGURES.mkdir(parents=True, exist_ok=True)
     for name, extra in libraries:
         cmd = [str(bin_dir / "iis"), "score", *common, *extra]
-        run_dir, timings[f"iis_score_{name}_s"] = run(cmd)
+        run_dir, timings[f"iis_score_{name}_s"], _ = run_command(cmd, echo=True)
         runs[name] = summary(run_dir)
         commands[name] = rel("iis " + " ".join(cmd[1:]), out)
         shutil.copyfile(run_dir / "figures" / "arr.png", FIGURES / f"wbcatt_arr_{name}.png")

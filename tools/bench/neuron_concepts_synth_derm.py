@@ -19,26 +19,16 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, write_result
+from common import ROOT, command_line, run_command, write_result
 
 FIGURES = ROOT / "docs" / "figures" / "neuron-concepts"
 
 
-def run(cmd: list[str], marker: str) -> tuple[Path, float]:
-    print("running:", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-4000:])
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    line = next(x for x in reversed(proc.stdout.splitlines()) if x.startswith(marker))
-    return Path(line.split(": ", 1)[1].strip()), time.perf_counter() - start
 
 
 def rel(path: Path | str) -> str:
@@ -114,7 +104,7 @@ def main() -> None:
     nc = str(Path(sys.executable).parent / "neuron-concepts")
     run_args = ["run", "--config", "synth-derm-cpu", "--root", str(data), "--device", "cpu", "--out", str(out),
                 "--no-progress"]
-    pipeline, total_s = run([nc, *run_args], "pipeline folder")
+    pipeline, total_s, _ = run_command([nc, *run_args], "pipeline folder")
     summary = json.loads((pipeline / "metrics.json").read_text())
     diag = diagnostics(pipeline, pipeline / "sae")
     result_main = matching_of(pipeline / "name", diag["relevant"])
@@ -125,8 +115,8 @@ def main() -> None:
     variants = []
     for label, extra in (("standardised input", ["--sae.standardize", "true"]),
                          ("TopK (k=32)", ["--kind", "topk", "--sae.k", "32"])):
-        sae_dir, _sae_s = run([nc, "train-sae", str(pipeline / "encode"), *extra, "--no-progress"], "sae folder")
-        name_dir, _name_s = run([nc, "name", str(sae_dir), "--naming.figures", "0", "--no-progress"], "name folder")
+        sae_dir, _sae_s, _ = run_command([nc, "train-sae", str(pipeline / "encode"), *extra, "--no-progress"], "sae folder")
+        name_dir, _name_s, _ = run_command([nc, "name", str(sae_dir), "--naming.figures", "0", "--no-progress"], "name folder")
         m = json.loads((sae_dir / "metrics.json").read_text())
         variants.append({"label": label, "command": f"neuron-concepts train-sae <pipeline>/encode {' '.join(extra)}",
                          "sae": {k: m["test"][k] for k in ("r2", "l0", "dead_fraction")},

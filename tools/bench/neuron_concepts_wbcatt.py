@@ -16,26 +16,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, command_line, write_result
+from common import ROOT, SHARED, command_line, run_command, write_result
 
 FIGURES = ROOT / "docs" / "figures" / "neuron-concepts"
 
 
-def run(cmd: list[str], marker: str) -> tuple[Path, float, str]:
-    print("running:", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-4000:])
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    line = next(x for x in reversed(proc.stdout.splitlines()) if x.startswith(marker))
-    return Path(line.split(": ", 1)[1].strip()), time.perf_counter() - start, proc.stdout
 
 
 def main() -> None:
@@ -51,14 +41,14 @@ def main() -> None:
     nc = str(Path(sys.executable).parent / "neuron-concepts")
     run_args = ["run", "--config", "wbcatt-cpu", "--root", str(root), "--device", "cpu", "--out", str(out),
                 "--no-progress"]
-    pipeline, total_s, _ = run([nc, *run_args], "pipeline folder")
+    pipeline, total_s, _ = run_command([nc, *run_args], "pipeline folder")
     summary = json.loads((pipeline / "metrics.json").read_text())
     naming = json.loads((pipeline / "name" / "metrics.json").read_text())
     rows = naming["concept_matching"]
 
     # the SAE stage alone again, with dead-latent resampling (seconds on the cached features)
     resample_args = ["--sae.resample_every", "25", "--sae.resample_max_fraction", "0.02"]
-    sae2, _sae2_s, _ = run([nc, "train-sae", str(pipeline / "encode"), *resample_args, "--no-progress"], "sae folder")
+    sae2, _sae2_s, _ = run_command([nc, "train-sae", str(pipeline / "encode"), *resample_args, "--no-progress"], "sae folder")
     m2 = json.loads((sae2 / "metrics.json").read_text())
 
     from medimg_core.data import load_dataset
