@@ -26,6 +26,16 @@ def _score_table(run: dict) -> list[str]:
     return lines
 
 
+def iis_pair(result: dict, library: str) -> str | None:
+    """'IIS of the first backbone vs the second (paired difference)' of one library's run, for the summary."""
+    run = result.get("runs", {}).get(library)
+    if not run or len(run["backbones"]) < 2:
+        return None
+    a, b = run["backbones"][:2]
+    return (f"{a['iis']:.3f} {_interval(a['iis_ci'])} vs {b['iis']:.3f} {_interval(b['iis_ci'])} "
+            f"(difference {b['difference']:+.3f} {_interval(b['difference_ci'])})")
+
+
 def _timings(run: dict) -> str:
     parts = []
     for b in run["backbones"]:
