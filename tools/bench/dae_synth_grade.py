@@ -118,7 +118,7 @@ def main() -> None:
         "boundary": {k: metrics["boundary"][k] for k in ("calibration", "val", "test", "config")},
         "counterfactuals": {k: cf[k] for k in ("n_images", "target_grades", "reconstruction", "latent",
                                                 "image_classifier", "proximity_to_reconstruction", "per_target",
-                                                "settings", "latent_swap") if k in cf} | ({"measure": ms} if ms else {}),
+                                                "settings", "latent_swap", "locality") if k in cf} | ({"measure": ms} if ms else {}),
         "baseline": {"run": str(base_run.relative_to(ROOT)) if base_run.is_relative_to(ROOT) else str(base_run),
                      "test": {k: v for k, v in base["test"].items() if not isinstance(v, dict)},
                      "wall_time_s": base["wall_time_s"]},

@@ -55,6 +55,12 @@ def _cf_summary(cf: dict) -> list[str]:
                          f"from the lowest to the highest target, while the inputs of those true grades differ by "
                          f"{fmt(m['real_gap_lowest_to_highest_grade'], 2)}: effect ratio "
                          f"**{fmt(m['effect_ratio'], 4)}** (1 = the counterfactuals span the real range)")
+    if "locality" in cf:
+        loc = cf["locality"]
+        lines.append(f"- locality: {fmt(loc['outside_fraction'], 2)} of each edit's change "
+                     f"|counterfactual - reconstruction| falls outside the plaque (the generator's structure map of "
+                     f"either image, {fmt(100 * loc['region_fraction'], 1)}% of the pixels); mean change per pixel "
+                     f"outside {fmt(loc['mean_change_outside'], 4)}, inside {fmt(loc['mean_change_inside'], 4)}")
     if "latent_swap" in cf:
         sw = cf["latent_swap"]
         lines.append(f"- decoder probe ({sw['n_pairs']} pairs of a lowest- and a highest-grade test image): the low "

@@ -117,3 +117,26 @@ def test_latent_swap_probe_renders_the_low_image_with_interpolated_latents():
     assert out["response_by_scale"]["1"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="one shape"):
         latent_swap_probe(model, x_low, x_high[:1], brightness, 3, 3)
+
+
+def test_change_outside_the_pathology_region():
+    from dae_counterfactual.evaluate import change_outside_region
+
+    ref = np.zeros((2, 1, 2, 2))
+    cf = ref.copy()
+    cf[0, 0, 0, 0] = 1.0  # inside the region (pixel (0, 0))
+    cf[0, 0, 1, 1] = 3.0  # outside
+    cf[1, 0, 0, 0] = 2.0  # inside only
+
+    def region(images):
+        maps = np.zeros((len(images), 2, 2), bool)
+        maps[:, 0, 0] = True
+        return maps
+
+    out = change_outside_region(cf, ref, region)
+    assert out["outside_fraction"] == pytest.approx((3 / 4 + 0) / 2)
+    assert out["mean_change_inside"] == pytest.approx(1.5) and out["mean_change_outside"] == pytest.approx(3 / 6)
+    assert out["region_fraction"] == pytest.approx(0.25)
+    s = series(-1.0, [0.2, 1.6, 3.0], [0.5, 0.6, 0.7], "a")
+    m = counterfactual_metrics([s], PLANE, region=lambda x: np.zeros((len(x), 8, 8), bool))
+    assert m["locality"]["outside_fraction"] == pytest.approx(1.0)  # no region: every change is outside

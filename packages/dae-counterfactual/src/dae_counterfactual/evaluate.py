@@ -18,7 +18,9 @@ Counterfactuals (`counterfactual_metrics`), over (image, target grade) pairs:
   and the fraction of monotone series: the measure never decreases as the target grade rises and ends
   higher than it starts (also reported: strictly increasing series); and the size of the move: the change
   of the mean measure from the lowest to the highest target, divided by the difference of the inputs'
-  mean measure between true grades equal to those targets (effect_ratio; 1 = the real range).
+  mean measure between true grades equal to those targets (effect_ratio; 1 = the real range);
+- with a `region` (synth-grade's plaque map): locality, the share of each edit's change
+  |counterfactual - reconstruction| outside the pathology (change_outside_region).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from dae_counterfactual.boundary import LatentBoundary
 from dae_counterfactual.explain import CounterfactualSeries
 
 Measure = Callable[[np.ndarray], np.ndarray]
+#: images (N, C, H, W) -> pathology maps (N, H, W) bool
+Region = Callable[[np.ndarray], np.ndarray]
 
 
 # ------------------------------------------------------------------------------------ image distances
@@ -176,8 +180,13 @@ def select_images(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: LatentBoundary,
-                           oracle: ImageOracle | None = None, measure: Measure | None = None) -> dict[str, Any]:
-    """Metrics of counterfactual series made in grade mode (see the module docstring)."""
+                           oracle: ImageOracle | None = None, measure: Measure | None = None,
+                           region: Region | None = None) -> dict[str, Any]:
+    """Metrics of counterfactual series made in grade mode (see the module docstring).
+
+    region: images (N, C, H, W) -> pathology maps (N, H, W) bool (synth-grade: the generator's plaque); the
+    change |counterfactual - reconstruction| outside the union of both images' maps is reported.
+    """
     if not series:
         raise ValueError("no counterfactual series to evaluate")
     if any(s.mode != "grade" for s in series):
@@ -247,7 +256,24 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
             "mean_measure_reconstructions": float(np.mean(measure(recons))),
         }
         out["measure"].update(_effect_size(series, targets, m_cf, m_in))
+    if region is not None:
+        out["locality"] = change_outside_region(flat_cf, recon_rep, region)
     return out
+
+
+def change_outside_region(counterfactuals: np.ndarray, references: np.ndarray, region: Region) -> dict[str, float]:
+    """Where an edit changes the image: |cf - ref| summed over channels, (N, H, W), split by the pathology
+    region (the union of both images' maps). outside_fraction: the share of the total change that falls
+    outside (0: every change is on the pathology); mean_change_outside / _inside: mean per pixel."""
+    change = np.abs(np.asarray(counterfactuals, np.float64) - np.asarray(references, np.float64)).sum(axis=1)
+    inside = np.asarray(region(counterfactuals), bool) | np.asarray(region(references), bool)
+    total = change.sum(axis=(1, 2))
+    moved = total > 0
+    outside = (change * ~inside).sum(axis=(1, 2))
+    return {"outside_fraction": float((outside[moved] / total[moved]).mean()) if moved.any() else float("nan"),
+            "mean_change_outside": float(change[~inside].mean()) if (~inside).any() else float("nan"),
+            "mean_change_inside": float(change[inside].mean()) if inside.any() else float("nan"),
+            "region_fraction": float(inside.mean())}
 
 
 def _effect_size(series: Sequence[CounterfactualSeries], targets: np.ndarray, m_cf: np.ndarray,
@@ -316,6 +342,15 @@ def per_target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def region_for(card_name: str) -> Region | None:
+    """The pathology map a synthetic dataset's generator reads from pixels (synth-grade's plaque), else None."""
+    if card_name == "synth-grade":
+        from medimg_core.synthetic import structure_map
+
+        return lambda images: np.asarray(structure_map(np.asarray(images, dtype=np.float32))) > 0
+    return None
+
+
 def measure_for(card_name: str) -> Measure | None:
     """The structure measure a synthetic dataset's generator provides (synth-grade), else None."""
     if card_name == "synth-grade":
@@ -369,7 +404,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
                                       true_grades=[float(s["target"]) for s in samples], batch_size=batch_size,
                                       device=device)
     generate_time = time.perf_counter() - start
-    metrics = counterfactual_metrics(series, boundary, oracle, measure_fn)
+    region_fn = region_for(run.card.name) if measure == "auto" else None
+    metrics = counterfactual_metrics(series, boundary, oracle, measure_fn, region_fn)
     truth = np.array([float(sm["target"]) for sm in samples])
     if measure_fn is not None and (truth == truth.min()).any() and truth.max() > truth.min():
         lo, hi = np.flatnonzero(truth == truth.min()), np.flatnonzero(truth == truth.max())
