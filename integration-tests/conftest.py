@@ -43,12 +43,20 @@ def check_run_folder(run: Path, checkpoint: bool = True) -> dict:
     return metrics
 
 
+#: `dae-cf train` overrides for a DAE with a handful of channels on 16 px images (short test runs)
+DAE_TINY = ["--model.base_channels", "8", "--model.channel_mult", "[1, 2]", "--model.num_res_blocks", "1",
+            "--model.attention_resolutions", "[8]", "--model.groups", "4", "--model.time_embed_dim", "null",
+            "--model.z_dim", "16", "--model.encoder_channel_mult", "[1, 2]", "--model.encoder_num_res_blocks", "1",
+            "--model.encoder_attention_resolutions", "[]", "--data.image_size", "16"]
+
+
 @pytest.fixture(scope="session")
 def e2e():
     """The helpers above, for test modules (importlib mode cannot import conftest)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(run_cli=run_cli, run_folder=run_folder, check_run_folder=check_run_folder, cli=cli)
+    return SimpleNamespace(run_cli=run_cli, run_folder=run_folder, check_run_folder=check_run_folder, cli=cli,
+                           dae_tiny=DAE_TINY)
 
 
 @pytest.fixture(scope="session")

@@ -57,11 +57,7 @@ def test_two_processes_match_one(method, synth_data, tmp_path, e2e):
 
 
 def test_dae_under_two_processes(synth_data, tmp_path, e2e):
-    tiny = ["--model.base_channels", "8", "--model.channel_mult", "[1, 2]", "--model.num_res_blocks", "1",
-            "--model.attention_resolutions", "[8]", "--model.groups", "4", "--model.time_embed_dim", "null",
-            "--model.z_dim", "16", "--model.encoder_channel_mult", "[1, 2]", "--model.encoder_num_res_blocks", "1",
-            "--model.encoder_attention_resolutions", "[]", "--data.image_size", "16"]
-    args = ["dae-cf", "train", "--config", "synth-grade-cpu", "--root", str(synth_data["synth-grade"]), *tiny,
+    args = ["dae-cf", "train", "--config", "synth-grade-cpu", "--root", str(synth_data["synth-grade"]), *e2e.dae_tiny,
             "--train.epochs", "2", "--train.batch_size", "8", "--diffusion.encode_steps", "4",
             "--diffusion.render_steps", "4", "--recon_images", "2", "--bootstrap", "20", "--device", "cpu",
             "--seed", "0"]

@@ -113,12 +113,8 @@ def test_iis_score_two_backbones_explain_report(synth_data, runs_root, baseline_
 
 def test_dae_train_boundary_counterfactual_report(synth_data, runs_root, e2e):
     data = synth_data["synth-grade"]
-    tiny = ["--model.base_channels", "8", "--model.channel_mult", "[1, 2]", "--model.num_res_blocks", "1",
-            "--model.attention_resolutions", "[8]", "--model.groups", "4", "--model.time_embed_dim", "null",
-            "--model.z_dim", "16", "--model.encoder_channel_mult", "[1, 2]", "--model.encoder_num_res_blocks", "1",
-            "--model.encoder_attention_resolutions", "[]", "--data.image_size", "16"]
     result = e2e.run_cli("dae-cf", "train", "--config", "synth-grade-cpu", "--root", str(data), "--out",
-                         str(runs_root / "dae"), *tiny, "--train.epochs", "2", "--train.batch_size", "16",
+                         str(runs_root / "dae"), *e2e.dae_tiny, "--train.epochs", "2", "--train.batch_size", "16",
                          "--diffusion.encode_steps", "4", "--diffusion.render_steps", "4", "--recon_images", "2",
                          "--bootstrap", "20", *SMALL)
     run = e2e.run_folder(result)

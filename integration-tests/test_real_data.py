@@ -67,12 +67,8 @@ def test_iis_on_wbcatt(tmp_path, e2e):
 
 
 def test_dae_on_retinamnist(tmp_path, e2e):
-    tiny = ["--model.base_channels", "8", "--model.channel_mult", "[1, 2]", "--model.num_res_blocks", "1",
-            "--model.attention_resolutions", "[8]", "--model.groups", "4", "--model.time_embed_dim", "null",
-            "--model.z_dim", "16", "--model.encoder_channel_mult", "[1, 2]", "--model.encoder_num_res_blocks", "1",
-            "--model.encoder_attention_resolutions", "[]", "--data.image_size", "16"]
     result = e2e.run_cli("dae-cf", "train", "--config", "retinamnist-cpu", "--root", str(SHARED / "medmnist"),
-                         "--out", str(tmp_path), *tiny, "--train.epochs", "1", "--diffusion.encode_steps", "4",
+                         "--out", str(tmp_path), *e2e.dae_tiny, "--train.epochs", "1", "--diffusion.encode_steps", "4",
                          "--diffusion.render_steps", "4", "--recon_images", "2", "--bootstrap", "20", *CPU)
     run = e2e.run_folder(result)
     e2e.run_cli("dae-cf", "encode", str(run), "--device", "cpu")
