@@ -176,3 +176,13 @@ def test_bad_config_is_refused(tmp_path):
     assert result.exit_code != 0 and "data.normalize" in result.output
     result = CliRunner().invoke(main, ["train", "--config", "synth-grade-cpu", "--out", str(tmp_path / "runs")])
     assert result.exit_code != 0 and "--root" in result.output
+
+
+def test_every_shipped_config_loads_and_short_presets_predict_v():
+    from dae_counterfactual.cli import CONFIGS
+    from dae_counterfactual.train import DAEConfig
+    from medimg_core.config import load_config
+
+    predictions = {p.stem: load_config(DAEConfig, p).diffusion.prediction for p in sorted(CONFIGS.glob("*.yaml"))}
+    assert predictions == {"dae-128": "epsilon", "dae-32": "epsilon", "dae-64": "epsilon",
+                           "retinamnist-64-gpu": "v", "retinamnist-cpu": "v", "synth-grade-cpu": "v"}

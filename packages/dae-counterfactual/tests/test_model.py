@@ -109,3 +109,26 @@ def test_save_load_round_trip(tmp_path, tiny):
     torch.testing.assert_close(run.model.render(x_T, z, 4), model.render(x_T, z, 4), rtol=0, atol=0)
     with pytest.raises(ValueError, match="px"):
         save_dae(DiffusionAutoencoder(tiny, 1, 32), cfg, card, tmp_path / "other")
+
+
+def test_v_prediction_target_and_its_noise():
+    """v = sqrt(abar) eps - sqrt(1 - abar) x0; a denoiser that outputs the true v gives back exactly eps."""
+    from dae_counterfactual.sampling import DiffusionConfig
+
+    model = DiffusionAutoencoder(tiny_config(), 1, 16, DiffusionConfig(prediction="v"))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 1, 16, 16, generator=g) * 2 - 1, torch.randn(4, 1, 16, 16, generator=g)
+    t = torch.tensor([0, 250, 700, 999])
+    abar = model.alphas_cumprod[t].view(-1, 1, 1, 1)
+    v = model.training_target(x0, t, noise)
+    torch.testing.assert_close(v, abar.sqrt() * noise - (1 - abar).sqrt() * x0)
+    torch.testing.assert_close(model.output_to_noise(v, model.q_sample(x0, t, noise), t), noise)
+    # per timestep the v loss is the noise loss over abar: |v_hat - v|^2 = |eps_hat - eps|^2 / abar
+    v_hat = v + 0.01 * torch.randn(v.shape, generator=g)
+    eps_hat = model.output_to_noise(v_hat, model.q_sample(x0, t, noise), t)
+    torch.testing.assert_close(((v_hat - v) ** 2).mean(dim=(1, 2, 3)),
+                               ((eps_hat - noise) ** 2).mean(dim=(1, 2, 3)) / abar.flatten())
+    eps_model = DiffusionAutoencoder(tiny_config(), 1, 16)
+    assert eps_model.training_target(x0, t, noise) is noise
+    with pytest.raises(ValueError, match="prediction"):
+        DiffusionConfig(prediction="x0")

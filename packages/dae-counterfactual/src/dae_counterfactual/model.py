@@ -265,8 +265,9 @@ class DiffusionAutoencoder(nn.Module):
     Public images are in the data range `data_range` (default [0, 1], what medimg datasets give
     without normalisation); inside, the model works on [-1, 1].
 
-    - `forward(x0, t, noise)`: the training pass (x0 in [-1, 1]) -> predicted noise; the loss is
-      MSE(forward(x0, t, noise), noise) with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.
+    - `forward(x0, t, noise)`: the training pass (x0 in [-1, 1]) -> the denoiser's output; the loss is
+      MSE(forward(x0, t, noise), training_target(x0, t, noise)) with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise
+      (the target is the noise, as in DiffAE, or v with diffusion.prediction "v").
     - `encode(x) -> z_sem (B, z_dim)`
     - `encode_stochastic(x, z_sem, steps) -> x_T (B, C, H, W)` (DiffAE's DDIM inversion)
     - `render(x_T, z_sem, steps) -> x (B, C, H, W)` in the data range (diffusers' DDIMScheduler, eta 0)
@@ -301,17 +302,38 @@ class DiffusionAutoencoder(nn.Module):
     # ---------------------------------------------------------------- training
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, for x0 (B, C, H, W) in [-1, 1] and t (B,)."""
-        abar = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, 1, 1, 1)
-        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        a, s = self._alphas(t, x0)
+        return a * x0 + s * noise
+
+    def _alphas(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(abar_t), sqrt(1 - abar_t)), each (B, 1, 1, 1) in `like`'s dtype, for t (B,)."""
+        abar = self.alphas_cumprod.to(like.device)[t].to(like.dtype).view(-1, 1, 1, 1)
+        return abar.sqrt(), (1 - abar).sqrt()
 
     def forward(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Predicted noise for x0 (B, C, H, W) in [-1, 1] noised to t (B,) with `noise`; the encoder sees x0."""
+        """The denoiser's output (B, C, H, W) for x0 (B, C, H, W) in [-1, 1] noised to t (B,) with `noise`: the
+        predicted noise, or v for diffusion.prediction "v". The encoder sees x0."""
         z = self.encoder(x0)
         return self.unet(self.q_sample(x0, t, noise), t, z)
 
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What `forward` is trained to output: the noise, or v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0."""
+        if self.diffusion.prediction == "epsilon":
+            return noise
+        a, s = self._alphas(t, x0)
+        return a * noise - s * x0
+
+    def output_to_noise(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The predicted noise (B, C, H, W) from the denoiser's output at x_t (B, C, H, W), t (B,):
+        for "v", noise = sqrt(abar_t) v + sqrt(1 - abar_t) x_t."""
+        if self.diffusion.prediction == "epsilon":
+            return output
+        a, s = self._alphas(t, x_t)
+        return a * output + s * x_t
+
     def denoiser(self, z: torch.Tensor):
-        """eps(x_t, t) for a fixed z_sem (B, z_dim): the function the samplers call."""
-        return lambda x, t: self.unet(x, t, z)
+        """eps(x_t, t) for a fixed z_sem (B, z_dim): the function the samplers call (always the noise)."""
+        return lambda x, t: self.output_to_noise(self.unet(x, t, z), x, t)
 
     # ---------------------------------------------------------------- the method's operations
     @torch.no_grad()

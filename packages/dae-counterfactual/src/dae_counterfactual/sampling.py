@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PREDICTIONS = ("epsilon", "v")
 
 
 @dataclass
@@ -40,6 +41,13 @@ class DiffusionConfig:
     beta_end: float = 0.02
     encode_steps: int = 250
     render_steps: int = 100
+    #: what the denoiser outputs: "epsilon" (the noise, DiffAE) or "v" (v = sqrt(abar) noise - sqrt(1 - abar) x0,
+    #: Salimans & Ho 2022). The samplers always receive the noise: a "v" model's output is converted first.
+    prediction: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"diffusion.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
 
 
 def make_scheduler(cfg: DiffusionConfig):

@@ -4,6 +4,10 @@ Loss (DiffAE, no other term): with t ~ U{0 .. T-1}, noise ~ N(0, I) and x0 in [-
 
     L = || eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t, Enc(x0)) - noise ||^2
 
+or, with diffusion.prediction "v", the same network trained to output v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0
+(per timestep this is the noise loss weighted by 1 / abar_t = 1 + 1 / SNR_t: the high-noise steps, where only
+z_sem can tell the denoiser what the image holds, are no longer weighted down by SNR_t).
+
 Adam, lr 1e-4, no weight decay, gradient-norm clip 1, EMA of the weights (the EMA copy is what
 checkpoints/*/model.safetensors holds and what inference uses; the raw weights are kept for
 resuming), mixed precision on CUDA only. The Trainer validates the noise-prediction MSE on the
@@ -107,14 +111,17 @@ def task_functions(T: int):
         x0 = _core(model).to_model(batch["image"])
         t = torch.randint(0, T, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
-        loss = nn.functional.mse_loss(model(x0, t, noise).float(), noise.float())
+        target = _core(model).training_target(x0, t, noise)
+        loss = nn.functional.mse_loss(model(x0, t, noise).float(), target.float())
         return loss, {}
 
     def predict_fn(model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         x0 = _core(model).to_model(batch["image"])
         t, noise = _fixed_noise(list(batch["id"]), tuple(x0.shape[1:]), T)
         t, noise = t.to(x0.device), noise.to(x0.device, x0.dtype)
-        return {"mse": ((model(x0, t, noise).float() - noise.float()) ** 2).mean(dim=(1, 2, 3))}
+        core = _core(model)
+        predicted = core.output_to_noise(model(x0, t, noise), core.q_sample(x0, t, noise), t)
+        return {"mse": ((predicted.float() - noise.float()) ** 2).mean(dim=(1, 2, 3))}
 
     def metrics_fn(outputs: dict[str, np.ndarray]) -> dict[str, float]:
         return {"mse": float(outputs["mse"].mean())}
