@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 import cipl
-from cipl.cli import main
+from cipl.cli import CONFIGS, main
 from medimg_core.synthetic import generate
 
 TINY = ["--device", "cpu", "--model.backbone", "test_resnet", "--model.output_stride", "8", "--data.image_size", "32",
@@ -125,3 +125,12 @@ def test_resume_reloads_the_saved_config(trained):
     assert after["test"]["auroc_mean"] == pytest.approx(before["test"]["auroc_mean"], abs=1e-6)
     result = CliRunner().invoke(main, ["train", "--resume", str(run), "--seed", "3"])
     assert result.exit_code != 0 and "drop the other options" in result.output
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path):
+    from cipl.train import CIPLConfig
+    from medimg_core.config import load_config
+
+    cfg = load_config(CIPLConfig, path)
+    assert cfg.data.image_size >= 32 and cfg.train.epochs >= 1
