@@ -78,6 +78,16 @@ def test_evaluate_reason_gallery_push(trained, tmp_path):
     assert result.exit_code == 0, result.output
     assert "prototype" in result.output and "similarity" in result.output
     assert (tmp_path / "r" / "summary.txt").is_file() and list((tmp_path / "r").glob("reason-*.png"))
+    # shift-and-stitch maps every 4 px (the stride is 8): same classification, a separate report
+    result = runner.invoke(main, ["evaluate", str(run), "--bootstrap", "20", "--map-step", "4"])
+    assert result.exit_code == 0, result.output
+    dense = json.loads((run / "eval-csv-test-step4.json").read_text())
+    assert dense["test"]["auroc_mean"] == pytest.approx(report["test"]["auroc_mean"], abs=1e-9)
+    assert dense["localisation"]["map_step"] == 4 and dense["localisation"]["n"] == report["localisation"]["n"]
+    result = runner.invoke(main, ["reason", str(run), str(image), "--map-step", "2", "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["evaluate", str(run), "--bootstrap", "20", "--map-step", "3"])
+    assert result.exit_code != 0 and "divide the backbone stride 8" in result.output
     result = runner.invoke(main, ["gallery", str(run), "--out", str(tmp_path / "g")])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "g").glob("*.png"))) == 7  # 6 classes + overview

@@ -141,3 +141,41 @@ def test_cell_pointing_game_by_hand():
     assert not cell_hit((5, 5), mask, grid)  # cell (1, 1) holds pixels 2..5: no overlap
     assert cell_hit((9, 9), mask, grid)  # peak outside the mask but in its cell (2, 2): a cell hit
     assert not cell_hit((12, 6), mask, grid)  # cell (3, 2)
+
+
+class Subsampling(torch.nn.Module):
+    """A 'model' of stride 4 whose distance map is the input image read at every 4th pixel."""
+
+    def forward(self, x):
+        return {"distance_maps": x[:, :1, ::4, ::4]}
+
+
+def test_dense_maps_interleave_the_shifted_maps():
+    """Shift-and-stitch of a stride-4 model that reads pixels (4i, 4j): at step 1 the dense map is the image
+    itself, at step 2 every other pixel; step 4 is the model's own map; a step not dividing 4 is refused."""
+    from cipl.maps import FeatureGrid, dense_distance_maps
+
+    grid = FeatureGrid((0.0, 0.0), (4.0, 4.0), (4, 4))
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
+    dense, dense_grid = dense_distance_maps(Subsampling(), x, 1, grid)
+    assert torch.equal(dense, x) and dense_grid == FeatureGrid((0.0, 0.0), (1.0, 1.0), (16, 16))
+    dense, dense_grid = dense_distance_maps(Subsampling(), x, 2, grid)
+    assert torch.equal(dense, x[:, :, ::2, ::2]) and dense_grid.step == (2.0, 2.0)
+    assert torch.equal(dense_distance_maps(Subsampling(), x, 4, grid)[0], x[:, :, ::4, ::4])
+    with pytest.raises(ValueError, match="divide the backbone stride 4"):
+        dense_distance_maps(Subsampling(), x, 3, grid)
+
+
+def test_dense_maps_of_a_real_cipl_match_its_own_cells():
+    """On a CIPL (stride 2), the step-1 map holds the model's own distance map at the even pixels."""
+    from cipl_test_helpers import tiny_cipl
+
+    from cipl.maps import dense_distance_maps
+
+    model = tiny_cipl().eval()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense, grid = dense_distance_maps(model, x, 1)
+        own = model(x)["distance_maps"]
+    assert dense.shape == (2, model.num_prototypes, 16, 16) and grid.step == (1.0, 1.0)
+    torch.testing.assert_close(dense[:, :, ::2, ::2], own)

@@ -14,6 +14,8 @@ For the misses, the median distance (pixels) from the map's maximum to the mask 
   pixel-level game while the cell is right.
 Pointing game and IoU are also reported over every present finding (detected or not), per finding, with
 95% bootstrap intervals over instances.
+With `map_step` the maps are sampled every `map_step` pixels by shift-and-stitch (`cipl.maps.dense_distance_maps`)
+before the bicubic upsampling; the cell pointing game still uses the backbone's own grid.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cipl.maps import FeatureGrid, feature_grid, upsample
+from cipl.maps import FeatureGrid, dense_distance_maps, feature_grid, upsample
 from cipl.model import CIPL
 
 
@@ -51,13 +53,19 @@ MAP_KINDS = ("top", "max", "weighted")
 
 @torch.no_grad()
 def class_maps(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None, kind: str = "top",
-               grid: FeatureGrid | None = None) -> torch.Tensor:
+               grid: FeatureGrid | None = None, map_step: int | None = None) -> torch.Tensor:
     """(B, K, H, W) one similarity map per class (see MAP_KINDS), upsampled bicubically to `size` (default the
-    input size) on the feature grid `grid` (None: measured from the model)."""
+    input size) on the feature grid `grid` (None: measured from the model). `map_step`: sample the maps every
+    `map_step` pixels by shift-and-stitch (`cipl.maps.dense_distance_maps`) instead of once per feature cell;
+    the most activated prototype is the model's own choice either way."""
     if kind not in MAP_KINDS:
         raise ValueError(f"map kind must be one of {MAP_KINDS}, got {kind!r}")
     out = model(x)
-    act = model.similarity(out["distance_maps"])  # (B, P, h, w)
+    grid = grid or feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
+    distance_maps = out["distance_maps"]
+    if map_step is not None:
+        distance_maps, grid = dense_distance_maps(model, x, map_step, grid)
+    act = model.similarity(distance_maps)  # (B, P, h, w)
     b, _, h, w = act.shape
     m = model.prototypes_per_class
     blocks = act.view(b, model.num_classes, m, h, w)
@@ -71,7 +79,6 @@ def class_maps(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None
         top = out["similarities"].view(b, model.num_classes, m).argmax(dim=2)  # (B, K)
         per_class = blocks.gather(2, top.view(b, model.num_classes, 1, 1, 1).expand(-1, -1, 1, h, w))[:, :, 0]
     size = size or tuple(x.shape[-2:])
-    grid = grid or feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
     return upsample(per_class, size, _scaled_grid(grid, tuple(x.shape[-2:]), size))
 
 
@@ -113,7 +120,7 @@ def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> list[float] |
 @torch.no_grad()
 def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.device = "cpu", batch_size: int = 64,
                          iou_threshold: float = 0.5, detect_threshold: float = 0.5, n_boot: int = 1000,
-                         seed: int = 0, kind: str = "top") -> dict[str, Any] | None:
+                         seed: int = 0, kind: str = "top", map_step: int | None = None) -> dict[str, Any] | None:
     """Pointing game and IoU of the class maps against the dataset's masks (None when no mask matches a
     class of the model: masks are matched to outputs by concept name). The headline numbers use the map
     `kind`; the other MAP_KINDS are reported under "<kind>/..."."""
@@ -138,7 +145,7 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
         probs = model.predict_proba(x).float().cpu()
         target = torch.as_tensor(model.labels.output_targets(batch["target"].numpy()))
         for variant in MAP_KINDS:
-            maps = class_maps(model, x, tuple(masks.shape[-2:]), variant, grid).float().cpu()
+            maps = class_maps(model, x, tuple(masks.shape[-2:]), variant, grid, map_step).float().cpu()
             for i in range(len(x)):
                 for name, k in concept_of.items():
                     out_idx = names.index(name)
@@ -192,14 +199,14 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
     for other in MAP_KINDS:
         if other != kind:
             result.update(summary([r for r in rows[other] if r[1]], f"{other}/"))
-    result.update(map=kind, iou_threshold=iou_threshold, detect_threshold=detect_threshold,
+    result.update(map=kind, map_step=map_step, iou_threshold=iou_threshold, detect_threshold=detect_threshold,
                   grid_origin_px=list(grid.origin), grid_step_px=list(grid.step))
     return result
 
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
                  options: dict | None = None, device: str = "cpu", n_boot: int = 1000, checkpoint: str = "best",
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, map_step: int | None = None) -> dict[str, Any]:
     """Evaluate a trained CIPL on a split of its own data (default) or of another dataset with the same classes."""
     from cipl.train import eval_transform_for, load_cipl, output_task
     from medimg_core.data import load_dataset
@@ -221,7 +228,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
                               "test": metrics_with_ci(task, target, out["scores"], list(labels.output_names),
                                                       n_boot=n_boot, seed=seed)}
     loc = localisation_metrics(model, ds, device, batch, cfg.iou_threshold, n_boot=n_boot, seed=seed,
-                               kind=cfg.localisation_map)
+                               kind=cfg.localisation_map, map_step=map_step)
     if loc is not None:
         result["localisation"] = loc
     return result

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cipl.maps import feature_grid, upsample_numpy
+from cipl.maps import dense_distance_maps, feature_grid, upsample_numpy
 from cipl.model import CIPL
 from cipl.push import load_push, overlay, prototype_file
 
@@ -120,8 +120,9 @@ def _read_png(path: Path) -> np.ndarray | None:
 @torch.no_grad()
 def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str | Path | None = None,
                   top_k: int = 5, threshold: float = 0.5, image_id: str = "image",
-                  classes: list[str] | None = None) -> Reasoning:
-    """Explain one model input x (C, H, W) shown as `image` (H, W, 3); `classes` forces which classes to explain."""
+                  classes: list[str] | None = None, map_step: int | None = None) -> Reasoning:
+    """Explain one model input x (C, H, W) shown as `image` (H, W, 3); `classes` forces which classes to explain;
+    `map_step` samples the similarity maps every `map_step` pixels (`cipl.maps.dense_distance_maps`)."""
     model = model.eval()
     device = model.prototypes.device
     x = x.to(device)[None]
@@ -129,7 +130,12 @@ def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str
     probs = out["probabilities"][0].cpu().numpy()
     logits = out["logits"][0].cpu().numpy()
     sims = out["similarities"][0].cpu().numpy()
-    maps = model.similarity(out["distance_maps"][0]).cpu()  # (P, h, w)
+    size = tuple(x.shape[-2:])
+    grid = feature_grid(model, size, x.shape[1])
+    distance_maps = out["distance_maps"]
+    if map_step is not None:
+        distance_maps, grid = dense_distance_maps(model, x, map_step, grid)
+    maps = model.similarity(distance_maps[0]).cpu()  # (P, h, w)
     weights = model.last_layer.weight.detach().cpu().numpy()
     labels = model.labels
     names = list(labels.output_names)
@@ -143,8 +149,6 @@ def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str
     if push_dir is not None:
         push = load_push(push_dir)
         records = {r["index"]: r for r in push["prototypes"]}
-    size = tuple(x.shape[-2:])
-    grid = feature_grid(model, size, x.shape[1])
     explained = []
     for name in classes:
         if name not in labels.class_names:
@@ -170,7 +174,7 @@ def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str
 
 
 def reason_image(run_dir: str | Path, image_path: str | Path, device: str = "cpu", top_k: int = 5,
-                 threshold: float = 0.5, checkpoint: str = "best") -> Reasoning:
+                 threshold: float = 0.5, checkpoint: str = "best", map_step: int | None = None) -> Reasoning:
     """Load a trained run, run one image file through it and explain each predicted finding."""
     from cipl.push import find_push_dir
     from cipl.train import display_fn, eval_transform_for, load_cipl
@@ -185,7 +189,7 @@ def reason_image(run_dir: str | Path, image_path: str | Path, device: str = "cpu
     push_dir = find_push_dir(info["run_dir"], model)
     model = model.to(device)
     shown = display_fn(cfg, info["in_chans"])(x)
-    return reason_tensor(model, x, shown, push_dir, top_k, threshold, Path(image_path).stem)
+    return reason_tensor(model, x, shown, push_dir, top_k, threshold, Path(image_path).stem, map_step=map_step)
 
 
 def gallery_figures(model: CIPL, push_dir: str | Path, out_dir: str | Path, ncols: int = 10) -> list[Path]:

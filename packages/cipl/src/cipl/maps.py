@@ -18,6 +18,10 @@ import torch
 from torch.nn import functional as F
 
 
+class MapStepError(ValueError):
+    """A shift-and-stitch step that does not divide the backbone's stride."""
+
+
 @dataclass(frozen=True)
 class FeatureGrid:
     """Input-pixel coordinates of the feature cells' centres: origin + index * step (pixel centres are integers)."""
@@ -81,3 +85,36 @@ def upsample(maps: torch.Tensor, size: tuple[int, int], grid: FeatureGrid | None
 def upsample_numpy(activation: torch.Tensor, size: tuple[int, int], grid: FeatureGrid | None = None) -> np.ndarray:
     """(h, w) map -> (H, W) float32 array (see `upsample`)."""
     return upsample(activation.detach().float().cpu(), size, grid).numpy()
+
+
+def dense_distance_maps(model: torch.nn.Module, x: torch.Tensor, step: int, grid: FeatureGrid | None = None
+                        ) -> tuple[torch.Tensor, FeatureGrid]:
+    """Prototype distance maps sampled every `step` input pixels by shift-and-stitch (Long et al., CVPR 2015).
+
+    A backbone of stride s sees the image only at its cell centres. Evaluating it on the image shifted by every
+    (dy, dx) in {0, step, ..., s - step}^2 (content moved up-left, border pixels repeated) and interleaving the
+    maps gives the distances at every `step`-th pixel, each computed exactly as the model computes them, with
+    no interpolation. x (B, C, H, W) -> (distance maps (B, P, h * s / step, w * s / step), their grid with
+    `grid.origin` and step `step`). `model` is a CIPL; `grid` its measured feature grid (None: measured here).
+    s / step forward passes per axis: step = s gives the model's own maps.
+    """
+    grid = grid or feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
+    stride = grid.step[0]
+    if grid.step[0] != grid.step[1] or stride != int(stride):
+        raise MapStepError(f"dense maps need one integer stride for both axes, got {grid.step}")
+    stride = int(stride)
+    if step < 1 or stride % step:
+        raise MapStepError(f"map step must divide the backbone stride {stride}, got {step}")
+    n = stride // step
+    rows = []
+    for a in range(n):
+        row = []
+        for b in range(n):
+            dy, dx = a * step, b * step
+            shifted = F.pad(x, (0, dx, 0, dy), mode="replicate")[..., dy:, dx:] if dy or dx else x
+            row.append(model(shifted)["distance_maps"])  # (B, P, h, w): cell (i, j) sees pixel c_ij + (dy, dx)
+        rows.append(torch.stack(row))
+    maps = torch.stack(rows)  # (n_a, n_b, B, P, h, w)
+    _, _, b_, p_, h, w = maps.shape
+    dense = maps.permute(2, 3, 4, 0, 5, 1).reshape(b_, p_, h * n, w * n)  # row i * n + a, column j * n + b
+    return dense, FeatureGrid(grid.origin, (float(step), float(step)), (h * n, w * n))
