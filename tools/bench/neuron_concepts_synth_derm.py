@@ -73,7 +73,20 @@ def diagnostics(pipeline: Path, sae_dir: Path) -> dict:
         k = int(np.nanargmax(tr))
         terms.append({"term": str(term), "best_latent": k, "train_auroc": float(tr[k]),
                       "test_auroc": float(auroc_matrix(A["test"][:, [k]], y["test"])[0, 0])})
-    return {"rule": str(rule), "relevant": list(rule.variables), "probe_test_auroc": probes, "rule_terms": terms}
+    # how the features are spread: a representation collapsed onto a few class directions leaves a concept that
+    # the label needs only in conjunction with another without a direction of its own
+    from sklearn.decomposition import PCA
+
+    pca = PCA(10).fit(H["train"])
+    neuron_tr, neuron_te = auroc_matrix(H["train"], C["train"]), auroc_matrix(H["test"], C["test"])
+    best_neuron = {}
+    for j, name in enumerate(names):
+        either = np.maximum(neuron_tr[:, j], 1 - neuron_tr[:, j])
+        k = int(np.nanargmax(either))
+        best_neuron[name] = float(max(neuron_te[k, j], 1 - neuron_te[k, j]))
+    return {"rule": str(rule), "relevant": list(rule.variables), "probe_test_auroc": probes, "rule_terms": terms,
+            "pca_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
+            "best_single_feature_test_auroc": best_neuron}
 
 
 def matching_of(name_dir: Path, relevant: list[str]) -> dict:
@@ -114,7 +127,11 @@ def main() -> None:
     # SAE variants on the same cached features: each stage rerun alone from the CLI
     variants = []
     for label, extra in (("standardised input", ["--sae.standardize", "true"]),
-                         ("TopK (k=32)", ["--kind", "topk", "--sae.k", "32"])):
+                         ("TopK (k=32)", ["--kind", "topk", "--sae.k", "32"]),
+                         ("5x the epochs (300)", ["--sae.epochs", "300"]),
+                         ("2x expansion (1024 latents), 150 epochs", ["--sae.expansion", "2", "--sae.epochs", "150"]),
+                         ("1x expansion, L1 1e-4, 150 epochs",
+                          ["--sae.expansion", "1", "--sae.l1", "1e-4", "--sae.epochs", "150"])):
         sae_dir, _sae_s, _ = run_command([nc, "train-sae", str(pipeline / "encode"), *extra, "--no-progress"], "sae folder")
         name_dir, _name_s, _ = run_command([nc, "name", str(sae_dir), "--naming.figures", "0", "--no-progress"], "name folder")
         m = json.loads((sae_dir / "metrics.json").read_text())
@@ -144,6 +161,8 @@ def main() -> None:
         "pipeline": rel(pipeline),
         "rule": diag["rule"], "label_relevant": diag["relevant"],
         "concepts": result_main["rows"], "rule_terms": diag["rule_terms"],
+        "pca_variance_ratio": diag["pca_variance_ratio"],
+        "best_single_feature_test_auroc": diag["best_single_feature_test_auroc"],
         "relevant_matched_0.9": result_main["relevant_matched_0.9"], "relevant_count": result_main["relevant_count"],
         "naming_accuracy_relevant": result_main["naming_accuracy_relevant"],
         "naming_accuracy_all": result_main["naming_accuracy_all"],

@@ -57,6 +57,22 @@ def synth_cxr(result: dict) -> list[str]:
         f"{fmt((loc.get('grid_step_px') or [None])[0], 0)} px) overlaps the mask. A similarity map peaks at a cell "
         f"centre, so a finding smaller than a cell, or a peak on the cell beside a finding's edge, fails the "
         f"pixel-level game while the cell is right.", "",
+    ]
+    dense = result["cipl"].get("localisation_dense")
+    if dense:
+        step = dense.get("map_step")
+        lines += [
+            f"The same maps sampled every {step} px by shift-and-stitch (`cipl.maps.dense_distance_maps`: the model "
+            f"run on the image shifted by every multiple of {step} px below its stride, the distance maps "
+            f"interleaved, no interpolation until the final bicubic upsampling; `{result['dense_command']}`):", "",
+            "| finding | pointing game (detected) | IoU | misses: median px to mask |", "|---|---|---|---|"]
+        for n in names:
+            lines.append(f"| {n} | {fmt(dense.get(f'pointing_game/{n}'))} | {fmt(dense.get(f'iou/{n}'))} | "
+                         f"{fmt(dense.get(f'miss_distance_px/{n}'), 1)} |")
+        dci = dense.get("pointing_game_ci") or [None, None]
+        lines += [f"| **all** | **{fmt(dense.get('pointing_game'))}** [{fmt(dci[0])}, {fmt(dci[1])}] | "
+                  f"{fmt(dense.get('iou_mean'))} | - |", ""]
+    lines += [
         f"- CIPL: `{result['cipl_command']}`",
         f"- baseline: `{result['baseline_command']}`",
         f"- gallery: `{result['gallery_command']}`; reasoning: `{result['reason_command']}`",

@@ -76,6 +76,12 @@ def synth_derm(result: dict) -> list[str]:
                      f"{100 * v['sae']['dead_fraction']:.0f}% | {v['fit_time_s']:.0f} s | "
                      + " | ".join(_auroc(r["test_auroc"]) for r in v["rows"])
                      + f" | {v['relevant_matched_0.9']}/{v['relevant_count']} | {v['naming_accuracy_relevant']:.2f} |")
+    if "pca_variance_ratio" in result:
+        pca, single = result["pca_variance_ratio"], result["best_single_feature_test_auroc"]
+        lines += ["", f"The opaque model's features: the first two principal components hold "
+                  f"{100 * pca[0]:.1f}% and {100 * pca[1]:.1f}% of the variance (the next {100 * pca[2]:.1f}%). "
+                  "Best single feature (train-chosen, either sign) per concept, test AUROC: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in single.items()) + "."]
     lines += ["", f"Wall time per stage: {_times(result['stage_wall_time_s'])}. Peak memory "
               f"{max(result['stage_peak_memory_mb'].values()) / 1024:.1f} GB.", "",
               f"Figures: {', '.join(f'`{f}`' for f in result['figures'])}.", ""]

@@ -129,6 +129,9 @@ def ground_truth_summary() -> list[str]:
         rows.append(f"| cipl | synth-cxr | pointing game (map maximum inside the finding's mask; detected findings); "
                     f"mask IoU; cell pointing game | {fmt(loc['pointing_game'])}; {fmt(loc['iou_mean'])}; "
                     f"{fmt(loc['cell_pointing_game'])} | pointing >= 0.8 |")
+        if dense := r["cipl"].get("localisation_dense"):
+            rows.append(f"| cipl | synth-cxr | the same, maps sampled every {dense['map_step']} px (shift-and-stitch); "
+                        f"mask IoU | {fmt(dense['pointing_game'])}; {fmt(dense['iou_mean'])} | pointing >= 0.8 |")
     if r := _load("iis_synth_derm"):
         from render_iis import iis_pair  # the IIS renderer knows its result layout
 
