@@ -100,10 +100,9 @@ def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, s
     """Evaluate RUN_DIR's model on a split: per-class AUROC, mean AUROC, best-threshold F1 and accuracy with
     95% intervals; pointing game and mask IoU where the data have masks. Writes RUN_DIR/eval-<dataset>-<split>.json."""
     from cipl.evaluate import evaluate_run
+    from cipl.maps import MapStepError
     from medimg_core.checkpoint import write_json
     from medimg_core.cli import parse_options
-
-    from cipl.maps import MapStepError
 
     try:
         result = evaluate_run(run_dir, dataset, root, split, parse_options(options) if options else None, device,
@@ -145,7 +144,6 @@ def reason(run_dir: Path, image: Path, top_k: int, threshold: float, out: Path |
     """Explain IMAGE: for each predicted finding, where the image looks like which prototypes and how much
     each adds to the finding's logit. One figure per finding plus summary.txt."""
     from cipl.explain import reason_image
-
     from cipl.maps import MapStepError
 
     try:
