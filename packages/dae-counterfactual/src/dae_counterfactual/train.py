@@ -248,7 +248,8 @@ def _model_card(cfg: DAEConfig, card: DatasetCard, in_channels: int) -> str:
             f"- conditional UNet: {m.base_channels} channels x {list(m.channel_mult)}, {m.num_res_blocks} blocks "
             f"per level, attention at {list(m.attention_resolutions)} px; z_sem {m.z_dim}-d from {m.encoder}\n"
             f"- linear betas {cfg.diffusion.beta_start}..{cfg.diffusion.beta_end} over "
-            f"{cfg.diffusion.num_train_timesteps} steps; EMA {cfg.train.ema_decay}\n"
+            f"{cfg.diffusion.num_train_timesteps} steps, {cfg.diffusion.prediction} prediction; "
+            f"EMA {cfg.train.ema_decay}\n"
             f"- dataset licence: {card.license or 'see the dataset card'}\n"
             "- trained with `dae-cf train` (dae-counterfactual; Atad et al., MELBA 2024)\n")
 
