@@ -4,8 +4,8 @@
 # its card, write a preview of sample images, train and evaluate the black-box baseline on it, then
 # each method's train / explain steps: CRL, Concepts from Neurons and IIS (both on the baseline just trained),
 # CIPL (on synth-cxr) and the DAE counterfactuals (on synth-grade). Output goes to runs/demo (override with
-# MEDIMG_DEMO_OUT). Arguments pick methods: `bash tools/demo.sh crl iis` (default: all five; about 50 minutes
-# on 2 CPU cores, of which the DAE's training is 20).
+# MEDIMG_DEMO_OUT). Arguments pick methods: `bash tools/demo.sh crl iis` (default: all five; about an hour
+# on 2 CPU cores, of which the DAE's training is 16 minutes).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/tools/setup.sh"
