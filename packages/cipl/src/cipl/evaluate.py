@@ -60,6 +60,14 @@ def class_maps(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None
     the most activated prototype is the model's own choice either way."""
     if kind not in MAP_KINDS:
         raise ValueError(f"map kind must be one of {MAP_KINDS}, got {kind!r}")
+    return class_maps_by_kind(model, x, size, grid, map_step, (kind,))[kind]
+
+
+@torch.no_grad()
+def class_maps_by_kind(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None,
+                       grid: FeatureGrid | None = None, map_step: int | None = None,
+                       kinds: tuple[str, ...] = MAP_KINDS) -> dict[str, torch.Tensor]:
+    """`class_maps` for several kinds from one pass of the model (and one set of shifted passes): {kind: maps}."""
     out = model(x)
     grid = grid or feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
     distance_maps = out["distance_maps"]
@@ -69,17 +77,21 @@ def class_maps(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None
     b, _, h, w = act.shape
     m = model.prototypes_per_class
     blocks = act.view(b, model.num_classes, m, h, w)
-    if kind == "max":
-        per_class = blocks.amax(dim=2)
-    elif kind == "weighted":
-        weights = (model.last_layer.weight * model.class_mask).view(model.num_classes, model.num_classes, m)
-        own = weights[torch.arange(model.num_classes), torch.arange(model.num_classes)]  # (K, M)
-        per_class = (blocks * own.view(1, model.num_classes, m, 1, 1)).sum(dim=2)
-    else:
-        top = out["similarities"].view(b, model.num_classes, m).argmax(dim=2)  # (B, K)
-        per_class = blocks.gather(2, top.view(b, model.num_classes, 1, 1, 1).expand(-1, -1, 1, h, w))[:, :, 0]
     size = size or tuple(x.shape[-2:])
-    return upsample(per_class, size, _scaled_grid(grid, tuple(x.shape[-2:]), size))
+    scaled = _scaled_grid(grid, tuple(x.shape[-2:]), size)
+    maps = {}
+    for kind in kinds:
+        if kind == "max":
+            per_class = blocks.amax(dim=2)
+        elif kind == "weighted":
+            weights = (model.last_layer.weight * model.class_mask).view(model.num_classes, model.num_classes, m)
+            own = weights[torch.arange(model.num_classes), torch.arange(model.num_classes)]  # (K, M)
+            per_class = (blocks * own.view(1, model.num_classes, m, 1, 1)).sum(dim=2)
+        else:
+            top = out["similarities"].view(b, model.num_classes, m).argmax(dim=2)  # (B, K)
+            per_class = blocks.gather(2, top.view(b, model.num_classes, 1, 1, 1).expand(-1, -1, 1, h, w))[:, :, 0]
+        maps[kind] = upsample(per_class, size, scaled)
+    return maps
 
 
 def _scaled_grid(grid: FeatureGrid, input_hw: tuple[int, int], size: tuple[int, int]) -> FeatureGrid:
@@ -144,8 +156,9 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
         mask_grid = _scaled_grid(grid, tuple(x.shape[-2:]), tuple(masks.shape[-2:]))
         probs = model.predict_proba(x).float().cpu()
         target = torch.as_tensor(model.labels.output_targets(batch["target"].numpy()))
+        maps_by_kind = class_maps_by_kind(model, x, tuple(masks.shape[-2:]), grid, map_step)
         for variant in MAP_KINDS:
-            maps = class_maps(model, x, tuple(masks.shape[-2:]), variant, grid, map_step).float().cpu()
+            maps = maps_by_kind[variant].float().cpu()
             for i in range(len(x)):
                 for name, k in concept_of.items():
                     out_idx = names.index(name)
