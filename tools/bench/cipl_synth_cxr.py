@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, run_command, write_result
+from common import ROOT, command_line, run_command, run_or_reuse, write_result
 
 FIGURES = ROOT / "docs" / "figures" / "cipl"
 
@@ -74,16 +74,8 @@ def main() -> None:
                 "--device", "cpu", "--out", str(out), "--seed", str(args.seed), "--no-progress",
                 "--backbone", preset.model.backbone, "--image-size", str(preset.data.image_size),
                 "--epochs", str(preset.train.epochs)]
-    if args.cipl_run:
-        cipl_run = Path(args.cipl_run)
-        cipl_wall = json.loads((cipl_run / "metrics.json").read_text())["wall_time_s"]
-    else:
-        cipl_run, cipl_wall, _ = run_command(cipl_cmd)
-    if args.baseline_run:
-        base_run = Path(args.baseline_run)
-        base_wall = json.loads((base_run / "metrics.json").read_text())["wall_time_s"]
-    else:
-        base_run, base_wall, _ = run_command(base_cmd)
+    cipl_run, cipl_wall = run_or_reuse(cipl_cmd, args.cipl_run)
+    base_run, base_wall = run_or_reuse(base_cmd, args.baseline_run)
     dense_cmd = [str(bin_dir / "cipl"), "evaluate", str(cipl_run), "--split", "test", "--map-step", str(args.map_step)]
     _, dense_wall, _ = run_command(dense_cmd, marker="wrote")
     dense = json.loads((cipl_run / f"eval-csv-test-step{args.map_step}.json").read_text())["localisation"]

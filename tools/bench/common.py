@@ -95,3 +95,17 @@ def run_command(cmd: list[str], marker: str = "run folder:", echo: bool = False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
     path = Path(lines[-1][len(marker):].lstrip(":").strip()) if lines else None
     return path, wall, proc.stdout
+
+
+def run_or_reuse(cmd: list[str], reuse: str | None, marker: str = "run folder:", echo: bool = False
+                 ) -> tuple[Path | None, float]:
+    """Run a training command, or take the run folder `reuse` of an earlier call instead (its command stands).
+
+    Returns (the run folder, the wall seconds of its training: measured here, or the run's metrics.json
+    `wall_time_s`).
+    """
+    if reuse is None:
+        path, wall, _ = run_command(cmd, marker, echo)
+        return path, wall
+    run = Path(reuse).resolve()
+    return run, json.loads((run / "metrics.json").read_text())["wall_time_s"]

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, run_command, write_result
+from common import ROOT, command_line, run_command, run_or_reuse, write_result
 
 FIGURES = ROOT / "docs" / "figures" / "dae"
 
@@ -60,21 +60,13 @@ def main() -> None:
     base_cmd = [str(bins / "medimg"), "train-baseline", "--dataset", "csv", "--root", str(data), "--backbone",
                 "resnet18", "--image-size", "32", "--epochs", "10", "--batch-size", "64", "--lr", "1e-3",
                 "--data.scale_min", "1.0", "--device", "cpu", "--seed", "0", "--out", str(out), "--no-progress"]
-    if args.baseline_run is None:
-        base_run, base_time, _ = run_command(base_cmd, "run folder:", echo=True)
-        if not base_run.name:  # medimg train-baseline prints the folder on its own line
-            base_run = sorted(out.glob("*-baseline-synth-grade-*"))[-1]
-    else:
-        base_run = Path(args.baseline_run).resolve()
-        base_time = json.loads((base_run / "metrics.json").read_text())["wall_time_s"]
+    base_run, base_time = run_or_reuse(base_cmd, args.baseline_run, echo=True)
+    if not base_run.name:  # medimg train-baseline prints the folder on its own line
+        base_run = sorted(out.glob("*-baseline-synth-grade-*"))[-1]
 
     train_cmd = [str(bins / "dae-cf"), "train", "--config", "synth-grade-cpu", "--root", str(data), "--device", "cpu",
                  "--out", str(out), *args.dae_args]
-    if args.dae_run is None:
-        dae_run, train_time, _ = run_command(train_cmd, "run folder:", echo=True)
-    else:  # an earlier run of this script: its training command and time stand
-        dae_run = Path(args.dae_run).resolve()
-        train_time = json.loads((dae_run / "metrics.json").read_text())["wall_time_s"]
+    dae_run, train_time = run_or_reuse(train_cmd, args.dae_run, echo=True)  # or an earlier run of this script
     encode_cmd = [str(bins / "dae-cf"), "encode", str(dae_run), "--device", "cpu"]
     _, encode_time, _ = run_command(encode_cmd, "test:", echo=True)
     boundary_cmd = [str(bins / "dae-cf"), "fit-boundary", str(dae_run), "--device", "cpu"]
