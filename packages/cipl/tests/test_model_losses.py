@@ -214,3 +214,23 @@ def test_stage_backbone_cuts_after_a_stage():
     assert all(p.grad is not None for p in backbone.parameters())
     with pytest.raises(ValueError, match="out of range"):
         StageBackbone(create_backbone("test_resnet", in_chans=1), 7)
+
+
+def test_output_stride_4_layer3_grid():
+    """resnet18's layer3 at output stride 4 (the synth-cxr preset): a 16 x 16 grid at 64 px, cell i on pixel 4i."""
+    from cipl.maps import feature_grid
+    from cipl.model import StageBackbone
+    from cipl.train import CIPLModelConfig
+    from medimg_core.models import create_backbone
+
+    assert CIPLModelConfig(output_stride=4).output_stride == 4
+    with pytest.raises(ValueError, match="output_stride must be 4"):
+        CIPLModelConfig(output_stride=2)
+    torch.manual_seed(0)
+    backbone = StageBackbone(create_backbone("resnet18", in_chans=1, output_stride=4), 3)
+    assert backbone.stride == 4
+    model = CIPL(backbone, LabelSpace.for_task("multilabel", ["a"]), prototypes_per_class=1, prototype_dim=8,
+                 reduce_dim=8).eval()
+    grid = feature_grid(model, (64, 64), 1)
+    assert grid.shape == (16, 16) and grid.step == (4.0, 4.0)
+    assert abs(grid.origin[0]) < 0.75 and abs(grid.origin[1]) < 0.75

@@ -55,6 +55,28 @@ def test_cnn_pooled_and_spatial_shapes(resnet):
     assert resnet.in_chans == 3 and resnet.pretrained_source == "none"
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet26"])
+def test_output_stride_4_is_the_a_trous_form_of_stride_8(name):
+    """Same weights: the stride-4 map on its even cells is exactly the stride-8 map (BasicBlock and Bottleneck)."""
+    torch.manual_seed(0)
+    s8 = create_backbone(name, in_chans=1, output_stride=8).eval()
+    s4 = create_backbone(name, in_chans=1, output_stride=4).eval()
+    s4.model.load_state_dict(s8.model.state_dict())
+    x = _x(1, 48)
+    with torch.no_grad():
+        f8, f4 = s8.forward_features(x), s4.forward_features(x)
+    assert f8.shape[-2:] == (6, 6) and f4.shape[-2:] == (12, 12)
+    torch.testing.assert_close(f4[..., ::2, ::2], f8, atol=1e-5, rtol=1e-5)
+    assert [info["reduction"] for info in s4.model.feature_info][-1] == 4
+
+
+def test_output_stride_4_refuses_what_it_cannot_dilate():
+    with pytest.raises(BackboneError, match="timm ResNets only"):
+        create_backbone("test_convnext", output_stride=4)
+    with pytest.raises(BackboneError, match="average-pool"):  # test_resnet downsamples with an AvgPool2d
+        create_backbone("test_resnet", output_stride=4)
+
+
 @pytest.mark.parametrize("size", [32, 64])
 def test_vit_tokens_become_a_patch_grid(vit, size):
     x = _x(size=size)

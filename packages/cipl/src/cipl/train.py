@@ -50,7 +50,8 @@ log = logging.getLogger("medimg")
 class CIPLModelConfig:
     backbone: str = "densenet121"
     pretrained: str = "true"
-    #: timm's output_stride for CNN backbones (16 or 8 dilate the last stages: a finer prototype grid)
+    #: output stride of CNN backbones (16 or 8 dilate the last stages: a finer prototype grid; 4, timm ResNets
+    #: only, dilates layer2 on as well: see medimg_core.models.dilate_resnet_to_stride4)
     output_stride: int | None = None
     #: prototypes on the output of this backbone stage (an index into timm's feature_info, e.g. 3 for
     #: resnet18's layer3); null: the last stage (forward_features), as published
@@ -67,9 +68,9 @@ class CIPLModelConfig:
     reference_class: str | None = None
 
     def __post_init__(self) -> None:
-        if self.output_stride not in (None, 8, 16, 32):
-            raise ValueError(f"model.output_stride must be 8, 16, 32 or null, got {self.output_stride!r}; for a finer "
-                             "grid than stride 8 put the prototypes on an earlier stage (model.feature_stage)")
+        if self.output_stride not in (None, 4, 8, 16, 32):
+            raise ValueError(f"model.output_stride must be 4 (timm ResNets), 8, 16, 32 or null, got "
+                             f"{self.output_stride!r}")
 
 
 @dataclass

@@ -284,9 +284,13 @@ def create_backbone(
         drop_rate: dropout on the pooled features (active in training mode only).
         img_size: a fixed input size for models that take one (ViTs); other models ignore it.
         **timm_kwargs: passed to `timm.create_model` (``drop_path_rate``, ``global_pool``,
-            ``dynamic_img_size`` to override the ViT default...).
+            ``dynamic_img_size`` to override the ViT default...). ``output_stride=4`` (timm stops at 8) is
+            supported for timm ResNets through `dilate_resnet_to_stride4`.
     """
     timm_name = resolve_name(name)
+    stride4 = timm_kwargs.get("output_stride") == 4
+    if stride4:  # timm's ResNet stops at 8; built at 8, then layer2 is dilated the way timm dilates later stages
+        timm_kwargs = {**timm_kwargs, "output_stride": 8}
     kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans, "drop_rate": drop_rate, **timm_kwargs}
     if _model_module(timm_name) in _DYNAMIC_SIZE_MODULES:
         kwargs.setdefault("dynamic_img_size", True)
@@ -310,10 +314,46 @@ def create_backbone(
             "and they are not in the local cache. Download them where there is a network, or pass a local "
             "file: create_backbone(name, pretrained='/path/to/weights.safetensors')."
         ) from exc
+    if stride4:
+        dilate_resnet_to_stride4(model)
     backbone = Backbone(model, name, timm_name, in_chans, "timm-hub" if hub else "none", img_size)
     if local is not None:
         backbone.load_weights(local)
     return backbone
+
+
+def dilate_resnet_to_stride4(model: nn.Module) -> None:
+    """Turn a timm ResNet built with ``output_stride=8`` into output stride 4, in place and with the same weights.
+
+    layer2's stride-2 convolutions become stride 1 and its other 3x3 convolutions dilation 2; the dilations of
+    layer3 and layer4 double (what timm's own rule would give for 4: layer2 2, layer3 4, layer4 8, each
+    stage's first 3x3 convolution at the previous stage's dilation). The result is the a trous form of the
+    stride-8 network: every stage from layer2 on computes at H/4 x W/4, and its values on the even cells
+    are exactly the stride-8 network's (for even input sizes). Raises `BackboneError` for other models.
+    """
+    from timm.models.resnet import ResNet
+
+    if not isinstance(model, ResNet) or not hasattr(model, "layer2"):
+        raise BackboneError(f"output_stride 4 is available for timm ResNets only, not {type(model).__name__}; "
+                            "use 8, 16 or 32")
+    for stage_name, factor in (("layer2", None), ("layer3", 2), ("layer4", 2)):
+        for module in getattr(model, stage_name).modules():
+            if isinstance(module, nn.AvgPool2d) or type(module).__name__ in {"BlurPool2d", "AntiAliasDownsampleLayer"}:
+                raise BackboneError("output_stride 4 does not support ResNets with average-pool or anti-aliased "
+                                    f"downsampling ({type(module).__name__} in {stage_name})")
+            if not isinstance(module, nn.Conv2d):
+                continue
+            if factor is None:  # layer2: drop the stride; 3x3 convolutions after the strided one get dilation 2
+                if module.stride != (1, 1):
+                    module.stride = (1, 1)
+                elif module.kernel_size != (1, 1):
+                    module.dilation, module.padding = (2, 2), (2, 2)
+            elif module.kernel_size != (1, 1):
+                d = module.dilation[0] * factor
+                module.dilation, module.padding = (d, d), (d * (module.kernel_size[0] // 2),) * 2
+    for info in getattr(model, "feature_info", []):
+        if info.get("reduction", 0) > 4:
+            info["reduction"] = 4
 
 
 def _create(timm_name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
