@@ -2,7 +2,7 @@
 find the concepts the label depends on, does annotation-based naming recover their names, and how close is the
 concept bottleneck to the opaque model?
 
-    python tools/bench/neuron_concepts_synth_derm.py [--n 2000] [--out runs/bench-neuron-concepts]
+    python tools/bench/neuron_concepts_synth_derm.py [--n 2000] [--out runs/bench-neuron-concepts] [--pipeline DIR]
 
 Runs `neuron-concepts run --config synth-derm-cpu` once from the command line (opaque model trained here), then
 two SAE variants on the same cached features (`train-sae` + `name` rerun alone), and `explain` on a test image.
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, run_command, write_result
+from common import ROOT, command_line, run_command, run_or_reuse, write_result
 
 FIGURES = ROOT / "docs" / "figures" / "neuron-concepts"
 
@@ -73,6 +73,15 @@ def diagnostics(pipeline: Path, sae_dir: Path) -> dict:
         k = int(np.nanargmax(tr))
         terms.append({"term": str(term), "best_latent": k, "train_auroc": float(tr[k]),
                       "test_auroc": float(auroc_matrix(A["test"][:, [k]], y["test"])[0, 0])})
+    # what a latent that fires exactly on a rule term (not on the concept) scores for each concept in that term:
+    # for a conjunction A & B that is 0.5 + 0.5 P(B | A), far below 0.9 when B is common but not certain
+    term_ceiling = {}
+    for term in rule_terms(rule):
+        indicator = term.evaluate(C["test"]).astype(float)
+        for name in term.variables:
+            j = names.index(name)
+            term_ceiling.setdefault(name, []).append(
+                {"term": str(term), "test_auroc": float(roc_auc_score(C["test"][:, j], indicator))})
     # how the features are spread: a representation collapsed onto a few class directions leaves a concept that
     # the label needs only in conjunction with another without a direction of its own
     from sklearn.decomposition import PCA
@@ -85,6 +94,7 @@ def diagnostics(pipeline: Path, sae_dir: Path) -> dict:
         k = int(np.nanargmax(either))
         best_neuron[name] = float(max(neuron_te[k, j], 1 - neuron_te[k, j]))
     return {"rule": str(rule), "relevant": list(rule.variables), "probe_test_auroc": probes, "rule_terms": terms,
+            "term_indicator_test_auroc": term_ceiling,
             "pca_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
             "best_single_feature_test_auroc": best_neuron}
 
@@ -106,6 +116,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-neuron-concepts"))
+    p.add_argument("--pipeline", default=None,
+                   help="reuse this `neuron-concepts run --config synth-derm-cpu` pipeline folder (no retraining)")
     args = p.parse_args()
     from medimg_core.baseline import peak_memory_mb
     from medimg_core.synthetic import generate
@@ -117,7 +129,9 @@ def main() -> None:
     nc = str(Path(sys.executable).parent / "neuron-concepts")
     run_args = ["run", "--config", "synth-derm-cpu", "--root", str(data), "--device", "cpu", "--out", str(out),
                 "--no-progress"]
-    pipeline, total_s, _ = run_command([nc, *run_args], "pipeline folder")
+    pipeline, total_s = run_or_reuse([nc, *run_args], args.pipeline, "pipeline folder")
+    if isinstance(total_s, dict):  # a reused pipeline: its own per-stage wall times
+        total_s = total_s["total"]
     summary = json.loads((pipeline / "metrics.json").read_text())
     diag = diagnostics(pipeline, pipeline / "sae")
     result_main = matching_of(pipeline / "name", diag["relevant"])
@@ -161,6 +175,7 @@ def main() -> None:
         "pipeline": rel(pipeline),
         "rule": diag["rule"], "label_relevant": diag["relevant"],
         "concepts": result_main["rows"], "rule_terms": diag["rule_terms"],
+        "term_indicator_test_auroc": diag["term_indicator_test_auroc"],
         "pca_variance_ratio": diag["pca_variance_ratio"],
         "best_single_feature_test_auroc": diag["best_single_feature_test_auroc"],
         "relevant_matched_0.9": result_main["relevant_matched_0.9"], "relevant_count": result_main["relevant_count"],

@@ -62,8 +62,15 @@ def synth_derm(result: dict) -> list[str]:
               f"their name): **{result['naming_accuracy_relevant']:.2f}** (all {len(result['concepts'])} concepts: {result['naming_accuracy_all']:.2f}).",
               "", "Best latent per term of the rule (train-chosen, test AUROC): "
               + "; ".join(f"`{t['term']}` latent {t['best_latent']} {t['test_auroc']:.3f}" for t in result["rule_terms"])
-              + ".", "",
-              "SAE variants on the same cached features (`train-sae` and `name` rerun alone):", "",
+              + ".", ""]
+    if "term_indicator_test_auroc" in result:
+        lines += ["A latent that fired exactly on a rule term, rather than on a concept, would score for the concepts "
+                  "in that term (test AUROC of the term's indicator): "
+                  + "; ".join(f"{name} {t['test_auroc']:.3f} (`{t['term']}`)"
+                              for name, ts in result["term_indicator_test_auroc"].items() for t in ts)
+                  + ". A concept that the label needs only together with another has no direction of its own in a "
+                  "representation trained on the label alone, and its best latent lands near this value.", ""]
+    lines += ["SAE variants on the same cached features (`train-sae` and `name` rerun alone):", "",
               "| SAE | test R^2 | L0 | dead | fit time | " + " | ".join(r["concept"] for r in result["concepts"])
               + " | relevant >= 0.9 | naming acc. (relevant) |",
               "|---|---|---|---|---|" + "---|" * len(result["concepts"]) + "---|---|",
