@@ -18,6 +18,7 @@ from medimg_core.models import (
     BackboneError,
     UnsafeCheckpointError,
     create_backbone,
+    dilate_resnet_to_stride4,
     read_checkpoint,
     resolve_name,
     weights_fingerprint,
@@ -75,6 +76,10 @@ def test_output_stride_4_refuses_what_it_cannot_dilate():
         create_backbone("test_convnext", output_stride=4)
     with pytest.raises(BackboneError, match="average-pool"):  # test_resnet downsamples with an AvgPool2d
         create_backbone("test_resnet", output_stride=4)
+    model = timm.create_model("test_resnet", output_stride=8)
+    with pytest.raises(BackboneError, match="average-pool"):
+        dilate_resnet_to_stride4(model)
+    assert model.layer2[0].conv1.stride == (2, 2)  # refused before anything changed
 
 
 @pytest.mark.parametrize("size", [32, 64])

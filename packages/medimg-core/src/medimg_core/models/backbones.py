@@ -336,11 +336,14 @@ def dilate_resnet_to_stride4(model: nn.Module) -> None:
     if not isinstance(model, ResNet) or not hasattr(model, "layer2"):
         raise BackboneError(f"output_stride 4 is available for timm ResNets only, not {type(model).__name__}; "
                             "use 8, 16 or 32")
-    for stage_name, factor in (("layer2", None), ("layer3", 2), ("layer4", 2)):
+    stages = (("layer2", None), ("layer3", 2), ("layer4", 2))
+    for stage_name, _ in stages:  # check everything before changing anything
         for module in getattr(model, stage_name).modules():
             if isinstance(module, nn.AvgPool2d) or type(module).__name__ in {"BlurPool2d", "AntiAliasDownsampleLayer"}:
                 raise BackboneError("output_stride 4 does not support ResNets with average-pool or anti-aliased "
                                     f"downsampling ({type(module).__name__} in {stage_name})")
+    for stage_name, factor in stages:
+        for module in getattr(model, stage_name).modules():
             if not isinstance(module, nn.Conv2d):
                 continue
             if factor is None:  # layer2: drop the stride; 3x3 convolutions after the strided one get dilation 2
