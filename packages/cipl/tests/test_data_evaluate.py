@@ -179,3 +179,20 @@ def test_dense_maps_of_a_real_cipl_match_its_own_cells():
         own = model(x)["distance_maps"]
     assert dense.shape == (2, model.num_prototypes, 16, 16) and grid.step == (1.0, 1.0)
     torch.testing.assert_close(dense[:, :, ::2, ::2], own)
+
+
+def test_sampled_maps_reuse_the_unshifted_pass():
+    """sampled_distance_maps: the model's own maps without a step; with one, the dense maps, computed with the
+    caller's unshifted maps in place of that pass (here a marker, which must land on the even pixels)."""
+    from cipl.maps import FeatureGrid, sampled_distance_maps
+
+    grid = FeatureGrid((0.0, 0.0), (4.0, 4.0), (4, 4))
+    x = torch.arange(16 * 16, dtype=torch.float32).view(1, 1, 16, 16)
+    own = Subsampling()(x)["distance_maps"]
+    maps, same_grid = sampled_distance_maps(Subsampling(), x, own, None, grid)
+    assert maps is own and same_grid == grid
+    dense, dense_grid = sampled_distance_maps(Subsampling(), x, own, 2, grid)
+    assert torch.equal(dense, x[:, :, ::2, ::2]) and dense_grid.step == (2.0, 2.0)
+    marker = torch.full_like(own, -1.0)
+    dense, _ = sampled_distance_maps(Subsampling(), x, marker, 2, grid)
+    assert torch.equal(dense[:, :, ::2, ::2], marker) and torch.equal(dense[:, :, 1::2, 1::2], x[:, :, 2::4, 2::4])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -13,6 +15,20 @@ from medimg_core.cli import ErrorReportingGroup
 
 CONFIGS = Path(__file__).parent / "configs"
 RUN = click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+MAP_STEP = click.option("--map-step", type=click.IntRange(min=1), default=None,
+                        help="Sample the similarity maps every N pixels by shift-and-stitch (N divides the backbone "
+                             "stride; (stride/N)^2 forward passes) instead of once per feature cell.")
+
+
+@contextmanager
+def map_step_usage() -> Iterator[None]:
+    """A --map-step that the model's stride refuses (cipl.maps.MapStepError) as a usage error of that option."""
+    from cipl.maps import MapStepError
+
+    try:
+        yield
+    except MapStepError as exc:
+        raise click.BadParameter(str(exc), param_hint="--map-step") from None
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,22 +109,17 @@ def push(run_dir: Path, checkpoint: str, split: str | None, device: str, seed: i
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
-@click.option("--map-step", type=click.IntRange(min=1), default=None,
-              help="Localisation: sample the similarity maps every N pixels by shift-and-stitch (N divides the "
-                   "backbone stride; (stride/N)^2 forward passes) instead of once per feature cell.")
+@MAP_STEP
 def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, seed, bootstrap, map_step) -> None:
     """Evaluate RUN_DIR's model on a split: per-class AUROC, mean AUROC, best-threshold F1 and accuracy with
     95% intervals; pointing game and mask IoU where the data have masks. Writes RUN_DIR/eval-<dataset>-<split>.json."""
     from cipl.evaluate import evaluate_run
-    from cipl.maps import MapStepError
     from medimg_core.checkpoint import write_json
     from medimg_core.cli import parse_options
 
-    try:
+    with map_step_usage():
         result = evaluate_run(run_dir, dataset, root, split, parse_options(options) if options else None, device,
                               bootstrap, checkpoint, seed, map_step)
-    except MapStepError as exc:
-        raise click.BadParameter(str(exc), param_hint="--map-step") from None
     suffix = f"-step{map_step}" if map_step else ""
     path = run_dir / f"eval-{result['dataset']}-{split}{suffix}.json"
     write_json(path, result)
@@ -136,21 +147,16 @@ def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, s
 @click.option("--checkpoint", default="best", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Unused by the (deterministic) reasoning; kept for scripts.")
-@click.option("--map-step", type=click.IntRange(min=1), default=None,
-              help="Sample the similarity maps every N pixels by shift-and-stitch (N divides the backbone stride) "
-                   "instead of once per feature cell: sharper maps for (stride/N)^2 forward passes.")
+@MAP_STEP
 def reason(run_dir: Path, image: Path, top_k: int, threshold: float, out: Path | None, checkpoint: str, device: str,
            seed: int, map_step: int | None) -> None:
     """Explain IMAGE: for each predicted finding, where the image looks like which prototypes and how much
     each adds to the finding's logit. One figure per finding plus summary.txt."""
     from cipl.explain import reason_image
-    from cipl.maps import MapStepError
 
-    try:
+    with map_step_usage():
         reasoning = reason_image(run_dir, image, device=device, top_k=top_k, threshold=threshold,
                                  checkpoint=checkpoint, map_step=map_step)
-    except MapStepError as exc:
-        raise click.BadParameter(str(exc), param_hint="--map-step") from None
     out = out or run_dir / "figures" / f"reason-{image.stem}"
     paths = reasoning.figures(out, stem="reason")
     text = reasoning.to_text()

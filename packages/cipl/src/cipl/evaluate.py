@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cipl.maps import FeatureGrid, dense_distance_maps, feature_grid, upsample
+from cipl.maps import FeatureGrid, feature_grid, sampled_distance_maps, upsample
 from cipl.model import CIPL
 
 
@@ -69,10 +69,7 @@ def class_maps_by_kind(model: CIPL, x: torch.Tensor, size: tuple[int, int] | Non
                        kinds: tuple[str, ...] = MAP_KINDS) -> dict[str, torch.Tensor]:
     """`class_maps` for several kinds from one pass of the model (and one set of shifted passes): {kind: maps}."""
     out = model(x)
-    grid = grid or feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
-    distance_maps = out["distance_maps"]
-    if map_step is not None:
-        distance_maps, grid = dense_distance_maps(model, x, map_step, grid)
+    distance_maps, grid = sampled_distance_maps(model, x, out["distance_maps"], map_step, grid)
     act = model.similarity(distance_maps)  # (B, P, h, w)
     b, _, h, w = act.shape
     m = model.prototypes_per_class

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cipl.maps import dense_distance_maps, feature_grid, upsample_numpy
+from cipl.maps import sampled_distance_maps, upsample_numpy
 from cipl.model import CIPL
 from cipl.push import load_push, overlay, prototype_file
 
@@ -131,10 +131,7 @@ def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str
     logits = out["logits"][0].cpu().numpy()
     sims = out["similarities"][0].cpu().numpy()
     size = tuple(x.shape[-2:])
-    grid = feature_grid(model, size, x.shape[1])
-    distance_maps = out["distance_maps"]
-    if map_step is not None:
-        distance_maps, grid = dense_distance_maps(model, x, map_step, grid)
+    distance_maps, grid = sampled_distance_maps(model, x, out["distance_maps"], map_step)
     maps = model.similarity(distance_maps[0]).cpu()  # (P, h, w)
     weights = model.last_layer.weight.detach().cpu().numpy()
     labels = model.labels

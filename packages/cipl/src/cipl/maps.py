@@ -87,8 +87,8 @@ def upsample_numpy(activation: torch.Tensor, size: tuple[int, int], grid: Featur
     return upsample(activation.detach().float().cpu(), size, grid).numpy()
 
 
-def dense_distance_maps(model: torch.nn.Module, x: torch.Tensor, step: int, grid: FeatureGrid | None = None
-                        ) -> tuple[torch.Tensor, FeatureGrid]:
+def dense_distance_maps(model: torch.nn.Module, x: torch.Tensor, step: int, grid: FeatureGrid | None = None,
+                        unshifted: torch.Tensor | None = None) -> tuple[torch.Tensor, FeatureGrid]:
     """Prototype distance maps sampled every `step` input pixels by shift-and-stitch (Long et al., CVPR 2015).
 
     A backbone of stride s sees the image only at its cell centres. Evaluating it on the image shifted by every
@@ -96,7 +96,8 @@ def dense_distance_maps(model: torch.nn.Module, x: torch.Tensor, step: int, grid
     maps gives the distances at every `step`-th pixel, each computed exactly as the model computes them, with
     no interpolation. x (B, C, H, W) -> (distance maps (B, P, h * s / step, w * s / step), their grid with
     `grid.origin` and step `step`). `model` is a CIPL; `grid` its measured feature grid (None: measured here).
-    s / step forward passes per axis: step = s gives the model's own maps.
+    s / step forward passes per axis: step = s gives the model's own maps. `unshifted`: the model's distance maps
+    of x itself, when the caller has them (that pass is then not repeated).
     """
     grid = grid or feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
     stride = grid.step[0]
@@ -111,6 +112,9 @@ def dense_distance_maps(model: torch.nn.Module, x: torch.Tensor, step: int, grid
         row = []
         for b in range(n):
             dy, dx = a * step, b * step
+            if not (dy or dx) and unshifted is not None:
+                row.append(unshifted)
+                continue
             shifted = F.pad(x, (0, dx, 0, dy), mode="replicate")[..., dy:, dx:] if dy or dx else x
             row.append(model(shifted)["distance_maps"])  # (B, P, h, w): cell (i, j) sees pixel c_ij + (dy, dx)
         rows.append(torch.stack(row))
@@ -118,3 +122,15 @@ def dense_distance_maps(model: torch.nn.Module, x: torch.Tensor, step: int, grid
     _, _, b_, p_, h, w = maps.shape
     dense = maps.permute(2, 3, 4, 0, 5, 1).reshape(b_, p_, h * n, w * n)  # row i * n + a, column j * n + b
     return dense, FeatureGrid(grid.origin, (float(step), float(step)), (h * n, w * n))
+
+
+def sampled_distance_maps(model: torch.nn.Module, x: torch.Tensor, distance_maps: torch.Tensor,
+                          map_step: int | None = None, grid: FeatureGrid | None = None
+                          ) -> tuple[torch.Tensor, FeatureGrid]:
+    """The distance maps (B, P, h, w) the model computed for x (B, C, H, W), on its grid (None: measured here), or
+    with `map_step` the same maps sampled every `map_step` pixels (`dense_distance_maps`, reusing `distance_maps`
+    as its unshifted pass) on their finer grid."""
+    grid = grid or feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
+    if map_step is None:
+        return distance_maps, grid
+    return dense_distance_maps(model, x, map_step, grid, unshifted=distance_maps)
