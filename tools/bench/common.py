@@ -102,10 +102,11 @@ def run_or_reuse(cmd: list[str], reuse: str | None, marker: str = "run folder:",
     """Run a training command, or take the run folder `reuse` of an earlier call instead (its command stands).
 
     Returns (the run folder, the wall seconds of its training: measured here, or the run's metrics.json
-    `wall_time_s`).
+    `wall_time_s`, whose "total" where it is given per stage, as in a neuron-concepts pipeline).
     """
     if reuse is None:
         path, wall, _ = run_command(cmd, marker, echo)
         return path, wall
     run = Path(reuse).resolve()
-    return run, json.loads((run / "metrics.json").read_text())["wall_time_s"]
+    wall = json.loads((run / "metrics.json").read_text())["wall_time_s"]
+    return run, wall["total"] if isinstance(wall, dict) else wall

@@ -130,8 +130,6 @@ def main() -> None:
     run_args = ["run", "--config", "synth-derm-cpu", "--root", str(data), "--device", "cpu", "--out", str(out),
                 "--no-progress"]
     pipeline, total_s = run_or_reuse([nc, *run_args], args.pipeline, "pipeline folder")
-    if isinstance(total_s, dict):  # a reused pipeline: its own per-stage wall times
-        total_s = total_s["total"]
     summary = json.loads((pipeline / "metrics.json").read_text())
     diag = diagnostics(pipeline, pipeline / "sae")
     result_main = matching_of(pipeline / "name", diag["relevant"])
