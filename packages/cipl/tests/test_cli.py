@@ -58,6 +58,10 @@ def test_train_writes_metrics_prototypes_and_figures(trained):
     assert "all_present/pointing_game" in loc and 0 <= loc["all_present/iou_mean"] <= 1
     # the selected checkpoint is a pushed one, and its push folder is recorded
     assert metrics["best_epoch"] in (1, 2) and metrics["prototypes"].startswith("prototypes/epoch-")
+    # where the push put each finding's prototypes (No Finding has no mask: 5 classes x 2 prototypes)
+    placement = metrics["prototype_placement"]
+    assert sum(placement[f"n/{name}"] for name in metrics["outputs"]) == 10
+    assert 0 <= placement["on_finding"] <= 1
     assert len(list((run / "figures" / "gallery").glob("*.png"))) == 6  # 5 findings + No Finding
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "train/cross" not in history[0] and "train/cross" in history[1]  # warm-up, then pairs
@@ -73,10 +77,11 @@ def test_evaluate_reason_gallery_push(trained, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert report["test"]["auroc_mean"] == pytest.approx(metrics["test"]["auroc_mean"], abs=1e-6)
     assert "localisation" in report
+    assert report["prototype_placement"] == metrics["prototype_placement"]
     image = sorted((data / "images").iterdir())[0]
     result = runner.invoke(main, ["reason", str(run), str(image), "--top-k", "2", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    assert "prototype" in result.output and "similarity" in result.output
+    assert "prototype" in result.output and "similarity" in result.output and "class map peak at" in result.output
     assert (tmp_path / "r" / "summary.txt").is_file() and list((tmp_path / "r").glob("reason-*.png"))
     # shift-and-stitch maps every 4 px (the stride is 8): same classification, a separate report
     result = runner.invoke(main, ["evaluate", str(run), "--bootstrap", "20", "--map-step", "4"])

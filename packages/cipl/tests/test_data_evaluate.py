@@ -105,7 +105,8 @@ def test_pointing_game_and_iou_by_hand():
     assert result["cell_pointing_game"] == result["pointing_game"]
     assert result["cell_pointing_game/a"] == 1.0 and result["cell_pointing_game/b"] == 0.0
     # with one prototype per class, the three kinds of class map are the same map
-    assert result["max/pointing_game"] == result["weighted/pointing_game"] == result["pointing_game"]
+    assert result["map"] == "weighted"  # the default headline map
+    assert result["max/pointing_game"] == result["top/pointing_game"] == result["pointing_game"]
 
 
 def test_feature_grid_and_upsampling():
@@ -196,3 +197,68 @@ def test_sampled_maps_reuse_the_unshifted_pass():
     marker = torch.full_like(own, -1.0)
     dense, _ = sampled_distance_maps(Subsampling(), x, marker, 2, grid)
     assert torch.equal(dense[:, :, ::2, ::2], marker) and torch.equal(dense[:, :, 1::2, 1::2], x[:, :, 2::4, 2::4])
+
+
+def test_prototype_placement_by_hand():
+    from cipl.evaluate import prototype_placement
+
+    size = 16
+    masks = np.zeros((3, 3, size, size), np.uint8)
+    masks[0, 0, 0:4, 0:4] = 1  # image i0, finding a: top-left corner
+    masks[1, 1, 12:16, 12:16] = 1  # image i1, finding b: bottom-right corner
+    masks[2, 1, 0:2, 14:16] = 1  # image i2, finding b: top-right corner
+    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0]], np.float32)
+    ds = multilabel_dataset(3, size=size, masks=masks, targets=targets, images=np.zeros((3, size, size), np.uint8))
+
+    def record(index, name, source, cell):
+        return {"index": index, "class_name": name, "source_id": source, "cell": list(cell)}
+
+    # a 4x4 grid, cells every 4 px, cell 0 centred on pixel 0 (cell 1 owns pixels 2..5, cell 3 owns 10..15)
+    push = {"grid": [4, 4], "image_size": [size, size],
+            "stats": {"grid_origin_px": [0.0, 0.0], "grid_step_px": [4.0, 4.0]},
+            "prototypes": [record(0, "a", "i0", (0, 0)),  # cell (0, 0) holds pixels 0..1: on a's mask
+                           record(1, "a", "i0", (1, 1)),  # pixels 2..5: overlaps a's mask (0..3)
+                           record(2, "a", "i0", (2, 2)),  # pixels 6..9: off
+                           record(3, "b", "i1", (3, 3)),  # pixels 10..15: on b's mask
+                           record(4, "b", "i2", (3, 3)),  # rows 10..15: image i2's b mask is rows 0..1: off
+                           record(5, "No Finding", "i0", (0, 0))]}  # a class without masks: not counted
+    out = prototype_placement(push, ds)
+    assert out["on_finding/a"] == pytest.approx(2 / 3) and out["n/a"] == 3
+    assert out["on_finding/b"] == pytest.approx(1 / 2) and out["n/b"] == 2
+    assert out["on_finding"] == pytest.approx(3 / 5)
+    push["prototypes"].append(record(6, "a", "elsewhere", (0, 0)))
+    with pytest.raises(ValueError, match="'elsewhere' is not in"):
+        prototype_placement(push, ds)
+
+
+def test_localisation_as_swaps_the_headline_kind():
+    from cipl.evaluate import localisation_as
+
+    result = {"n": 4, "pointing_game": 0.5, "pointing_game/a": 0.25, "all_present/pointing_game": 0.4,
+              "max/n": 4, "max/pointing_game": 0.3, "weighted/n": 4, "weighted/pointing_game": 0.9,
+              "weighted/pointing_game/a": 1.0, "map": "top", "map_step": None, "iou_threshold": 0.5}
+    out = localisation_as(result, "weighted")
+    assert out["map"] == "weighted" and out["pointing_game"] == 0.9 and out["pointing_game/a"] == 1.0
+    assert out["top/pointing_game"] == 0.5 and out["top/pointing_game/a"] == 0.25 and out["top/n"] == 4
+    assert out["max/pointing_game"] == 0.3 and out["iou_threshold"] == 0.5
+    assert not any(k.startswith(("weighted/", "all_present/")) for k in out)
+    assert localisation_as(out, "top")["pointing_game"] == 0.5
+    assert localisation_as(result, "top") == result
+    with pytest.raises(ValueError, match="map kind"):
+        localisation_as(result, "mean")
+
+
+def test_weighted_class_maps_by_hand():
+    from cipl.evaluate import weighted_class_maps
+
+    model = CIPL(IdentityBackbone(1), LabelSpace.for_task("multilabel", ("a", "b", "c")), prototypes_per_class=2,
+                 prototype_dim=1, reduce_dim=None, add_on_layers=1)
+    with torch.no_grad():
+        model.last_layer.weight.copy_(torch.arange(32, dtype=torch.float32).view(4, 8) / 10)
+    maps = torch.rand(2, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    out = weighted_class_maps(model, maps)
+    assert out.shape == (2, 4, 3, 3)
+    # class b (index 1) owns prototypes 2 and 3; its weights on them are row 1, columns 2 and 3: 1.0 and 1.1
+    assert torch.allclose(out[:, 1], 1.0 * maps[:, 2] + 1.1 * maps[:, 3])
+    # off-block weights (class a's on b's prototypes, 0.2 and 0.3) play no part
+    assert torch.allclose(out[:, 0], 0.0 * maps[:, 0] + 0.1 * maps[:, 1])

@@ -2,9 +2,10 @@
 per-finding masks (synth-cxr), CIPL's interpretability metrics.
 
 Localisation (per image and finding that is present and detected, i.e. probability > 0.5):
-- the class map is the similarity map (h, w) of the class's most activated prototype (the first row of
-  `cipl reason`; also reported: the maximum over the class's prototypes, and their sum weighted by the last
-  layer), upsampled bicubically to the input size with each cell at its receptive-field centre (`cipl.maps`);
+- the class map (h, w) is the class's prototype similarity maps summed with their last-layer weights (the
+  class logit's spatial distribution, the "class map" row of `cipl reason`; also reported: the map of the most
+  activated prototype, the first prototype row of `cipl reason`, and the maximum over the class's prototypes),
+  upsampled bicubically to the input size with each cell at its receptive-field centre (`cipl.maps`);
 - pointing game: 1 when the map's maximum lies inside the finding's mask;
 - IoU: the map, min-max normalised, thresholded at `iou_threshold` (default 0.5 of its range), against the mask.
 For the misses, the median distance (pixels) from the map's maximum to the mask is reported per finding.
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cipl.maps import FeatureGrid, feature_grid, sampled_distance_maps, upsample
+from cipl.maps import FeatureGrid, feature_grid, naive_grid, sampled_distance_maps, upsample
 from cipl.model import CIPL
 
 
@@ -52,7 +53,7 @@ MAP_KINDS = ("top", "max", "weighted")
 
 
 @torch.no_grad()
-def class_maps(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None, kind: str = "top",
+def class_maps(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None, kind: str = "weighted",
                grid: FeatureGrid | None = None, map_step: int | None = None) -> torch.Tensor:
     """(B, K, H, W) one similarity map per class (see MAP_KINDS), upsampled bicubically to `size` (default the
     input size) on the feature grid `grid` (None: measured from the model). `map_step`: sample the maps every
@@ -81,14 +82,23 @@ def class_maps_by_kind(model: CIPL, x: torch.Tensor, size: tuple[int, int] | Non
         if kind == "max":
             per_class = blocks.amax(dim=2)
         elif kind == "weighted":
-            weights = (model.last_layer.weight * model.class_mask).view(model.num_classes, model.num_classes, m)
-            own = weights[torch.arange(model.num_classes), torch.arange(model.num_classes)]  # (K, M)
-            per_class = (blocks * own.view(1, model.num_classes, m, 1, 1)).sum(dim=2)
+            per_class = weighted_class_maps(model, act)
         else:
             top = out["similarities"].view(b, model.num_classes, m).argmax(dim=2)  # (B, K)
             per_class = blocks.gather(2, top.view(b, model.num_classes, 1, 1, 1).expand(-1, -1, 1, h, w))[:, :, 0]
         maps[kind] = upsample(per_class, size, scaled)
     return maps
+
+
+def weighted_class_maps(model: CIPL, similarity_maps: torch.Tensor) -> torch.Tensor:
+    """(B, P, h, w) prototype similarity maps -> (B, K, h, w): each class's maps summed with their own last-layer
+    weights (the class logit's spatial distribution: its maximum over cells is not the logit, whose terms take
+    each prototype's own maximum, but it shows where the class's prototypes agree)."""
+    b, _, h, w = similarity_maps.shape
+    k, m = model.num_classes, model.prototypes_per_class
+    weights = (model.last_layer.weight * model.class_mask).view(k, k, m)
+    own = weights[torch.arange(k), torch.arange(k)]  # (K, M)
+    return (similarity_maps.view(b, k, m, h, w) * own.view(1, k, m, 1, 1)).sum(dim=2)
 
 
 def _scaled_grid(grid: FeatureGrid, input_hw: tuple[int, int], size: tuple[int, int]) -> FeatureGrid:
@@ -129,7 +139,7 @@ def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> list[float] |
 @torch.no_grad()
 def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.device = "cpu", batch_size: int = 64,
                          iou_threshold: float = 0.5, detect_threshold: float = 0.5, n_boot: int = 1000,
-                         seed: int = 0, kind: str = "top", map_step: int | None = None) -> dict[str, Any] | None:
+                         seed: int = 0, kind: str = "weighted", map_step: int | None = None) -> dict[str, Any] | None:
     """Pointing game and IoU of the class maps against the dataset's masks (None when no mask matches a
     class of the model: masks are matched to outputs by concept name). The headline numbers use the map
     `kind`; the other MAP_KINDS are reported under "<kind>/..."."""
@@ -214,10 +224,34 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
     return result
 
 
+#: keys of a localisation result that describe it rather than measure one map kind
+_LOCALISATION_META = ("map", "map_step", "iou_threshold", "detect_threshold", "grid_origin_px", "grid_step_px")
+
+
+def localisation_as(result: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A `localisation_metrics` result re-keyed so that map `kind`'s numbers are the unprefixed headline ones
+    and the former headline's sit under "<its kind>/" like the others (its "all_present/" numbers, measured
+    for the headline kind only, are dropped). Lets runs made with different `localisation_map` be compared."""
+    if kind not in MAP_KINDS:
+        raise ValueError(f"map kind must be one of {MAP_KINDS}, got {kind!r}")
+    current = result.get("map", "top")
+    if current == kind:
+        return dict(result)
+    prefixes = (*[f"{k}/" for k in MAP_KINDS], "all_present/")
+    out: dict[str, Any] = {f"{current}/{k}": v for k, v in result.items()
+                           if not k.startswith(prefixes) and k not in _LOCALISATION_META}
+    out.update({k: v for k, v in result.items() if k.startswith(prefixes) and not k.startswith(("all_present/",
+                                                                                                f"{kind}/"))})
+    out.update({k.removeprefix(f"{kind}/"): v for k, v in result.items() if k.startswith(f"{kind}/")})
+    out.update({k: result[k] for k in _LOCALISATION_META if k in result}, map=kind)
+    return out
+
+
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
                  options: dict | None = None, device: str = "cpu", n_boot: int = 1000, checkpoint: str = "best",
                  seed: int = 0, map_step: int | None = None) -> dict[str, Any]:
     """Evaluate a trained CIPL on a split of its own data (default) or of another dataset with the same classes."""
+    from cipl.push import find_push_dir, load_push
     from cipl.train import eval_transform_for, load_cipl, output_task
     from medimg_core.data import load_dataset
     from medimg_core.metrics import metrics_with_ci
@@ -241,4 +275,53 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
                                kind=cfg.localisation_map, map_step=map_step)
     if loc is not None:
         result["localisation"] = loc
+        push_dir = find_push_dir(run_dir, model) if dataset is None and root is None else None
+        if push_dir is not None:
+            train = load_dataset(name, data_root, cfg.data.train_split, **opts)
+            placement = prototype_placement(load_push(push_dir), train)
+            if placement is not None:
+                result["prototype_placement"] = placement
     return result
+
+
+def prototype_placement(push: dict[str, Any], dataset: Dataset) -> dict[str, Any] | None:
+    """Where the push put each prototype relative to its class's finding, for data with per-finding masks.
+
+    push: a push folder's records (`cipl.push.load_push` or `PushResult.to_dict()`); dataset: the push set
+    (the training split), whose card names the masks. A prototype is *on its finding* when the feature cell it
+    was projected onto (the source pixels whose nearest cell centre it is) overlaps the finding's mask in its
+    source image. A class whose prototypes sit off its findings explains maps that peak beside them.
+    Returns {"on_finding": fraction over the classes with masks, "on_finding/<class>": fraction, "n/<class>"},
+    or None when no class has masks."""
+    card = getattr(dataset, "card", None)
+    if card is None or not card.has_masks:
+        return None
+    index_of = {str(i): n for n, i in enumerate(dataset.table.ids)}
+    stats = push.get("stats", {})
+    image_hw = tuple(push["image_size"])
+    grid = FeatureGrid(tuple(stats["grid_origin_px"]), tuple(stats["grid_step_px"]), tuple(push["grid"])) \
+        if "grid_origin_px" in stats else None
+    hits: dict[str, list[bool]] = {}
+    for record in push["prototypes"]:
+        name = record["class_name"]
+        if name not in card.concept_names:
+            continue
+        if record["source_id"] not in index_of:
+            raise ValueError(f"prototype {record['index']}: source image {record['source_id']!r} is not in the "
+                             f"{getattr(dataset, 'split', '')} split given; pass the push set")
+        n = index_of[record["source_id"]]
+        masks = dataset.load_masks(n, tuple(dataset.load_image(n).shape[:2]))
+        mask = torch.from_numpy(np.asarray(masks[card.concept_names.index(name)]).astype(bool))
+        cell_grid = grid if grid is not None else naive_grid(tuple(push["grid"]), image_hw)
+        cell_grid = _scaled_grid(cell_grid, image_hw, tuple(mask.shape))
+        rows, cols = cell_of_pixels(cell_grid, tuple(mask.shape))
+        cell = tuple(record["cell"])
+        box = (rows == cell[0]).unsqueeze(1) & (cols == cell[1]).unsqueeze(0)
+        hits.setdefault(name, []).append(bool((box & mask).any()))
+    if not hits:
+        return None
+    out: dict[str, Any] = {"on_finding": float(np.mean([v for h in hits.values() for v in h]))}
+    for name, h in hits.items():
+        out[f"on_finding/{name}"] = float(np.mean(h))
+        out[f"n/{name}"] = len(h)
+    return out

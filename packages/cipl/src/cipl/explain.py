@@ -3,7 +3,9 @@
 - `reason_tensor` / `reason_image`: for each predicted finding (single-label: the predicted class; nothing
   predicted: the reference class), the image's similarity maps to that class's most activated prototypes,
   upsampled and overlaid, next to each prototype's source patch, with the similarity, the last-layer weight
-  and their product, the prototype's contribution to the class logit. One figure per class and a text summary.
+  and their product, the prototype's contribution to the class logit; above them the class map (all the
+  class's prototype maps summed with their last-layer weights: where the class logit comes from, the map
+  the localisation metrics score). One figure per class and a text summary.
 - `gallery_figures`: every class's prototypes after the push, on their source images with the contour.
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cipl.evaluate import weighted_class_maps
 from cipl.maps import sampled_distance_maps, upsample_numpy
 from cipl.model import CIPL
 from cipl.push import load_push, overlay, prototype_file
@@ -42,6 +45,8 @@ class ClassReasoning:
     logit: float
     reference_logit: float | None
     evidence: list[PrototypeEvidence] = field(default_factory=list)
+    class_map: np.ndarray | None = None  # (H, W) the prototype maps summed with their last-layer weights
+    class_peak: tuple[int, int] | None = None  # (y, x) of its maximum
 
     @property
     def shown_contribution(self) -> float:
@@ -61,7 +66,8 @@ class Reasoning:
         for c in self.classes:
             ref = (f" vs {self.reference_name} {c.reference_logit:.3f}" if c.reference_logit is not None
                    and c.name != self.reference_name else "")
-            lines.append(f"{c.name}: probability {c.probability:.3f}, logit {c.logit:.3f}{ref}; the "
+            peak = f"; class map peak at (y={c.class_peak[0]}, x={c.class_peak[1]})" if c.class_peak else ""
+            lines.append(f"{c.name}: probability {c.probability:.3f}, logit {c.logit:.3f}{ref}{peak}; the "
                          f"{len(c.evidence)} most activated prototypes add {c.shown_contribution:.3f}:")
             for e in c.evidence:
                 src = f" (from {e.source_id})" if e.source_id else ""
@@ -80,11 +86,24 @@ class Reasoning:
         paths = []
         for c in self.classes:
             k = len(c.evidence)
+            top = int(c.class_map is not None)
             with plt.rc_context(PAPER_RC):
-                fig, axes = plt.subplots(k, 4, figsize=(9.5, 2.3 * k + 0.6), squeeze=False,
+                fig, axes = plt.subplots(k + top, 4, figsize=(9.5, 2.3 * (k + top) + 0.6), squeeze=False,
                                          gridspec_kw={"width_ratios": [1, 1, 1, 1.3]})
+                if top:
+                    ax = axes[0]
+                    ax[0].imshow(overlay(self.image, c.class_map, alpha=0.45))
+                    ax[0].plot(c.class_peak[1], c.class_peak[0], marker="+", color="white", markersize=10, mew=2)
+                    ax[0].set_title("class map", fontsize=9)
+                    ax[1].imshow(self.image)
+                    ax[1].set_title("image", fontsize=9)
+                    ax[3].text(0.0, 0.5, f"all {c.name} prototypes:\nsimilarity maps x weights,\nsummed "
+                               f"(peak y={c.class_peak[0]}, x={c.class_peak[1]})", va="center", fontsize=9,
+                               family="monospace")
+                    for a in ax:
+                        a.axis("off")
                 for row, e in enumerate(c.evidence):
-                    ax = axes[row]
+                    ax = axes[row + top]
                     ax[0].imshow(overlay(self.image, e.activation, alpha=0.45))
                     ax[0].plot(e.peak[1], e.peak[0], marker="+", color="white", markersize=10, mew=2)
                     ax[0].set_title("this region" if row == 0 else "", fontsize=9)
@@ -146,6 +165,7 @@ def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str
     if push_dir is not None:
         push = load_push(push_dir)
         records = {r["index"]: r for r in push["prototypes"]}
+    class_maps = weighted_class_maps(model, maps[None].to(device))[0].cpu()  # (K, h, w)
     explained = []
     for name in classes:
         if name not in labels.class_names:
@@ -165,8 +185,11 @@ def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str
                 _read_png(prototype_file(Path(push_dir), j, "contour")) if push_dir else None))
         prob = float(probs[names.index(name)]) if name in names else float(1 - probs.max()) if labels.multilabel \
             else float("nan")
+        class_map = upsample_numpy(class_maps[k], size, grid)
+        class_peak = np.unravel_index(int(np.argmax(class_map)), class_map.shape)
         explained.append(ClassReasoning(name, prob, float(logits[k]),
-                                        float(logits[-1]) if labels.multilabel else None, evidence))
+                                        float(logits[-1]) if labels.multilabel else None, evidence,
+                                        class_map, (int(class_peak[0]), int(class_peak[1]))))
     return Reasoning(image, image_id, dict(zip(names, map(float, probs), strict=True)), ref_name, explained)
 
 

@@ -123,9 +123,10 @@ class CIPLConfig:
     #: localisation metrics (datasets with masks): a map counts its pixels at or above this fraction of
     #: its min-max range as the predicted region
     iou_threshold: float = 0.5
-    #: the class map of the localisation metrics: top (the most activated prototype's map), max (over the
-    #: class's prototypes) or weighted (their sum weighted by the last layer)
-    localisation_map: Literal["top", "max", "weighted"] = "top"
+    #: the headline class map of the localisation metrics (all three are reported): weighted (the class's
+    #: prototype maps summed with their last-layer weights; chosen on validation, see the README), top (the
+    #: most activated prototype's map) or max (over the class's prototypes)
+    localisation_map: Literal["top", "max", "weighted"] = "weighted"
 
 
 def default_monitor(labels: LabelSpace) -> str:
@@ -401,8 +402,9 @@ def check_config(cfg: CIPLConfig, labels: LabelSpace, train: MedicalImageDataset
 def train_cipl(cfg: CIPLConfig, resume_dir: str | Path | None = None) -> Path:
     """Train CIPL with the published schedule, select on validation among pushed states, evaluate on test
     (with localisation metrics where the data have masks), draw the gallery; return the run folder."""
-    from cipl.evaluate import localisation_metrics
+    from cipl.evaluate import localisation_metrics, prototype_placement
     from cipl.explain import gallery_figures
+    from cipl.push import load_push
     from medimg_core.figures import training_curves
     from medimg_core.metrics import metrics_with_ci
     from medimg_core.runs import prepare_run
@@ -464,6 +466,10 @@ def train_cipl(cfg: CIPLConfig, resume_dir: str | Path | None = None) -> Path:
         push_dir = _push_dir_for(run_dir, student)
         if push_dir is not None:
             final["prototypes"] = str(push_dir.relative_to(run_dir))
+            if card.has_masks:
+                placement = prototype_placement(load_push(push_dir), data["push"])
+                if placement is not None:
+                    final["prototype_placement"] = placement
             gallery_figures(student, push_dir, run_dir / "figures" / "gallery")
         final.update(wall_time_s=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(), device=str(device),
                      world_size=dist_info.world_size)
