@@ -217,7 +217,7 @@ def test_stage_backbone_cuts_after_a_stage():
 
 
 def test_output_stride_4_layer3_grid():
-    """resnet18's layer3 at output stride 4 (the synth-cxr preset): a 16 x 16 grid at 64 px, cell i on pixel 4i."""
+    """resnet18's layer3 at output stride 4 (layer2 dilated too): a 16 x 16 grid at 64 px, cell i on pixel 4i."""
     from cipl.maps import feature_grid
     from cipl.model import StageBackbone
     from cipl.train import CIPLModelConfig
