@@ -9,74 +9,82 @@ def _mb(value) -> str:
     return "n/a" if value is None else f"{value / 1024:.1f} GB"
 
 
+def mean_sd_text(stat: dict | None, digits: int = 3) -> str:
+    """mean ± sd (min-max) of a summary statistic."""
+    if not stat:
+        return "n/a"
+    return (f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f} ({stat['min']:.{digits}f}-"
+            f"{stat['max']:.{digits}f})")
+
+
 def synth_cxr(result: dict) -> list[str]:
-    c, b, pre = result["cipl"], result["baseline"], result["preset"]
-    ct, bt, loc = c["test"], b["test"], c.get("localisation", {})
+    pre, runs, summ, targets = result["preset"], result["runs"], result["summary"], result["targets"]
+    seeds = result["seeds"]
+    step = runs[0]["cipl"].get("localisation_dense", {}).get("map_step")
+    threads = result.get("threads")
     lines = [
         "## CIPL on synth-cxr (findings with masks): classification and localisation", "",
-        f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.", "",
+        f"Date: {result['date']}. Machine: {machine_line(result['machine'])}"
+        f". Command: `{f'OMP_NUM_THREADS={threads} ' if threads else ''}{result['command']}` (the thread count is "
+        "part of the result: runs with other thread counts differ).", "",
         f"Data: {result['data']}. Both models: {pre['backbone']} from scratch at {pre['image_size']} px, "
-        f"{pre['epochs']} epochs (CIPL: output_stride {pre['output_stride']}, {pre['prototypes_per_class']} prototypes "
-        f"x {pre['prototype_dim']} channels per class, {pre['warm_epochs']} warm-up epochs, pushes after epochs "
-        f"{pre['push_epochs']}, each followed by {pre['last_layer_epochs']} last-layer epoch(s)).", "",
-        "| model | mean AUROC [95% CI] | mean best-threshold F1 | accuracy (per label, 0.5) | best epoch | wall time | peak memory |",
-        "|---|---|---|---|---|---|---|",
-        f"| CIPL | {ci(ct, 'auroc_mean')} | {fmt(ct.get('f1_best_mean'))} | {ci(ct, 'accuracy')} | "
-        f"{c['best_epoch']}/{c['epochs_run']} | {c['wall_time_s'] / 60:.1f} min | {_mb(c['peak_memory_mb'])} |",
-        f"| baseline | {ci(bt, 'auroc_mean')} | {fmt(bt.get('f1_best_mean'))} | {ci(bt, 'accuracy')} | "
-        f"{b['best_epoch']}/{b['epochs_run']} | {b['wall_time_s'] / 60:.1f} min | {_mb(b['peak_memory_mb'])} |",
+        f"{pre['epochs']} epochs (CIPL: stage {pre['feature_stage']} at output stride {pre['output_stride']}, "
+        f"{pre['prototypes_per_class']} prototypes x {pre['prototype_dim']} channels per class, {pre['warm_epochs']} "
+        f"warm-up epochs, pushes after epochs {pre['push_epochs']}, each followed by {pre['last_layer_epochs']} "
+        f"last-layer epoch(s)). Seeds {seeds}: one training of each model per seed; the same data for all.", "",
+        "Pointing game: the maximum of the class map lies inside the generator's mask, over test findings present "
+        "and detected (p > 0.5). The class map is the class's prototype similarity maps summed with their last-layer "
+        "weights (the class logit's spatial distribution; `localisation_map: weighted`, chosen on the validation "
+        "split, see the cipl README), upsampled bicubically with cells at their receptive-field centres. "
+        "*top*: the map of the class's most activated prototype alone (the first row of `cipl reason`). IoU: the "
+        "map min-max normalised, thresholded at 0.5, against the mask. *Cell* pointing game (a diagnostic of the "
+        "grid): the feature cell holding the maximum overlaps the mask. *Prototypes on finding*: the share of a "
+        "class's prototypes that the last push projected onto a feature cell overlapping that finding's mask in "
+        "its source training image.", "",
+        "| seed | CIPL mean AUROC [95% CI] | baseline mean AUROC [95% CI] | gap (points) | pointing game [95% CI] | "
+        f"maps every {step} px | top-prototype map | cell pointing game | IoU | prototypes on finding | CIPL wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        c, b = r["cipl"], r["baseline"]
+        loc, dense = c["localisation"], c.get("localisation_dense", {})
+        place = c.get("prototype_placement") or {}
+        lines.append(
+            f"| {r['seed']} | {ci(c['test'], 'auroc_mean')} | {ci(b['test'], 'auroc_mean')} | "
+            f"{r['auroc_gap_points']:+.2f} | {ci(loc, 'pointing_game')} | {fmt(dense.get('pointing_game'))} | "
+            f"{fmt(loc.get('top/pointing_game'))} | {fmt(loc.get('cell_pointing_game'))} | {fmt(loc.get('iou_mean'))} | "
+            f"{fmt(place.get('on_finding'), 2)} | {c['wall_time_s'] / 60:.1f} min |")
+    lines += [
+        f"| **mean ± sd (min-max)** | {mean_sd_text(summ['cipl_auroc'])} | {mean_sd_text(summ['baseline_auroc'])} | "
+        f"{mean_sd_text(summ['auroc_gap_points'], 2)} | **{mean_sd_text(summ['pointing_game'])}** | {mean_sd_text(summ['pointing_game_dense'])} | "
+        f"{mean_sd_text(summ['top_pointing_game'])} | {mean_sd_text(summ['cell_pointing_game'])} | {mean_sd_text(summ['iou'])} | "
+        f"{mean_sd_text(summ['prototypes_on_finding'], 2)} | - |", "",
+        "Targets, judged on the means over seeds: " + "; ".join(
+            f"{name}: {'met' if ok else '**NOT met**'}" for name, ok in targets.items()) + ".", "",
+        "Per finding (mean ± sd over the seeds, min-max in brackets):", "",
+        f"| finding | CIPL AUROC | baseline AUROC | pointing game | cell pointing game | misses: median px to the mask "
+        f"(seeds with misses) | maps every {step} px | top-prototype map | IoU | prototypes on finding |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, f in summ["per_finding"].items():
+        lines.append(f"| {name} | {mean_sd_text(f['cipl_auroc'])} | {mean_sd_text(f['baseline_auroc'])} | "
+                     f"{mean_sd_text(f['pointing_game'], 2)} | {mean_sd_text(f.get('cell_pointing_game'), 2)} | "
+                     f"{mean_sd_text(f.get('miss_distance_px'), 1)} ({(f.get('miss_distance_px') or {}).get('n', 0)}) | "
+                     f"{mean_sd_text(f['pointing_game_dense'], 2)} | {mean_sd_text(f['top_pointing_game'], 2)} | {mean_sd_text(f['iou'], 2)} | "
+                     f"{mean_sd_text(f['prototypes_on_finding'], 2)} |")
+    first = runs[0]
+    lines += [
         "",
-        f"AUROC gap CIPL - baseline: **{result['auroc_gap_points']:+.2f} points** (target: within 2 points: "
-        f"{'met' if result['targets']['auroc_within_2_points'] else 'NOT met'}).", "",
-    ]
-    names = [k.split("/", 1)[1] for k in ct if k.startswith("auroc/")]
-    lines += ["| finding | CIPL AUROC | baseline AUROC | pointing game (detected) | cell pointing game (detected) | "
-              "IoU (detected) | n detected | misses: median px to mask | pointing game (all present) | "
-              "max-map / weighted-map pointing |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for n in names:
-        lines.append(f"| {n} | {fmt(ct.get(f'auroc/{n}'))} | {fmt(bt.get(f'auroc/{n}'))} | "
-                     f"{fmt(loc.get(f'pointing_game/{n}'))} | {fmt(loc.get(f'cell_pointing_game/{n}'))} | "
-                     f"{fmt(loc.get(f'iou/{n}'))} | {loc.get(f'n/{n}', 0)} | "
-                     f"{fmt(loc.get(f'miss_distance_px/{n}'), 1)} | {fmt(loc.get(f'all_present/pointing_game/{n}'))} | "
-                     f"{fmt(loc.get(f'max/pointing_game/{n}'))} / {fmt(loc.get(f'weighted/pointing_game/{n}'))} |")
-    pg, iou = loc.get("pointing_game"), loc.get("iou_mean")
-    pg_ci, iou_ci = loc.get("pointing_game_ci") or [None, None], loc.get("iou_mean_ci") or [None, None]
-    cpg, cpg_ci = loc.get("cell_pointing_game"), loc.get("cell_pointing_game_ci") or [None, None]
-    lines += [
-        f"| **all** | {fmt(ct.get('auroc_mean'))} | {fmt(bt.get('auroc_mean'))} | **{fmt(pg)}** "
-        f"[{fmt(pg_ci[0])}, {fmt(pg_ci[1])}] | {fmt(cpg)} [{fmt(cpg_ci[0])}, {fmt(cpg_ci[1])}] | {fmt(iou)} [{fmt(iou_ci[0])}, {fmt(iou_ci[1])}] | {loc.get('n', 0)} | - | "
-        f"{fmt(loc.get('all_present/pointing_game'))} | {fmt(loc.get('max/pointing_game'))} / "
-        f"{fmt(loc.get('weighted/pointing_game'))} |", "",
-        f"Pointing game: the maximum of the class map (the similarity map of the class's most activated prototype, "
-        f"bicubic upsampling with cells at their receptive-field centres) lies inside the generator's mask, over test findings present and detected (p > 0.5); "
-        f"target at least 0.8: {'met' if result['targets']['pointing_game_at_least_0.8'] else 'NOT met'}. IoU: the "
-        f"map min-max normalised, thresholded at {loc.get('iou_threshold', 0.5)}, against the mask. Last column: the "
-        f"same with the maximum over the class's prototypes, and with their sum weighted by the last layer. Cell "
-        f"pointing game (a diagnostic, not the target): the feature cell holding the map's maximum (stride "
-        f"{fmt((loc.get('grid_step_px') or [None])[0], 0)} px) overlaps the mask. A similarity map peaks at a cell "
-        f"centre, so a finding smaller than a cell, or a peak on the cell beside a finding's edge, fails the "
-        f"pixel-level game while the cell is right.", "",
-    ]
-    dense = result["cipl"].get("localisation_dense")
-    if dense:
-        step = dense.get("map_step")
-        lines += [
-            f"The same maps sampled every {step} px by shift-and-stitch (`cipl.maps.dense_distance_maps`: the model "
-            f"run on the image shifted by every multiple of {step} px below its stride, the distance maps "
-            f"interleaved, no interpolation until the final bicubic upsampling; `{result['dense_command']}`):", "",
-            "| finding | pointing game (detected) | IoU | misses: median px to mask |", "|---|---|---|---|"]
-        for n in names:
-            lines.append(f"| {n} | {fmt(dense.get(f'pointing_game/{n}'))} | {fmt(dense.get(f'iou/{n}'))} | "
-                         f"{fmt(dense.get(f'miss_distance_px/{n}'), 1)} |")
-        dci = dense.get("pointing_game_ci") or [None, None]
-        lines += [f"| **all** | **{fmt(dense.get('pointing_game'))}** [{fmt(dci[0])}, {fmt(dci[1])}] | "
-                  f"{fmt(dense.get('iou_mean'))} | - |", ""]
-    lines += [
-        f"- CIPL: `{result['cipl_command']}`",
-        f"- baseline: `{result['baseline_command']}`",
-        f"- gallery: `{result['gallery_command']}`; reasoning: `{result['reason_command']}`",
-        "- stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["stage_wall_s"].items()),
+        f"- CIPL: `{first['cipl_command']}` (each seed: `--seed S`)",
+        f"- baseline: `{first['baseline_command']}`",
+        f"- maps every {step} px (shift-and-stitch, `cipl.maps.dense_distance_maps`: the model run on the image "
+        f"shifted by multiples of {step} px below its stride and the maps interleaved; not better than the model's own "
+        f"grid on the validation split): `{first['dense_command']}`",
+        f"- gallery and reasoning (seed {result['figures']['seed']}): `{result['gallery_command']}`; "
+        f"`{result['reason_command']}`",
+        "- wall times: " + "; ".join(f"seed {r['seed']}: " + ", ".join(f"{k} {v:.0f} s" for k, v in
+                                                                      r["stage_wall_s"].items()) for r in runs)
+        + "; " + ", ".join(f"{k} {v:.0f} s" for k, v in result["stage_wall_s"].items()),
         "",
         f"![CIPL prototypes on synth-cxr]({result['figures']['gallery'].removeprefix('docs/')})", "",
     ]

@@ -125,13 +125,12 @@ def ground_truth_summary() -> list[str]:
                     f"naming accuracy (relevant / all) | {r['relevant_matched_0.9']} of {r['relevant_count']}; "
                     f"{fmt(r['naming_accuracy_relevant'], 2)} / {fmt(r['naming_accuracy_all'], 2)} | every relevant one |")
     if r := _load("cipl_synth_cxr"):
-        loc = r["cipl"]["localisation"]
-        rows.append(f"| cipl | synth-cxr | pointing game (map maximum inside the finding's mask; detected findings); "
-                    f"mask IoU; cell pointing game | {fmt(loc['pointing_game'])}; {fmt(loc['iou_mean'])}; "
-                    f"{fmt(loc['cell_pointing_game'])} | pointing >= 0.8 |")
-        if dense := r["cipl"].get("localisation_dense"):
-            rows.append(f"| cipl | synth-cxr | the same, maps sampled every {dense['map_step']} px (shift-and-stitch); "
-                        f"mask IoU | {fmt(dense['pointing_game'])}; {fmt(dense['iou_mean'])} | pointing >= 0.8 |")
+        from render_cipl import mean_sd_text  # the CIPL renderer knows its result layout
+
+        summ = r["summary"]
+        rows.append(f"| cipl | synth-cxr | pointing game (class map maximum inside the finding's mask; detected "
+                    f"findings), mean ± sd (min-max) over seeds {r['seeds']}; mask IoU | "
+                    f"{mean_sd_text(summ['pointing_game'])}; {mean_sd_text(summ['iou'])} | pointing >= 0.8 |")
     if r := _load("iis_synth_derm"):
         from render_iis import iis_pair  # the IIS renderer knows its result layout
 
