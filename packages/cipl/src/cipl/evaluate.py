@@ -121,11 +121,22 @@ def cell_of_pixels(grid: FeatureGrid, size: tuple[int, int]) -> tuple[torch.Tens
     return out[0], out[1]
 
 
+def _cell_box_overlaps(cell: tuple[int, int], rows: torch.Tensor, cols: torch.Tensor, mask: torch.Tensor) -> bool:
+    box = (rows == cell[0]).unsqueeze(1) & (cols == cell[1]).unsqueeze(0)
+    return bool((box & mask.bool()).any())
+
+
+def cell_overlaps(cell: tuple[int, int], mask: torch.Tensor, grid: FeatureGrid) -> bool:
+    """Whether feature cell `cell` (row, column), i.e. the pixels whose nearest cell centre it is, overlaps
+    `mask` (H, W); `grid` in mask pixels."""
+    rows, cols = cell_of_pixels(grid, tuple(mask.shape))
+    return _cell_box_overlaps(cell, rows, cols, mask)
+
+
 def cell_hit(peak: tuple[int, int], mask: torch.Tensor, grid: FeatureGrid) -> bool:
     """Whether the feature cell holding pixel `peak` (y, x) overlaps `mask` (H, W); `grid` in mask pixels."""
     rows, cols = cell_of_pixels(grid, tuple(mask.shape))
-    box = (rows == rows[peak[0]]).unsqueeze(1) & (cols == cols[peak[1]]).unsqueeze(0)
-    return bool((box & mask.bool()).any())
+    return _cell_box_overlaps((int(rows[peak[0]]), int(cols[peak[1]])), rows, cols, mask)
 
 
 def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> list[float] | None:
@@ -300,7 +311,7 @@ def prototype_placement(push: dict[str, Any], dataset: Dataset) -> dict[str, Any
     stats = push.get("stats", {})
     image_hw = tuple(push["image_size"])
     grid = FeatureGrid(tuple(stats["grid_origin_px"]), tuple(stats["grid_step_px"]), tuple(push["grid"])) \
-        if "grid_origin_px" in stats else None
+        if "grid_origin_px" in stats else naive_grid(tuple(push["grid"]), image_hw)
     hits: dict[str, list[bool]] = {}
     for record in push["prototypes"]:
         name = record["class_name"]
@@ -312,12 +323,8 @@ def prototype_placement(push: dict[str, Any], dataset: Dataset) -> dict[str, Any
         n = index_of[record["source_id"]]
         masks = dataset.load_masks(n, tuple(dataset.load_image(n).shape[:2]))
         mask = torch.from_numpy(np.asarray(masks[card.concept_names.index(name)]).astype(bool))
-        cell_grid = grid if grid is not None else naive_grid(tuple(push["grid"]), image_hw)
-        cell_grid = _scaled_grid(cell_grid, image_hw, tuple(mask.shape))
-        rows, cols = cell_of_pixels(cell_grid, tuple(mask.shape))
-        cell = tuple(record["cell"])
-        box = (rows == cell[0]).unsqueeze(1) & (cols == cell[1]).unsqueeze(0)
-        hits.setdefault(name, []).append(bool((box & mask).any()))
+        mask_grid = _scaled_grid(grid, image_hw, tuple(mask.shape))
+        hits.setdefault(name, []).append(cell_overlaps(tuple(record["cell"]), mask, mask_grid))
     if not hits:
         return None
     out: dict[str, Any] = {"on_finding": float(np.mean([v for h in hits.values() for v in h]))}

@@ -151,7 +151,9 @@ def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str
     sims = out["similarities"][0].cpu().numpy()
     size = tuple(x.shape[-2:])
     distance_maps, grid = sampled_distance_maps(model, x, out["distance_maps"], map_step)
-    maps = model.similarity(distance_maps[0]).cpu()  # (P, h, w)
+    similarity_maps = model.similarity(distance_maps)  # (1, P, h, w)
+    maps = similarity_maps[0].cpu()
+    class_maps = weighted_class_maps(model, similarity_maps)[0].cpu()  # (K, h, w)
     weights = model.last_layer.weight.detach().cpu().numpy()
     labels = model.labels
     names = list(labels.output_names)
@@ -165,7 +167,6 @@ def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str
     if push_dir is not None:
         push = load_push(push_dir)
         records = {r["index"]: r for r in push["prototypes"]}
-    class_maps = weighted_class_maps(model, maps[None].to(device))[0].cpu()  # (K, h, w)
     explained = []
     for name in classes:
         if name not in labels.class_names:
