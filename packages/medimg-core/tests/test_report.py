@@ -84,3 +84,44 @@ def test_report_renders_in_headless_chromium_with_every_image(tmp_path):
     check = re.search(r'data-check="(\d+):(\d+)"', result.stdout)
     assert check is not None, result.stdout[:2000]
     assert int(check.group(1)) == n_images == 3 and int(check.group(2)) == n_images
+
+
+def test_report_never_follows_a_link_out_of_the_run_folder(tmp_path):
+    """A shared run folder is untrusted: linked files and folders are listed as left out, never embedded."""
+    run = _fake_run(tmp_path, "run", 0.9)
+    outside = tmp_path / "outside"
+    (outside / "secrets").mkdir(parents=True)
+    secret = "root:*:20228:0:99999:7:::"
+    (outside / "shadow").write_text(secret + "\n")
+    (outside / "secrets" / "notes.md").write_text(secret + "\n")
+    (outside / "metrics.json").write_text(json.dumps({"test": {"leaked_metric": 0.123}}))
+    (outside / "config.yaml").write_text(f"leaked: '{secret}'\n")
+    fig, _ax = plt.subplots(figsize=(1, 1))
+    save_figure(fig, outside / "private.png")
+    os.symlink(outside / "shadow", run / "notes.txt")
+    os.symlink(outside / "shadow", run / "figures" / "passwd.md")
+    os.symlink(outside / "secrets", run / "figures" / "linked_folder")
+    os.symlink(outside / "private.png", run / "figures" / "private.png")
+    other = _fake_run(tmp_path, "other", 0.8, with_figures=False)
+    (other / "metrics.json").unlink()
+    os.symlink(outside / "metrics.json", other / "metrics.json")
+    (run / "config.yaml").rename(run / "config.real")
+    os.symlink(outside / "config.yaml", run / "config.yaml")
+    page = build_report(run, compare=[other]).read_text()
+    assert secret not in page and "leaked" not in page
+    assert page.count("<img ") == 4  # the two real figures and both runs' training curves, not private.png
+    left_out = page.split("<h2>Left out</h2>")[1]
+    for rel in ("notes.txt", "figures/passwd.md", "figures/linked_folder", "figures/private.png", "config.yaml",
+                "other/metrics.json"):
+        assert rel in left_out, rel
+
+
+def test_report_card_comes_from_structured_fields_not_a_linked_text(tmp_path):
+    """The data root named by an untrusted config is only parsed as a dataset descriptor."""
+    run = _fake_run(tmp_path, "run", 0.9)
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    (data_root / "card.md").write_text("SECRET CARD TEXT\n")
+    (run / "config.yaml").write_text(f"data:\n  dataset: synth-derm\n  root: {data_root}\n")
+    page = build_report(run).read_text()
+    assert "SECRET CARD TEXT" not in page and "irregular_border" in page

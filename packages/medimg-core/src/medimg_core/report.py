@@ -5,6 +5,13 @@ metrics with their 95% intervals next to the compared runs (a baseline, say), tr
 every figure the method wrote (rules, prototype galleries, similarity maps, concept bars, ARR
 curves, counterfactual strips) and its text outputs. Images are embedded as base64 data URIs
 and no script, style sheet or font is fetched, so the file opens offline and can be mailed.
+
+A run folder is untrusted input: it may come from a colleague's tarball. The page is meant for
+sharing, so it embeds only regular files that lie inside the run folder: a symbolic link (to a file
+or a folder, anywhere on the way down) is never followed, files are opened with `O_NOFOLLOW`, and
+what was left out is listed on the page. The dataset card is rebuilt from structured fields (the
+dataset registry, or the data root's `dataset.json` parsed as a card), never copied from a text file
+the run folder's config points at.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import html
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import yaml
@@ -37,21 +45,98 @@ pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em;border:1px s
 """
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+class RunFolder:
+    """Read-only access to the regular files inside one run folder, never through a symbolic link.
 
+    `skipped` collects the relative paths that were left out (links, devices, sockets, ...).
+    """
 
-def _read_history(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.skipped: list[str] = []
+
+    def _inside(self, rel: Path) -> bool:
+        """True when no component of `rel` below the root is a link and the last one is a regular file."""
+        path = self.root
+        for i, part in enumerate(rel.parts):
+            path = path / part
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted run
+                mode = os.lstat(path).st_mode
+            except OSError:
+                return False
+            last = i == len(rel.parts) - 1
+            if stat.S_ISLNK(mode) or (last and not stat.S_ISREG(mode)):
+                self._skip(rel)
+                return False
+            if not last and not stat.S_ISDIR(mode):
+                return False
+        return True
+
+    def _skip(self, rel: Path) -> None:
+        if str(rel) not in self.skipped:
+            self.skipped.append(str(rel))
+
+    def read_bytes(self, rel: str | Path) -> bytes | None:
+        """The file's bytes, or None when it is absent, a link, or not a regular file inside the folder."""
+        rel = Path(rel)
+        if rel.is_absolute() or ".." in rel.parts or not self._inside(rel):
+            return None
+        try:
+            fd = os.open(self.root / rel, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            self._skip(rel)
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped after the check
+                self._skip(rel)
+                return None
+            return handle.read()
+
+    def read_text(self, rel: str | Path) -> str | None:
+        data = self.read_bytes(rel)
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def files(self) -> list[Path]:
+        """Relative paths of every regular file, sorted; linked files and folders are listed in `skipped`."""
+        out = []
+        for folder, dirs, names in os.walk(self.root, followlinks=False):
+            base = Path(folder)
+            for name in list(dirs):
+                if (base / name).is_symlink():
+                    self._skip((base / name).relative_to(self.root))
+                    dirs.remove(name)
+            for name in names:
+                rel = (base / name).relative_to(self.root)
+                try:
+                    mode = os.lstat(base / name).st_mode
+                except OSError:
+                    continue
+                if stat.S_ISREG(mode):
+                    out.append(rel)
+                elif rel.name != "report.html":
+                    self._skip(rel)
+        return sorted(out)
+
+
+def _read_json(folder: RunFolder, rel: str) -> dict:
+    text = folder.read_text(rel)
+    try:
+        value = json.loads(text) if text is not None else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _read_history(folder: RunFolder, rel: str = "metrics.jsonl") -> list[dict]:
+    rows = []
+    text = folder.read_text(rel)
+    for line in (text or "").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by an interrupted run
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
@@ -133,17 +218,32 @@ def _curves_png(history: list[dict]) -> bytes | None:
         return path.read_bytes()
 
 
-def _dataset_card(config: dict) -> str | None:
-    data = config.get("data") or {}
+def _dataset_card(folder: RunFolder, config: dict) -> str | None:
+    """The card as markdown, rebuilt from structured fields: the run's own card.json, the data root's
+    dataset.json (a generated or CSV dataset, whose card may differ from the registry's: a custom rule),
+    or the registry's card of the named dataset."""
+    from medimg_core.data.card import DatasetCard
+
+    own = _read_json(folder, "card.json")
+    if own:
+        try:
+            return DatasetCard.from_dict(own).to_markdown()
+        except (TypeError, ValueError):
+            pass
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
     name, root = data.get("dataset"), data.get("root")
-    if root and Path(str(root), "card.md").is_file():
-        return Path(str(root), "card.md").read_text()[:MAX_TEXT_CHARS]
-    if not name:
+    if not isinstance(name, str):
         return None
     try:
         from medimg_core.data import get_dataset_class
+        from medimg_core.data.csv_dataset import CSVDataset
         from medimg_core.synthetic import GENERATORS, card_for
 
+        if isinstance(root, str) and (name in GENERATORS or name == "csv") and Path(root, "dataset.json").is_file():
+            try:
+                return CSVDataset.card_for(root).to_markdown()
+            except Exception:  # an unreadable data root only loses the card
+                pass
         if name in GENERATORS:
             return card_for(name).to_markdown()
         return get_dataset_class(name).card.to_markdown()
@@ -156,25 +256,24 @@ def _run_label(run_dir: Path, metrics: dict) -> str:
     return " / ".join(bits) if bits else run_dir.name
 
 
-def _figures(run_dir: Path) -> list[tuple[str, list[Path]]]:
-    """PNG files of the run, grouped by the folder they sit in (checkpoints left out)."""
+def _figures(files: list[Path]) -> list[tuple[str, list[Path]]]:
+    """PNG files of the run (relative paths), grouped by the folder they sit in (checkpoints left out)."""
     groups: dict[str, list[Path]] = {}
-    for path in sorted(run_dir.rglob("*.png")):
-        rel = path.relative_to(run_dir)
-        if rel.parts[0] == "checkpoints" or path.name.startswith("."):
+    for rel in files:
+        if rel.suffix != ".png" or rel.parts[0] == "checkpoints" or rel.name.startswith("."):
             continue
-        groups.setdefault(str(rel.parent) if rel.parent != Path(".") else "run folder", []).append(path)
+        groups.setdefault(str(rel.parent) if rel.parent != Path(".") else "run folder", []).append(rel)
     return list(groups.items())
 
 
-def _texts(run_dir: Path) -> list[tuple[str, str]]:
+def _texts(folder: RunFolder, files: list[Path]) -> list[tuple[str, str]]:
     out = []
-    for path in sorted(run_dir.rglob("*")):
-        rel = path.relative_to(run_dir)
-        if (not path.is_file() or path.suffix not in TEXT_SUFFIXES or path.name in SKIP_TEXT
-                or rel.parts[0] == "checkpoints"):
+    for rel in files:
+        if rel.suffix not in TEXT_SUFFIXES or rel.name in SKIP_TEXT or rel.parts[0] == "checkpoints":
             continue
-        text = path.read_text(errors="replace")
+        text = folder.read_text(rel)
+        if text is None:
+            continue
         if len(text) > MAX_TEXT_CHARS:
             text = text[:MAX_TEXT_CHARS] + f"\n... ({len(text) - MAX_TEXT_CHARS} more characters in {rel})"
         out.append((str(rel), text))
@@ -193,13 +292,18 @@ def build_report(run_dir: str | Path, compare: list[str | Path] | tuple = (), ou
     for other in compare:
         if not other.is_dir():
             raise FileNotFoundError(f"{other}: not a run folder (given to --compare)")
-    metrics = _read_json(run_dir / "metrics.json")
-    config = {}
-    if (run_dir / "config.yaml").is_file():
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    folder = RunFolder(run_dir)
+    others = [RunFolder(c) for c in compare]
+    metrics = _read_json(folder, "metrics.json")
+    config_text = folder.read_text("config.yaml")
+    try:
+        config = yaml.safe_load(config_text) if config_text else {}
+    except yaml.YAMLError:
+        config = {}
+    config = config if isinstance(config, dict) else {}
     label = _run_label(run_dir, metrics)
-    runs = [(label, metrics)] + [(_run_label(c, _read_json(c / "metrics.json")), _read_json(c / "metrics.json"))
-                                 for c in compare]
+    runs = [(label, metrics)] + [(_run_label(o.root, _read_json(o, "metrics.json")), _read_json(o, "metrics.json"))
+                                 for o in others]
     if len({name for name, _ in runs}) < len(runs):  # same method, dataset and backbone: tell them apart
         runs = [(f"{name} ({d.name})", m) for (name, m), d in zip(runs, [run_dir, *compare], strict=True)]
 
@@ -210,34 +314,42 @@ def build_report(run_dir: str | Path, compare: list[str | Path] | tuple = (), ou
     body.append("<h2>Metrics</h2>" + _metrics_table(runs)
                 + "<p class='meta'>Brackets: 95% bootstrap intervals over the evaluation set.</p>")
 
-    curves = [(name, _curves_png(_read_history(d / "metrics.jsonl"))) for name, d in
-              zip([r[0] for r in runs], [run_dir, *compare], strict=True)]
+    curves = [(name, _curves_png(_read_history(f))) for name, f in
+              zip([r[0] for r in runs], [folder, *others], strict=True)]
     curves = [(n, png) for n, png in curves if png]
     if curves:
         body.append("<h2>Training curves</h2>" + "".join(_img(png, n) for n, png in curves))
 
-    figures = _figures(run_dir)
+    files = folder.files()
+    figures = _figures(files)
     if figures:
         body.append("<h2>Figures and explanations</h2>")
         shown = 0
         for group, paths in figures:
             body.append(f"<h3>{html.escape(group)}</h3>")
-            for path in paths:
+            for rel in paths:
                 if shown >= MAX_FIGURES:
                     break
-                body.append(_img(path.read_bytes(), path.stem.replace("_", " ")))
+                png = folder.read_bytes(rel)
+                if png is None:
+                    continue
+                body.append(_img(png, rel.stem.replace("_", " ")))
                 shown += 1
         if shown >= MAX_FIGURES:
             body.append(f"<p>Only the first {MAX_FIGURES} figures are shown; the rest are in the run folder.</p>")
 
-    for rel, text in _texts(run_dir):
+    for rel, text in _texts(folder, files):
         body.append(f"<h2>{html.escape(rel)}</h2><pre>{html.escape(text)}</pre>")
 
-    card = _dataset_card(config)
+    card = _dataset_card(folder, config)
     if card:
         body.append(f"<h2>Dataset card</h2><pre>{html.escape(card)}</pre>")
     if config:
         body.append(f"<h2>Resolved config</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>")
+    skipped = [f"{o.root.name}/{s}" if o is not folder else s for o in (folder, *others) for s in o.skipped]
+    if skipped:
+        body.append("<h2>Left out</h2><p class='meta'>Symbolic links and other non-regular files are never "
+                    "followed or embedded:</p><pre>" + html.escape("\n".join(skipped)) + "</pre>")
 
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
