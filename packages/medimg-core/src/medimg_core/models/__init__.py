@@ -15,19 +15,25 @@ from medimg_core.models.backbones import (
     resolve_name,
     weights_fingerprint,
 )
+from medimg_core.models.weights import SOURCES, WeightSource, WeightSourceError, import_source, verify_source
 
 __all__ = [
     "ALIASES",
     "CPU_FRIENDLY",
     "MAX_MISSING_FRACTION",
+    "SOURCES",
     "TEST_MODELS",
     "Backbone",
     "BackboneError",
     "UnsafeCheckpointError",
+    "WeightSource",
+    "WeightSourceError",
     "create_backbone",
     "dilate_resnet_to_stride4",
+    "import_source",
     "load_local_weights",
     "read_checkpoint",
     "resolve_name",
+    "verify_source",
     "weights_fingerprint",
 ]

@@ -25,7 +25,10 @@ Weights (`pretrained`):
   ``torch.load(weights_only=True)`` only. medimg never unpickles arbitrary objects: a checkpoint that
   needs it is refused (`UnsafeCheckpointError`); convert it to safetensors where you trust it;
 * a local directory in timm's ``save_for_hf`` layout (``config.json`` + ``model.safetensors`` or
-  ``pytorch_model.bin``), also written ``"local-dir:/path"``.
+  ``pytorch_model.bin``), also written ``"local-dir:/path"``;
+* a named offline source (``"imagenet-lite0"``, ``"imagenet-lite1"``, ``"imagenet-lite2"``): real
+  ImageNet weights that a pip package ships, converted once under ``$MEDIMG_HOME/weights`` (see
+  `medimg_core.models.weights`); ``pretrained_source`` is then ``"imagenet-lite0:<folder>"``.
 
 Local checkpoints may be a plain state dict or one nested under ``"state_dict"``, ``"model"`` or
 ``"model_state_dict"``; ``module.``/``backbone.``/``model.`` prefixes are stripped where that makes
@@ -279,7 +282,8 @@ def create_backbone(
 
     Args:
         name: a timm name (optionally with a pretrained tag, ``"resnet50.tv_in1k"``) or an alias in `ALIASES`.
-        pretrained: False, True (timm's hub weights), or a local weights file / save_for_hf folder.
+        pretrained: False, True (timm's hub weights), a named offline source (``"imagenet-lite0"``, see
+            `medimg_core.models.weights.SOURCES`) or a local weights file / save_for_hf folder.
         in_chans: input channels (1 for grayscale); pretrained first convolutions are adapted.
         drop_rate: dropout on the pooled features (active in training mode only).
         img_size: a fixed input size for models that take one (ViTs); other models ignore it.
@@ -298,11 +302,19 @@ def create_backbone(
         kwargs["img_size"] = img_size
     hub = pretrained is True
     if not isinstance(pretrained, bool) and not isinstance(pretrained, str | Path):
-        raise TypeError(f"pretrained must be a bool or a path, got {type(pretrained).__name__}")
+        raise TypeError(f"pretrained must be a bool, a weight source name or a path, got {type(pretrained).__name__}")
+    source_name = None
+    if isinstance(pretrained, str):
+        from medimg_core.models.weights import is_weight_source, resolve_source
+
+        if is_weight_source(pretrained):
+            source_name, pretrained = pretrained, resolve_source(pretrained, timm_name)
     local = None if isinstance(pretrained, bool) else pretrained
     if local is not None and not Path(str(local).removeprefix("local-dir:")).expanduser().exists():
+        from medimg_core.models.weights import SOURCES
+
         raise BackboneError(f"pretrained weights {str(local)!r} not found (expected a .safetensors, "
-                            f".pth/.pt/.bin file or a save_for_hf folder)")
+                            f".pth/.pt/.bin file, a save_for_hf folder or a weight source: {', '.join(SOURCES)})")
     try:
         model = _create(timm_name, hub, kwargs)
     except (OSError, RuntimeError) as exc:
@@ -318,7 +330,9 @@ def create_backbone(
         dilate_resnet_to_stride4(model)
     backbone = Backbone(model, name, timm_name, in_chans, "timm-hub" if hub else "none", img_size)
     if local is not None:
-        backbone.load_weights(local)
+        backbone.load_weights(local, max_missing=0.0 if source_name else MAX_MISSING_FRACTION)
+        if source_name:
+            backbone.pretrained_source = f"{source_name}:{backbone.pretrained_source}"
     return backbone
 
 
