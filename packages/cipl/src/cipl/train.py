@@ -331,6 +331,12 @@ def build_model(cfg: CIPLConfig, labels: LabelSpace, in_chans: int, pretrained: 
     return CIPLWithTeacher(student, teacher, cfg.schedule.ema_momentum)
 
 
+def pretrained_source_of(backbone: Any) -> str:
+    """Where the backbone's weights came from ("none", "imagenet-lite0:<folder>", ...), through a StageBackbone."""
+    return str(getattr(backbone, "pretrained_source", None) or getattr(getattr(backbone, "backbone", None),
+                                                                        "pretrained_source", ""))
+
+
 def eval_transform_for(cfg: CIPLConfig, channels: int):
     from medimg_core.data.transforms import TransformConfig, eval_transform
 
@@ -453,6 +459,7 @@ def train_cipl(cfg: CIPLConfig, resume_dir: str | Path | None = None) -> Path:
                                seed=cfg.seed)
         final: dict[str, Any] = {
             "method": "cipl", "dataset": card.name, "backbone": cfg.model.backbone, "task": task,
+            "pretrained_source": pretrained_source_of(model.student.backbone),
             "classes": list(labels.class_names), "outputs": list(labels.output_names), "test": test,
             "best_epoch": result.best_epoch, "monitor": cfg.train.monitor, "best_val": result.best_metric,
             "epochs_run": len(result.history), "sizes": {k: len(v) for k, v in data.items()},

@@ -223,7 +223,7 @@ def train_crl(cfg: CRLConfig, resume_dir: str | Path | None = None) -> Path:
         rule_pred = rules.predict(test_out["concepts_pred"])
         final = {
             "method": "crl", "dataset": card.name, "backbone": cfg.model.backbone, "mode": cfg.mode,
-            "test": test, "test_concepts": test_concepts,
+            "pretrained_source": getattr(backbone, "pretrained_source", ""), "test": test, "test_concepts": test_concepts,
             "rules": {"count": len(rules.rules), "mean_length": rules.mean_length, "pruning": rules.pruning,
                       "fidelity_train": float((rules.predict(train_concepts) == network_train).mean()),
                       "fidelity_test": float((rule_pred == test_out["scores"].argmax(1)).mean())},

@@ -9,6 +9,8 @@ weights is one of
   paper scores) initialises them;
 * ``pretrained``: timm's pretrained weights (``timm.create_model(..., pretrained=True)``), which only
   work where they are already in the local cache; offline this fails with a message saying so;
+* a named offline weight source of medimg-core (``tf_efficientnet_lite0:imagenet-lite0``, see
+  ``medimg weights list``): real ImageNet weights that a pip package ships, frozen as published;
 * a weights file (``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with ``weights_only=True``) or a
   timm ``save_for_hf`` folder;
 * a medimg-core baseline run folder (``medimg train-baseline``): its best checkpoint's backbone, with
@@ -40,9 +42,13 @@ class BackboneSpec:
 
     @property
     def kind(self) -> str:
-        """random, pretrained, run (a baseline run folder) or file (a weights file or folder)."""
+        """random, pretrained, source (a named offline source), run (a baseline run folder) or file."""
+        from medimg_core.models.weights import is_weight_source
+
         if self.weights in ("random", "pretrained"):
             return self.weights
+        if is_weight_source(self.weights):
+            return "source"
         path = Path(self.weights).expanduser()
         is_run = (path / "checkpoints").is_dir()
         return "run" if is_run or _is_baseline_checkpoint(path) else "file"
@@ -50,7 +56,7 @@ class BackboneSpec:
     @property
     def label(self) -> str:
         """A short display name: resnet18:random, resnet18:<run folder or file name>."""
-        if self.weights in ("random", "pretrained"):
+        if self.kind in ("random", "pretrained", "source"):
             return f"{self.name}:{self.weights}"
         return f"{self.name}:{Path(self.weights).expanduser().name}"
 
@@ -91,6 +97,10 @@ class LoadedBackbone:
     normalize: str | None
     fingerprint: str
 
+    def input_normalize(self, configured: str | None) -> str | None:
+        """The normalisation to use: the weights' own (a baseline run's, a weight source's) or `configured`."""
+        return self.normalize if self.image_size or self.spec.kind == "source" else configured
+
     def to_dict(self) -> dict[str, Any]:
         return {"spec": str(self.spec), "label": self.spec.label, "kind": self.spec.kind,
                 "timm_name": self.backbone.timm_name, "in_chans": self.in_chans, "image_size": self.image_size,
@@ -121,6 +131,15 @@ def load_backbone(spec: BackboneSpec | str, in_chans: int = 3, seed: int = 0) ->
         except BackboneError as exc:
             raise ConfigError(f"--backbone {spec}: {exc} Or score another representation: {spec.name}:random, "
                               f"{spec.name}:/path/to/weights.safetensors or {spec.name}:/path/to/baseline-run") from None
+    elif spec.kind == "source":
+        from medimg_core.models.weights import get_source
+
+        try:
+            backbone = create_backbone(spec.name, pretrained=spec.weights, in_chans=in_chans)
+        except BackboneError as exc:
+            raise ConfigError(f"--backbone {spec}: {exc}") from None
+        # the weights fix the normalisation (TensorFlow-trained: mean = std = 0.5), not the input size
+        normalize = "inception" if get_source(spec.weights).architecture.startswith("tf_") else "imagenet"
     else:
         path = Path(spec.weights).expanduser()
         if not path.exists():

@@ -52,7 +52,7 @@ def _transform(cfg: IISConfig, loaded: LoadedBackbone) -> Any:
     from medimg_core.data.transforms import TransformConfig, eval_transform
 
     return eval_transform(TransformConfig(size=loaded.image_size or cfg.data.image_size, channels=loaded.in_chans,
-                                          normalize=loaded.normalize if loaded.image_size else cfg.data.normalize))
+                                          normalize=loaded.input_normalize(cfg.data.normalize)))
 
 
 def _features(cfg: IISConfig, loaded: LoadedBackbone, datasets: dict[str, Any], transform: Any,
@@ -315,7 +315,7 @@ def run_score(cfg: IISConfig, resume_dir: str | Path | None = None) -> Path:
         timings["sweep_s"] = result.wall_time_s
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "backbone.json", {**loaded.to_dict(), "image_size": loaded.image_size or cfg.data.image_size,
-                                              "normalize": loaded.normalize if loaded.image_size else cfg.data.normalize,
+                                              "normalize": loaded.input_normalize(cfg.data.normalize),
                                               "seed": cfg.seed})
         library.save(folder / "library")
         save_heads(folder / "heads", result, library, num_outputs, cfg.library.gumbel_tau)

@@ -199,7 +199,7 @@ def train_baseline(cfg: BaselineConfig, resume_dir: str | Path | None = None) ->
                                n_boot=cfg.bootstrap, seed=cfg.seed)
         final = {
             "method": "baseline", "dataset": card.name, "backbone": cfg.model.backbone,
-            "test": test, "best_epoch": result.best_epoch, "monitor": cfg.train.monitor,
+            "pretrained_source": model.backbone.pretrained_source, "test": test, "best_epoch": result.best_epoch, "monitor": cfg.train.monitor,
             "best_val": result.best_metric, "epochs_run": len(result.history),
             "stopped_early": result.stopped_early, "wall_time_s": time.perf_counter() - start,
             "peak_memory_mb": peak_memory_mb(), "device": str(device), "world_size": dist_info.world_size,
