@@ -51,9 +51,9 @@ def pick_reason_image(run_dir: Path) -> tuple[str, Path]:
 def seed_runs(args: argparse.Namespace, seed: int, k: int, data: Path, out: Path, preset) -> dict:
     """Train (or reuse) CIPL and the baseline with one seed; evaluate CIPL's maps every `map_step` px too."""
     bin_dir = Path(sys.executable).parent
-    cipl_cmd = [str(bin_dir / "cipl"), "train", "--config", "synth-cxr-cpu", "--root", str(data), "--device", "cpu",
+    cipl_cmd = [str(bin_dir / "cipl"), "train", "--config", args.preset, "--root", str(data), "--device", "cpu",
                 "--out", str(out), "--seed", str(seed), "--no-progress"]
-    base_cmd = [str(bin_dir / "medimg"), "train-baseline", "--config", "baseline-synth-derm", "--root", str(data),
+    base_cmd = [str(bin_dir / "medimg"), "train-baseline", "--config", args.baseline_config, "--root", str(data),
                 "--device", "cpu", "--out", str(out), "--seed", str(seed), "--no-progress",
                 "--backbone", preset.model.backbone, "--image-size", str(preset.data.image_size),
                 "--epochs", str(preset.train.epochs)]
@@ -139,6 +139,13 @@ def main() -> None:
     p.add_argument("--cipl-runs", nargs="+", default=None,
                    help="reuse these `cipl train --config synth-cxr-cpu` runs, one per seed in --seeds order")
     p.add_argument("--baseline-runs", nargs="+", default=None, help="reuse these baseline runs, one per seed")
+    p.add_argument("--preset", default="synth-cxr-cpu",
+                   help="the CIPL preset (synth-cxr-lite0-cpu: from the offline ImageNet weights)")
+    p.add_argument("--baseline-config", default="baseline-synth-derm",
+                   help="the baseline's config, run with the preset's backbone, size and epochs "
+                        "(baseline-synth-derm-lite0-cpu with synth-cxr-lite0-cpu)")
+    p.add_argument("--result", default="cipl_synth_cxr",
+                   help="docs/bench/RESULT.json; only the default result also writes the gallery and reasoning figures")
     args = p.parse_args()
     for option in ("cipl_runs", "baseline_runs"):
         given = getattr(args, option)
@@ -155,9 +162,19 @@ def main() -> None:
     from cipl.train import CIPLConfig
     from medimg_core.config import load_config
 
-    preset = load_config(CIPLConfig, CONFIGS / "synth-cxr-cpu.yaml")
+    preset = load_config(CIPLConfig, CONFIGS / f"{args.preset}.yaml")
     runs = [seed_runs(args, seed, k, data, out, preset) for k, seed in enumerate(args.seeds)]
     first = Path(runs[0]["cipl_run"])
+    if args.result != "cipl_synth_cxr":
+        summary = summarise(runs)
+        write_result(args.result, {
+            "command": command_line(), "data": f"medimg synth synth-cxr --n {args.n} --seed 0 (64 px)",
+            "seeds": args.seeds, "threads": os.environ.get("OMP_NUM_THREADS"), "preset_name": args.preset,
+            "preset": {"backbone": preset.model.backbone, "pretrained": preset.model.pretrained,
+                       "output_stride": preset.model.output_stride, "feature_stage": preset.model.feature_stage,
+                       "image_size": preset.data.image_size, "epochs": preset.train.epochs},
+            "runs": runs, "summary": summary})
+        return
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     gallery_dir = out / "gallery"

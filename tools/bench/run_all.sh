@@ -21,4 +21,13 @@ WBC_RUN="$("$PY" -c 'import json; print(json.load(open("docs/bench/baselines.jso
 "$PY" tools/bench/iis_wbcatt.py --trained-run "$WBC_RUN"
 "$PY" tools/bench/dae_synth_grade.py
 "$PY" tools/bench/dae_retinamnist.py
+# From scratch against ImageNet weights (imagenet-lite0), 3 seeds per arm (5 for CIPL on synth-cxr); the
+# neuron-concepts and IIS scripts reuse the lite0 baseline runs of pretrained.py where they exist
+"$PY" tools/bench/pretrained.py
+"$PY" tools/bench/neuron_concepts_pretrained.py --dataset synth-derm
+"$PY" tools/bench/neuron_concepts_pretrained.py --dataset wbcatt
+"$PY" tools/bench/iis_pretrained.py --dataset synth-derm
+"$PY" tools/bench/iis_pretrained.py --dataset wbcatt
+OMP_NUM_THREADS=2 "$PY" tools/bench/cipl_synth_cxr.py --preset synth-cxr-lite0-cpu \
+  --baseline-config baseline-synth-derm-lite0-cpu --result cipl_synth_cxr_lite0
 "$PY" tools/bench/report.py

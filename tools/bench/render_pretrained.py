@@ -1,0 +1,175 @@
+"""Markdown of the scratch-against-ImageNet comparisons (discovered by report.py).
+
+One section, rendered once from docs/bench/pretrained.json (tools/bench/pretrained.py); the neuron-concepts,
+IIS and CIPL synth-cxr comparisons of their own scripts are added to it from their result files. Sentences
+here state what the numbers are; what they mean is left to the package READMEs.
+"""
+
+from __future__ import annotations
+
+import json
+
+from common import RESULTS, fmt, machine_line
+
+ARM_LABEL = {"scratch": "from scratch", "imagenet-lite0": "ImageNet (imagenet-lite0)"}
+
+
+def _ms(stat: dict | None, digits: int = 3) -> str:
+    if not stat:
+        return "n/a"
+    if stat.get("n", 1) == 1:
+        return f"{stat['mean']:.{digits}f} (1 seed)"
+    return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _interval(numbers: dict, key: str) -> str:
+    value, interval = numbers.get(key), numbers.get(f"{key}_ci")
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
+def single_command(result: dict) -> list[str]:
+    lines = ["## From scratch against ImageNet weights (imagenet-lite0)", "",
+             f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}` "
+             "(plus the scripts named in each part below).", "",
+             "Same data and splits in both arms. *From scratch*: the earlier benchmark's command (resnet18 from random "
+             "weights). *ImageNet*: the `*-lite0-cpu` preset, EfficientNet-Lite0 (4.7 M parameters) fine-tuned from "
+             "the offline ImageNet weights (`medimg weights`). Numbers: mean ± sd (min-max) over the seeds; every "
+             "run's test value with its 95% bootstrap interval is listed under each table.", ""]
+    for name, bench in result["benches"].items():
+        metrics = bench["metrics"]
+        lines += [f"### {name}", "",
+                  "| arm | backbone | seeds | " + " | ".join(m.replace("_", " ") for m in metrics)
+                  + " | wall time | peak memory |",
+                  "|---|---|---|" + "---|" * len(metrics) + "---|---|"]
+        for arm, record in bench["arms"].items():
+            runs = sorted(record["runs"].values(), key=lambda r: r["seed"])
+            if not runs:
+                continue
+            summ = record["summary"]
+            digits = {m: 1 if m == "rules" else 3 for m in metrics}
+            wall, mem = summ["wall_time_s"], summ["peak_memory_mb"]
+            lines.append(f"| {ARM_LABEL.get(arm, arm)} | {runs[0]['backbone']} | {record['seeds']} | "
+                         + " | ".join(_ms(summ.get(m), digits[m]) for m in metrics)
+                         + f" | {wall['mean'] / 60:.1f} min | {mem['max'] / 1024:.1f} GB |")
+        lines.append("")
+        for arm, record in bench["arms"].items():
+            runs = sorted(record["runs"].values(), key=lambda r: r["seed"])
+            if not runs:
+                continue
+            first = metrics[0]
+            per_seed = "; ".join(f"seed {r['seed']} {_interval(r['numbers'], first)}" for r in runs)
+            lines.append(f"- {ARM_LABEL.get(arm, arm)}: `{record['command']}`; test {first.replace('_', ' ')} "
+                         f"per seed: {per_seed}")
+        lines.append("")
+    lines += neuron_concepts() + iis() + cipl_synth_cxr()
+    return lines
+
+
+def neuron_concepts() -> list[str]:
+    result = _load("neuron_concepts_pretrained")
+    if not result:
+        return []
+    lines = ["### neuron-concepts: which concepts get a latent of their own", "",
+             f"Date: {result['date']}. Command: `{result['command']}` (one `neuron-concepts run` per arm and seed). "
+             "A concept is matched when the latent chosen on train (highest AUROC for it) reaches test AUROC >= 0.9; "
+             "the linear probe (logistic regression on the opaque model's pooled features, test AUROC) bounds what "
+             "any linear latent could reach.", ""]
+    for dataset, entry in result["datasets"].items():
+        relevant = entry.get("relevant")
+        scope = f"the rule's concepts ({', '.join(relevant)})" if relevant else "all annotated concepts"
+        lines += [f"{dataset} (data: `{entry['data']}`), scored over {scope}:", "",
+                  "| arm | preset | seeds | matched at 0.9 (per seed) | matched at 0.8 | opaque test accuracy | "
+                  "CBM test accuracy | wall time |", "|---|---|---|---|---|---|---|---|"]
+        for arm, record in entry["arms"].items():
+            runs = sorted(record["runs"].values(), key=lambda r: r["seed"])
+            if not runs:
+                continue
+            summ = record["summary"]
+            per_seed = ", ".join(str(len(r["matched_0.9"])) for r in runs)
+            lines.append(f"| {ARM_LABEL.get(arm, arm)} | `{record['preset']}` | {record['seeds']} | "
+                         f"{_ms(summ['matched_0.9'], 2)} ({per_seed} of {len(runs[0]['scored'])}) | "
+                         f"{_ms(summ['matched_0.8'], 2)} | {_ms(summ['opaque_test_accuracy'])} | "
+                         f"{_ms(summ['cbm_test_accuracy'])} | {summ['wall_time_s']['mean'] / 60:.1f} min |")
+        lines.append("")
+        if relevant:
+            lines += ["| arm | concept | best latent's test AUROC | matched (seeds) | linear probe test AUROC |",
+                      "|---|---|---|---|---|"]
+            for arm, record in entry["arms"].items():
+                summ = record.get("summary") or {}
+                for concept in relevant:
+                    if concept not in summ.get("per_concept_test_auroc", {}):
+                        continue
+                    probe = (summ.get("probe_test_auroc") or {}).get(concept)
+                    lines.append(f"| {ARM_LABEL.get(arm, arm)} | {concept} | "
+                                 f"{_ms(summ['per_concept_test_auroc'][concept])} | "
+                                 f"{summ['times_matched_0.9'][concept]} of {len(record['seeds'])} | {_ms(probe)} |")
+            lines.append("")
+        for arm, record in entry["arms"].items():
+            if record["runs"]:
+                first = min(record["runs"].values(), key=lambda r: r["seed"])
+                lines.append(f"- {ARM_LABEL.get(arm, arm)}: `{first['command']}`")
+        lines.append("")
+    return lines
+
+
+def iis() -> list[str]:
+    result = _load("iis_pretrained")
+    if not result:
+        return []
+    lines = ["### IIS of four EfficientNet-Lite0 representations", "",
+             f"Date: {result['date']}. Command: `{result['command']}`. Prototype library (M = 200), the paper's "
+             "sparsity grid; IIS with its bootstrap interval and the difference from the random representation.", ""]
+    for dataset, entry in result["datasets"].items():
+        trained = entry["trained"]
+        lines += [f"{dataset}:", "",
+                  "| representation | probe test accuracy | IIS [95% CI] | IIS - random [95% CI] | task test accuracy |",
+                  "|---|---|---|---|---|"]
+        task = {"scratch (trained on the task)": trained.get("scratch"),
+                "ImageNet, fine-tuned on the task": trained.get("fine-tuned")}
+        for i, b in enumerate(entry["backbones"]):
+            diff = "" if i == 0 else (f"{b['difference']:+.3f} [{b['difference_ci'][0]:+.3f}, "
+                                      f"{b['difference_ci'][1]:+.3f}]")
+            t = task.get(b["representation"])
+            acc = (f"{t['test_accuracy']:.3f} [{t['test_accuracy_ci'][0]:.3f}, {t['test_accuracy_ci'][1]:.3f}]"
+                   if t and t.get("test_accuracy_ci") else "-")
+            lines.append(f"| {b['representation']} | {fmt(b['probe'])} | {b['iis']:.3f} [{b['iis_ci'][0]:.3f}, "
+                         f"{b['iis_ci'][1]:.3f}] | {diff} | {acc} |")
+        lines += ["", f"- IIS: `{entry['iis_command']}` ({entry['iis_wall_time_s'] / 60:.1f} min)"]
+        for kind, t in trained.items():
+            note = f", reused from `{t['reused_from']}`" if t.get("reused_from") else ""
+            lines.append(f"- {kind}: `{t['command']}` ({t['wall_time_s'] / 60:.1f} min{note})")
+        lines.append("")
+    return lines
+
+
+def cipl_synth_cxr() -> list[str]:
+    lite0, scratch = _load("cipl_synth_cxr_lite0"), _load("cipl_synth_cxr")
+    if not lite0:
+        return []
+    lines = ["### CIPL on synth-cxr: localisation", "",
+             f"Date: {lite0['date']}. Command: `OMP_NUM_THREADS={lite0.get('threads')} {lite0['command']}`; the "
+             "scratch arm is the CIPL synth-cxr section below. Pointing game of the weighted class map over detected "
+             "test findings, as there.", "",
+             "| arm | backbone | seeds | CIPL mean AUROC | baseline mean AUROC | pointing game | per seed | IoU | "
+             "CIPL wall time |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, r in (("from scratch", scratch), ("ImageNet (imagenet-lite0)", lite0)):
+        if not r:
+            continue
+        s = r["summary"]
+        per_seed = ", ".join(fmt(run["cipl"]["localisation"].get("pointing_game")) for run in r["runs"])
+        wall = sum(run["cipl"]["wall_time_s"] for run in r["runs"]) / len(r["runs"]) / 60
+        lines.append(f"| {label} | {r['preset']['backbone']} | {r['seeds']} | {_ms(s['cipl_auroc'])} | "
+                     f"{_ms(s['baseline_auroc'])} | {_ms(s['pointing_game'])} | {per_seed} | {_ms(s['iou'])} | "
+                     f"{wall:.1f} min |")
+    return [*lines, ""]
+
+
+RENDERERS = {"pretrained": single_command, "neuron_concepts_pretrained": lambda r: [],
+             "iis_pretrained": lambda r: [], "cipl_synth_cxr_lite0": lambda r: []}
