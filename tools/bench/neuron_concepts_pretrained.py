@@ -135,8 +135,18 @@ def main() -> None:
     write_result(RESULT, {"command": command_line(), "datasets": result["datasets"]})
 
 
+def peak_memory_mb(pipeline: Path) -> float | None:
+    """The largest peak memory of the pipeline's stages (each stage is its own process)."""
+    peaks = [json.loads(m.read_text()).get("peak_memory_mb") for m in sorted(pipeline.glob("*/metrics.json"))]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) if peaks else None
+
+
 def summarise(record: dict) -> None:
     runs = sorted(record["runs"].values(), key=lambda r: r["seed"])
+    for r in runs:
+        if r.get("peak_memory_mb") is None and (ROOT / r["pipeline"]).is_dir():
+            r["peak_memory_mb"] = peak_memory_mb(ROOT / r["pipeline"])
     record["seeds"] = [r["seed"] for r in runs]
     concepts = runs[0]["scored"] if runs else []
     record["summary"] = {
@@ -145,6 +155,7 @@ def summarise(record: dict) -> None:
         "opaque_test_accuracy": mean_sd([r["opaque_test_accuracy"] for r in runs]),
         "cbm_test_accuracy": mean_sd([r["cbm_test_accuracy"] for r in runs]),
         "wall_time_s": mean_sd([r["wall_time_s"] for r in runs]),
+        "peak_memory_mb": mean_sd([r.get("peak_memory_mb") for r in runs]),
         "per_concept_test_auroc": {c: mean_sd([r["concepts"][c]["test_auroc"] for r in runs]) for c in concepts},
         "times_matched_0.9": {c: sum(c in r["matched_0.9"] for r in runs) for c in concepts},
     }

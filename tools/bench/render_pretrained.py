@@ -22,6 +22,10 @@ def _ms(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
 
 
+def _gb(stat: dict | None) -> str:
+    return "n/a" if not stat else f"{stat['max'] / 1024:.1f} GB"
+
+
 def _load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -86,7 +90,7 @@ def neuron_concepts() -> list[str]:
         scope = f"the rule's concepts ({', '.join(relevant)})" if relevant else "all annotated concepts"
         lines += [f"{dataset} (data: `{entry['data']}`), scored over {scope}:", "",
                   "| arm | preset | seeds | matched at 0.9 (per seed) | matched at 0.8 | opaque test accuracy | "
-                  "CBM test accuracy | wall time |", "|---|---|---|---|---|---|---|---|"]
+                  "CBM test accuracy | wall time | peak memory |", "|---|---|---|---|---|---|---|---|---|"]
         for arm, record in entry["arms"].items():
             runs = sorted(record["runs"].values(), key=lambda r: r["seed"])
             if not runs:
@@ -96,7 +100,8 @@ def neuron_concepts() -> list[str]:
             lines.append(f"| {ARM_LABEL.get(arm, arm)} | `{record['preset']}` | {record['seeds']} | "
                          f"{_ms(summ['matched_0.9'], 2)} ({per_seed} of {len(runs[0]['scored'])}) | "
                          f"{_ms(summ['matched_0.8'], 2)} | {_ms(summ['opaque_test_accuracy'])} | "
-                         f"{_ms(summ['cbm_test_accuracy'])} | {summ['wall_time_s']['mean'] / 60:.1f} min |")
+                         f"{_ms(summ['cbm_test_accuracy'])} | {summ['wall_time_s']['mean'] / 60:.1f} min | "
+                         f"{_gb(summ.get('peak_memory_mb'))} |")
         lines.append("")
         if relevant:
             lines += ["| arm | concept | best latent's test AUROC | matched (seeds) | linear probe test AUROC |",
@@ -141,7 +146,8 @@ def iis() -> list[str]:
                    if t and t.get("test_accuracy_ci") else "-")
             lines.append(f"| {b['representation']} | {fmt(b['probe'])} | {b['iis']:.3f} [{b['iis_ci'][0]:.3f}, "
                          f"{b['iis_ci'][1]:.3f}] | {diff} | {acc} |")
-        lines += ["", f"- IIS: `{entry['iis_command']}` ({entry['iis_wall_time_s'] / 60:.1f} min)"]
+        lines += ["", f"- IIS: `{entry['iis_command']}` ({entry['iis_wall_time_s'] / 60:.1f} min, peak memory "
+                      f"{entry['peak_memory_mb'] / 1024:.1f} GB)"]
         for kind, t in trained.items():
             note = f", reused from `{t['reused_from']}`" if t.get("reused_from") else ""
             lines.append(f"- {kind}: `{t['command']}` ({t['wall_time_s'] / 60:.1f} min{note})")
@@ -158,16 +164,17 @@ def cipl_synth_cxr() -> list[str]:
              "scratch arm is the CIPL synth-cxr section below. Pointing game of the weighted class map over detected "
              "test findings, as there.", "",
              "| arm | backbone | seeds | CIPL mean AUROC | baseline mean AUROC | pointing game | per seed | IoU | "
-             "CIPL wall time |", "|---|---|---|---|---|---|---|---|---|"]
+             "CIPL wall time | peak memory |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in (("from scratch", scratch), ("ImageNet (imagenet-lite0)", lite0)):
         if not r:
             continue
         s = r["summary"]
         per_seed = ", ".join(fmt(run["cipl"]["localisation"].get("pointing_game")) for run in r["runs"])
         wall = sum(run["cipl"]["wall_time_s"] for run in r["runs"]) / len(r["runs"]) / 60
+        peak = max(run["cipl"]["peak_memory_mb"] for run in r["runs"]) / 1024
         lines.append(f"| {label} | {r['preset']['backbone']} | {r['seeds']} | {_ms(s['cipl_auroc'])} | "
                      f"{_ms(s['baseline_auroc'])} | {_ms(s['pointing_game'])} | {per_seed} | {_ms(s['iou'])} | "
-                     f"{wall:.1f} min |")
+                     f"{wall:.1f} min | {peak:.1f} GB |")
     return [*lines, ""]
 
 

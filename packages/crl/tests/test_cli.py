@@ -27,7 +27,8 @@ def trained(tmp_path_factory):
     runner = CliRunner()
     result = runner.invoke(main, ["train", "--config", "synthetic-cpu", "--root", str(data), "--out", str(tmp / "runs"),
                                   "--device", "cpu", "--model.backbone", "test_resnet", "--data.image_size", "32",
-                                  "--train.epochs", "2", "--bootstrap", "20", "--model.logic_layers", "[16, 16]"],
+                                  "--train.epochs", "2", "--bootstrap", "20", "--model.logic_layers", "[16, 16]",
+                                  "--no-progress"],
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return data, next((tmp / "runs").iterdir())

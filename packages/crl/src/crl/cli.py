@@ -27,15 +27,17 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--config", "config_name", default=None,
               help="YAML config, or a shipped one: wbc, skin, derm7pt (the paper's settings), synthetic-cpu, "
-                   "wbc-cpu (CPU presets).")
+                   "wbc-cpu (CPU presets from scratch), synthetic-lite0-cpu, wbc-lite0-cpu (CPU presets from the "
+                   "offline ImageNet weights).")
 @click.option("--root", default=None, help="Dataset root (data.root).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
 @click.option("--seed", type=int, default=None, help="Random seed (model init, data order, augmentation).")
 @click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when interactive).")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the interrupted run in this folder.")
 @click.pass_context
-def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) -> None:
+def train(ctx: click.Context, config_name, root, device, seed, out, progress, resume_dir) -> None:
     """Train CRL; any config key can be overridden as --section.key VALUE (e.g. --train.epochs 5).
 
     Writes a run folder: config.yaml, metrics.jsonl, metrics.json (task metrics with 95% intervals,
@@ -44,7 +46,7 @@ def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) 
     from crl.train import CRLConfig, train_crl
     from medimg_core.cli import training_config
 
-    named = {"data.root": root, "device": device, "seed": seed, "out": out}
+    named = {"data.root": root, "device": device, "seed": seed, "out": out, "train.progress": progress}
     cfg = training_config(CRLConfig, config_name, CONFIGS, named, ctx.args, resume_dir)
     run_dir = train_crl(cfg, resume_dir)
     if os.environ.get("RANK", "0") == "0":
