@@ -190,6 +190,21 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_channels_last_trains_like_contiguous_weights_and_saves_plain_checkpoints(tmp_path):
+    plain = _toy_trainer(tmp_path / "a", epochs=1)
+    plain.train_epoch(0)
+    last = _toy_trainer(tmp_path / "b", epochs=1, channels_last=True)
+    convs = [p for p in last.model.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    last.train_epoch(0)
+    for p, q in zip(plain.model.parameters(), last.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)  # the same training up to float rounding
+    (tmp_path / "c").mkdir()
+    _toy_trainer(tmp_path / "c", epochs=2, channels_last=True).fit()
+    state = load_file(str(tmp_path / "c" / "checkpoints" / "best" / "model.safetensors"))
+    assert all(v.is_contiguous() for v in state.values())
+
+
 def test_bf16_autocast_on_cpu_trains_and_fp16_is_refused(tmp_path):
     trainer = _toy_trainer(tmp_path / "a", epochs=1, precision="bf16")
     logs = trainer.train_epoch(0)
