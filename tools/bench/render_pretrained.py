@@ -48,6 +48,7 @@ def single_command(result: dict) -> list[str]:
              "run's test value with its 95% bootstrap interval is listed under each table.", ""]
     for name, bench in result["benches"].items():
         metrics = bench["metrics"]
+        missing = [ARM_LABEL[a] for a in ARM_LABEL if not bench["arms"].get(a, {}).get("runs")]
         lines += [f"### {name}", "",
                   "| arm | backbone | seeds | " + " | ".join(m.replace("_", " ") for m in metrics)
                   + " | wall time | peak memory |",
@@ -71,6 +72,9 @@ def single_command(result: dict) -> list[str]:
             per_seed = "; ".join(f"seed {r['seed']} {_interval(r['numbers'], first)}" for r in runs)
             lines.append(f"- {ARM_LABEL.get(arm, arm)}: `{record['command']}`; test {first.replace('_', ' ')} "
                          f"per seed: {per_seed}")
+        if missing:
+            lines.append(f"- Not run yet by this script: {', '.join(missing)} (`--arms`); the earlier single-seed "
+                         "benchmarks of these data are in the sections below.")
         lines.append("")
     lines += neuron_concepts() + iis() + cipl_synth_cxr()
     return lines
@@ -102,6 +106,10 @@ def neuron_concepts() -> list[str]:
                          f"{_ms(summ['matched_0.8'], 2)} | {_ms(summ['opaque_test_accuracy'])} | "
                          f"{_ms(summ['cbm_test_accuracy'])} | {summ['wall_time_s']['mean'] / 60:.1f} min | "
                          f"{_gb(summ.get('peak_memory_mb'))} |")
+        missing = [ARM_LABEL[a] for a in ARM_LABEL if not entry["arms"].get(a, {}).get("runs")]
+        if missing:
+            lines.append(f"Not run yet by this script: {', '.join(missing)}; the earlier single-seed benchmark is in "
+                         f"the neuron-concepts {dataset} section of this page.")
         lines.append("")
         if relevant:
             lines += ["| arm | concept | best latent's test AUROC | matched (seeds) | linear probe test AUROC |",
@@ -144,7 +152,7 @@ def iis() -> list[str]:
             t = task.get(b["representation"])
             acc = (f"{t['test_accuracy']:.3f} [{t['test_accuracy_ci'][0]:.3f}, {t['test_accuracy_ci'][1]:.3f}]"
                    if t and t.get("test_accuracy_ci") else "-")
-            lines.append(f"| {b['representation']} | {fmt(b['probe'])} | {b['iis']:.3f} [{b['iis_ci'][0]:.3f}, "
+            lines.append(f"| {b['representation']} | {fmt(b['probe'].get('test_accuracy'))} | {b['iis']:.3f} [{b['iis_ci'][0]:.3f}, "
                          f"{b['iis_ci'][1]:.3f}] | {diff} | {acc} |")
         lines += ["", f"- IIS: `{entry['iis_command']}` ({entry['iis_wall_time_s'] / 60:.1f} min, peak memory "
                       f"{entry['peak_memory_mb'] / 1024:.1f} GB)"]
