@@ -115,7 +115,8 @@ def test_a_missing_package_is_a_clear_error_with_the_pip_command(monkeypatch):
     assert result.exit_code == 1 and "pip install" in result.output and "Traceback" not in result.output
 
 
-def test_a_source_for_another_architecture_and_unknown_names_are_refused(tmp_path):
+def test_a_source_for_another_architecture_and_unknown_names_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDIMG_WEIGHTS_HOME", str(tmp_path / "weights"))  # nothing imported there
     with pytest.raises(W.WeightSourceError, match="holds tf_efficientnet_lite0 weights; the backbone is 'resnet18'"):
         create_backbone("resnet18", pretrained="imagenet-lite0")
     result = CliRunner().invoke(main, ["weights", "verify", "imagenet-lite9"])
