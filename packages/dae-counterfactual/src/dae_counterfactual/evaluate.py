@@ -364,7 +364,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
                  oracle_run: str | Path | None = None, encode_steps: int | None = None,
                  render_steps: int | None = None, device: str = "cpu", seed: int = 0, batch_size: int = 8,
                  figures: int = 6, out: str | Path | None = None, measure: str = "auto",
-                 root: str | None = None) -> tuple[Path, dict[str, Any]]:
+                 root: str | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Counterfactual series of n images of `split` at each target grade, and their metrics.
 
     Writes a folder (default run_dir/evaluations/<date>-<split>-n<n>) with config.yaml, metrics.json
@@ -402,7 +402,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
     series = generate_counterfactuals(run.model, boundary, x, grades, "grade", encode_steps, render_steps,
                                       ids=[s["id"] for s in samples],
                                       true_grades=[float(s["target"]) for s in samples], batch_size=batch_size,
-                                      device=device)
+                                      device=device, progress=progress)
     generate_time = time.perf_counter() - start
     region_fn = region_for(run.card.name) if measure == "auto" else None
     metrics = counterfactual_metrics(series, boundary, oracle, measure_fn, region_fn)

@@ -340,12 +340,13 @@ def load_latents(run_dir: Path, split: str) -> dict[str, Any]:
 
 
 def encode_run(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "test"), device: str = "cpu",
-               batch_size: int = 64, root: str | None = None) -> dict[str, Path]:
+               batch_size: int = 64, root: str | None = None, progress: bool = True) -> dict[str, Path]:
     """Encode the run's dataset splits into run_dir/latents/ (the EMA encoder, eval transforms)."""
     run = load_dae(run_dir, device)
     run_dir = require_run_dir(run, "encode")
     datasets = eval_datasets(run.cfg, splits, root)
-    return {split: save_latents(run_dir, split, encode_dataset(run.model, ds, batch_size, device), run.card.name)
+    return {split: save_latents(run_dir, split, encode_dataset(run.model, ds, batch_size, device, progress),
+                                run.card.name)
             for split, ds in datasets.items()}
 
 
@@ -392,7 +393,7 @@ def reconstruction_report(model: DiffusionAutoencoder, dataset: MedicalImageData
 
 
 def fit_boundary_run(run_dir: str | Path, boundary_cfg: BoundaryConfig | None = None, device: str = "cpu",
-                     n_boot: int | None = None, seed: int = 0) -> dict[str, Any]:
+                     n_boot: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Fit the LatentBoundary on the training latents, evaluate on val and test, write boundary.json.
 
     Latents missing from run_dir/latents/ are encoded first. Adds metrics.json["boundary"] and
@@ -406,7 +407,7 @@ def fit_boundary_run(run_dir: str | Path, boundary_cfg: BoundaryConfig | None = 
     cfg = boundary_cfg or run.cfg.boundary
     missing = tuple(s for s in ("train", "val", "test") if not latents_path(run_dir, s).is_file())
     if missing:
-        encode_run(run_dir, missing, device)
+        encode_run(run_dir, missing, device, progress=progress)
     latents = {s: load_latents(run_dir, s) for s in ("train", "val", "test")}
     if run.card.task not in ("binary", "ordinal"):
         raise ValueError(f"{run.card.name}: the latent boundary needs a binary or ordinal target, "
