@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -126,7 +127,8 @@ def main() -> None:
             scored = score(pipeline, relevant)
             record["runs"][str(seed)] = {"seed": seed, "command": shown(cmd, out),
                                          "pipeline": str(pipeline.relative_to(ROOT)), "wall_time_s": wall,
-                                         "opaque_reused": opaque is not None, "machine": machine(), **scored}
+                                         "opaque_reused": opaque is not None, "machine": machine(),
+                                         "load_average_after": os.getloadavg(), **scored}
             print(f"{args.dataset} {arm} seed {seed}: matched at 0.9 {scored['matched_0.9']}; opaque "
                   f"{scored['opaque_test_accuracy']:.4f}, CBM {scored['cbm_test_accuracy']:.4f}; {wall:.0f} s", flush=True)
             summarise(record)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -133,7 +134,7 @@ def main() -> None:
                     "peak_memory_mb": metrics.get("peak_memory_mb"), "backbone": metrics.get("backbone"),
                     "pretrained_source": str(metrics.get("pretrained_source", "")).split(":", 1)[0] or "none",
                     "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run"),
-                    "machine": machine()}
+                    "machine": machine(), "load_average_after": os.getloadavg()}
                 numbers = record["runs"][str(seed)]["numbers"]
                 print(f"{name} {arm} seed {seed}: " + ", ".join(
                     f"{k} {v:.4f}" for k, v in numbers.items() if isinstance(v, float)) + f"; {wall:.0f} s", flush=True)
