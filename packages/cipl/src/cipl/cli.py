@@ -173,7 +173,7 @@ def gallery(run_dir: Path, out: Path | None, checkpoint: str, device: str, seed:
     """Draw the prototypes of each class after the push: one figure per class and overview.png (a few per class)."""
     from cipl.explain import gallery_figures, gallery_overview
     from cipl.push import find_push_dir
-    from cipl.train import load_cipl
+    from cipl.run import load_cipl
 
     model, info = load_cipl(run_dir, checkpoint)
     push_dir = find_push_dir(info["run_dir"], model)

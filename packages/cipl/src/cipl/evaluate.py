@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from cipl.maps import FeatureGrid, feature_grid, naive_grid, sampled_distance_maps, upsample
 from cipl.model import CIPL
+from cipl.push import find_push_dir, load_push
+from cipl.run import eval_transform_for, load_cipl, output_task
 
 
 @torch.no_grad()
@@ -266,8 +268,6 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
                  options: dict | None = None, device: str = "cpu", n_boot: int = 1000, checkpoint: str = "best",
                  seed: int = 0, map_step: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Evaluate a trained CIPL on a split of its own data (default) or of another dataset with the same classes."""
-    from cipl.push import find_push_dir, load_push
-    from cipl.train import eval_transform_for, load_cipl, output_task
     from medimg_core.data import load_dataset
     from medimg_core.metrics import metrics_with_ci
 

@@ -124,7 +124,8 @@ def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, 
     """
     from dataclasses import replace
 
-    from dae_counterfactual.train import fit_boundary_run, load_dae
+    from dae_counterfactual.run import load_dae
+    from dae_counterfactual.train import fit_boundary_run
     from medimg_core.training import show_progress
 
     cfg = load_dae(run_dir).cfg.boundary

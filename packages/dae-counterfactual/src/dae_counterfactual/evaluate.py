@@ -34,7 +34,8 @@ import torch
 from scipy.stats import spearmanr
 
 from dae_counterfactual.boundary import LatentBoundary
-from dae_counterfactual.explain import CounterfactualSeries
+from dae_counterfactual.explain import CounterfactualSeries, generate_counterfactuals, series_figure
+from dae_counterfactual.run import eval_datasets, load_dae, require_run_dir
 
 Measure = Callable[[np.ndarray], np.ndarray]
 #: images (N, C, H, W) -> pathology maps (N, H, W) bool
@@ -375,8 +376,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
     """
     import time
 
-    from dae_counterfactual.explain import generate_counterfactuals, series_figure
-    from dae_counterfactual.train import eval_datasets, load_dae, require_run_dir
     from medimg_core.baseline import peak_memory_mb
     from medimg_core.checkpoint import write_json
     from medimg_core.config import save_config

@@ -18,6 +18,7 @@ import torch
 
 from dae_counterfactual.boundary import LatentBoundary
 from dae_counterfactual.model import DiffusionAutoencoder
+from dae_counterfactual.run import load_dae, require_run_dir
 
 
 @dataclass
@@ -192,7 +193,6 @@ def counterfactual_run(run_dir: str | Path, images: Sequence[str | Path], target
                        out: str | Path | None = None, seed: int = 0, batch_size: int = 8,
                        progress: bool = True) -> tuple[Path, list[CounterfactualSeries]]:
     """Counterfactual series of image files; writes a folder with config.yaml, metrics.json, images/, figures/."""
-    from dae_counterfactual.train import load_dae, require_run_dir
     from medimg_core.baseline import build_transforms
     from medimg_core.checkpoint import write_json
     from medimg_core.config import save_config
