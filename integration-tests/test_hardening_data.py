@@ -84,6 +84,33 @@ def _write(path: str, data: bytes):
     return mutate
 
 
+def _linked_images_folder(frame, root):
+    """imgs/ kept elsewhere and linked into the root, as users keep data; one row names the folder in
+    another case than the disk (the case-insensitive index must see through the link)."""
+    store = root.parent / "store"
+    shutil.move(root / "imgs", store)
+    (root / "imgs").symlink_to(store, target_is_directory=True)
+    frame.loc[3, "path"] = "IMGS/im3.png"
+    return frame
+
+
+def _folder_link_loops(frame, root):
+    """Folder links back to the root and to themselves; a case mismatch makes the loader index the tree."""
+    (root / "imgs" / "again").symlink_to("..", target_is_directory=True)
+    (root / "imgs" / "self").symlink_to(".", target_is_directory=True)
+    frame.loc[3, "path"] = "IMGS/im3.png"
+    return frame
+
+
+def _file_link(target: str):
+    def mutate(frame, root):
+        if target == "outside":
+            write_image(root.parent / "elsewhere.png", size=12)
+        (root / "imgs/im3.png").unlink()
+        (root / "imgs/im3.png").symlink_to(root.parent / "elsewhere.png" if target == "outside" else "im1.png")
+    return mutate
+
+
 CSV_CASES = [
     # tables: columns, types, values
     Case("table-missing-label-column", lambda f, r: f.rename(columns={"label": "diagnosis"}),
@@ -122,6 +149,12 @@ CSV_CASES = [
     Case("path-absolute", _set("path", 3, "/etc/passwd"), r"row 5, column 'path'.*is absolute"),
     Case("path-missing-image", lambda f, r: (r / "imgs/im3.png").unlink(), r"row 5, column 'path': image "
          r"'imgs/im3.png' not found"),
+    # symbolic links: linked folders are followed (each real folder once); a linked file must stay inside
+    Case("symlink-images-folder-case-mismatch", _linked_images_folder, outcome="handled"),
+    Case("symlink-folder-loops", _folder_link_loops, outcome="handled"),
+    Case("symlink-file-inside-root", _file_link("inside"), outcome="handled"),
+    Case("symlink-file-outside-root", _file_link("outside"), r"row 5, column 'path': image 'imgs/im3.png' is a "
+         r"symbolic link to \S*elsewhere.png, outside the dataset root"),
     # images
     Case("image-truncated", lambda f, r: write_truncated_image(r / "imgs/im0.png"),
          r"im0.png: unreadable or truncated image", when="read"),
@@ -198,6 +231,28 @@ def test_training_refuses_bad_data_before_creating_a_run_folder(tmp_path, case):
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and re.search(case.expect, re.sub(r"\s+", " ", result.output))
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_symlinked_images_folder_loads_every_row_and_loops_are_reported(tmp_path, caplog):
+    """The linked folder's images all load, the mismatched row included (the probe's D14); folder loops
+    are walked once and named in a warning, never followed forever."""
+    root = tmp_path / "data"
+    frame = _linked_images_folder(_base(root), root)
+    frame.to_csv(root / "labels.csv", index=False)
+    (tmp_path / "store" / "again").symlink_to(tmp_path / "store", target_is_directory=True)  # loops in the
+    (tmp_path / "store" / "self").symlink_to(".", target_is_directory=True)  # linked folder itself
+    rows = {split: sum(1 for i in range(N_ROWS) if ["train", "val", "test"][i % 3] == split)
+            for split in ("train", "val", "test")}
+    with caplog.at_level("WARNING", logger="medimg"):
+        for split, n in rows.items():
+            ds = load_dataset("csv", root, split, **BASE_OPTIONS)
+            assert len(ds) == n
+    assert any(p.resolve().is_relative_to((tmp_path / "store").resolve()) for p in ds.table.paths)
+    assert "skipped 2 folder link(s)" in caplog.text and "imgs/again" in caplog.text
+    result = CliRunner().invoke(medimg, ["datasets", "verify", str(root), "--format", "csv",
+                                         *[a for k, v in BASE_OPTIONS.items()
+                                           for a in ("-o", f"{k}={','.join(v) if isinstance(v, list) else v}")]])
+    assert result.exit_code == 0, result.output
 
 
 # ---------------------------------------------------------------- MedMNIST .npz files

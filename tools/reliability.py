@@ -38,6 +38,10 @@ CLASSES = [
      "a `DatasetError` naming the file and what was expected"),
     ("paths (escaping the root, absolute, missing images)", r"test_broken_csv_dataset\[path-",
      "a `DatasetError` naming the row and the path; nothing outside the dataset root is read"),
+    ("symbolic links (linked image folder with a case mismatch, folder loops, file links)",
+     r"test_broken_csv_dataset\[symlink-|test_symlinked_images_folder",
+     "linked folders load, each real folder once (loops skipped with a warning); a linked file pointing outside "
+     "the dataset is refused naming the row"),
     ("broken images (truncated, not an image, empty)", r"test_broken_csv_dataset\[image-(truncated|not|zero)",
      "an `ImageReadError` naming the file (`medimg datasets verify` lists them all before training)"),
     ("odd images (gray among RGB, other size, 16-bit, RGBA)", r"test_broken_csv_dataset\[image-(gray|other|16|rgba)",

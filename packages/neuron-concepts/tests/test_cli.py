@@ -138,6 +138,45 @@ def test_stages_rerun_alone_and_explain(pipeline, tmp_path):
     assert result.exit_code != 0 and "unknown class" in str(result.exception)
 
 
+def test_run_resume_keeps_finished_stages_and_reruns_the_rest(pipeline, tmp_path):
+    """An interrupted pipeline (its opaque training and its cav stage did not finish) continues with
+    `run --resume`: the opaque run is finished in place, encode/sae/name are kept, cav/select/cbm rerun."""
+    import shutil
+
+    from neuron_concepts.train import stage_chain
+
+    _, folder = pipeline
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy, symlinks=True)
+    record = json.loads((copy / "pipeline.json").read_text())
+    record["stages"].update({s: s for s in ("encode", "sae", "name", "cav", "select", "cbm")})
+    (copy / "pipeline.json").write_text(json.dumps(record))
+    opaque = copy / record["stages"]["opaque"]
+    (opaque / "metrics.json").unlink()
+    (copy / "cav" / "metrics.json").unlink()
+    result = CliRunner().invoke(main, ["run", "--resume", str(copy), "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stages = json.loads((copy / "pipeline.json").read_text())["stages"]
+    assert [stages[s] for s in ("encode", "sae", "name")] == ["encode", "sae", "name"]
+    assert all(stages[s] != s for s in ("cav", "select", "cbm"))  # new folders: cav-2 (or -3), ...
+    assert (opaque / "metrics.json").is_file() and (copy / stages["cbm"] / "metrics.json").is_file()
+    chain = stage_chain(copy / stages["cbm"])
+    assert chain["name"] == (copy / "name").resolve() and chain["cav"] == (copy / stages["cav"]).resolve()
+    assert json.loads((copy / "metrics.json").read_text())["cbm_test"]["accuracy"] >= 0
+    result = CliRunner().invoke(main, ["run", "--resume", str(copy), "--seed", "1"])
+    assert result.exit_code == 2 and "only --progress/--no-progress" in result.output
+
+
+def test_a_stage_with_out_starts_a_new_pipeline(pipeline, tmp_path):
+    _, folder = pipeline
+    result = CliRunner().invoke(main, ["select", str(folder / "cav"), "--k", "4", "--out", str(tmp_path / "branch"),
+                                       "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (branch,) = (tmp_path / "branch").iterdir()
+    assert json.loads((branch / "pipeline.json").read_text())["stages"] == {"select": "select"}
+    assert json.loads((branch / "select" / "metrics.json").read_text())["k"] == 4
+
+
 def test_run_needs_a_root(tmp_path):
     result = CliRunner().invoke(main, ["run", "--config", "synth-derm-cpu", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "--root" in result.output

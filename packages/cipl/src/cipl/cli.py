@@ -12,6 +12,7 @@ import click
 
 from cipl import __version__
 from medimg_core.cli import ErrorReportingGroup
+from medimg_core.cli_options import device_option, out_option, progress_option, seed_option, training_options
 
 CONFIGS = Path(__file__).parent / "configs"
 RUN = click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -44,19 +45,12 @@ def main() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--config", "config_name", default=None,
-              help="YAML config, or a shipped one: chestxray14, chestxray14-224, odir (the paper's settings), "
-                   "synth-cxr-cpu, medmnist-cpu (CPU presets).")
+@training_options("chestxray14, chestxray14-224, odir (the paper's settings), synth-cxr-cpu, medmnist-cpu "
+                  "(CPU presets)", "model init, pairs, augmentation")
 @click.option("--root", default=None, help="Dataset root (data.root): a folder, or an .npz for MedMNIST.")
 @click.option("--dataset", default=None, help="Dataset format (data.dataset), e.g. csv, chestxray14, pneumoniamnist.")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
-@click.option("--seed", type=int, default=None, help="Random seed (model init, pairs, augmentation).")
-@click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when interactive).")
-@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Continue the interrupted run in this folder.")
 @click.pass_context
-def train(ctx: click.Context, config_name, root, dataset, device, seed, out, progress, resume_dir) -> None:
+def train(ctx: click.Context, config_name, device, seed, out, progress, resume_dir, root, dataset) -> None:
     """Train CIPL; any config key can be overridden as --section.key VALUE (e.g. --train.epochs 5,
     --model.prototypes_per_class 10, --schedule.push_epochs "[4, 6]").
 
@@ -79,21 +73,21 @@ def train(ctx: click.Context, config_name, root, dataset, device, seed, out, pro
 @RUN
 @click.option("--checkpoint", default="best", show_default=True, help="Which checkpoint of the run: best, last.")
 @click.option("--split", default=None, help="Split whose images host the prototypes (default: the training split).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Random seed (the push itself is deterministic).")
-def push(run_dir: Path, checkpoint: str, split: str | None, device: str, seed: int) -> None:
+@device_option(from_config=False)
+@seed_option("unused: the push is deterministic; accepted for scripts", from_config=False)
+@progress_option()
+def push(run_dir: Path, checkpoint: str, split: str | None, device: str, seed: int, progress: bool | None) -> None:
     """Project the prototypes of RUN_DIR's checkpoint onto training patches (one prototype per image).
 
     Saves the pushed model as RUN_DIR/checkpoints/pushed and the prototypes' source images, overlays,
     contours and patches under RUN_DIR/prototypes/push-<checkpoint>-<split>/.
     """
-    import sys
-
     from cipl.train import push_run
     from medimg_core.distributed import seed_everything
+    from medimg_core.training import show_progress
 
     seed_everything(seed)
-    result = push_run(run_dir, checkpoint, split, device, progress=sys.stderr.isatty())
+    result = push_run(run_dir, checkpoint, split, device, progress=show_progress(progress))
     click.echo(f"pushed {result['images_hosting']} prototypes onto {result['n_images']} images "
                f"(mean squared distance moved {result['mean_distance_moved']:.4f})")
     click.echo(f"wrote {result['checkpoint']} and {result['prototypes']}")
@@ -106,22 +100,27 @@ def push(run_dir: Path, checkpoint: str, split: str | None, device: str, seed: i
 @click.option("--split", default="test", show_default=True)
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Loader option (repeatable).")
 @click.option("--checkpoint", default="best", show_default=True, help="best, last or pushed.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
+@device_option(from_config=False)
+@seed_option("the bootstrap intervals", from_config=False)
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
 @MAP_STEP
-def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, seed, bootstrap, map_step) -> None:
+@out_option("JSON file to write (default RUN_DIR/eval-<dataset>-<split>[-step<N>].json).", dir_okay=False)
+@progress_option()
+def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, seed, bootstrap, map_step, out,
+             progress) -> None:
     """Evaluate RUN_DIR's model on a split: per-class AUROC, mean AUROC, best-threshold F1 and accuracy with
-    95% intervals; pointing game and mask IoU where the data have masks. Writes RUN_DIR/eval-<dataset>-<split>.json."""
+    95% intervals; pointing game and mask IoU where the data have masks. Writes
+    RUN_DIR/eval-<dataset>-<split>.json (or --out)."""
     from cipl.evaluate import evaluate_run
     from medimg_core.checkpoint import write_json
     from medimg_core.cli import parse_options
+    from medimg_core.training import show_progress
 
     with map_step_usage():
         result = evaluate_run(run_dir, dataset, root, split, parse_options(options) if options else None, device,
-                              bootstrap, checkpoint, seed, map_step)
+                              bootstrap, checkpoint, seed, map_step, progress=show_progress(progress))
     suffix = f"-step{map_step}" if map_step else ""
-    path = run_dir / f"eval-{result['dataset']}-{split}{suffix}.json"
+    path = out or run_dir / f"eval-{result['dataset']}-{split}{suffix}.json"
     write_json(path, result)
     t = result["test"]
     if result["task"] == "multilabel":
@@ -142,11 +141,10 @@ def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, s
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--top-k", default=5, show_default=True, help="Prototypes shown per class.")
 @click.option("--threshold", default=0.5, show_default=True, help="Probability above which a finding is predicted.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the figures and summary (default RUN_DIR/figures/reason-<image>/).")
+@out_option("Folder for the figures and summary (default RUN_DIR/figures/reason-<image>/).", file_okay=False)
 @click.option("--checkpoint", default="best", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Unused by the (deterministic) reasoning; kept for scripts.")
+@device_option(from_config=False)
+@seed_option("unused: the reasoning is deterministic; accepted for scripts", from_config=False)
 @MAP_STEP
 def reason(run_dir: Path, image: Path, top_k: int, threshold: float, out: Path | None, checkpoint: str, device: str,
            seed: int, map_step: int | None) -> None:
@@ -167,16 +165,15 @@ def reason(run_dir: Path, image: Path, top_k: int, threshold: float, out: Path |
 
 @main.command()
 @RUN
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the figures (default RUN_DIR/figures/gallery/).")
+@out_option("Folder for the figures (default RUN_DIR/figures/gallery/).", file_okay=False)
 @click.option("--checkpoint", default="best", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="Unused (the gallery reads saved artefacts).")
-@click.option("--seed", default=0, show_default=True, help="Unused; kept for scripts.")
+@device_option(from_config=False)
+@seed_option("unused: the gallery is drawn from saved artefacts; accepted for scripts", from_config=False)
 def gallery(run_dir: Path, out: Path | None, checkpoint: str, device: str, seed: int) -> None:
     """Draw the prototypes of each class after the push: one figure per class and overview.png (a few per class)."""
     from cipl.explain import gallery_figures, gallery_overview
     from cipl.push import find_push_dir
-    from cipl.train import load_cipl
+    from cipl.run import load_cipl
 
     model, info = load_cipl(run_dir, checkpoint)
     push_dir = find_push_dir(info["run_dir"], model)

@@ -27,18 +27,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from cipl.maps import FeatureGrid, feature_grid, naive_grid, sampled_distance_maps, upsample
 from cipl.model import CIPL
+from cipl.push import find_push_dir, load_push
+from cipl.run import eval_transform_for, load_cipl, output_task
 
 
 @torch.no_grad()
-def predict(model: CIPL, dataset: Dataset, device: str | torch.device = "cpu", batch_size: int = 64
-            ) -> dict[str, np.ndarray]:
+def predict(model: CIPL, dataset: Dataset, device: str | torch.device = "cpu", batch_size: int = 64,
+            progress: bool = False) -> dict[str, np.ndarray]:
     """scores (N, L_out), target (N, L_out) or (N,), ids of `dataset` (eval transforms expected)."""
     model = model.to(device).eval()
     scores, targets, ids = [], [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for batch in tqdm(DataLoader(dataset, batch_size=batch_size, shuffle=False), desc="evaluate: predictions",
+                      unit="batch", disable=not progress, leave=False):
         scores.append(model.predict_proba(batch["image"].to(device)).float().cpu().numpy())
         targets.append(batch["target"].numpy())
         ids += list(batch["id"])
@@ -150,7 +154,8 @@ def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> list[float] |
 @torch.no_grad()
 def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.device = "cpu", batch_size: int = 64,
                          iou_threshold: float = 0.5, detect_threshold: float = 0.5, n_boot: int = 1000,
-                         seed: int = 0, kind: str = "weighted", map_step: int | None = None) -> dict[str, Any] | None:
+                         seed: int = 0, kind: str = "weighted", map_step: int | None = None,
+                         progress: bool = False) -> dict[str, Any] | None:
     """Pointing game and IoU of the class maps against the dataset's masks (None when no mask matches a
     class of the model: masks are matched to outputs by concept name). The headline numbers use the map
     `kind`; the other MAP_KINDS are reported under "<kind>/..."."""
@@ -166,7 +171,8 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
     grid = None
     # (finding, detected, hit, iou, distance in pixels from the map's maximum to the mask, cell hit)
     rows: dict[str, list[tuple[str, bool, bool, float, float, bool]]] = {k: [] for k in MAP_KINDS}
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for batch in tqdm(DataLoader(dataset, batch_size=batch_size, shuffle=False), desc="evaluate: localisation",
+                      unit="batch", disable=not progress, leave=False):
         x = batch["image"].to(device)
         if grid is None:
             grid = feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
@@ -260,10 +266,8 @@ def localisation_as(result: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
                  options: dict | None = None, device: str = "cpu", n_boot: int = 1000, checkpoint: str = "best",
-                 seed: int = 0, map_step: int | None = None) -> dict[str, Any]:
+                 seed: int = 0, map_step: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Evaluate a trained CIPL on a split of its own data (default) or of another dataset with the same classes."""
-    from cipl.push import find_push_dir, load_push
-    from cipl.train import eval_transform_for, load_cipl, output_task
     from medimg_core.data import load_dataset
     from medimg_core.metrics import metrics_with_ci
 
@@ -276,14 +280,14 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
     if list(ds.card.class_names) != list(card.class_names):
         raise ValueError(f"{name} classes {list(ds.card.class_names)} differ from the model's {list(card.class_names)}")
     batch = cfg.train.eval_batch_size or cfg.train.batch_size
-    out = predict(model, ds, device, batch)
+    out = predict(model, ds, device, batch, progress)
     task = output_task(labels)
     target = out["target"] if labels.multilabel else out["target"].astype(np.int64)
     result: dict[str, Any] = {"dataset": name, "split": split, "n": len(ds), "task": task,
                               "test": metrics_with_ci(task, target, out["scores"], list(labels.output_names),
                                                       n_boot=n_boot, seed=seed)}
     loc = localisation_metrics(model, ds, device, batch, cfg.iou_threshold, n_boot=n_boot, seed=seed,
-                               kind=cfg.localisation_map, map_step=map_step)
+                               kind=cfg.localisation_map, map_step=map_step, progress=progress)
     if loc is not None:
         result["localisation"] = loc
         push_dir = find_push_dir(run_dir, model) if dataset is None and root is None else None

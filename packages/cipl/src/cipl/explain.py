@@ -20,7 +20,8 @@ import torch
 from cipl.evaluate import weighted_class_maps
 from cipl.maps import sampled_distance_maps, upsample_numpy
 from cipl.model import CIPL
-from cipl.push import load_push, overlay, prototype_file
+from cipl.push import find_push_dir, load_push, overlay, prototype_file
+from cipl.run import display_fn, eval_transform_for, load_cipl
 
 
 @dataclass
@@ -197,8 +198,6 @@ def reason_tensor(model: CIPL, x: torch.Tensor, image: np.ndarray, push_dir: str
 def reason_image(run_dir: str | Path, image_path: str | Path, device: str = "cpu", top_k: int = 5,
                  threshold: float = 0.5, checkpoint: str = "best", map_step: int | None = None) -> Reasoning:
     """Load a trained run, run one image file through it and explain each predicted finding."""
-    from cipl.push import find_push_dir
-    from cipl.train import display_fn, eval_transform_for, load_cipl
     from medimg_core.data.images import read_image
 
     model, info = load_cipl(run_dir, checkpoint)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cipl.losses import co_attention
+
 NO_FINDING = "No Finding"
 #: the dataset-card tasks CIPL trains on (ordinal grades are read as classes)
 TASKS = ("binary", "multiclass", "ordinal", "multilabel")
@@ -306,8 +308,6 @@ class CIPLWithTeacher(nn.Module):
         maps "maps" (2B, P, h, w) and the teacher's "teacher_maps" and "teacher_logits" (no gradients).
         frozen=True: only the last layer gets gradients (the last-layer phase).
         """
-        from cipl.losses import co_attention
-
         s = self.student
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad() if frozen else contextlib.nullcontext():

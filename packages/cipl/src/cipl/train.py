@@ -18,16 +18,27 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cipl.data import PairDataset, ViewConfig
+# The configs and the run loader live in cipl.config and cipl.run; importing them here keeps
+# `from cipl.train import CIPLConfig, load_cipl, ...` working.
+from cipl.config import (  # noqa: F401
+    CIPLConfig,
+    CIPLLossConfig,
+    CIPLModelConfig,
+    ScheduleConfig,
+    default_monitor,
+)
+from cipl.data import PairDataset
+from cipl.evaluate import localisation_metrics, prototype_placement
+from cipl.explain import gallery_figures
 from cipl.losses import (
     classification_loss,
     cluster_separation,
@@ -35,102 +46,24 @@ from cipl.losses import (
     prediction_alignment,
     shared_targets,
 )
-from cipl.model import CIPL, CIPLWithTeacher, LabelSpace, StageBackbone
-from medimg_core.baseline import DataConfig, parse_pretrained, peak_memory_mb
-from medimg_core.checkpoint import best_checkpoint, find_checkpoint, load_config_json, load_weights
-from medimg_core.config import ConfigError, config_from_dict, config_to_dict
+from cipl.model import CIPL, CIPLWithTeacher, LabelSpace, class_probabilities
+from cipl.push import find_push_dir, load_push, push_prototypes
+from cipl.run import (  # noqa: F401
+    build_model,
+    display_fn,
+    eval_transform_for,
+    load_cipl,
+    load_split,
+    output_task,
+)
+from medimg_core.baseline import peak_memory_mb
+from medimg_core.checkpoint import load_weights
+from medimg_core.config import ConfigError, config_to_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.distributed import cleanup_distributed, init_distributed, seed_everything, select_device
-from medimg_core.training import Hook, OptimConfig, TrainConfig, Trainer, move_to
+from medimg_core.training import Hook, Trainer, move_to
 
 log = logging.getLogger("medimg")
-
-
-@dataclass
-class CIPLModelConfig:
-    backbone: str = "densenet121"
-    pretrained: str = "true"
-    #: output stride of CNN backbones (16 or 8 dilate the last stages: a finer prototype grid; 4, timm ResNets
-    #: only, dilates layer2 on as well: see medimg_core.models.dilate_resnet_to_stride4)
-    output_stride: int | None = None
-    #: prototypes on the output of this backbone stage (an index into timm's feature_info, e.g. 3 for
-    #: resnet18's layer3); null: the last stage (forward_features), as published
-    feature_stage: int | None = None
-    prototypes_per_class: int = 50
-    prototype_dim: int = 256
-    #: the 1x1 reduction after the backbone (the paper's "top layer"); null: none
-    reduce_dim: int | None = 256
-    add_on_layers: int = 2
-    #: similarity exp(-d / scale); null: the prototype dimension (the paper: 256)
-    similarity_scale: float | None = None
-    #: multi-label data: a dataset class used as the reference (e.g. "Normal" on ODIR); null: an added
-    #: "No Finding" class, positive for images without any finding
-    reference_class: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.output_stride not in (None, 4, 8, 16, 32):
-            raise ValueError(f"model.output_stride must be 4 (timm ResNets), 8, 16, 32 or null, got "
-                             f"{self.output_stride!r}")
-
-
-@dataclass
-class CIPLLossConfig:
-    ce: float = 1.0
-    cross: float = 0.5
-    map_align: float = 0.5
-    pred_align: float = 10.0
-    cluster: float = 0.02
-    separation: float = 0.02
-    separation_margin: float = 2.0
-    temperature: float = 1.0
-
-
-@dataclass
-class ScheduleConfig:
-    """Phases (epoch numbers count from 1: `push_epochs: [36, 41]` pushes after the 36th and 41st epoch)."""
-
-    warm_epochs: int = 15
-    push_epochs: tuple[int, ...] = (36, 41)
-    last_layer_epochs: int = 6
-    lr_backbone: float = 1e-4
-    lr_add_on: float = 3e-3
-    lr_prototypes: float = 3e-3
-    lr_last_layer: float = 1e-4
-    lr_milestones: tuple[int, ...] = (10, 20, 25, 30, 35)
-    lr_gamma: float = 0.5
-    ema_momentum: float = 0.999
-
-
-@dataclass
-class CIPLConfig:
-    """Defaults are the paper's NIH ChestX-ray14 settings (DenseNet-121, 512 px); see configs/ for presets."""
-
-    data: DataConfig = field(default_factory=lambda: DataConfig(dataset="chestxray14", image_size=512, vflip=True,
-                                                                rotation=45.0, scale_min=0.5))
-    model: CIPLModelConfig = field(default_factory=CIPLModelConfig)
-    loss: CIPLLossConfig = field(default_factory=CIPLLossConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    views: ViewConfig = field(default_factory=ViewConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=41, batch_size=24, eval_batch_size=64,
-                                                                   monitor="auto"))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adam", lr=3e-3, weight_decay=0.0,
-                                                                   scheduler="none"))
-    seed: int = 42
-    device: str = "auto"
-    out: str = "runs"
-    name: str | None = None
-    bootstrap: int = 1000
-    #: localisation metrics (datasets with masks): a map counts its pixels at or above this fraction of
-    #: its min-max range as the predicted region
-    iou_threshold: float = 0.5
-    #: the headline class map of the localisation metrics (all three are reported): weighted (the class's
-    #: prototype maps summed with their last-layer weights; chosen on validation, see the README), top (the
-    #: most activated prototype's map) or max (over the class's prototypes)
-    localisation_map: Literal["top", "max", "weighted"] = "weighted"
-
-
-def default_monitor(labels: LabelSpace) -> str:
-    return "val/pushed_auroc_mean" if labels.multilabel else "val/pushed_auroc"
 
 
 def _unwrap(model: nn.Module) -> CIPLWithTeacher:
@@ -194,8 +127,6 @@ def task_functions(labels: LabelSpace, loss_cfg: CIPLLossConfig, state: PhaseSta
         return cipl_loss(out, batch, loss_cfg, labels, prototypes_per_class, pairs=True)
 
     def predict_fn(model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        from cipl.model import class_probabilities
-
         out = model(batch["image"])
         target = batch["target"]
         if labels.multilabel and labels.reference_index is not None:
@@ -209,10 +140,6 @@ def task_functions(labels: LabelSpace, loss_cfg: CIPLLossConfig, state: PhaseSta
         return classification_metrics(task, target, outputs["scores"], list(labels.output_names))
 
     return step_fn, predict_fn, metrics_fn
-
-
-def output_task(labels: LabelSpace) -> str:
-    return "multilabel" if labels.multilabel else ("binary" if labels.num_classes == 2 else "multiclass")
 
 
 class CIPLSchedule(Hook):
@@ -250,8 +177,6 @@ class CIPLSchedule(Hook):
         self._sync(trainer)
 
     def push_and_tune(self, trainer: Trainer, metrics: dict[str, float], done: int) -> None:
-        from cipl.push import push_prototypes
-
         module = _unwrap(trainer.model)
         start = time.perf_counter()
         loader = DataLoader(self.push_set, batch_size=trainer.cfg.eval_batch_size or trainer.cfg.batch_size,
@@ -310,62 +235,10 @@ class CIPLSchedule(Hook):
         self.pairs.mode = was_mode
 
 
-def build_model(cfg: CIPLConfig, labels: LabelSpace, in_chans: int, pretrained: bool | str | None = None
-                ) -> CIPLWithTeacher:
-    """Student and teacher CIPL networks on fresh backbones (the teacher's weights are copied later)."""
-    from medimg_core.models import create_backbone
-
-    kwargs = {"output_stride": cfg.model.output_stride} if cfg.model.output_stride else {}
-    weights = parse_pretrained(cfg.model.pretrained) if pretrained is None else pretrained
-
-    def net(weights) -> CIPL:
-        backbone = create_backbone(cfg.model.backbone, pretrained=weights, in_chans=in_chans, **kwargs)
-        if cfg.model.feature_stage is not None:
-            backbone = StageBackbone(backbone, cfg.model.feature_stage)
-        return CIPL(backbone, labels, cfg.model.prototypes_per_class, cfg.model.prototype_dim,
-                    cfg.model.reduce_dim, cfg.model.add_on_layers, cfg.model.similarity_scale)
-
-    student = net(weights)
-    teacher = net(False)
-    student.last_layer.weight.requires_grad_(False)
-    return CIPLWithTeacher(student, teacher, cfg.schedule.ema_momentum)
-
-
 def pretrained_source_of(backbone: Any) -> str:
     """Where the backbone's weights came from ("none", "imagenet-lite0:<folder>", ...), through a StageBackbone."""
     return str(getattr(backbone, "pretrained_source", None) or getattr(getattr(backbone, "backbone", None),
                                                                         "pretrained_source", ""))
-
-
-def eval_transform_for(cfg: CIPLConfig, channels: int):
-    from medimg_core.data.transforms import TransformConfig, eval_transform
-
-    return eval_transform(TransformConfig(size=cfg.data.image_size, channels=channels, normalize=cfg.data.normalize))
-
-
-def display_fn(cfg: CIPLConfig, channels: int):
-    """Model input (C, H, W) -> (H, W, 3) float in [0, 1] (undoes the normalisation)."""
-    from medimg_core.data.transforms import normalization
-
-    stats = normalization(channels, cfg.data.normalize)
-
-    def display(x: torch.Tensor) -> np.ndarray:
-        arr = x.detach().float().cpu()
-        if stats is not None:
-            mean = torch.tensor(stats[0]).view(-1, 1, 1)
-            std = torch.tensor(stats[1]).view(-1, 1, 1)
-            arr = arr * std + mean
-        arr = arr.clamp(0, 1).permute(1, 2, 0).numpy()
-        return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
-
-    return display
-
-
-def load_split(cfg: CIPLConfig, split: str, channels: int | None = None) -> MedicalImageDataset:
-    """One split of the configured dataset with CIPL's evaluation transforms (resize, normalise)."""
-    ds = load_dataset(cfg.data.dataset, cfg.data.root, split, **cfg.data.options)
-    ds.transform = eval_transform_for(cfg, channels or cfg.data.channels or ds.card.channels)
-    return ds
 
 
 def load_data(cfg: CIPLConfig) -> dict[str, MedicalImageDataset]:
@@ -408,9 +281,6 @@ def check_config(cfg: CIPLConfig, labels: LabelSpace, train: MedicalImageDataset
 def train_cipl(cfg: CIPLConfig, resume_dir: str | Path | None = None) -> Path:
     """Train CIPL with the published schedule, select on validation among pushed states, evaluate on test
     (with localisation metrics where the data have masks), draw the gallery; return the run folder."""
-    from cipl.evaluate import localisation_metrics, prototype_placement
-    from cipl.explain import gallery_figures
-    from cipl.push import load_push
     from medimg_core.figures import training_curves
     from medimg_core.metrics import metrics_with_ci
     from medimg_core.runs import prepare_run
@@ -487,8 +357,6 @@ def train_cipl(cfg: CIPLConfig, resume_dir: str | Path | None = None) -> Path:
 
 
 def _push_dir_for(run_dir: Path, student: CIPL) -> Path | None:
-    from cipl.push import find_push_dir
-
     return find_push_dir(run_dir, student.cpu())
 
 
@@ -503,33 +371,10 @@ def _model_card(cfg: CIPLConfig, card: DatasetCard, labels: LabelSpace) -> str:
             f"- dataset licence: {card.license or 'see the dataset card'}\n")
 
 
-def load_cipl(path: str | Path, checkpoint: str = "best") -> tuple[CIPL, dict[str, Any]]:
-    """A trained CIPL (the student) from a run folder (its checkpoints/<checkpoint>) or a checkpoint folder,
-    with its checkpoint config plus "cfg" (CIPLConfig), "card_obj", "labels_obj" and "run_dir"."""
-    path = Path(path)
-    if (path / "checkpoints").is_dir():
-        folder = find_checkpoint(path / "checkpoints" / checkpoint) if checkpoint != "best" else best_checkpoint(path)
-        run_dir = path
-    else:
-        folder = find_checkpoint(path)
-        run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else folder
-    config = load_config_json(folder)
-    if config.get("kind") != "cipl":
-        raise ValueError(f"{folder}: not a CIPL checkpoint (kind {config.get('kind')!r})")
-    cfg = config_from_dict(CIPLConfig, config["config"])
-    labels = LabelSpace.from_dict(config["labels"])
-    module = build_model(cfg, labels, config["in_chans"], pretrained=False)
-    load_weights(module, folder)
-    student = module.student.eval()
-    return student, {**config, "cfg": cfg, "card_obj": DatasetCard.from_dict(config["card"]), "labels_obj": labels,
-                     "run_dir": run_dir, "checkpoint": folder}
-
-
 def push_run(run_dir: str | Path, checkpoint: str = "best", split: str | None = None, device: str = "cpu",
              progress: bool = False) -> dict[str, Any]:
     """`cipl push`: project the prototypes of a run's checkpoint onto its training split (or `split`), save
     the pushed model as checkpoints/pushed and the artefacts under prototypes/push-<checkpoint>/."""
-    from cipl.push import push_prototypes
     from medimg_core.checkpoint import save_checkpoint
 
     student, info = load_cipl(run_dir, checkpoint)

@@ -10,6 +10,7 @@ import click
 
 from crl import __version__
 from medimg_core.cli import ErrorReportingGroup
+from medimg_core.cli_options import device_option, out_option, progress_option, seed_option, training_options
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -25,19 +26,12 @@ def main() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--config", "config_name", default=None,
-              help="YAML config, or a shipped one: wbc, skin, derm7pt (the paper's settings), synthetic-cpu, "
-                   "wbc-cpu (CPU presets from scratch), synthetic-lite0-cpu, wbc-lite0-cpu (CPU presets from the "
-                   "offline ImageNet weights).")
+@training_options("wbc, skin, derm7pt (the paper's settings), synthetic-cpu, wbc-cpu (CPU presets from scratch), "
+                  "synthetic-lite0-cpu, wbc-lite0-cpu (CPU presets from the offline ImageNet weights)",
+                  "model init, data order, augmentation")
 @click.option("--root", default=None, help="Dataset root (data.root).")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
-@click.option("--seed", type=int, default=None, help="Random seed (model init, data order, augmentation).")
-@click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when interactive).")
-@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Continue the interrupted run in this folder.")
 @click.pass_context
-def train(ctx: click.Context, config_name, root, device, seed, out, progress, resume_dir) -> None:
+def train(ctx: click.Context, config_name, device, seed, out, progress, resume_dir, root) -> None:
     """Train CRL; any config key can be overridden as --section.key VALUE (e.g. --train.epochs 5).
 
     Writes a run folder: config.yaml, metrics.jsonl, metrics.json (task metrics with 95% intervals,
@@ -59,16 +53,22 @@ def train(ctx: click.Context, config_name, root, device, seed, out, progress, re
 @click.option("--root", required=True, help="Its root folder.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Loader option (repeatable).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
-def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device: str, seed: int) -> None:
-    """Evaluate the trained model of RUN_DIR on another dataset's split; writes RUN_DIR/eval-<dataset>-<split>.json."""
+@device_option(from_config=False)
+@seed_option("the bootstrap intervals", from_config=False)
+@out_option("JSON file to write (default RUN_DIR/eval-<dataset>-<split>.json).", dir_okay=False)
+@progress_option()
+def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device: str, seed: int, out: Path | None,
+             progress: bool | None) -> None:
+    """Evaluate the trained model of RUN_DIR on another dataset's split; writes RUN_DIR/eval-<dataset>-<split>.json
+    (or --out)."""
     from crl.train import evaluate_run
     from medimg_core.checkpoint import write_json
     from medimg_core.cli import parse_options
+    from medimg_core.training import show_progress
 
-    result = evaluate_run(run_dir, dataset, root, split, parse_options(options), device)
-    path = run_dir / f"eval-{dataset}-{split}.json"
+    result = evaluate_run(run_dir, dataset, root, split, parse_options(options), device, seed=seed,
+                          progress=show_progress(progress))
+    path = out or run_dir / f"eval-{dataset}-{split}.json"
     write_json(path, result)
     t = result["test"]
     click.echo(f"{dataset}/{split} (n={result['n']}): accuracy {t['accuracy']:.4f} {t['accuracy_ci']}, "
@@ -93,9 +93,8 @@ def rules(run_dir: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Figure to write (default RUN_DIR/figures/explain-<image>.png).")
-@click.option("--device", default="cpu", show_default=True)
+@out_option("Figure to write (default RUN_DIR/figures/explain-<image>.png).", dir_okay=False)
+@device_option(from_config=False)
 def explain(run_dir: Path, image: Path, out: Path | None, device: str) -> None:
     """Explain the prediction for IMAGE: its concepts, the rules that fired and their contributions."""
     from crl.explain import explain_image

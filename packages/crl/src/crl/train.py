@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from crl.model import CRL
 from crl.rules import RuleSet, concepts_of, extract_rules
@@ -277,8 +278,10 @@ def load_crl(run_dir: str | Path) -> tuple[CRL, dict[str, Any]]:
 
 
 def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "test",
-                 options: dict | None = None, device: str = "cpu", n_boot: int = 1000) -> dict[str, Any]:
-    """Evaluate a trained CRL on another dataset's split (e.g. DDI as out-of-distribution test)."""
+                 options: dict | None = None, device: str = "cpu", n_boot: int = 1000, seed: int = 0,
+                 progress: bool = False) -> dict[str, Any]:
+    """Evaluate a trained CRL on another dataset's split (e.g. DDI as out-of-distribution test); `seed`
+    draws the bootstrap resamples of the intervals."""
     from medimg_core.data.transforms import TransformConfig, eval_transform
     from medimg_core.metrics import concept_metrics, metrics_with_ci
 
@@ -294,7 +297,8 @@ def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "tes
     model = model.to(device)
     scores, concepts, truth, targets = [], [], [], []
     with torch.no_grad():
-        for batch in DataLoader(ds, batch_size=64):
+        for batch in tqdm(DataLoader(ds, batch_size=64), desc=f"evaluating {dataset}/{split}", unit="batch",
+                          disable=not progress, leave=False):
             out = model(batch["image"].to(device))
             scores.append(torch.softmax(out["scaled_logits"], 1).cpu().numpy())
             concepts.append(torch.sigmoid(out["concept_logits"]).cpu().numpy())
@@ -302,7 +306,8 @@ def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "tes
             targets.append(batch["target"].numpy())
     scores, targets = np.concatenate(scores), np.concatenate(targets)
     result: dict[str, Any] = {"dataset": dataset, "split": split, "n": len(ds),
-                              "test": metrics_with_ci(card.task, targets, scores, list(card.class_names), n_boot=n_boot)}
+                              "test": metrics_with_ci(card.task, targets, scores, list(card.class_names), n_boot=n_boot,
+                                                      seed=seed)}
     truth_arr = np.concatenate(truth)
     if truth_arr.shape[1] == card.num_concepts and not np.isnan(truth_arr).all():
         result["concepts"] = concept_metrics(truth_arr, np.concatenate(concepts), list(card.concept_names))

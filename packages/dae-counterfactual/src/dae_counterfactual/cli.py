@@ -9,6 +9,7 @@ import click
 
 from dae_counterfactual import __version__
 from medimg_core.cli import ErrorReportingGroup
+from medimg_core.cli_options import device_option, out_option, progress_option, seed_option, training_options
 
 CONFIGS = Path(__file__).parent / "configs"
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -61,16 +62,11 @@ def main() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--config", "config_name", default=None,
-              help="YAML config, or a shipped one: dae-32, dae-64, dae-128 (templates), synth-grade-cpu, "
-                   "retinamnist-cpu (CPU presets), retinamnist-64-gpu.")
+@training_options("dae-32, dae-64, dae-128 (templates), synth-grade-cpu, retinamnist-cpu (CPU presets), "
+                  "retinamnist-64-gpu", "initialisation, data order, noise")
 @click.option("--root", default=None, help="Dataset root (data.root).")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
-@click.option("--seed", type=int, default=None, help="Random seed (initialisation, data order, noise).")
-@click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
-@click.option("--resume", "resume_dir", type=RUN_DIR, default=None, help="Continue the interrupted run in this folder.")
 @click.pass_context
-def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) -> None:
+def train(ctx: click.Context, config_name, device, seed, out, progress, resume_dir, root) -> None:
     """Train the diffusion autoencoder; any config key can be overridden as --section.key VALUE
     (e.g. --train.epochs 5 --model.base_channels 32).
 
@@ -80,7 +76,7 @@ def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) 
     from dae_counterfactual.train import DAEConfig, train_dae
     from medimg_core.cli import training_config
 
-    named = {"data.root": root, "device": device, "seed": seed, "out": out}
+    named = {"data.root": root, "device": device, "seed": seed, "out": out, "train.progress": progress}
     cfg = training_config(DAEConfig, config_name, CONFIGS, named, ctx.args, resume_dir)
     run_dir = train_dae(cfg, resume_dir)
     if os.environ.get("RANK", "0") == "0":
@@ -93,13 +89,16 @@ def train(ctx: click.Context, config_name, root, device, seed, out, resume_dir) 
               help="Split to encode (repeatable).")
 @click.option("--root", default=None, help="Dataset root, if it moved since training.")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Unused by the deterministic encoder; recorded.")
-def encode(run_dir: Path, splits, root, batch_size: int, device: str, seed: int) -> None:
+@device_option(from_config=False)
+@seed_option("unused: the encoder is deterministic; accepted for scripts", from_config=False)
+@progress_option()
+def encode(run_dir: Path, splits, root, batch_size: int, device: str, seed: int, progress: bool | None) -> None:
     """Encode the run's dataset splits to z_sem with the EMA encoder -> RUN_DIR/latents/<split>.safetensors."""
     from dae_counterfactual.train import encode_run
+    from medimg_core.training import show_progress
 
-    for split, path in encode_run(run_dir, tuple(splits), device, batch_size, root).items():
+    for split, path in encode_run(run_dir, tuple(splits), device, batch_size, root,
+                                  progress=show_progress(progress)).items():
         click.echo(f"{split}: {path}")
 
 
@@ -113,10 +112,11 @@ def encode(run_dir: Path, splits, root, batch_size: int, device: str, seed: int)
               help="Binary pathology = grade >= this (default 1: grade > 0).")
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default=None)
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples of the intervals.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
+@device_option(from_config=False)
+@seed_option("the bootstrap intervals", from_config=False)
+@progress_option()
 def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, class_weight, bootstrap, device,
-                 seed) -> None:
+                 seed, progress) -> None:
     """Fit the linear boundary on the training latents and the grade calibration; evaluate on val and test.
 
     Encodes missing latents first; writes RUN_DIR/boundary.json, metrics.json["boundary"] and
@@ -124,7 +124,9 @@ def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, 
     """
     from dataclasses import replace
 
-    from dae_counterfactual.train import fit_boundary_run, load_dae
+    from dae_counterfactual.run import load_dae
+    from dae_counterfactual.train import fit_boundary_run
+    from medimg_core.training import show_progress
 
     cfg = load_dae(run_dir).cfg.boundary
     changes = {"classifier": classifier, "C": C, "standardize": standardize,
@@ -132,7 +134,7 @@ def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, 
     cfg = replace(cfg, **{k: v for k, v in changes.items() if v is not None})
     if class_weight is not None:
         cfg = replace(cfg, class_weight=None if class_weight == "none" else class_weight)
-    m = fit_boundary_run(run_dir, cfg, device, bootstrap, seed)
+    m = fit_boundary_run(run_dir, cfg, device, bootstrap, seed, progress=show_progress(progress))
     for split in ("val", "test"):
         b, g = m[split]["binary"], m[split]["grade"]
         click.echo(f"{split}: AUROC {b['auroc']:.4f} {[round(v, 4) for v in b['auroc_ci']]}, accuracy "
@@ -150,13 +152,13 @@ def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, 
               help="Fixed steps only: towards the pathology (up), away (down), or across the hyperplane (auto).")
 @click.option("--encode-steps", type=int, default=None, help="DDIM inversion steps (default: the run's config).")
 @click.option("--render-steps", type=int, default=None, help="DDIM rendering steps (default: the run's config).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder receiving the output folder (default RUN_DIR/counterfactuals).")
+@out_option("Folder receiving the output folder (default RUN_DIR/counterfactuals).", file_okay=False)
 @click.option("--batch-size", default=8, show_default=True, help="Images per batch.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@device_option(from_config=False)
+@seed_option("the sampler's noise", from_config=False)
+@progress_option()
 def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps, render_steps, out, batch_size,
-                   device, seed) -> None:
+                   device, seed, progress) -> None:
     """Render IMAGE(s) at target grades (or fixed steps) with their own stochastic code x_T.
 
     Writes a folder with config.yaml, metrics.json (calibrated grade of each image, target and
@@ -164,13 +166,14 @@ def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps
     difference maps).
     """
     from dae_counterfactual.explain import counterfactual_run
+    from medimg_core.training import show_progress
 
     if bool(grades) == bool(steps):
         raise click.UsageError("give either --grades G... or --steps S...")
     mode = "grade" if grades else "step"
     sign = {"auto": None, "up": 1.0, "down": -1.0}[direction]
     folder, series = counterfactual_run(run_dir, list(images), list(grades or steps), mode, sign, encode_steps,
-                                        render_steps, device, out, seed, batch_size)
+                                        render_steps, device, out, seed, batch_size, show_progress(progress))
     for s in series:
         pairs = ", ".join(f"{t:g}->{g:.2f}" for t, g in zip(s.targets, s.reencoded_grades, strict=True))
         click.echo(f"{s.id}: grade {s.grade:.2f}; {'target' if mode == 'grade' else 'step'} -> re-encoded: {pairs}")
@@ -190,19 +193,20 @@ def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps
               help="auto: measure the structure of synth-grade counterfactuals with the generator's measure.")
 @click.option("--figures", default=6, show_default=True, help="Series shown in figures/counterfactuals.png.")
 @click.option("--root", default=None, help="Dataset root, if it moved since training.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder receiving the output folder (default RUN_DIR/evaluations).")
+@out_option("Folder receiving the output folder (default RUN_DIR/evaluations).", file_okay=False)
 @click.option("--batch-size", default=8, show_default=True, help="Images per batch.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Which images are drawn.")
+@device_option(from_config=False)
+@seed_option("which images are drawn, the sampler's noise", from_config=False)
+@progress_option()
 def evaluate(run_dir: Path, split, n_images, grades, oracle, encode_steps, render_steps, measure, figures, root, out,
-             batch_size, device, seed) -> None:
+             batch_size, device, seed, progress) -> None:
     """Evaluate counterfactuals: reconstruction error, latent and image flip rates, Spearman of target vs
     re-encoded grade, L1/SSIM to the reconstruction (and, on synth-grade, the measured structure)."""
     from dae_counterfactual.evaluate import evaluate_run
+    from medimg_core.training import show_progress
 
     folder, m = evaluate_run(run_dir, split, n_images, list(grades) or None, oracle, encode_steps, render_steps,
-                             device, seed, batch_size, figures, out, measure, root)
+                             device, seed, batch_size, figures, out, measure, root, show_progress(progress))
     r, lat = m["reconstruction"], m["latent"]
     click.echo(f"reconstruction: MSE {r['mse']:.5f}, L1 {r['l1']:.4f}, SSIM {r['ssim']:.4f}")
     click.echo(f"latent flip rate {lat['flip_rate']:.3f} ({lat['n_crossing_pairs']} pairs); Spearman(target, "

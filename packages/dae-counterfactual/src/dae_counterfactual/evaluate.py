@@ -34,7 +34,8 @@ import torch
 from scipy.stats import spearmanr
 
 from dae_counterfactual.boundary import LatentBoundary
-from dae_counterfactual.explain import CounterfactualSeries
+from dae_counterfactual.explain import CounterfactualSeries, generate_counterfactuals, series_figure
+from dae_counterfactual.run import eval_datasets, load_dae, require_run_dir
 
 Measure = Callable[[np.ndarray], np.ndarray]
 #: images (N, C, H, W) -> pathology maps (N, H, W) bool
@@ -364,7 +365,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
                  oracle_run: str | Path | None = None, encode_steps: int | None = None,
                  render_steps: int | None = None, device: str = "cpu", seed: int = 0, batch_size: int = 8,
                  figures: int = 6, out: str | Path | None = None, measure: str = "auto",
-                 root: str | None = None) -> tuple[Path, dict[str, Any]]:
+                 root: str | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Counterfactual series of n images of `split` at each target grade, and their metrics.
 
     Writes a folder (default run_dir/evaluations/<date>-<split>-n<n>) with config.yaml, metrics.json
@@ -375,8 +376,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
     """
     import time
 
-    from dae_counterfactual.explain import generate_counterfactuals, series_figure
-    from dae_counterfactual.train import eval_datasets, load_dae, require_run_dir
     from medimg_core.baseline import peak_memory_mb
     from medimg_core.checkpoint import write_json
     from medimg_core.config import save_config
@@ -402,7 +401,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
     series = generate_counterfactuals(run.model, boundary, x, grades, "grade", encode_steps, render_steps,
                                       ids=[s["id"] for s in samples],
                                       true_grades=[float(s["target"]) for s in samples], batch_size=batch_size,
-                                      device=device)
+                                      device=device, progress=progress)
     generate_time = time.perf_counter() - start
     region_fn = region_for(run.card.name) if measure == "auto" else None
     metrics = counterfactual_metrics(series, boundary, oracle, measure_fn, region_fn)

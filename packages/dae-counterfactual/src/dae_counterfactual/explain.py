@@ -18,6 +18,7 @@ import torch
 
 from dae_counterfactual.boundary import LatentBoundary
 from dae_counterfactual.model import DiffusionAutoencoder
+from dae_counterfactual.run import load_dae, require_run_dir
 
 
 @dataclass
@@ -189,10 +190,9 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 def counterfactual_run(run_dir: str | Path, images: Sequence[str | Path], targets: Sequence[float],
                        mode: Literal["grade", "step"] = "grade", direction: float | None = None,
                        encode_steps: int | None = None, render_steps: int | None = None, device: str = "cpu",
-                       out: str | Path | None = None, seed: int = 0,
-                       batch_size: int = 8) -> tuple[Path, list[CounterfactualSeries]]:
+                       out: str | Path | None = None, seed: int = 0, batch_size: int = 8,
+                       progress: bool = True) -> tuple[Path, list[CounterfactualSeries]]:
     """Counterfactual series of image files; writes a folder with config.yaml, metrics.json, images/, figures/."""
-    from dae_counterfactual.train import load_dae, require_run_dir
     from medimg_core.baseline import build_transforms
     from medimg_core.checkpoint import write_json
     from medimg_core.config import save_config
@@ -208,7 +208,7 @@ def counterfactual_run(run_dir: str | Path, images: Sequence[str | Path], target
     x = load_images(images, build_transforms(run.cfg.data, run.card)[1], run.in_channels)
     ids = [Path(p).stem for p in images]
     series = generate_counterfactuals(run.model, boundary, x, targets, mode, encode_steps, render_steps, direction,
-                                      ids, batch_size=batch_size, device=device)
+                                      ids, batch_size=batch_size, device=device, progress=progress)
     folder = create_run_dir(Path(out) if out else run_dir / "counterfactuals", f"{mode}-{len(ids)}-images")
     settings = {"run": str(run_dir), "images": [str(p) for p in images], "mode": mode,
                 "targets": [float(t) for t in targets], "direction": direction, "encode_steps": encode_steps,

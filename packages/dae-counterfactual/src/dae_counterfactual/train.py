@@ -1,4 +1,5 @@
-"""Training the diffusion autoencoder on medimg-core's training loop, and what a run folder holds.
+"""Training the diffusion autoencoder on medimg-core's training loop, and what a run folder holds (the configs
+are in `dae_counterfactual.config`, rebuilding and loading a trained model in `dae_counterfactual.run`).
 
 Loss (DiffAE, no other term): with t ~ U{0 .. T-1}, noise ~ N(0, I) and x0 in [-1, 1],
 
@@ -29,65 +30,39 @@ import logging
 import os
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dae_counterfactual.model import DAEModelConfig, DiffusionAutoencoder
-from dae_counterfactual.sampling import DiffusionConfig
-from medimg_core.baseline import DataConfig, build_transforms, peak_memory_mb
-from medimg_core.checkpoint import (
-    best_checkpoint,
-    find_checkpoint,
-    load_config_json,
-    load_weights,
-    write_json,
+from dae_counterfactual.boundary import LatentBoundary
+
+# The configs and the run loader live in dae_counterfactual.config and dae_counterfactual.run; importing
+# them here keeps `from dae_counterfactual.train import DAEConfig, load_dae, ...` working.
+from dae_counterfactual.config import BoundaryConfig, DAEConfig
+from dae_counterfactual.evaluate import boundary_metrics, image_distances
+from dae_counterfactual.model import DiffusionAutoencoder
+from dae_counterfactual.run import (  # noqa: F401
+    KIND,
+    LoadedRun,
+    build_dae,
+    checkpoint_config,
+    eval_datasets,
+    load_dae,
+    model_card,
+    require_run_dir,
+    save_dae,
 )
-from medimg_core.config import ConfigError, config_from_dict, config_to_dict
-from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
+from medimg_core.baseline import build_transforms, peak_memory_mb
+from medimg_core.checkpoint import load_weights, write_json
+from medimg_core.config import ConfigError, config_to_dict
+from medimg_core.data import MedicalImageDataset, load_dataset
 from medimg_core.distributed import cleanup_distributed, init_distributed, seed_everything, select_device
-from medimg_core.training import OptimConfig, TrainConfig, Trainer
+from medimg_core.training import Trainer
 
 log = logging.getLogger("medimg")
-KIND = "dae-counterfactual"
-
-
-@dataclass
-class BoundaryConfig:
-    """The latent classifier and its calibration (see LatentBoundary)."""
-
-    classifier: Literal["svm", "logistic"] = "svm"
-    C: float = 1.0
-    standardize: bool = True
-    positive_min_grade: int = 1  # binary pathology = grade >= 1, i.e. grade > 0 (the paper's DR > 0)
-    class_weight: str | None = None
-
-
-@dataclass
-class DAEConfig:
-    """Defaults are DiffAE's 64 px template (ffhq64_autoenc, as the paper's 64 px runs use it); see configs/."""
-
-    data: DataConfig = field(default_factory=lambda: DataConfig(image_size=64, normalize=None, hflip=True,
-                                                                scale_min=1.0))
-    model: DAEModelConfig = field(default_factory=DAEModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        epochs=100, batch_size=32, precision="fp16", ema_decay=0.9999, monitor="epoch", monitor_mode="max",
-        eval_every=5, checkpoint_every=1))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adam", lr=1e-4, weight_decay=0.0,
-                                                                   scheduler="none", grad_clip=1.0))
-    boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs"
-    name: str | None = None
-    bootstrap: int = 1000
-    #: images shown in figures/reconstructions.png after training (0: none)
-    recon_images: int = 8
 
 
 def _core(model: nn.Module) -> DiffusionAutoencoder:
@@ -139,51 +114,12 @@ def check_config(cfg: DAEConfig) -> None:
                     "horizontal flips only")
 
 
-def eval_datasets(cfg: DAEConfig, splits: tuple[str, ...] = ("train", "val", "test"),
-                  root: str | None = None) -> dict[str, MedicalImageDataset]:
-    """The splits with eval transforms (resize, no augmentation, range [0, 1])."""
-    data_cfg = cfg.data if root is None else DataConfig(**{**config_to_dict(cfg.data), "root": root})
-    names = {"train": data_cfg.train_split, "val": data_cfg.val_split, "test": data_cfg.test_split}
-    out = {}
-    for key in splits:
-        ds = load_dataset(data_cfg.dataset, data_cfg.root, names.get(key, key), **data_cfg.options)
-        ds.transform = build_transforms(data_cfg, ds.card)[1]
-        out[key] = ds
-    return out
-
-
 def resolve_precision(cfg: DAEConfig, device: torch.device) -> None:
     """Mixed precision on CUDA only: fp16/bf16 configs fall back to fp32 elsewhere (with a log line)."""
     if cfg.train.precision != "fp32" and device.type != "cuda":
         log.info("precision %s requested on %s: mixed precision runs on CUDA only, using fp32",
                  cfg.train.precision, device)
         cfg.train.precision = "fp32"
-
-
-def build_dae(cfg: DAEConfig, in_channels: int) -> DiffusionAutoencoder:
-    """A fresh DiffusionAutoencoder for `cfg` (architecture, image size, schedule) and 1 or 3 channels."""
-    return DiffusionAutoencoder(cfg.model, in_channels, cfg.data.image_size, cfg.diffusion)
-
-
-def checkpoint_config(cfg: DAEConfig, card: DatasetCard, in_channels: int) -> dict[str, Any]:
-    """What a checkpoint's config.json holds to rebuild the model: kind, resolved config, dataset card, shape."""
-    return {"kind": KIND, "config": config_to_dict(cfg), "card": card.to_dict(), "in_channels": in_channels,
-            "image_size": cfg.data.image_size}
-
-
-def save_dae(model: DiffusionAutoencoder, cfg: DAEConfig, card: DatasetCard, directory: str | Path) -> Path:
-    """Write `model` as a checkpoint folder (model.safetensors + config.json, atomically) that `load_dae` reads.
-
-    Training writes its checkpoints itself (EMA and raw weights, optimizer state); this is for models
-    built or changed in Python.
-    """
-    from medimg_core.checkpoint import save_checkpoint
-
-    if model.image_size != cfg.data.image_size:
-        raise ValueError(f"the model takes {model.image_size} px images but cfg.data.image_size is "
-                         f"{cfg.data.image_size}")
-    return save_checkpoint(directory, model, checkpoint_config(cfg, card, model.in_channels),
-                           card=_model_card(cfg, card, model.in_channels))
 
 
 def train_dae(cfg: DAEConfig, resume_dir: str | Path | None = None) -> Path:
@@ -209,7 +145,7 @@ def train_dae(cfg: DAEConfig, resume_dir: str | Path | None = None) -> Path:
     model_config = checkpoint_config(cfg, card, in_channels)
     trainer = Trainer(model, train_set, val_set, step_fn, predict_fn, metrics_fn, train=cfg.train, optim=cfg.optim,
                       run_dir=run_dir, model_config=model_config, device=device, seed=cfg.seed, dist_info=dist_info,
-                      model_card=_model_card(cfg, card, in_channels))
+                      model_card=model_card(cfg, card, in_channels))
     result = trainer.fit(resume=resume_dir is not None)
     train_time = time.perf_counter() - start
     if dist_info.is_main:
@@ -239,56 +175,6 @@ def train_dae(cfg: DAEConfig, resume_dir: str | Path | None = None) -> Path:
 def _last(history: list[dict], key: str) -> float | None:
     values = [h[key] for h in history if key in h]
     return values[-1] if values else None
-
-
-def _model_card(cfg: DAEConfig, card: DatasetCard, in_channels: int) -> str:
-    m = cfg.model
-    return (f"# Diffusion autoencoder on {card.title}\n\n"
-            f"- input {cfg.data.image_size} px, {in_channels} channels, [0, 1] mapped to [-1, 1]\n"
-            f"- conditional UNet: {m.base_channels} channels x {list(m.channel_mult)}, {m.num_res_blocks} blocks "
-            f"per level, attention at {list(m.attention_resolutions)} px; z_sem {m.z_dim}-d from {m.encoder}\n"
-            f"- linear betas {cfg.diffusion.beta_start}..{cfg.diffusion.beta_end} over "
-            f"{cfg.diffusion.num_train_timesteps} steps, {cfg.diffusion.prediction} prediction; "
-            f"EMA {cfg.train.ema_decay}\n"
-            f"- dataset licence: {card.license or 'see the dataset card'}\n"
-            "- trained with `dae-cf train` (dae-counterfactual; Atad et al., MELBA 2024)\n")
-
-
-# ------------------------------------------------------------------------------------ loading
-
-
-@dataclass
-class LoadedRun:
-    """A trained DAE with its run folder, config and dataset card."""
-
-    model: DiffusionAutoencoder
-    cfg: DAEConfig
-    card: DatasetCard
-    run_dir: Path | None
-    in_channels: int
-    image_size: int
-
-
-def load_dae(path: str | Path, device: str | torch.device = "cpu", checkpoint: str = "best") -> LoadedRun:
-    """The EMA model of a run folder (checkpoints/<checkpoint>) or of a checkpoint folder, in eval mode."""
-    path = Path(path)
-    folder = find_checkpoint(path / "checkpoints" / checkpoint) if (path / "checkpoints").is_dir() else \
-        best_checkpoint(path)
-    config = load_config_json(folder)
-    if config.get("kind") != KIND:
-        raise ValueError(f"{folder}: not a dae-counterfactual checkpoint (kind {config.get('kind')!r})")
-    cfg = config_from_dict(DAEConfig, config["config"])
-    model = DiffusionAutoencoder(cfg.model, config["in_channels"], config["image_size"], cfg.diffusion)
-    load_weights(model, folder)
-    run_dir = path if (path / "checkpoints").is_dir() else None
-    return LoadedRun(model.to(device).eval(), cfg, DatasetCard.from_dict(config["card"]), run_dir,
-                     config["in_channels"], config["image_size"])
-
-
-def require_run_dir(run: LoadedRun, what: str) -> Path:
-    if run.run_dir is None:
-        raise ValueError(f"{what} needs a run folder (with checkpoints/), not a checkpoint folder")
-    return run.run_dir
 
 
 # ------------------------------------------------------------------------------------ latents
@@ -340,12 +226,13 @@ def load_latents(run_dir: Path, split: str) -> dict[str, Any]:
 
 
 def encode_run(run_dir: str | Path, splits: tuple[str, ...] = ("train", "val", "test"), device: str = "cpu",
-               batch_size: int = 64, root: str | None = None) -> dict[str, Path]:
+               batch_size: int = 64, root: str | None = None, progress: bool = True) -> dict[str, Path]:
     """Encode the run's dataset splits into run_dir/latents/ (the EMA encoder, eval transforms)."""
     run = load_dae(run_dir, device)
     run_dir = require_run_dir(run, "encode")
     datasets = eval_datasets(run.cfg, splits, root)
-    return {split: save_latents(run_dir, split, encode_dataset(run.model, ds, batch_size, device), run.card.name)
+    return {split: save_latents(run_dir, split, encode_dataset(run.model, ds, batch_size, device, progress),
+                                run.card.name)
             for split, ds in datasets.items()}
 
 
@@ -366,8 +253,6 @@ def reconstruction_report(model: DiffusionAutoencoder, dataset: MedicalImageData
                           device: str | torch.device, encode_steps: int, render_steps: int,
                           figure: Path | None = None) -> dict[str, Any]:
     """Autoencode the first n images of `dataset`; MSE / L1 / SSIM against the inputs (data range)."""
-    from dae_counterfactual.evaluate import image_distances
-
     n = min(n, len(dataset))
     x = torch.stack([dataset[i]["image"] for i in range(n)]).to(device)
     recon = model.reconstruct(x, encode_steps, render_steps)
@@ -392,21 +277,18 @@ def reconstruction_report(model: DiffusionAutoencoder, dataset: MedicalImageData
 
 
 def fit_boundary_run(run_dir: str | Path, boundary_cfg: BoundaryConfig | None = None, device: str = "cpu",
-                     n_boot: int | None = None, seed: int = 0) -> dict[str, Any]:
+                     n_boot: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Fit the LatentBoundary on the training latents, evaluate on val and test, write boundary.json.
 
     Latents missing from run_dir/latents/ are encoded first. Adds metrics.json["boundary"] and
     figures/calibration.png.
     """
-    from dae_counterfactual.boundary import LatentBoundary
-    from dae_counterfactual.evaluate import boundary_metrics
-
     run_dir = Path(run_dir)
     run = load_dae(run_dir, device)
     cfg = boundary_cfg or run.cfg.boundary
     missing = tuple(s for s in ("train", "val", "test") if not latents_path(run_dir, s).is_file())
     if missing:
-        encode_run(run_dir, missing, device)
+        encode_run(run_dir, missing, device, progress=progress)
     latents = {s: load_latents(run_dir, s) for s in ("train", "val", "test")}
     if run.card.task not in ("binary", "ordinal"):
         raise ValueError(f"{run.card.name}: the latent boundary needs a binary or ordinal target, "

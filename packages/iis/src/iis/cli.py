@@ -8,6 +8,14 @@ import click
 
 from iis import __version__
 from medimg_core.cli import ErrorReportingGroup, resolve_config_path
+from medimg_core.cli_options import (
+    config_option,
+    device_option,
+    out_option,
+    progress_option,
+    resume_option,
+    seed_option,
+)
 
 CONFIGS = Path(__file__).parent / "configs"
 SHIPPED = "paper (the paper's settings, 224 px), synth-derm-cpu, wbcatt-cpu (CPU presets)"
@@ -40,7 +48,7 @@ def main() -> None:
 
 def _common(function):
     options = [
-        click.option("--config", "config_name", default=None, help=f"YAML config, or a shipped one: {SHIPPED}."),
+        config_option(SHIPPED),
         click.option("--dataset", default=None, help="Dataset format (`medimg datasets list`), e.g. wbcatt, csv."),
         click.option("--root", default=None, help="Dataset root folder (data.root)."),
         click.option("--backbone", "backbones", multiple=True, metavar="NAME[:weights]",
@@ -55,10 +63,10 @@ def _common(function):
         click.option("--text-backend", default=None, type=click.Choice(["annotations", "open_clip"]),
                      help="Text library teacher: the dataset's concept annotations, or open_clip with local weights."),
         click.option("--clip-weights", default=None, help="open_clip backend: local weights file (never downloaded)."),
-        click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps."),
-        click.option("--seed", type=int, default=None, help="Seed of element sampling, libraries, random inits, heads."),
-        click.option("--out", default=None, help="Folder that receives the run folder (default runs/)."),
-        click.option("--progress/--no-progress", default=None, help="Progress bars (default: when interactive)."),
+        device_option(),
+        seed_option("element sampling, libraries, random inits, heads"),
+        out_option(),
+        progress_option(),
     ]
     for option in reversed(options):
         function = option(function)
@@ -82,8 +90,7 @@ def _config(ctx: click.Context, config_name, dataset, root, backbones, library, 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @_common
-@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Finish an interrupted run: backbones already scored there are kept.")
+@resume_option("Backbones already scored there are kept.")
 @click.pass_context
 def score(ctx: click.Context, resume_dir: Path | None, **options) -> None:
     """Score the interpretability of one or more representations on a dataset.
@@ -103,8 +110,10 @@ def score(ctx: click.Context, resume_dir: Path | None, **options) -> None:
 
     if resume_dir is not None:
         if any(v for k, v in options.items() if k != "progress") or ctx.args:
-            raise click.UsageError("--resume finishes a run with its saved config; drop the other options")
-        cfg = load_config(IISConfig, resume_dir / "config.yaml")
+            raise click.UsageError("--resume continues a run with its saved config; drop the other options "
+                                   "(only --progress/--no-progress may be given with it)")
+        shown = {} if options["progress"] is None else {"progress": options["progress"]}
+        cfg = load_config(IISConfig, resume_dir / "config.yaml", shown)
     else:
         cfg = _config(ctx, **options)
     run_dir = run_score(cfg, resume_dir)
@@ -139,9 +148,8 @@ def extract_concepts_cmd(ctx: click.Context, **options) -> None:
 @click.option("--top-k", default=10, show_default=True, help="Concepts listed and drawn.")
 @click.option("--class", "target_class", type=int, default=None, help="Explain this class index (default: predicted).")
 @click.option("--root", default=None, help="Training data root, where it moved since the run (for concept pictures).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Figure to write (default RUN_DIR/figures/explain-<image>.png).")
-@click.option("--device", default="cpu", show_default=True)
+@out_option("Figure to write (default RUN_DIR/figures/explain-<image>.png).", dir_okay=False)
+@device_option(from_config=False)
 def explain(run_dir: Path, image: Path, backbone, ratio, top_k, target_class, root, out, device) -> None:
     """Explain IMAGE with a scored representation: the concepts that survive the sparsity mask, what each
     adds to the class score, and their prototype pictures (or phrases)."""

@@ -31,6 +31,7 @@ from iis.backbones import LoadedBackbone, load_backbone, parse_backbone_spec
 from iis.concepts import ConceptLibrary, Element, ElementDataset, build_visual_library, extract_elements
 from iis.train import IISConfig, IISResult, score_representation
 from medimg_core.config import ConfigError
+from medimg_core.training import show_progress
 
 __all__ = ["backbone_dirs", "extract_concepts", "load_datasets", "run_score"]
 
@@ -64,7 +65,7 @@ def _features(cfg: IISConfig, loaded: LoadedBackbone, datasets: dict[str, Any], 
     for split, ds in datasets.items():
         ds.transform = transform
         out[split] = cache.get_or_extract(loaded.backbone, ds, split=split, device=device,
-                                          batch_size=cfg.feature_batch_size, progress=cfg.progress is not False)
+                                          batch_size=cfg.feature_batch_size, progress=show_progress(cfg.progress))
     return out
 
 
@@ -92,7 +93,7 @@ class _Context:
         if self.elements is None:
             t0 = time.perf_counter()
             self.elements = extract_elements(self.datasets["train"], self.cfg.elements, self.cfg.seed,
-                                             progress=self.cfg.progress is not False)
+                                             progress=show_progress(self.cfg.progress))
             self.timings["elements_s"] = time.perf_counter() - t0
         return self.elements
 
@@ -132,7 +133,7 @@ def _library(ctx: _Context, loaded: LoadedBackbone, transform: Any, feats: dict[
     elements.transform = transform
     t0 = time.perf_counter()
     el = FeatureCache().get_or_extract(loaded.backbone, elements, split=elements.split, device=ctx.device,
-                                       batch_size=cfg.feature_batch_size, progress=cfg.progress is not False)
+                                       batch_size=cfg.feature_batch_size, progress=show_progress(cfg.progress))
     timings["element_features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     library = build_visual_library(cfg.library, el["features"], elements.ids, cfg.seed)
@@ -311,7 +312,7 @@ def run_score(cfg: IISConfig, resume_dir: str | Path | None = None) -> Path:
         result = score_representation(feats["train"], feats["val"], feats["test"], library, sweep=cfg.sweep,
                                       multilabel=ctx.multilabel, num_outputs=num_outputs, seed=cfg.seed,
                                       device=device, n_boot=cfg.bootstrap, tau=cfg.library.gumbel_tau,
-                                      progress=cfg.progress is not False)
+                                      progress=show_progress(cfg.progress))
         timings["sweep_s"] = result.wall_time_s
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "backbone.json", {**loaded.to_dict(), "image_size": loaded.image_size or cfg.data.image_size,

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from medimg_core import __version__
+from medimg_core.cli_options import training_options
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -231,9 +232,8 @@ def synth(name: str, n: int, out: Path, seed: int, size: int | None, rule: str |
 
 
 @main.command("train-baseline", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--config", "config_path", default=None,
-              help="YAML config file, or the name of a shipped one (baseline-wbcatt, baseline-retinamnist, "
-                   "baseline-synth-derm); options and overrides win over it.")
+@training_options("baseline-wbcatt, baseline-retinamnist, baseline-synth-derm",
+                  "model init, data order, augmentation")
 @click.option("--dataset", default=None, help="Dataset format (`medimg datasets list`), e.g. wbcatt, retinamnist, csv.")
 @click.option("--root", default=None, help="Dataset root folder (or .npz file for MedMNIST).")
 @click.option("--backbone", default=None, help="timm model name or torchvision alias, e.g. resnet18.")
@@ -244,42 +244,21 @@ def synth(name: str, n: int, out: Path, seed: int, size: int | None, rule: str |
 @click.option("--epochs", type=int, default=None, help="Number of epochs.")
 @click.option("--batch-size", type=int, default=None, help="Batch size (per process under torchrun).")
 @click.option("--lr", type=float, default=None, help="Learning rate (peak rate for onecycle).")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")
-@click.option("--seed", type=int, default=None, help="Random seed (model init, data order, augmentation).")
-@click.option("--out", default=None, help="Folder that receives the run folder (default runs/).")
-@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Continue the interrupted run in this folder with its saved config.")
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when interactive).")
 @click.pass_context
-def train_baseline_cmd(ctx: click.Context, config_path, dataset, root, backbone, pretrained, image_size, epochs,
-                       batch_size, lr, device, seed, out, resume_dir, progress) -> None:
+def train_baseline_cmd(ctx: click.Context, config_name, device, seed, out, progress, resume_dir, dataset, root,
+                       backbone, pretrained, image_size, epochs, batch_size, lr) -> None:
     """Train the black-box baseline classifier on a dataset and evaluate it on the test split.
 
     Any config key can be overridden as --section.key VALUE, e.g. --optim.scheduler onecycle
     --train.precision bf16 --data.options.fold 2. Writes a run folder (config.yaml, metrics.jsonl,
     metrics.json with test metrics and 95% bootstrap intervals, checkpoints/, figures/, log.txt).
     """
-    from medimg_core.baseline import BaselineConfig, config_for_resume, train_baseline
-    from medimg_core.config import ConfigError, load_config
+    from medimg_core.baseline import BaselineConfig, train_baseline
 
     named = {"data.dataset": dataset, "data.root": root, "model.backbone": backbone, "model.pretrained": pretrained,
              "data.image_size": image_size, "train.epochs": epochs, "train.batch_size": batch_size,
              "optim.lr": lr, "device": device, "seed": seed, "out": out, "train.progress": progress}
-    try:
-        overrides = {k: v for k, v in named.items() if v is not None}
-        from medimg_core.config import parse_overrides
-
-        overrides.update(parse_overrides(ctx.args))
-        if resume_dir is not None:
-            cfg = config_for_resume(resume_dir)
-            if overrides:
-                raise ConfigError("--resume continues a run with its saved config; drop the other options")
-        else:
-            cfg = load_config(BaselineConfig, resolve_config_path(config_path), overrides)
-            if not cfg.data.root:
-                raise ConfigError("--root (data.root) is required: the dataset folder or file")
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    cfg = training_config(BaselineConfig, config_name, CONFIGS, named, ctx.args, resume_dir)
     run_dir = train_baseline(cfg, resume_dir=resume_dir)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, only the main process reports
         click.echo(f"run folder: {run_dir}")
@@ -391,26 +370,35 @@ def resolve_config_path(name: str | None, shipped_dir: Path = CONFIGS) -> Path |
                              param_hint="--config")
 
 
+#: config keys a resumed run may change: how it is displayed, not what it computes
+DISPLAY_KEYS = ("train.progress", "progress")
+
+
 def training_config(config_cls: type, config_name: str | None, shipped_dir: Path, named: dict[str, Any],
                     extra_args: list[str], resume_dir: Path | None) -> Any:
-    """The resolved config of a method's `train` command.
+    """The resolved config of a command that trains; a bad config or option is a usage error (exit 2).
 
-    With `resume_dir`: the run's saved config.yaml (no other option may be given). Otherwise the YAML
-    `config_name` (a path or a config shipped in `shipped_dir`), then the command's named options (`named`,
-    dotted keys; None values are skipped), then `--section.key VALUE` pairs from `extra_args`; data.root is
-    required.
+    With `resume_dir`: the run's saved config.yaml (only the DISPLAY_KEYS, --progress/--no-progress, may be
+    given). Otherwise the YAML `config_name` (a path or a config shipped in `shipped_dir`), then the command's
+    named options (`named`, dotted keys; None values are skipped), then `--section.key VALUE` pairs from
+    `extra_args`; data.root is required.
     """
     from medimg_core.config import ConfigError, load_config, parse_overrides
 
-    overrides = {k: v for k, v in named.items() if v is not None}
-    overrides.update(parse_overrides(extra_args))
-    if resume_dir is not None:
-        if overrides or config_name:
-            raise click.UsageError("--resume continues a run with its saved config; drop the other options")
-        return load_config(config_cls, resume_dir / "config.yaml")
-    cfg = load_config(config_cls, resolve_config_path(config_name, shipped_dir), overrides)
-    if not cfg.data.root:
-        raise ConfigError("--root (data.root) is required: the dataset folder or file")
+    try:
+        overrides = {k: v for k, v in named.items() if v is not None}
+        overrides.update(parse_overrides(extra_args))
+        if resume_dir is not None:
+            display = {k: overrides.pop(k) for k in list(overrides) if k in DISPLAY_KEYS}
+            if overrides or config_name:
+                raise ConfigError("--resume continues a run with its saved config; drop the other options "
+                                  "(only --progress/--no-progress may be given with it)")
+            return load_config(config_cls, resume_dir / "config.yaml", display)
+        cfg = load_config(config_cls, resolve_config_path(config_name, shipped_dir), overrides)
+        if not cfg.data.root:
+            raise ConfigError("--root (data.root) is required: the dataset folder or file")
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     return cfg
 
 

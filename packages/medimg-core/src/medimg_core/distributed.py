@@ -48,6 +48,9 @@ def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device
         raise RuntimeError(f"--device {preference}: MPS is not available on this machine (use --device cpu)")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    elif device.type == "cuda" and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise RuntimeError(f"--device {preference}: this machine has {n} CUDA device(s): cuda:0 to cuda:{n - 1}")
     return device
 
 

@@ -166,6 +166,11 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def show_progress(progress: bool | None) -> bool:
+    """A progress setting (train.progress, --progress/--no-progress): None means when stderr is a terminal."""
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
 def _improved(value: float, best: float | None, mode: str) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
@@ -254,7 +259,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.stop_requested = False
         self.last_logs: dict[str, float] = {}
-        self._progress = train.progress if train.progress is not None else sys.stderr.isatty()
+        self._progress = show_progress(train.progress)
 
     # ------------------------------------------------------------------ data
     def _workers(self) -> int:

@@ -8,12 +8,20 @@ from typing import Any
 import click
 
 from medimg_core.cli import ErrorReportingGroup, resolve_config_path
+from medimg_core.cli_options import device_option, out_option, seed_option, training_options
 from neuron_concepts import __version__
 
 CONFIGS = Path(__file__).parent / "configs"
-CONFIG_HELP = ("YAML config, or a shipped one: ham10000, fairvlmed, mimic-cxr (the paper's settings), wbcatt, "
-               "derm7pt, synth-derm-cpu, wbcatt-cpu, retinamnist-cpu (CPU presets).")
+SHIPPED = ("ham10000, fairvlmed, mimic-cxr (the paper's settings), wbcatt, derm7pt, synth-derm-cpu, wbcatt-cpu, "
+           "retinamnist-cpu (CPU presets)")
 STAGE_CONTEXT = {"ignore_unknown_options": True, "allow_extra_args": True}
+#: the options of a command that trains (run, train-opaque) ...
+run_options = training_options(SHIPPED, "the opaque model, SAE, naming samples, CAVs",
+                               out="Folder that receives the pipeline folder (default: from the config, runs/).")
+#: ... and of a stage, which reruns whole into a new folder (no --resume)
+stage_options = training_options(
+    SHIPPED, "the stage's random draws", resume=False, config_default="the input folder's config",
+    out="Write this stage into a new pipeline folder under this folder (default: the input's pipeline folder).")
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,14 +36,6 @@ def main() -> None:
     `neuron-concepts run --config synth-derm-cpu --root DATA` chains them all in one pipeline folder.
     Any config key can be overridden as --section.key VALUE (e.g. --sae.kind topk --select.k 64).
     """
-
-
-def common_options(f):
-    f = click.option("--progress/--no-progress", default=None, help="Progress bars (default: on).")(f)
-    f = click.option("--seed", type=int, default=None, help="Random seed.")(f)
-    f = click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 or mps.")(f)
-    f = click.option("--config", "config_name", default=None, help=CONFIG_HELP)(f)
-    return f
 
 
 def _overrides(ctx: click.Context, **named: Any) -> dict[str, Any]:
@@ -61,24 +61,39 @@ def _fresh_config(config_name: str | None, overrides: dict[str, Any]):
 
 
 @main.command(context_settings=STAGE_CONTEXT)
-@common_options
+@run_options
 @click.option("--root", default=None, help="Dataset root (data.root).")
-@click.option("--out", default=None, help="Folder that receives the pipeline folder (default runs/).")
 @click.option("--opaque-run", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Dissect this trained baseline run instead of training the opaque model.")
 @click.pass_context
-def run(ctx, config_name, device, seed, progress, root, out, opaque_run) -> None:
-    """Every stage in order, in one new pipeline folder (its metrics.json summarises them)."""
-    from medimg_core.config import ConfigError
-    from neuron_concepts.train import run_pipeline
+def run(ctx, config_name, device, seed, out, progress, resume_dir, root, opaque_run) -> None:
+    """Every stage in order, in one new pipeline folder (its metrics.json summarises them).
 
-    cfg = _fresh_config(config_name, _overrides(ctx, **{"data.root": root, "device": device, "seed": seed,
-                                                        "out": out, "progress": progress}))
-    if opaque_run is None and not cfg.data.root:
-        raise ConfigError("--root (data.root) is required to train the opaque model (or pass --opaque-run)")
-    folder = run_pipeline(cfg, opaque_run)
+    With --resume PIPELINE: finish its opaque training, keep every stage that finished and run the
+    others from the first unfinished one on."""
+    from medimg_core.config import ConfigError
+    from neuron_concepts.train import NeuronConceptsConfig, run_pipeline
+
+    if resume_dir is not None:
+        _resume_alone(ctx, config_name, device, seed, out, root, opaque_run)
+        from medimg_core.config import load_config
+
+        shown = {} if progress is None else {"progress": progress}
+        folder = run_pipeline(load_config(NeuronConceptsConfig, resume_dir / "config.yaml", shown), resume=resume_dir)
+    else:
+        cfg = _fresh_config(config_name, _overrides(ctx, **{"data.root": root, "device": device, "seed": seed,
+                                                            "out": out, "progress": progress}))
+        if opaque_run is None and not cfg.data.root:
+            raise ConfigError("--root (data.root) is required to train the opaque model (or pass --opaque-run)")
+        folder = run_pipeline(cfg, opaque_run)
     _report(folder / "metrics.json")
     click.echo(f"pipeline folder: {folder}")
+
+
+def _resume_alone(ctx: click.Context, *given: Any) -> None:
+    if any(v is not None for v in given) or ctx.args:
+        raise click.UsageError("--resume continues a run with its saved config; drop the other options "
+                               "(only --progress/--no-progress may be given with it)")
 
 
 def _report(path: Path) -> None:
@@ -95,16 +110,20 @@ def _report(path: Path) -> None:
 
 
 @main.command("train-opaque", context_settings=STAGE_CONTEXT)
-@common_options
+@run_options
 @click.option("--root", default=None, help="Dataset root (data.root).")
-@click.option("--out", default=None, help="Folder that receives the pipeline folder (default runs/).")
 @click.pass_context
-def train_opaque_cmd(ctx, config_name, device, seed, progress, root, out) -> None:
+def train_opaque_cmd(ctx, config_name, device, seed, out, progress, resume_dir, root) -> None:
     """Train the opaque model (medimg-core's baseline classifier; per-label BCE for multi-label data) in a
-    new pipeline folder. Next: `neuron-concepts encode <run folder>`."""
+    new pipeline folder. Next: `neuron-concepts encode <run folder>`. --resume takes the opaque run folder
+    or the pipeline folder holding it."""
     from medimg_core.config import ConfigError
-    from neuron_concepts.train import train_opaque
+    from neuron_concepts.train import resume_opaque, train_opaque
 
+    if resume_dir is not None:
+        _resume_alone(ctx, config_name, device, seed, out, root)
+        click.echo(f"run folder: {resume_opaque(resume_dir, progress)}")
+        return
     cfg = _fresh_config(config_name, _overrides(ctx, **{"data.root": root, "device": device, "seed": seed,
                                                         "out": out, "train.progress": progress}))
     if not cfg.data.root:
@@ -112,14 +131,16 @@ def train_opaque_cmd(ctx, config_name, device, seed, progress, root, out) -> Non
     click.echo(f"run folder: {train_opaque(cfg)}")
 
 
-def _run_stage(ctx: click.Context, stage: str, prev: Path, config_name, device, seed, progress,
+def _run_stage(ctx: click.Context, stage: str, prev: Path, config_name, device, seed, out, progress,
                **named: Any) -> None:
     from neuron_concepts import train
 
     fn = {"encode": train.encode, "sae": train.train_sae, "name": train.name, "cav": train.cav,
           "select": train.select, "cbm": train.train_cbm}[stage]
-    cfg = _stage_config(prev, config_name, _overrides(ctx, device=device, seed=seed, progress=progress, **named))
-    click.echo(f"{stage} folder: {fn(prev, cfg)}")
+    cfg = _stage_config(prev, config_name, _overrides(ctx, device=device, seed=seed, out=out, progress=progress,
+                                                      **named))
+    pipeline = train.new_pipeline(cfg) if out is not None else None
+    click.echo(f"{stage} folder: {fn(prev, cfg, pipeline)}")
 
 
 def _folder(name: str):
@@ -128,28 +149,28 @@ def _folder(name: str):
 
 @main.command(context_settings=STAGE_CONTEXT)
 @_folder("opaque_run")
-@common_options
+@stage_options
 @click.pass_context
-def encode(ctx, opaque_run, config_name, device, seed, progress) -> None:
+def encode(ctx, opaque_run, config_name, device, seed, out, progress) -> None:
     """Pooled penultimate features (exactly the head's input) of train/val/test of the baseline run
     OPAQUE_RUN, through the medimg feature cache; checks head(features) against the model's logits."""
-    _run_stage(ctx, "encode", opaque_run, config_name, device, seed, progress)
+    _run_stage(ctx, "encode", opaque_run, config_name, device, seed, out, progress)
 
 
 @main.command("train-sae", context_settings=STAGE_CONTEXT)
 @_folder("encode_dir")
-@common_options
+@stage_options
 @click.option("--kind", type=click.Choice(["relu", "topk", "batchtopk"]), default=None, help="SAE variant (sae.kind).")
 @click.pass_context
-def train_sae_cmd(ctx, encode_dir, config_name, device, seed, progress, kind) -> None:
+def train_sae_cmd(ctx, encode_dir, config_name, device, seed, out, progress, kind) -> None:
     """Train the sparse autoencoder on the cached train features of ENCODE_DIR; reports reconstruction R^2,
     L0 and the dead-latent fraction (--sae.resample_every N resamples dead latents every N steps)."""
-    _run_stage(ctx, "sae", encode_dir, config_name, device, seed, progress, **{"sae.kind": kind})
+    _run_stage(ctx, "sae", encode_dir, config_name, device, seed, out, progress, **{"sae.kind": kind})
 
 
 @main.command(context_settings=STAGE_CONTEXT)
 @_folder("sae_dir")
-@common_options
+@stage_options
 @click.option("--sources", default=None, help="Naming sources in priority order, comma-separated: annotations, "
                                               "vocabulary, file, backend (naming.sources).")
 @click.option("--vocabulary", default=None, help="File of clinical terms, one per line (naming.vocabulary).")
@@ -157,44 +178,44 @@ def train_sae_cmd(ctx, encode_dir, config_name, device, seed, progress, kind) ->
 @click.option("--names-file", default=None, help="JSON {latent: name} or CSV latent,name (naming.names_file).")
 @click.option("--backend", default=None, help="mock, clip:/local/model or text:/local/model (naming.backend).")
 @click.pass_context
-def name(ctx, sae_dir, config_name, device, seed, progress, sources, vocabulary, reports, names_file,
+def name(ctx, sae_dir, config_name, device, seed, out, progress, sources, vocabulary, reports, names_file,
          backend) -> None:
     """Name every alive latent of SAE_DIR and record each name's source; one figure of top-activating
     images per latent (latents/), and with concept annotations how well latents match each concept."""
-    _run_stage(ctx, "name", sae_dir, config_name, device, seed, progress,
+    _run_stage(ctx, "name", sae_dir, config_name, device, seed, out, progress,
                **{"naming.sources": sources, "naming.vocabulary": vocabulary, "naming.reports": reports,
                   "naming.names_file": names_file, "naming.backend": backend})
 
 
 @main.command(context_settings=STAGE_CONTEXT)
 @_folder("name_dir")
-@common_options
+@stage_options
 @click.pass_context
-def cav(ctx, name_dir, config_name, device, seed, progress) -> None:
+def cav(ctx, name_dir, config_name, device, seed, out, progress) -> None:
     """One concept activation vector per named latent of NAME_DIR: the unit normal of a logistic regression
     separating the latent's top-activating images from images where it is silent."""
-    _run_stage(ctx, "cav", name_dir, config_name, device, seed, progress)
+    _run_stage(ctx, "cav", name_dir, config_name, device, seed, out, progress)
 
 
 @main.command(context_settings=STAGE_CONTEXT)
 @_folder("cav_dir")
-@common_options
+@stage_options
 @click.option("--k", "k", type=int, default=None, help="Concepts to select (select.k).")
 @click.pass_context
-def select(ctx, cav_dir, config_name, device, seed, progress, k) -> None:
+def select(ctx, cav_dir, config_name, device, seed, out, progress, k) -> None:
     """Greedy facility-location selection of K concepts over the CAVs of CAV_DIR (squared cosine
     similarity, optionally + --select.discriminative_weight W); the ranking and the marginal gains."""
-    _run_stage(ctx, "select", cav_dir, config_name, device, seed, progress, **{"select.k": k})
+    _run_stage(ctx, "select", cav_dir, config_name, device, seed, out, progress, **{"select.k": k})
 
 
 @main.command("train-cbm", context_settings=STAGE_CONTEXT)
 @_folder("select_dir")
-@common_options
+@stage_options
 @click.pass_context
-def train_cbm_cmd(ctx, select_dir, config_name, device, seed, progress) -> None:
+def train_cbm_cmd(ctx, select_dir, config_name, device, seed, out, progress) -> None:
     """Sparse decomposition (OMP, --cbm.n_nonzero) of every embedding over the concepts of SELECT_DIR, then
     logistic regression with C tuned on validation; CBM and opaque test metrics with 95% intervals."""
-    _run_stage(ctx, "cbm", select_dir, config_name, device, seed, progress)
+    _run_stage(ctx, "cbm", select_dir, config_name, device, seed, out, progress)
 
 
 @main.command()
@@ -203,10 +224,9 @@ def train_cbm_cmd(ctx, select_dir, config_name, device, seed, progress) -> None:
 @click.option("--class", "target", default=None, help="Class name or index whose logit to decompose "
                                                        "(default: the predicted class).")
 @click.option("--top", default=10, show_default=True, help="Concepts to show.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Figure to write (default CBM_DIR/figures/explain-<image>.png).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Unused (the explanation is deterministic).")
+@out_option("Figure to write (default CBM_DIR/figures/explain-<image>.png).", dir_okay=False)
+@device_option(from_config=False)
+@seed_option("unused: the explanation is deterministic; accepted for scripts", from_config=False)
 def explain(cbm_dir: Path, image: Path, target, top: int, out: Path | None, device: str, seed: int) -> None:
     """Explain IMAGE with the concept bottleneck of CBM_DIR: the top concepts and their contributions to
     the predicted (or --class) logit, as text and as a bar figure."""

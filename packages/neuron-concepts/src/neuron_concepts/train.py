@@ -275,7 +275,9 @@ def _device(cfg: NeuronConceptsConfig) -> torch.device:
 
 
 def _progress(cfg: NeuronConceptsConfig) -> bool:
-    return True if cfg.progress is None else bool(cfg.progress)
+    from medimg_core.training import show_progress
+
+    return show_progress(cfg.progress)
 
 
 def _finish(folder: Path, metrics: dict[str, Any], start: float) -> dict[str, Any]:
@@ -311,6 +313,57 @@ def train_opaque(cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Pat
     run = train_baseline(baseline_config(cfg, pipeline))
     _record(pipeline, "opaque", run)
     return run
+
+
+def find_opaque_run(pipeline: Path) -> Path | None:
+    """The opaque run of a pipeline folder: the one pipeline.json records, else the newest baseline run
+    folder inside it (a training is recorded only when it ends). None when there is none."""
+    path = pipeline / PIPELINE_FILE
+    recorded = json.loads(path.read_text()).get("stages", {}).get("opaque") if path.is_file() else None
+    if recorded:
+        return (pipeline / recorded).resolve()
+    runs = sorted(p for p in pipeline.iterdir() if p.is_dir() and "-opaque-" in p.name
+                  and (p / "config.yaml").is_file() and not (p / STAGE_FILE).is_file())
+    return runs[-1].resolve() if runs else None
+
+
+def resume_opaque(folder: str | Path, progress: bool | None = None) -> Path:
+    """Finish the interrupted opaque training of `folder` (the opaque run folder, or the pipeline folder
+    holding it) with its saved config, and record it in its pipeline; a finished one is kept as it is.
+    `progress` (not None) overrides the progress bars. Returns the run folder."""
+    from medimg_core.baseline import config_for_resume, train_baseline
+
+    folder = Path(folder).resolve()
+    if (folder / PIPELINE_FILE).is_file():
+        pipeline, run = folder, find_opaque_run(folder)
+        if run is None:
+            raise FileNotFoundError(f"{folder}: this pipeline folder holds no opaque run to resume; start one "
+                                    "with `neuron-concepts train-opaque` or `run`")
+    else:
+        pipeline, run = pipeline_of(folder), folder
+        if not (run / "config.yaml").is_file() or (run / STAGE_FILE).is_file():
+            raise FileNotFoundError(f"{folder}: neither a pipeline folder ({PIPELINE_FILE}) nor an opaque run folder "
+                                    "(config.yaml of a baseline run)")
+    if not (run / "metrics.json").is_file():  # written when the training ends
+        bcfg = config_for_resume(run)
+        if progress is not None:
+            bcfg.train.progress = progress
+        train_baseline(bcfg, resume_dir=run)
+    if pipeline is not None:
+        _record(pipeline, "opaque", run)
+    return run
+
+
+def _finished_child(pipeline: Path, stage: str, parent: Path) -> Path | None:
+    """The finished folder (metrics.json written) that pipeline.json records for `stage`, if its parent is `parent`."""
+    stages = json.loads((pipeline / PIPELINE_FILE).read_text()).get("stages", {})
+    if not stages.get(stage):
+        return None
+    folder = (pipeline / stages[stage]).resolve()
+    meta = folder / STAGE_FILE
+    if not (folder / "metrics.json").is_file() or not meta.is_file():
+        return None
+    return folder if (folder / json.loads(meta.read_text())["parent"]).resolve() == Path(parent).resolve() else None
 
 
 # --------------------------------------------------------------------------- 2. encode
@@ -563,14 +616,14 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
     return sae.eval()
 
 
-def train_sae(encode_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
+def train_sae(encode_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """Train the sparse autoencoder on the cached train features; report R^2, L0 and dead latents."""
     from medimg_core.figures import training_curves
 
     start = time.perf_counter()
     encode_dir = require_stage(encode_dir, "encode")
     feats = load_features(encode_dir)
-    folder = _start_stage("sae", encode_dir, cfg)
+    folder = _start_stage("sae", encode_dir, cfg, pipeline)
     t0 = time.perf_counter()
     sae, history, info = fit_sae(feats["train"]["features"], cfg.sae, cfg.seed, _device(cfg),
                                  feats["val"]["features"], _progress(cfg))
@@ -632,7 +685,7 @@ def _split_dataset(feats: dict[str, Any], split: str) -> Any:
     return ds
 
 
-def name(sae_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
+def name(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """Name every alive latent from the configured sources; per-latent top-image figures; with concept
     annotations, how well the latents match each annotated concept (AUROC; best latent chosen on train,
     scored on test)."""
@@ -663,7 +716,7 @@ def name(sae_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
     skipped = [s for s in nc.sources if s not in sources]
     if skipped:
         log.info("naming: skipping sources %s (not configured or no annotations)", skipped)
-    folder = _start_stage("name", sae_dir, cfg)
+    folder = _start_stage("name", sae_dir, cfg, pipeline)
     A = encode_all(sae, feats["train"]["features"]).numpy()
     alive = (A > 0).any(axis=0)
     dataset = _split_dataset(feats, "train")
@@ -868,7 +921,7 @@ def concept_vectors(H: np.ndarray, A: np.ndarray, latents: list[int], cav: CAVCo
     return (np.stack(vectors) if vectors else np.zeros((0, d))), kept, records
 
 
-def cav(name_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
+def cav(name_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """A concept activation vector for every named latent."""
     from safetensors.numpy import save_file
 
@@ -878,7 +931,7 @@ def cav(name_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
     feats = load_features(chain["encode"])
     sae = load_sae(chain["sae"])
     names = load_names(name_dir)
-    folder = _start_stage("cav", name_dir, cfg)
+    folder = _start_stage("cav", name_dir, cfg, pipeline)
     H = feats["train"]["features"]
     A = encode_all(sae, H).numpy()
     latents = [k for k, v in names.items() if v.source != "none" or not cfg.cav.named_only]
@@ -927,7 +980,7 @@ def discriminative_scores(H: np.ndarray, y: np.ndarray, cavs: np.ndarray, task: 
     return F / F.max() if F.max() > 0 else F
 
 
-def select(cav_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
+def select(cav_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """Greedy facility-location selection of K concepts over the CAVs (squared cosine similarity),
     optionally mixed with a class-discriminative term; the ranking and the marginal gains."""
     import matplotlib.pyplot as plt
@@ -937,7 +990,7 @@ def select(cav_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
     start = time.perf_counter()
     cav_dir = require_stage(cav_dir, "cav")
     cavs, latents, records = load_cavs(cav_dir)
-    folder = _start_stage("select", cav_dir, cfg)
+    folder = _start_stage("select", cav_dir, cfg, pipeline)
     k = min(cfg.select.k, len(cavs))
     if k < cfg.select.k:
         log.warning("select: %d concepts requested, only %d CAVs exist; selecting all", cfg.select.k, len(cavs))
@@ -976,7 +1029,7 @@ def select(cav_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
 # --------------------------------------------------------------------------- 7. concept bottleneck
 
 
-def train_cbm(select_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
+def train_cbm(select_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """OMP decomposition of every embedding over the selected CAVs, then logistic regression with C tuned on
     validation; test metrics of the CBM and of the opaque model with 95% bootstrap intervals."""
     from safetensors.numpy import save_file
@@ -991,7 +1044,7 @@ def train_cbm(select_dir: str | Path, cfg: NeuronConceptsConfig) -> Path:
     card = feats["card"]
     cavs, _latents, _ = load_cavs(chain["cav"])
     selection = json.loads((select_dir / "selection.json").read_text())
-    folder = _start_stage("cbm", select_dir, cfg)
+    folder = _start_stage("cbm", select_dir, cfg, pipeline)
     index = [s["cav_index"] for s in selection]
     D = cavs[index]
     concept_names = [s["name"] for s in selection]
@@ -1078,12 +1131,25 @@ def load_cbm(cbm_dir: str | Path) -> ConceptBottleneck:
 # --------------------------------------------------------------------------- the whole pipeline
 
 
-def run_pipeline(cfg: NeuronConceptsConfig, opaque_run: str | Path | None = None) -> Path:
+def run_pipeline(cfg: NeuronConceptsConfig, opaque_run: str | Path | None = None,
+                 resume: str | Path | None = None) -> Path:
     """All stages in order (the opaque stage is skipped when `opaque_run` is given); returns the pipeline
-    folder, whose metrics.json summarises the stages and their wall times."""
+    folder, whose metrics.json summarises the stages and their wall times.
+
+    `resume`: an interrupted pipeline folder (`cfg` is then its saved config). Its opaque training is
+    finished, every stage that finished is kept, and the stages from the first unfinished one on run again
+    in new folders (`cav-2`, ...)."""
     start = time.perf_counter()
     times: dict[str, float] = {}
-    if opaque_run is None:
+    if resume is not None:
+        pipeline = Path(resume).resolve()
+        if not (pipeline / PIPELINE_FILE).is_file():
+            raise FileNotFoundError(f"{pipeline}: not a neuron-concepts pipeline folder (no {PIPELINE_FILE})")
+        t = time.perf_counter()
+        opaque = resume_opaque(pipeline, cfg.progress)
+        times["opaque"] = time.perf_counter() - t
+        opaque_run = None if opaque.parent == pipeline else opaque
+    elif opaque_run is None:
         pipeline = new_pipeline(cfg)
         t = time.perf_counter()
         opaque = train_opaque(cfg, pipeline)
@@ -1099,8 +1165,14 @@ def run_pipeline(cfg: NeuronConceptsConfig, opaque_run: str | Path | None = None
     prev: Path = opaque
     for stage, fn in (("encode", encode), ("sae", train_sae), ("name", name), ("cav", cav), ("select", select),
                       ("cbm", train_cbm)):
+        done = _finished_child(pipeline, stage, prev) if resume is not None else None
+        if done is not None:
+            log.info("resume: keeping the finished %s stage %s", stage, done)
+            prev = folders[stage] = done
+            continue
+        resume = None  # every later stage reads this new folder: run them all
         t = time.perf_counter()
-        prev = fn(prev, cfg, pipeline) if stage == "encode" else fn(prev, cfg)
+        prev = fn(prev, cfg, pipeline)
         times[stage] = time.perf_counter() - t
         folders[stage] = prev
     summary = pipeline_summary(folders)

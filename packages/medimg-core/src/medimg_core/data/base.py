@@ -364,6 +364,6 @@ def collect_missing_files(
             continue
         path = resolver.resolve(rel)
         if path is None:
-            log.add(file_label, f"image {rel!r} not found under {resolver.root}", row=line, column=column)
+            log.add(file_label, resolver.missing(rel), row=line, column=column)
         out.append(path)
     return out

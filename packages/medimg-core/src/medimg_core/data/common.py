@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from medimg_core.data.errors import DatasetError, ProblemLog
+from medimg_core.data.images import walk
 
 
 def find_dir(root: Path, names: Sequence[str], max_depth: int = 3) -> Path | None:
@@ -19,7 +19,7 @@ def find_dir(root: Path, names: Sequence[str], max_depth: int = 3) -> Path | Non
     root = Path(root)
     best: tuple[int, int, Path] | None = None
     base_depth = len(root.parts)
-    for dirpath, dirnames, _ in os.walk(root):
+    for dirpath, dirnames, _ in walk(root):
         depth = len(Path(dirpath).parts) - base_depth
         if depth >= max_depth:
             dirnames[:] = []

@@ -29,7 +29,7 @@ import pandas as pd
 from medimg_core.data.base import FileDataset, SampleTable, collect_missing_files
 from medimg_core.data.card import TASK_TYPES, DatasetCard
 from medimg_core.data.errors import DatasetError, ProblemLog
-from medimg_core.data.images import IMAGE_SUFFIXES, PathResolver
+from medimg_core.data.images import IMAGE_SUFFIXES, PathResolver, walk
 from medimg_core.data.registry import register_dataset
 from medimg_core.data.splits import fold_split_names
 from medimg_core.data.tables import ROW_OFFSET, binary_column, map_values, read_table_file, require_columns
@@ -100,7 +100,8 @@ def _folder_frame(root: Path) -> pd.DataFrame:
     """A CSV-like frame for a root of class folders."""
     rows = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for image in sorted(class_dir.rglob("*")):
+        images = [Path(d) / f for d, _, files in walk(class_dir) for f in files]  # follows linked folders
+        for image in sorted(images):
             if image.suffix.lower() in IMAGE_SUFFIXES:
                 rows.append({"path": image.relative_to(root).as_posix(), "label": class_dir.name})
     if not rows:

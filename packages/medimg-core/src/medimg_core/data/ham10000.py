@@ -144,9 +144,10 @@ class HAM10000(FileDataset):
 def _resolve_image(resolver: PathResolver, image_id: str) -> Path | None:
     """`<image_id>.jpg` in one of the official folders, else anywhere under the root."""
     for folder in IMAGE_DIRS:
-        exact = resolver.root / folder / f"{image_id}.jpg"
-        if exact.is_file():
-            return exact
+        if (resolver.root / folder / f"{image_id}.jpg").is_file():
+            found = resolver.resolve(f"{folder}/{image_id}.jpg")  # refuses a file link that leaves the root
+            if found is not None:
+                return found
     return resolver.resolve(f"{image_id}.jpg")
 
 

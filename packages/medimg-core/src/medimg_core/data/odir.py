@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -21,7 +20,7 @@ from medimg_core.data.base import (
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.common import find_dir, read_excel_file
 from medimg_core.data.errors import DatasetError, ProblemLog
-from medimg_core.data.images import PathResolver
+from medimg_core.data.images import PathResolver, walk
 from medimg_core.data.registry import register_dataset
 from medimg_core.data.splits import fold_split_names
 from medimg_core.data.tables import ROW_OFFSET, read_table_file, require_columns
@@ -94,7 +93,7 @@ def find_annotations(root: Path) -> Path:
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root is not a directory")
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in walk(root):
         if len(Path(dirpath).relative_to(root).parts) >= 2:
             dirnames[:] = []
         dirnames[:] = [d for d in dirnames if d.lower() not in {n.lower() for n in IMAGE_DIRS}]

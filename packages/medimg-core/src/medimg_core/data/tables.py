@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from medimg_core.data.errors import DatasetError, ProblemLog
+from medimg_core.data.images import walk
 
 #: spreadsheet line of a 0-based data row (the header is line 1)
 ROW_OFFSET = 2
@@ -34,7 +35,12 @@ def find_file(root: Path, candidates: Sequence[str], what: str) -> Path:
         path = root / name
         if path.is_file():
             return path
-    lower = {p.relative_to(root).as_posix().lower(): p for p in root.rglob("*") if p.is_file()} if root.is_dir() else {}
+    lower = {}
+    for dirpath, _dirnames, filenames in walk(root):  # follows linked folders, like the image index
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_file():
+                lower[path.relative_to(root).as_posix().lower()] = path
     for name in candidates:
         hit = lower.get(name.lower())
         if hit is not None:

@@ -56,7 +56,6 @@ import hashlib
 import json
 import logging
 import math
-import pickle
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -67,6 +66,11 @@ import torch
 from torch import nn
 
 from medimg_core.data.transforms import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
+
+# the errors and read_checkpoint live in weight_files; importing them here keeps
+# `from medimg_core.models.backbones import BackboneError, read_checkpoint` working
+from medimg_core.models.weight_files import BackboneError, UnsafeCheckpointError, read_checkpoint  # noqa: F401
+from medimg_core.models.weights import SOURCES, is_weight_source, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -135,18 +139,7 @@ MAX_MISSING_FRACTION = 0.10
 
 #: timm model modules whose models take `dynamic_img_size` (any input size); built with it on by default
 _DYNAMIC_SIZE_MODULES = ("vision_transformer", "deit", "eva", "swin_transformer")
-_CHECKPOINT_NESTING = ("state_dict", "model_state_dict", "model")
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.", "model.")
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-_DIR_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class BackboneError(RuntimeError):
-    """A backbone cannot be built, or its weights cannot be loaded."""
-
-
-class UnsafeCheckpointError(BackboneError):
-    """A checkpoint holds pickled objects that only full (code-running) unpickling could read."""
 
 
 def resolve_name(name: str) -> str:
@@ -304,15 +297,10 @@ def create_backbone(
     if not isinstance(pretrained, bool) and not isinstance(pretrained, str | Path):
         raise TypeError(f"pretrained must be a bool, a weight source name or a path, got {type(pretrained).__name__}")
     source_name = None
-    if isinstance(pretrained, str):
-        from medimg_core.models.weights import is_weight_source, resolve_source
-
-        if is_weight_source(pretrained):
-            source_name, pretrained = pretrained, resolve_source(pretrained, timm_name)
+    if isinstance(pretrained, str) and is_weight_source(pretrained):
+        source_name, pretrained = pretrained, resolve_source(pretrained, timm_name)
     local = None if isinstance(pretrained, bool) else pretrained
     if local is not None and not Path(str(local).removeprefix("local-dir:")).expanduser().exists():
-        from medimg_core.models.weights import SOURCES
-
         raise BackboneError(f"pretrained weights {str(local)!r} not found (expected a .safetensors, "
                             f".pth/.pt/.bin file, a save_for_hf folder or a weight source: {', '.join(SOURCES)})")
     try:
@@ -388,73 +376,7 @@ def _create(timm_name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modu
 
 
 # -- local weights ------------------------------------------------------------------------------------
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a local checkpoint, never unpickling arbitrary objects.
-
-    `path` is a .safetensors file, a .pth/.pt/.bin file (``torch.load(weights_only=True)``), or a
-    folder (``local-dir:`` prefix optional) holding model.safetensors or pytorch_model.bin. Nested
-    state dicts ("state_dict", "model_state_dict", "model") are unwrapped; non-tensor entries dropped.
-    """
-    path = Path(str(path).removeprefix("local-dir:")).expanduser()
-    if path.is_dir():
-        file = next((path / f for f in _DIR_WEIGHT_FILES if (path / f).is_file()), None)
-        if file is None:
-            raise BackboneError(f"{path}: a weights folder needs one of {list(_DIR_WEIGHT_FILES)}")
-        path = file
-    if not path.is_file():
-        raise BackboneError(f"{path}: no such weights file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            raw: Any = load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise BackboneError(f"{path}: not a readable safetensors file ({exc})") from exc
-    elif path.suffix in _TORCH_SUFFIXES:
-        raw = _torch_load_weights_only(path)
-    else:
-        raise BackboneError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors, "
-                            f"{', '.join(_TORCH_SUFFIXES)} or a save_for_hf folder")
-    for _ in range(3):  # {"state_dict": {...}}, {"model": {"state_dict": ...}, "optimizer": ...} ...
-        nested = None
-        if isinstance(raw, Mapping):
-            nested = next((raw[k] for k in _CHECKPOINT_NESTING if isinstance(raw.get(k), Mapping)), None)
-        if nested is None:
-            break
-        raw = nested
-    if not isinstance(raw, Mapping):
-        raise BackboneError(f"{path}: holds a {type(raw).__name__}, not a state dict of tensors")
-    tensors = {str(k): v for k, v in raw.items() if torch.is_tensor(v)}
-    if not tensors:
-        raise BackboneError(f"{path}: no tensors found (top-level keys: {list(raw)[:8]})")
-    return tensors
-
-
-def _torch_load_weights_only(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise _unsafe(path, exc) from None
-    except Exception as exc:
-        if "weights only load failed" in str(exc).lower():
-            raise _unsafe(path, exc) from None
-        raise BackboneError(f"{path}: cannot be read as a PyTorch weights file ({type(exc).__name__}: {exc})") from exc
-
-
-def _unsafe(path: Path, exc: Exception) -> UnsafeCheckpointError:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), type(exc).__name__)
-    return UnsafeCheckpointError(
-        f"{path}: refused. This checkpoint holds pickled Python objects beyond tensors and plain "
-        "containers, which only full unpickling could read, and unpickling can run arbitrary code; "
-        "medimg never unpickles arbitrary objects (it loads .pth/.pt/.bin with torch.load(weights_only=True)). "
-        "If you trust the file, convert it to safetensors once, elsewhere: "
-        "state = torch.load(path, weights_only=False); safetensors.torch.save_file({k: v.contiguous() for k, v "
-        "in state.items() if torch.is_tensor(v)}, 'weights.safetensors'). "
-        f"(torch: {detail[:200]})"
-    )
-
-
+# (reading a file: medimg_core.models.weight_files.read_checkpoint)
 def load_local_weights(
     model: nn.Module,
     path: str | Path,

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from medimg_core.models.backbones import BackboneError
+from medimg_core.models.weight_files import BackboneError, read_checkpoint
 
 SANITY_IMAGES: tuple[tuple[str, int, str], ...] = (("chelsea", 285, "Egyptian cat"), ("coffee", 967, "espresso"))
 #: the converted network must put each sanity photograph's class first with at least this probability
@@ -306,8 +306,6 @@ def verify_source(name: str) -> dict[str, Any]:
     Returns {"name", "folder", "sha256_ok", "sanity", "passed"}; raises WeightSourceError when not imported.
     """
     import timm
-
-    from medimg_core.models.backbones import read_checkpoint
 
     folder = source_folder(name)
     config_path = folder / "config.json"
