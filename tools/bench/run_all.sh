@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rerun every benchmark and regenerate docs/benchmarks.md (long: about 3 hours on 2 CPU cores, one job at a time;
+# Rerun every benchmark and regenerate docs/benchmarks.md (long: about 3 hours on 2 CPU cores for the from-scratch
+# benchmarks, and about 2.5 more for the ImageNet comparisons at the end; one job at a time;
 # each script prints its stage wall times). Each writes docs/bench/<name>.json; report.py renders them all.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
