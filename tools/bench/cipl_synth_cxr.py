@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, run_command, run_or_reuse, write_result
+from common import ROOT, command_line, mean_sd, run_command, run_or_reuse, write_result
 
 FIGURES = ROOT / "docs" / "figures" / "cipl"
 
@@ -85,17 +85,6 @@ def seed_runs(args: argparse.Namespace, seed: int, k: int, data: Path, out: Path
         "stage_wall_s": {"cipl_train": cipl_wall, "baseline_train": base_wall,
                          f"evaluate_map_step_{args.map_step}": dense_wall},
     }
-
-
-def mean_sd(values: list[float | None]) -> dict[str, float] | None:
-    """{"mean", "sd" (sample, 0 for one value), "min", "max", "n"} of the values given (None: skipped)."""
-    import numpy as np
-
-    vals = np.array([v for v in values if v is not None], dtype=np.float64)
-    if not len(vals):
-        return None
-    return {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-            "min": float(vals.min()), "max": float(vals.max()), "n": len(vals)}
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -60,6 +60,25 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
+def mean_sd(values: list[float | None]) -> dict[str, float] | None:
+    """{"mean", "sd" (sample, 0 for one value), "min", "max", "n"} of the values given (None: skipped)."""
+    import numpy as np
+
+    vals = np.array([v for v in values if v is not None], dtype=np.float64)
+    if not len(vals):
+        return None
+    return {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+            "min": float(vals.min()), "max": float(vals.max()), "n": len(vals)}
+
+
+def display(cmd: list[str] | str | Path) -> str:
+    """A command (or path) as the report shows it: this environment's programs by name, the shared data as
+    ../shared/data, paths inside the repository relative to it."""
+    text = " ".join(map(str, cmd)) if isinstance(cmd, list) else str(cmd)
+    return text.replace(str(Path(sys.executable).parent) + "/", "").replace(str(SHARED), "../shared/data") \
+        .replace(str(ROOT) + "/", "")
+
+
 # Formatting shared by report.py and the render_<package>.py modules.
 def fmt(value, digits=3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"

@@ -21,27 +21,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, ROOT, SHARED, command_line, run_command, write_result
+from common import RESULTS, ROOT, SHARED, command_line, display, run_command, write_result
 from iis_synth_derm import summary
+from pretrained import recorded_run
 
 ARCH = "tf_efficientnet_lite0"
 RESULT = "iis_pretrained"
 
 
-def rel(text: str) -> str:
-    return str(text).replace(str(SHARED), "../shared/data").replace(str(Path(sys.executable).parent) + "/", "") \
-        .replace(str(ROOT) + "/", "")
-
-
 def fine_tuned_elsewhere(dataset: str, seed: int) -> Path | None:
     if dataset == "wbcatt":
-        path = RESULTS / "pretrained.json"
-        if path.exists():
-            run = json.loads(path.read_text())["benches"].get("baseline/wbcatt", {}).get("arms", {}) \
-                .get("imagenet-lite0", {}).get("runs", {}).get(str(seed))
-            if run and (ROOT / run["run_dir"] / "checkpoints").is_dir():
-                return ROOT / run["run_dir"]
-        return None
+        return recorded_run("baseline/wbcatt", "imagenet-lite0", seed)
     path = RESULTS / "neuron_concepts_pretrained.json"
     if path.exists():
         run = json.loads(path.read_text())["datasets"].get("synth-derm", {}).get("arms", {}) \
@@ -72,16 +62,16 @@ def main() -> None:
             "--out", str(out), "--seed", str(args.seed), "--no-progress"]
     trained = {}
     scratch_run, scratch_s, _ = run_command([*base, "--pretrained", "false"])
-    trained["scratch"] = {"run": scratch_run, "wall_time_s": scratch_s, "command": rel(" ".join(
-        [*base, "--pretrained", "false"]))}
+    trained["scratch"] = {"run": scratch_run, "wall_time_s": scratch_s,
+                          "command": display([*base, "--pretrained", "false"])}
     tuned = fine_tuned_elsewhere(args.dataset, args.seed)
     if tuned is None:
         tuned, tuned_s, _ = run_command(base)
-        trained["fine-tuned"] = {"run": tuned, "wall_time_s": tuned_s, "command": rel(" ".join(base))}
+        trained["fine-tuned"] = {"run": tuned, "wall_time_s": tuned_s, "command": display(base)}
     else:
         wall = json.loads((tuned / "metrics.json").read_text())["wall_time_s"]
-        trained["fine-tuned"] = {"run": tuned, "wall_time_s": wall, "command": rel(" ".join(base)),
-                                 "reused_from": rel(tuned)}
+        trained["fine-tuned"] = {"run": tuned, "wall_time_s": wall, "command": display(base),
+                                 "reused_from": display(tuned)}
     specs = [f"{ARCH}:random", f"{ARCH}:{trained['scratch']['run']}", f"{ARCH}:imagenet-lite0",
              f"{ARCH}:{trained['fine-tuned']['run']}"]
     labels = ["random", "scratch (trained on the task)", "ImageNet, frozen", "ImageNet, fine-tuned on the task"]
@@ -95,14 +85,14 @@ def main() -> None:
         backbone["representation"] = label
     for kind, t in trained.items():
         m = json.loads((Path(t["run"]) / "metrics.json").read_text())
-        t.update(run=rel(t["run"]), test_accuracy=m["test"]["accuracy"], test_accuracy_ci=m["test"].get("accuracy_ci"))
+        t.update(run=display(t["run"]), test_accuracy=m["test"]["accuracy"], test_accuracy_ci=m["test"].get("accuracy_ci"))
         print(f"{kind}: test accuracy {t['test_accuracy']:.4f}")
     for b in scored["backbones"]:
         print(f"{b['representation']}: IIS {b['iis']:.4f} {b['iis_ci']}, probe {b['probe']}")
     path = RESULTS / f"{RESULT}.json"
     result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
     result.setdefault("datasets", {})[args.dataset] = {
-        "seed": args.seed, "trained": trained, "iis_command": rel(" ".join(iis)), "iis_wall_time_s": iis_s, **scored}
+        "seed": args.seed, "trained": trained, "iis_command": display(iis), "iis_wall_time_s": iis_s, **scored}
     write_result(RESULT, {"command": command_line(), "datasets": result["datasets"]})
 
 

@@ -20,29 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, ROOT, SHARED, command_line, machine, run_command, write_result
+from common import RESULTS, ROOT, SHARED, command_line, display, machine, mean_sd, run_command, write_result
+from pretrained import recorded_run
 
 PRESETS = {"synth-derm": {"scratch": "synth-derm-cpu", "imagenet-lite0": "synth-derm-lite0-cpu"},
            "wbcatt": {"scratch": "wbcatt-cpu", "imagenet-lite0": "wbcatt-lite0-cpu"}}
 RESULT = "neuron_concepts_pretrained"
-
-
-def mean_sd(values: list) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
-
-
-def shown(cmd: list[str], out: Path) -> str:
-    return " ".join([Path(cmd[0]).name, *cmd[1:]]).replace(str(SHARED), "../shared/data") \
-        .replace(str(out), "runs/bench-neuron-concepts").replace(f"{ROOT}/", "")
 
 
 def score(pipeline: Path, relevant: list[str] | None) -> dict:
@@ -69,19 +56,6 @@ def score(pipeline: Path, relevant: list[str] | None) -> dict:
         out["pca_variance_ratio"] = diag["pca_variance_ratio"][:3]
         out["rule_terms"] = diag["rule_terms"]
     return out
-
-
-def reusable_baseline(seed: int) -> Path | None:
-    """The baseline/wbcatt imagenet-lite0 run of tools/bench/pretrained.py for this seed, if it is on disk."""
-    path = RESULTS / "pretrained.json"
-    if not path.exists():
-        return None
-    runs = json.loads(path.read_text())["benches"].get("baseline/wbcatt", {}).get("arms", {}) \
-        .get("imagenet-lite0", {}).get("runs", {})
-    run = runs.get(str(seed))
-    if run and (ROOT / run["run_dir"] / "checkpoints" / "best").is_dir():
-        return ROOT / run["run_dir"]
-    return None
 
 
 def main() -> None:
@@ -116,16 +90,17 @@ def main() -> None:
         for seed in args.seeds:
             cmd = [nc, "run", "--config", PRESETS[args.dataset][arm], "--root", str(root), "--device", "cpu",
                    "--out", str(out), "--seed", str(seed), "--no-progress"]
-            opaque = reusable_baseline(seed) if args.dataset == "wbcatt" and arm == "imagenet-lite0" else None
+            opaque = (recorded_run("baseline/wbcatt", "imagenet-lite0", seed)
+                      if args.dataset == "wbcatt" and arm == "imagenet-lite0" else None)
             if opaque is not None:
                 cmd += ["--opaque-run", str(opaque)]
             old = record["runs"].get(str(seed))
-            if old and old["command"] == shown(cmd, out) and (ROOT / old["pipeline"] / "metrics.json").is_file():
+            if old and old["command"] == display(cmd) and (ROOT / old["pipeline"] / "metrics.json").is_file():
                 print(f"{args.dataset} {arm} seed {seed}: reusing {old['pipeline']}")
                 continue
             pipeline, wall, _ = run_command(cmd, "pipeline folder")
             scored = score(pipeline, relevant)
-            record["runs"][str(seed)] = {"seed": seed, "command": shown(cmd, out),
+            record["runs"][str(seed)] = {"seed": seed, "command": display(cmd),
                                          "pipeline": str(pipeline.relative_to(ROOT)), "wall_time_s": wall,
                                          "opaque_reused": opaque is not None, "machine": machine(),
                                          "load_average_after": os.getloadavg(), **scored}

@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, ROOT, SHARED, command_line, machine, run_command, write_result
+from common import RESULTS, ROOT, SHARED, command_line, display, machine, mean_sd, run_command, write_result
 
 BIN = Path(sys.executable).parent
 MEDMNIST = SHARED / "medmnist"
@@ -70,11 +69,17 @@ for _name in ("breastmnist", "pneumoniamnist"):
 RESULT = "pretrained"
 
 
-def shown(cmd: list[str], out: Path) -> str:
-    """The command as the report shows it: program names bare, paths relative to the repository."""
-    text = " ".join([Path(cmd[0]).name, *cmd[1:]])
-    return text.replace(str(SHARED), "../shared/data").replace(str(out), "runs/bench-pretrained") \
-        .replace(f"{ROOT}/", "")
+def recorded_run(bench: str, arm: str, seed: int) -> Path | None:
+    """The run folder this script recorded for (bench, arm, seed), if it is still on disk with its best checkpoint
+    (the neuron-concepts and IIS comparisons reuse the lite0 baseline runs)."""
+    path = RESULTS / f"{RESULT}.json"
+    if not path.exists():
+        return None
+    run = json.loads(path.read_text())["benches"].get(bench, {}).get("arms", {}).get(arm, {}).get("runs", {}) \
+        .get(str(seed))
+    if run and (ROOT / run["run_dir"] / "checkpoints" / "best").is_dir():
+        return ROOT / run["run_dir"]
+    return None
 
 
 def extract(metrics: dict, names: list[str]) -> dict:
@@ -91,14 +96,6 @@ def extract(metrics: dict, names: list[str]) -> dict:
         if key and f"{key}_ci" in source:
             out[f"{name}_ci"] = source[f"{key}_ci"]
     return out
-
-
-def summarise(values: list[float | None]) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
 
 
 def main() -> None:
@@ -119,17 +116,17 @@ def main() -> None:
         for arm in args.arms:
             cmd = [str(BIN / arms[arm][0]), *arms[arm][1:], "--device", "cpu", "--out", str(out)]
             record = bench["arms"].setdefault(arm, {"runs": {}})
-            record["command"] = shown(cmd, out) + " --seed S"
+            record["command"] = display(cmd) + " --seed S"
             for seed in args.seeds:
                 full = [*cmd, "--seed", str(seed)]
                 old = record["runs"].get(str(seed))
-                if old and old.get("command") == shown(full, out) and (ROOT / old["run_dir"] / "metrics.json").is_file():
+                if old and old.get("command") == display(full) and (ROOT / old["run_dir"] / "metrics.json").is_file():
                     print(f"{name} {arm} seed {seed}: reusing {old['run_dir']}")
                     continue
                 run_dir, wall, _ = run_command(full)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 record["runs"][str(seed)] = {
-                    "seed": seed, "command": shown(full, out), "run_dir": str(run_dir.relative_to(ROOT)),
+                    "seed": seed, "command": display(full), "run_dir": str(run_dir.relative_to(ROOT)),
                     "numbers": extract(metrics, metric_names), "wall_time_s": wall,
                     "peak_memory_mb": metrics.get("peak_memory_mb"), "backbone": metrics.get("backbone"),
                     "pretrained_source": str(metrics.get("pretrained_source", "")).split(":", 1)[0] or "none",
@@ -147,9 +144,9 @@ def main() -> None:
 def summarise_arm(record: dict, metric_names: list[str]) -> None:
     runs = sorted(record["runs"].values(), key=lambda r: r["seed"])
     record["seeds"] = [r["seed"] for r in runs]
-    record["summary"] = {m: summarise([r["numbers"].get(m) for r in runs]) for m in metric_names}
-    record["summary"]["wall_time_s"] = summarise([r["wall_time_s"] for r in runs])
-    record["summary"]["peak_memory_mb"] = summarise([r["peak_memory_mb"] for r in runs])
+    record["summary"] = {m: mean_sd([r["numbers"].get(m) for r in runs]) for m in metric_names}
+    record["summary"]["wall_time_s"] = mean_sd([r["wall_time_s"] for r in runs])
+    record["summary"]["peak_memory_mb"] = mean_sd([r["peak_memory_mb"] for r in runs])
 
 
 if __name__ == "__main__":

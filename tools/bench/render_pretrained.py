@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 
 from common import RESULTS, fmt, machine_line
+from render_cipl import mean_sd_text
 
 ARM_LABEL = {"scratch": "from scratch", "imagenet-lite0": "ImageNet (imagenet-lite0)"}
 
 
 def _ms(stat: dict | None, digits: int = 3) -> str:
-    if not stat:
-        return "n/a"
-    if stat.get("n", 1) == 1:
+    """mean ± sd (min-max), or the value and "(1 seed)" where there is one run."""
+    if stat and stat.get("n", 1) == 1:
         return f"{stat['mean']:.{digits}f} (1 seed)"
-    return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+    return mean_sd_text(stat, digits)
 
 
 def _gb(stat: dict | None) -> str:

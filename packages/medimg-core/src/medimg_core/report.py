@@ -113,7 +113,7 @@ class RunFolder:
                     continue
                 if stat.S_ISREG(mode):
                     out.append(rel)
-                elif rel.name != "report.html":
+                else:
                     self._skip(rel)
         return sorted(out)
 

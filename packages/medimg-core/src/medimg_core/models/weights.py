@@ -220,9 +220,9 @@ def import_source(name: str, force: bool = False) -> Path:
     original = source.original_file()
     version = source.package_version()
     try:
-        state = torch.load(original, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightSourceError(f"{original}: cannot be read as a weights-only PyTorch file ({exc})") from exc
+        state = read_checkpoint(original)  # weights_only loading, tensors in file order
+    except BackboneError as exc:
+        raise WeightSourceError(str(exc)) from exc
     model = timm.create_model(source.architecture, pretrained=False)
     converted = convert_state_dict(state, model.state_dict(), label=str(original))
     model.load_state_dict(converted, strict=True)
@@ -243,7 +243,7 @@ def import_source(name: str, force: bool = False) -> Path:
                   metadata={"source": source.name, "architecture": source.architecture})
         record["safetensors_sha256"] = _sha256(tmp / "model.safetensors")
         config = {"architecture": source.architecture, "num_classes": int(model.num_classes),
-                  "num_features": int(model.num_features), "pretrained_cfg": _jsonable(pretrained_cfg),
+                  "num_features": int(model.num_features), "pretrained_cfg": pretrained_cfg,
                   "medimg_source": record}
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(source, record, pretrained_cfg))
@@ -257,14 +257,6 @@ def import_source(name: str, force: bool = False) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def model_card(source: WeightSource, record: dict[str, Any], pretrained_cfg: dict[str, Any]) -> str:
