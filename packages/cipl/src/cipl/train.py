@@ -180,10 +180,10 @@ class CIPLSchedule(Hook):
         module = _unwrap(trainer.model)
         start = time.perf_counter()
         loader = DataLoader(self.push_set, batch_size=trainer.cfg.eval_batch_size or trainer.cfg.batch_size,
-                            shuffle=False, num_workers=trainer._workers())
+                            shuffle=False, num_workers=trainer.num_workers)
         out_dir = self.run_dir / "prototypes" / f"epoch-{done:03d}" if trainer.dist.is_main else None
         result = push_prototypes(module.student, loader, out_dir=out_dir, device=trainer.device,
-                                 display=self.display, progress=trainer._progress and trainer.dist.is_main)
+                                 display=self.display, progress=trainer.progress)
         metrics["push/mean_distance_moved"] = result.stats["mean_distance_moved"]
         metrics["push/time_s"] = time.perf_counter() - start
         if self.cfg.schedule.last_layer_epochs > 0:
@@ -213,7 +213,7 @@ class CIPLSchedule(Hook):
         for e in range(self.cfg.schedule.last_layer_epochs):
             loader = trainer.train_loader(100_000 + 100 * done + e)
             bar = tqdm(loader, desc=f"last layer {e + 1}/{self.cfg.schedule.last_layer_epochs}", leave=False,
-                       disable=not (trainer._progress and trainer.dist.is_main))
+                       disable=not trainer.progress)
             for batch in bar:
                 batch = move_to(batch, trainer.device)
                 if not bool(module.teacher_ready):

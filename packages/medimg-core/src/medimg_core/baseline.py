@@ -1,18 +1,21 @@
-"""The black-box baseline: a plain classifier on any medimg dataset, the reference every
-interpretable method is compared with.
+"""The black-box baseline: a plain classifier on any medimg dataset, the reference every interpretable method is
+compared with.
 
-    cfg = load_config(BaselineConfig, None, ["--data.dataset", "wbcatt", "--data.root", "path/to/wbcatt"])
-    run_dir = train_baseline(cfg)
+    from medimg_core.baseline import BaselineClassifier
+    model = BaselineClassifier("baseline-synth-derm", train__epochs=5).fit(train, val)
+    model.predict_proba(test)
 
-writes a run folder with config.yaml, metrics.jsonl (per epoch), metrics.json (test metrics with
+or, from a config, the command line's `medimg train-baseline`:
+
+    cfg = load_config(BaselineConfig, None, {"data.dataset": "wbcatt", "data.root": "path/to/wbcatt"})
+    run = train_baseline(cfg)
+
+Either writes a run folder with config.yaml, metrics.jsonl (per epoch), metrics.json (test metrics with
 bootstrap confidence intervals, wall time, peak memory), checkpoints/{best,last}, figures/ and log.txt.
 """
 
 from __future__ import annotations
 
-import resource
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,36 +24,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from medimg_core.checkpoint import best_checkpoint, load_config_json, load_weights
-from medimg_core.config import config_to_dict, load_config
+from medimg_core.checkpoint import load_weights
+from medimg_core.config import load_config
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
-from medimg_core.data.transforms import TransformConfig, eval_transform, train_transform
-from medimg_core.distributed import (
-    cleanup_distributed,
-    init_distributed,
-    seed_everything,
-    select_device,
-)
-from medimg_core.training import OptimConfig, TrainConfig, Trainer
 
+# DataConfig and build_transforms live in medimg_core.data.preprocess, parse_pretrained in medimg_core.models,
+# peak_memory_mb in medimg_core.runs; importing them from here keeps older code working.
+from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms
+from medimg_core.estimator import Estimator, with_transform
+from medimg_core.experiment import Built, FitContext, RunConfig, Splits, TaskFunctions, fit_run
+from medimg_core.models.backbones import create_backbone, parse_pretrained
+from medimg_core.pretrained import checkpoint_config, read_checkpoint_config
+from medimg_core.runs import Run, peak_memory_mb  # noqa: F401
+from medimg_core.training import OptimConfig, TrainConfig
 
-@dataclass
-class DataConfig:
-    """Which dataset, where, and how images are prepared for the model."""
-
-    dataset: str = "csv"
-    root: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
-    image_size: int = 64
-    channels: int | None = None
-    normalize: str | None = "imagenet"
-    hflip: bool = True
-    vflip: bool = False
-    rotation: float = 0.0
-    scale_min: float = 0.8
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
+KIND = "medimg-baseline"
+CONFIGS = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -63,28 +52,11 @@ class ModelConfig:
 
 
 @dataclass
-class BaselineConfig:
+class BaselineConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs"
-    name: str | None = None
-    bootstrap: int = 1000
-
-
-def parse_pretrained(value: str | bool) -> bool | str:
-    """'false'/'true' -> bool; anything else is a path to a local weights file."""
-    if isinstance(value, bool):
-        return value
-    low = str(value).strip().lower()
-    if low in ("false", "no", "0", "none", ""):
-        return False
-    if low in ("true", "yes", "1", "hub"):
-        return True
-    return str(value)
 
 
 class ImageClassifier(nn.Module):
@@ -100,10 +72,10 @@ class ImageClassifier(nn.Module):
         return self.head(self.dropout(self.backbone(x)))
 
 
-def build_transforms(cfg: DataConfig, card: DatasetCard) -> tuple[Any, Any]:
-    tc = TransformConfig(size=cfg.image_size, channels=cfg.channels or card.channels, normalize=cfg.normalize,
-                         hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, scale=(cfg.scale_min, 1.0))
-    return train_transform(tc), eval_transform(tc)
+def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Class probabilities (B, C) from logits: sigmoid per label (multilabel), else softmax."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)
 
 
 def load_splits(cfg: DataConfig) -> dict[str, MedicalImageDataset]:
@@ -117,8 +89,8 @@ def load_splits(cfg: DataConfig) -> dict[str, MedicalImageDataset]:
     return out
 
 
-def task_functions(card: DatasetCard):
-    """(step_fn, predict_fn, metrics_fn) of a plain classifier for the card's task."""
+def task_functions(card: DatasetCard) -> TaskFunctions:
+    """The Trainer's functions for a plain classifier of the card's task."""
     from medimg_core.metrics import classification_metrics
 
     multilabel = card.task == "multilabel"
@@ -132,22 +104,20 @@ def task_functions(card: DatasetCard):
         return loss, {}
 
     def predict_fn(model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        logits = model(batch["image"]).float()
-        scores = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
-        return {"scores": scores, "target": batch["target"]}
+        return {"scores": scores_from_logits(model(batch["image"]), card.task), "target": batch["target"]}
 
     def metrics_fn(outputs: dict[str, np.ndarray]) -> dict[str, float]:
         target = outputs["target"] if multilabel else outputs["target"].astype(np.int64)
         return classification_metrics(card.task, target, outputs["scores"], list(card.class_names))
 
-    return step_fn, predict_fn, metrics_fn
+    return TaskFunctions(step_fn, predict_fn, metrics_fn)
 
 
-def build_model(model_cfg: ModelConfig, card: DatasetCard, in_chans: int) -> ImageClassifier:
-    from medimg_core.models import create_backbone
-
-    backbone = create_backbone(model_cfg.backbone, pretrained=parse_pretrained(model_cfg.pretrained),
-                               in_chans=in_chans)
+def build_model(model_cfg: ModelConfig, card: DatasetCard, in_chans: int, pretrained: bool | str | None = None
+                ) -> ImageClassifier:
+    """The classifier; `pretrained` overrides the config's weights (False when loading a checkpoint)."""
+    weights = parse_pretrained(model_cfg.pretrained) if pretrained is None else pretrained
+    backbone = create_backbone(model_cfg.backbone, pretrained=weights, in_chans=in_chans)
     return ImageClassifier(backbone, card.num_classes, model_cfg.drop_rate)
 
 
@@ -155,66 +125,53 @@ def default_monitor(card: DatasetCard) -> str:
     return "val/auroc_mean" if card.task == "multilabel" else "val/accuracy"
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+class BaselineRecipe:
+    """The baseline's side of `medimg_core.experiment.fit_run`."""
+
+    method = "baseline"
+
+    def load_data(self, cfg: BaselineConfig) -> Splits:
+        data = load_splits(cfg.data)
+        return Splits(data["train"], data["val"], data["test"], data["train"].card)
+
+    def splits_of(self, cfg: BaselineConfig, train: MedicalImageDataset, val: MedicalImageDataset | None) -> Splits:
+        """Datasets given to `fit`, with this config's transforms (copies: the originals stay as they are)."""
+        train_tf, eval_tf = build_transforms(cfg.data, train.card)
+        return Splits(with_transform(train, train_tf), None if val is None else with_transform(val, eval_tf), None,
+                      train.card)
+
+    def build(self, cfg: BaselineConfig, splits: Splits, device: Any, dist_info: Any) -> Built:
+        card = splits.card
+        in_chans = cfg.data.channels or card.channels
+        model = build_model(cfg.model, card, in_chans)
+        if cfg.train.monitor == TrainConfig.monitor and card.task == "multilabel":
+            cfg.train.monitor = default_monitor(card)
+        preprocess = Preprocess.from_config(cfg.data, card)
+        model_config = checkpoint_config(
+            KIND, cfg, card, preprocess, backbone=cfg.model.backbone, num_outputs=card.num_classes,
+            in_chans=in_chans, drop_rate=cfg.model.drop_rate, image_size=cfg.data.image_size,
+            normalize=cfg.data.normalize)
+        return Built(model, task_functions(card), model_config, model_card(cfg, card), cfg.model.backbone,
+                     output_task=card.task, output_names=list(card.class_names),
+                     pretrained_source=model.backbone.pretrained_source)
+
+    def report(self, ctx: FitContext) -> dict[str, Any]:
+        from medimg_core.figures import confusion_matrix_figure
+
+        card = ctx.splits.card
+        if card.task != "multilabel" and ctx.test_outputs is not None:
+            target = ctx.test_outputs["target"].astype(np.int64)
+            confusion_matrix_figure(target, ctx.test_outputs["scores"].argmax(axis=1), list(card.class_names),
+                                    ctx.run.figures_dir / "confusion_test.png")
+        return {}
 
 
-def train_baseline(cfg: BaselineConfig, resume_dir: str | Path | None = None) -> Path:
+def train_baseline(cfg: BaselineConfig, resume_dir: str | Path | None = None) -> Run:
     """Train, select the best epoch on validation, evaluate on test with CIs; return the run folder."""
-    from medimg_core.figures import confusion_matrix_figure, training_curves
-    from medimg_core.metrics import metrics_with_ci
-    from medimg_core.runs import prepare_run
-
-    start = time.perf_counter()
-    device = select_device(cfg.device)
-    dist_info = init_distributed(device)
-    device = select_device(cfg.device, dist_info.local_rank)
-    seed_everything(cfg.seed, cfg.train.deterministic)
-    data = load_splits(cfg.data)
-    card = data["train"].card
-    run_dir = prepare_run(cfg, "baseline", card.name, cfg.model.backbone, dist_info, resume_dir)
-    in_chans = cfg.data.channels or card.channels
-    model = build_model(cfg.model, card, in_chans)
-    if cfg.train.monitor == TrainConfig.monitor and card.task == "multilabel":
-        cfg.train.monitor = default_monitor(card)
-    step_fn, predict_fn, metrics_fn = task_functions(card)
-    model_config = {
-        "kind": "medimg-baseline", "backbone": cfg.model.backbone, "num_outputs": card.num_classes,
-        "in_chans": in_chans, "drop_rate": cfg.model.drop_rate, "image_size": cfg.data.image_size,
-        "normalize": cfg.data.normalize, "card": card.to_dict(), "config": config_to_dict(cfg),
-    }
-    trainer = Trainer(
-        model, data["train"], data["val"], step_fn, predict_fn, metrics_fn,
-        train=cfg.train, optim=cfg.optim, run_dir=run_dir, model_config=model_config, device=device,
-        seed=cfg.seed, dist_info=dist_info, model_card=_model_card(cfg, card),
-    )
-    result = trainer.fit(resume=resume_dir is not None)
-    load_weights(trainer.eval_model, trainer.checkpoint_dir / "best")
-    test_outputs = trainer.predict(data["test"])
-    if dist_info.is_main:
-        target = test_outputs["target"] if card.task == "multilabel" else test_outputs["target"].astype(np.int64)
-        test = metrics_with_ci(card.task, target, test_outputs["scores"], list(card.class_names),
-                               n_boot=cfg.bootstrap, seed=cfg.seed)
-        final = {
-            "method": "baseline", "dataset": card.name, "backbone": cfg.model.backbone,
-            "pretrained_source": model.backbone.pretrained_source, "test": test, "best_epoch": result.best_epoch, "monitor": cfg.train.monitor,
-            "best_val": result.best_metric, "epochs_run": len(result.history),
-            "stopped_early": result.stopped_early, "wall_time_s": time.perf_counter() - start,
-            "peak_memory_mb": peak_memory_mb(), "device": str(device), "world_size": dist_info.world_size,
-            "sizes": {k: len(v) for k, v in data.items()}, "command": " ".join(sys.argv),
-        }
-        trainer.write_final_metrics(final)
-        training_curves(result.history, run_dir / "figures" / "training_curves.png")
-        if card.task != "multilabel":
-            pred = test_outputs["scores"].argmax(axis=1)
-            confusion_matrix_figure(target, pred, list(card.class_names), run_dir / "figures" / "confusion_test.png")
-    cleanup_distributed()
-    return run_dir
+    return fit_run(BaselineRecipe(), cfg, resume_dir)
 
 
-def _model_card(cfg: BaselineConfig, card: DatasetCard) -> str:
+def model_card(cfg: BaselineConfig, card: DatasetCard) -> str:
     return (
         f"# Baseline classifier: {cfg.model.backbone} on {card.title}\n\n"
         f"- task: {card.task}, classes: {', '.join(card.class_names)}\n"
@@ -226,13 +183,8 @@ def _model_card(cfg: BaselineConfig, card: DatasetCard) -> str:
 
 
 def load_baseline(path: str | Path, map_location: str = "cpu") -> tuple[ImageClassifier, dict[str, Any]]:
-    """A trained baseline from a run folder (its best checkpoint) or a checkpoint folder."""
-    folder = best_checkpoint(path)
-    config = load_config_json(folder)
-    if config.get("kind") != "medimg-baseline":
-        raise ValueError(f"{folder}: not a baseline checkpoint (kind {config.get('kind')!r})")
-    from medimg_core.models import create_backbone
-
+    """A trained baseline from a run folder (its best checkpoint) or a checkpoint folder, with its config.json."""
+    folder, config = read_checkpoint_config(path, KIND)
     backbone = create_backbone(config["backbone"], pretrained=False, in_chans=config["in_chans"])
     model = ImageClassifier(backbone, config["num_outputs"], config.get("drop_rate", 0.0))
     load_weights(model, folder)
@@ -241,3 +193,31 @@ def load_baseline(path: str | Path, map_location: str = "cpu") -> tuple[ImageCla
 
 def config_for_resume(run_dir: str | Path) -> BaselineConfig:
     return load_config(BaselineConfig, Path(run_dir) / "config.yaml")
+
+
+class BaselineClassifier(Estimator):
+    """The black-box baseline as an estimator (see the module docstring). It has no explanation of its own:
+    post-hoc explainers (Grad-CAM, Integrated Gradients) run on its `model_`."""
+
+    config_class = BaselineConfig
+    configs_dir = CONFIGS
+    kind = KIND
+
+    def fit(self, train: MedicalImageDataset, val: MedicalImageDataset | None = None) -> BaselineClassifier:
+        cfg = self.resolved_config()
+        recipe = BaselineRecipe()
+        run = fit_run(recipe, cfg, splits=recipe.splits_of(cfg, train, val), command=[f"{type(self).__name__}.fit"])
+        return self._fitted_from(run.checkpoint("best"), read_checkpoint_config(run)[1], run)
+
+    def _load(self, folder: Path, config: dict[str, Any]) -> None:
+        self.model_, _ = load_baseline(folder)
+        self.model_.to(self.device_)
+
+    @torch.no_grad()
+    def _scores(self, x: torch.Tensor) -> np.ndarray:
+        self.model_.to(self.device_).eval()
+        return scores_from_logits(self.model_(x.to(self.device_)), self.card_.task).cpu().numpy()
+
+    def explain(self, x: Any, target: int | str | None = None):
+        raise NotImplementedError("the baseline is the black box the methods are compared with: it has no "
+                                  "explanation of its own (run a post-hoc explainer on model_)")

@@ -7,6 +7,7 @@ A checkpoint folder holds::
     state.safetensors    optimizer tensors, RNG states, scaler  (training checkpoints only)
     state.json           epoch, step, optimizer/scheduler scalars, best metric, history, python RNG
     README.md            a short model card
+    <name>.safetensors / <name>.json   the method's own extra files (a frozen backbone, a push index...)
 
 Writes go to a hidden temporary folder that is renamed into place, so a crash never leaves a
 half-written checkpoint behind.
@@ -143,8 +144,14 @@ def save_checkpoint(
     training_state: Mapping[str, Any] | None = None,
     with_rng: bool = False,
     card: str | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint folder at `directory` atomically. See the module docstring for its files."""
+    """Write a checkpoint folder at `directory` atomically. See the module docstring for its files.
+
+    `extra_files` maps file names to what they hold: a `name.safetensors` a mapping of tensors (or a module,
+    whose state dict is written), a `name.json` anything JSON-serialisable, any other name an existing file to
+    copy in.
+    """
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -175,6 +182,8 @@ def save_checkpoint(
             write_json(tmp / "state.json", scalars)
         if card:
             (tmp / "README.md").write_text(card)
+        for name, payload in (extra_files or {}).items():
+            write_extra_file(tmp / name, payload)
     except BaseException as exc:  # a full disk or an interrupt: leave no half-written folder behind
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -182,6 +191,18 @@ def save_checkpoint(
         raise
     _publish(tmp, final)
     return final
+
+
+def write_extra_file(path: Path, payload: Any) -> None:
+    """One of a checkpoint's extra files (see `save_checkpoint`)."""
+    if Path(path).name in ("model.safetensors", "config.json", "state.safetensors", "state.json", "README.md"):
+        raise ValueError(f"{path.name} is one of the checkpoint's own files; extra files need other names")
+    if path.suffix == ".safetensors":
+        save_file(state_dict_to_cpu(payload), str(path))
+    elif path.suffix == ".json":
+        write_json(path, payload)
+    else:
+        shutil.copyfile(payload, path)
 
 
 def find_checkpoint(directory: str | Path) -> Path:

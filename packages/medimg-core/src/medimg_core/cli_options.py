@@ -32,6 +32,23 @@ PROGRESS_HELP = "Progress bars (default: when interactive)."
 FROM_CONFIG = "default: from the config"
 
 
+class ErrorReportingGroup(click.Group):
+    """A command group that turns bad data and bad configs into a clean message and exit status 1
+    instead of a traceback; every medimg command line uses it."""
+
+    def invoke(self, ctx: click.Context):
+        from medimg_core.checkpoint import CheckpointError
+        from medimg_core.config import ConfigError
+        from medimg_core.data.errors import DatasetError
+        from medimg_core.models.weight_files import BackboneError
+        from medimg_core.runs import RunFolderError
+
+        try:
+            return super().invoke(ctx)
+        except (DatasetError, ConfigError, RunFolderError, CheckpointError, BackboneError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
 class CommonOption(click.Option):
     """An option of the shared convention (see the module docstring)."""
 
@@ -126,3 +143,68 @@ def training_options(shipped: str, seeds: str, resume: bool = True, out: str | N
         return function
 
     return apply
+
+
+def resolve_config_path(name: str | None, shipped_dir: Path | None = None) -> Path | None:
+    """A config file path, or the name of a config shipped in `shipped_dir` (medimg_core/configs by default)."""
+    if name is None:
+        return None
+    if shipped_dir is None:
+        shipped_dir = Path(__file__).parent / "configs"
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_dir / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    available = sorted(p.stem for p in shipped_dir.glob("*.yaml"))
+    raise click.BadParameter(f"{name!r} is neither a file nor a shipped config ({', '.join(available)})",
+                             param_hint="--config")
+
+
+#: config keys a resumed run may change: how it is displayed, not what it computes
+DISPLAY_KEYS = ("train.progress", "progress")
+
+
+def training_config(config_cls: type, config_name: str | None, shipped_dir: Path, named: dict[str, Any],
+                    extra_args: list[str], resume_dir: Path | None) -> Any:
+    """The resolved config of a command that trains; a bad config or option is a usage error (exit 2).
+
+    With `resume_dir`: the run's saved config.yaml (only the DISPLAY_KEYS, --progress/--no-progress, may be
+    given). Otherwise the YAML `config_name` (a path or a config shipped in `shipped_dir`), then the command's
+    named options (`named`, dotted keys; None values are skipped), then `--section.key VALUE` pairs from
+    `extra_args`; data.root is required.
+    """
+    from medimg_core.config import ConfigError, load_config, parse_overrides
+
+    try:
+        overrides = {k: v for k, v in named.items() if v is not None}
+        overrides.update(parse_overrides(extra_args))
+        if resume_dir is not None:
+            display = {k: overrides.pop(k) for k in list(overrides) if k in DISPLAY_KEYS}
+            if overrides or config_name:
+                raise ConfigError("--resume continues a run with its saved config; drop the other options "
+                                  "(only --progress/--no-progress may be given with it)")
+            return load_config(config_cls, resume_dir / "config.yaml", display)
+        cfg = load_config(config_cls, resolve_config_path(config_name, shipped_dir), overrides)
+        if not cfg.data.root:
+            raise ConfigError("--root (data.root) is required: the dataset folder or file")
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    return cfg
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict:
+    """`("a=1", "b=false", "c=x,y")` -> `{"a": 1, "b": False, "c": ["x", "y"]}`."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--option")
+        key, value = pair.split("=", 1)
+        parsed = yaml.safe_load(value) if value else ""
+        if isinstance(parsed, str) and "," in parsed:
+            parsed = [v.strip() for v in parsed.split(",")]
+        out[key.strip()] = parsed
+    return out

@@ -1,15 +1,42 @@
-"""Run folders: one per run, never overwritten, with the resolved config, metrics, checkpoints,
-figures and a log."""
+"""Run folders: one per run, never overwritten, with the resolved config, metrics, checkpoints, figures and a log.
+
+Every method writes the same layout (`RUN_LAYOUT`); a multi-stage method (neuron-concepts) writes one such
+folder per stage inside its pipeline folder (`Run.stage`). `Run` is the one object that reads and writes it:
+
+    run = Run.open("runs/20261207-101500-crl-synth-derm-resnet18-seed0")
+    run.metrics()["test"]["accuracy"]; run.checkpoint("best"); run.figures_dir
+    run.update_metrics("boundary", {...})        # a later stage adds a section to metrics.json, atomically
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import logging
+import os
 import re
+import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("medimg")
+
+#: what a run folder holds (the contract every method's run folder keeps)
+RUN_LAYOUT: dict[str, str] = {
+    "config.yaml": "the resolved config of the run (every default filled in)",
+    "metrics.json": "the final metrics: the common keys below plus the method's sections (test, ...)",
+    "metrics.jsonl": "one line of metrics per epoch (trainings only)",
+    "checkpoints/": "checkpoint folders best/ and last/ (see medimg_core.pretrained for their files)",
+    "figures/": "the run's PNG figures",
+    "log.txt": "the log",
+}
+#: keys every run's metrics.json carries
+COMMON_KEYS = ("method", "dataset", "backbone", "wall_time_s", "peak_memory_mb", "device", "sizes")
+LOCK_FILE = ".lock"
 
 
 class RunFolderError(OSError):
@@ -40,6 +67,167 @@ def create_run_dir(base: str | Path, name: str) -> Path:
         (path / "figures").mkdir()
         return path
     raise RuntimeError(f"{base}: cannot create a new run folder for {name}")
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+class Run:
+    """A run folder (see `RUN_LAYOUT`). Path-like: `run / "rules.json"`, `open(run / ...)`, `Path(run)` work."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- creation and opening ----------------------------------------------------------------------
+    @classmethod
+    def create(cls, base: str | Path, name: str) -> Run:
+        """A new run folder `base/<date>-<name>` (a suffix -2, -3 ... when taken), with figures/."""
+        return cls(create_run_dir(base, name))
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        """An existing run folder; anything else is a RunFolderError saying what was expected."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunFolderError(f"{path}: no such run folder")
+        if not (path / "config.yaml").is_file() and not (path / "metrics.json").is_file():
+            raise RunFolderError(f"{path}: not a run folder (expected config.yaml or metrics.json)")
+        return cls(path)
+
+    # -- path-like ---------------------------------------------------------------------------------
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, other: str | Path) -> Path:
+        return self.path / other
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Run):
+            return self.path == other.path
+        if isinstance(other, (str, Path)):
+            return self.path == Path(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # -- the layout --------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.path / "figures"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.txt"
+
+    def checkpoint(self, name: str = "best") -> Path:
+        """The checkpoint folder checkpoints/<name> (or the one a crash left mid-publish)."""
+        from medimg_core.checkpoint import find_checkpoint
+
+        return find_checkpoint(self.checkpoints_dir / name)
+
+    def stage(self, name: str) -> Run:
+        """The run folder of stage `name` inside this (pipeline) folder."""
+        return Run(self.path / name)
+
+    # -- metrics -----------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json; missing or malformed is a RunFolderError naming the file."""
+        return read_json_object(self.metrics_path, "the run's final metrics")
+
+    def history(self) -> list[dict[str, Any]]:
+        """The per-epoch metrics of metrics.jsonl (empty when the run logged none)."""
+        if not self.history_path.is_file():
+            return []
+        rows = []
+        for i, line in enumerate(self.history_path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    raise RunFolderError(f"{self.history_path}, line {i}: not valid JSON ({exc})") from None
+        return rows
+
+    def write_metrics(self, metrics: dict[str, Any]) -> Path:
+        """Write metrics.json atomically (NaN as null)."""
+        from medimg_core.checkpoint import write_json
+
+        write_json(self.metrics_path, metrics)
+        return self.metrics_path
+
+    def update_metrics(self, section: str | None, values: dict[str, Any]) -> Path:
+        """Merge `values` into metrics.json, under `section` (replacing it) or at the top level (None)."""
+        current = self.metrics() if self.metrics_path.is_file() else {}
+        if section is None:
+            current.update(values)
+        else:
+            current[section] = values
+        return self.write_metrics(current)
+
+    # -- one writer at a time ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[Run]:
+        """Hold the run folder's lock (a lock file, released when the process ends, even killed): a second
+        training or resume of the same folder meanwhile is a RunFolderError instead of a second writer."""
+        import fcntl
+
+        path = self.path / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise RunFolderError(f"{self.path}: another process is training or resuming this run "
+                                         f"(it holds {path}); wait for it to finish") from None
+                raise
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield self
+        finally:
+            os.close(fd)
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file holding an object; missing, malformed or another type is a RunFolderError naming the file."""
+    if not path.is_file():
+        raise RunFolderError(f"{path}: not found ({what})")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{path}: not valid JSON ({exc}); expected {what}") from None
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{path}: expected a JSON object ({what}), found {type(data).__name__}")
+    return data
 
 
 def check_writable(path: str | Path, min_free_mb: int = 200) -> None:
@@ -77,7 +265,7 @@ def setup_logging(run_dir: Path | None = None, is_main: bool = True, verbose: bo
             logger.addHandler(file)
 
 
-def prepare_run(cfg, method: str, dataset: str, backbone: str, dist_info, resume_dir: str | Path | None = None) -> Path:
+def prepare_run(cfg, method: str, dataset: str, backbone: str, dist_info, resume_dir: str | Path | None = None) -> Run:
     """The run folder of a training run, ready on every rank.
 
     A new folder `<cfg.out>/<date>-<cfg.name or method-dataset-backbone[-foldF]>-seed<S>` is made by rank 0
@@ -109,4 +297,4 @@ def prepare_run(cfg, method: str, dataset: str, backbone: str, dist_info, resume
         if resume_dir is not None:
             check_writable(run_dir)
         save_config(cfg, run_dir / "config.yaml")
-    return run_dir
+    return Run(run_dir)

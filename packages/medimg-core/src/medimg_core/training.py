@@ -125,11 +125,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     if cfg.scheduler == "none":
         return None
     if cfg.scheduler == "onecycle":
+        total = max(total_steps, 1)
+        pct = min(0.9, max(0.05, cfg.warmup_epochs * steps_per_epoch / total)) if cfg.warmup_epochs else 0.25
+        if abs(pct * total - 1) < 1e-9:  # OneCycleLR's warm-up would end at step 0: 0 / 0 at the first step
+            pct = 2 / total if total > 2 else 0.5 / total
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 1),
-            pct_start=min(0.9, max(0.05, cfg.warmup_epochs * steps_per_epoch / max(total_steps, 1)))
-            if cfg.warmup_epochs else 0.25,
-        )
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total, pct_start=pct)
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if cfg.scheduler == "step":
         step = max(1, cfg.step_epochs * steps_per_epoch)
@@ -210,6 +211,7 @@ class Trainer:
         dist_info: DistInfo | None = None,
         collate_fn: Callable | None = None,
         model_card: str | None = None,
+        extra_files: Callable[[], dict[str, Any]] | None = None,
     ):
         self.dist = dist_info or DistInfo()
         self.device = device if isinstance(device, torch.device) else select_device(device, self.dist.local_rank)
@@ -217,6 +219,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.model_config = model_config
         self.model_card = model_card
+        #: called at every checkpoint: {file name: payload} written into the checkpoint folder as well
+        #: (see checkpoint.save_checkpoint), so that a checkpoint rebuilds the whole method on its own
+        self.extra_files = extra_files
         self.seed = seed
         self.step_fn, self.predict_fn, self.metrics_fn = step_fn, predict_fn, metrics_fn
         self.hooks = list(hooks)
@@ -259,10 +264,12 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.stop_requested = False
         self.last_logs: dict[str, float] = {}
-        self._progress = show_progress(train.progress)
+        self.progress = show_progress(train.progress) and self.dist.is_main
 
     # ------------------------------------------------------------------ data
-    def _workers(self) -> int:
+    @property
+    def num_workers(self) -> int:
+        """Loader workers of every loader the Trainer makes (train.num_workers, else a default per device)."""
         return self.cfg.num_workers if self.cfg.num_workers is not None else default_num_workers(self.device)
 
     def train_loader(self, epoch: int) -> DataLoader:
@@ -271,7 +278,7 @@ class Trainer:
                                      shuffle=True, seed=self.seed, drop_last=False)
         sampler.set_epoch(epoch)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        workers = self._workers()
+        workers = self.num_workers
         return DataLoader(self.train_dataset, batch_size=self.cfg.batch_size, sampler=sampler,
                           num_workers=workers, pin_memory=self.device.type == "cuda", drop_last=self.cfg.drop_last,
                           generator=generator, collate_fn=self.collate_fn, persistent_workers=False)
@@ -281,7 +288,7 @@ class Trainer:
         shard = dataset if not self.dist.enabled else Subset(
             dataset, list(range(self.dist.rank, len(dataset), self.dist.world_size)))
         return DataLoader(shard, batch_size=self.cfg.eval_batch_size or self.cfg.batch_size, shuffle=False,
-                          num_workers=self._workers(), pin_memory=self.device.type == "cuda",
+                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
                           collate_fn=self.collate_fn)
 
     # ------------------------------------------------------------------ steps
@@ -316,7 +323,7 @@ class Trainer:
         accum = self.cfg.grad_accum
         n_batches = len(loader)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, unit="batch",
-                   disable=not (self._progress and self.dist.is_main))
+                   disable=not self.progress)
         for i, batch in enumerate(bar):
             batch = move_to(batch, self.device)
             last_of_group = (i + 1) % accum == 0 or i + 1 == n_batches
@@ -336,7 +343,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
             self.last_logs = logs
-            if self._progress and self.dist.is_main:
+            if self.progress:
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")
         means = {f"train/{k}": v / max(count, 1) for k, v in sums.items()}
         if self.dist.enabled:  # average the logged means over ranks
@@ -383,6 +390,66 @@ class Trainer:
         """The model evaluated and saved as 'model': the EMA copy when EMA is on."""
         return self.ema.module if self.ema is not None else self.model
 
+    def run_phase(
+        self,
+        name: str,
+        parameters: Sequence[nn.Parameter],
+        step_fn: StepFn,
+        *,
+        epochs: int,
+        lr: float,
+        epoch_offset: int,
+        before_epoch: Callable[[], None] | None = None,
+        after_step: Callable[[], None] | None = None,
+        grad_clip: float | None = None,
+    ) -> list[dict[str, float]]:
+        """Extra epochs that train only `parameters` with an Adam optimiser of their own (a method's phase, such
+        as CIPL's last-layer epochs after each push), with the main loop's rules: the training set's loader
+        (order seeded by `epoch_offset + e`, a number of the phase's own so it never repeats a main epoch's),
+        autocast, the gradient scaler, gradients averaged over processes, optional clipping, a finite-loss
+        check and progress bars. `step_fn(model, batch)` gets the unwrapped model (gradients are averaged here,
+        not by DDP); `before_epoch` sets train/eval modes; `after_step` runs after every optimiser step (a
+        projection, an EMA update). Returns the mean logs of each phase epoch.
+        """
+        from tqdm.auto import tqdm
+
+        params = [p for p in parameters]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        history = []
+        for e in range(epochs):
+            if before_epoch is not None:
+                before_epoch()
+            loader = self.train_loader(epoch_offset + e)
+            bar = tqdm(loader, desc=f"{name} {e + 1}/{epochs}", leave=False, unit="batch", disable=not self.progress)
+            sums: dict[str, float] = {}
+            count = 0
+            for i, batch in enumerate(bar):
+                batch = move_to(batch, self.device)
+                with self.autocast():
+                    loss, logs = step_fn(self.model, batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{name}: loss is {loss.item()} at phase epoch {e + 1}, batch {i}; "
+                                             "lower the learning rate or check the inputs for NaN")
+                self.scaler.scale(loss).backward()
+                if self.dist.enabled:
+                    for p in params:
+                        if p.grad is not None:
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= self.dist.world_size
+                if grad_clip:
+                    self.scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                self.scaler.step(optimizer)
+                self.scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if after_step is not None:
+                    after_step()
+                for k, v in {"loss": float(loss.detach()), **logs}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+            history.append({f"{name}/{k}": v / max(count, 1) for k, v in sums.items()})
+        return history
+
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_dir(self) -> Path:
@@ -400,6 +467,7 @@ class Trainer:
             raw_model=self.model if self.ema is not None else None,
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             training_state=self._training_state(), with_rng=True, card=self.model_card,
+            extra_files=self.extra_files() if self.extra_files is not None else None,
         )
 
     def resume(self) -> bool:
@@ -433,7 +501,7 @@ class Trainer:
         for hook in self.hooks:
             hook.on_train_start(self)
         epochs = tqdm(range(self.epoch, self.cfg.epochs), desc="training", unit="epoch", initial=self.epoch,
-                      total=self.cfg.epochs, disable=not (self._progress and self.dist.is_main))
+                      total=self.cfg.epochs, disable=not self.progress)
         stopped_early = False
         for epoch in epochs:
             start = time.perf_counter()
@@ -462,7 +530,7 @@ class Trainer:
             if self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs or stop:
                 self.save("last")
             barrier(self.dist)
-            if self._progress and self.dist.is_main:
+            if self.progress:
                 epochs.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()
                                     if k in ("train/loss", self.cfg.monitor)})
             if stop:

@@ -263,6 +263,19 @@ class Backbone(nn.Module):
                 f"pretrained_source={self.pretrained_source!r}")
 
 
+def parse_pretrained(value: str | bool) -> bool | str:
+    """A config's `pretrained` value: 'false'/'true' (timm's hub) -> bool; anything else (a named offline source
+    such as 'imagenet-lite0', a weights file or folder) is passed on as a string."""
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in ("false", "no", "0", "none", ""):
+        return False
+    if low in ("true", "yes", "1", "hub"):
+        return True
+    return str(value)
+
+
 def create_backbone(
     name: str,
     pretrained: bool | str | Path = False,

@@ -14,6 +14,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+__all__ = [
+    "DERM7PT_CASES", "DERM7PT_COLUMNS", "DERM7PT_SPLITS", "HAM10000_DX", "ODIR_COLUMNS", "ODIR_KEYWORDS",
+    "WBCATT_COLUMNS", "WBCATT_ROWS", "fitzpatrick_fixture_md5", "shared_data_dir",
+    "write_chestxray14_fixture", "write_ddi_fixture", "write_derm7pt_fixture",
+    "write_fitzpatrick17k_skincon_fixture", "write_ham10000_fixture", "write_image", "write_medmnist_fixture",
+    "write_odir_fixture", "write_truncated_image", "write_wbcatt_fixture",
+]
+
 
 def shared_data_dir() -> Path | None:
     """The project's read-only real data (`$MEDIMG_SHARED_DATA`, or `../shared/data` from the repo root)."""

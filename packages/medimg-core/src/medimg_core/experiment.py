@@ -1,0 +1,231 @@
+"""One training lifecycle for every method: the core runs it, the method plugs in through a recipe.
+
+    run = fit_run(CRLRecipe(), cfg)                 # the CLI's `crl train`
+    run = fit_run(CRLRecipe(), cfg, splits=splits)  # an estimator's fit(train, val) on datasets it was given
+
+`fit_run` owns what every training shares, in this order: distributed set-up, device, seeding, the data
+(`recipe.load_data`), the model and everything the Trainer needs (`recipe.build`, which refuses unusable data
+and configs before anything is written), the run folder (locked while it trains), the Trainer and its
+resume, reloading the best checkpoint, test predictions and their metrics with bootstrap intervals, the common
+keys of metrics.json, the method's own report (`recipe.report`), the training curves, and the distributed
+clean-up (in a `finally`).
+
+A method's config inherits `RunConfig`, the run section every config shares; its keys stay at the top level
+of the YAML and the command line (`seed: 3`, `--seed 3`), as in every config and run folder written so far.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from torch import nn
+from torch.utils.data import Dataset
+
+from medimg_core.checkpoint import find_checkpoint, load_weights
+from medimg_core.data.card import DatasetCard
+from medimg_core.distributed import (
+    DistInfo,
+    cleanup_distributed,
+    init_distributed,
+    seed_everything,
+    select_device,
+)
+from medimg_core.runs import Run, RunFolderError, peak_memory_mb, prepare_run
+from medimg_core.training import FitResult, Hook, MetricsFn, PredictFn, StepFn, Trainer
+
+
+@dataclass
+class RunConfig:
+    """The run section every training config shares: seed, device (auto, cpu, cuda, cuda:N, mps), the folder
+    under which run folders are made (out), the run's name (default: method-dataset-backbone-seedS) and the
+    number of bootstrap resamples behind every interval (bootstrap). Method configs inherit it."""
+
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs"
+    name: str | None = None
+    bootstrap: int = 1000
+
+
+@dataclass
+class Splits:
+    """The datasets of one training: train, val and test (val/test may be None), their card, and any further
+    datasets the method needs (`extra`, e.g. CIPL's push set: the training split with evaluation transforms)."""
+
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    card: DatasetCard
+    extra: dict[str, Dataset] = field(default_factory=dict)
+
+    def sizes(self) -> dict[str, int]:
+        out = {k: len(v) for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
+        out.update({k: len(v) for k, v in self.extra.items()})
+        return out
+
+
+@dataclass
+class TaskFunctions:
+    """The Trainer's three functions (see medimg_core.training)."""
+
+    step: StepFn
+    predict: PredictFn
+    metrics: MetricsFn
+
+
+@dataclass
+class Built:
+    """What a recipe builds for one training.
+
+    `model_config` is the config.json of every checkpoint (`medimg_core.pretrained.checkpoint_config`);
+    `train_set` / `val_set` / `test_set` default to the splits' (a method training on cached features or on
+    image pairs gives its own); `output_task` and `output_names` ("multiclass", class names) make `fit_run`
+    score the test predictions ("scores", "target") with bootstrap intervals (None: the method has no test
+    classification, e.g. the diffusion autoencoder); `extra_files` is called at every checkpoint (see Trainer);
+    `state` carries whatever the method's report needs.
+    """
+
+    model: nn.Module
+    task: TaskFunctions
+    model_config: dict[str, Any]
+    model_card: str
+    backbone: str
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+    test_set: Dataset | None = None
+    param_groups: Sequence[dict] | None = None
+    hooks: Sequence[Hook] = ()
+    collate_fn: Callable | None = None
+    extra_files: Callable[[], dict[str, Any]] | None = None
+    output_task: str | None = None
+    output_names: Sequence[str] | None = None
+    pretrained_source: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitContext:
+    """Everything `recipe.report` may use once training is over (on the main process only)."""
+
+    cfg: Any
+    run: Run
+    splits: Splits
+    built: Built
+    trainer: Trainer
+    result: FitResult
+    test_outputs: dict[str, np.ndarray] | None
+    test_metrics: dict[str, Any] | None
+    device: Any
+    dist_info: DistInfo
+    start: float
+
+
+class Recipe(Protocol):
+    """A method's side of the lifecycle (see the module docstring)."""
+
+    #: the method's name in run folder names and metrics.json ("crl", "cipl", "baseline", ...)
+    method: str
+
+    def load_data(self, cfg: Any) -> Splits:
+        """The datasets of `cfg.data`, with the method's transforms."""
+
+    def build(self, cfg: Any, splits: Splits, device: Any, dist_info: DistInfo) -> Built:
+        """The model, task functions, checkpoint config and everything else the Trainer needs; refuses
+        unusable data and configs (before any run folder exists)."""
+
+    def report(self, ctx: FitContext) -> dict[str, Any]:
+        """The method's own entries of metrics.json (rules, localisation, reconstructions...), written after
+        the common ones; may write figures and artefacts into `ctx.run`."""
+
+
+def fit_run(recipe: Recipe, cfg: Any, resume_dir: str | Path | None = None, splits: Splits | None = None,
+            command: Sequence[str] | None = None) -> Run:
+    """Train `recipe` with `cfg` (a config inheriting RunConfig, with `train` and `optim` sections) and
+    return its run folder. `splits` replaces `recipe.load_data(cfg)` (an estimator fitted on given datasets);
+    `resume_dir` continues a run from its last checkpoint (a folder without one is refused)."""
+    from medimg_core.metrics import metrics_with_ci
+
+    start = time.perf_counter()
+    if resume_dir is not None:
+        _check_resumable(Path(resume_dir))
+    dist_info = init_distributed(select_device(cfg.device))
+    try:
+        device = select_device(cfg.device, dist_info.local_rank)
+        seed_everything(cfg.seed, cfg.train.deterministic)
+        splits = splits if splits is not None else recipe.load_data(cfg)
+        built = recipe.build(cfg, splits, device, dist_info)
+        train_set = built.train_set if built.train_set is not None else splits.train
+        val_set = built.val_set if built.val_set is not None else splits.val
+        test_set = built.test_set if built.test_set is not None else splits.test
+        run = prepare_run(cfg, recipe.method, splits.card.name, built.backbone, dist_info, resume_dir)
+        lock = run.lock() if dist_info.is_main else _no_lock(run)
+        with lock:
+            trainer = Trainer(
+                built.model, train_set, val_set, built.task.step, built.task.predict, built.task.metrics,
+                train=cfg.train, optim=cfg.optim, run_dir=run.path, model_config=built.model_config,
+                param_groups=built.param_groups, hooks=built.hooks, device=device, seed=cfg.seed,
+                dist_info=dist_info, collate_fn=built.collate_fn, model_card=built.model_card,
+                extra_files=built.extra_files)
+            result = trainer.fit(resume=resume_dir is not None)
+            load_weights(trainer.eval_model, trainer.checkpoint_dir / "best")
+            test_outputs = trainer.predict(test_set) if test_set is not None and built.output_task else None
+            if dist_info.is_main:
+                test_metrics = None
+                if test_outputs is not None:
+                    multilabel = built.output_task == "multilabel"
+                    target = test_outputs["target"] if multilabel else test_outputs["target"].astype(np.int64)
+                    test_metrics = metrics_with_ci(built.output_task, target, test_outputs["scores"],
+                                                   list(built.output_names or []), n_boot=cfg.bootstrap, seed=cfg.seed)
+                ctx = FitContext(cfg, run, splits, built, trainer, result, test_outputs, test_metrics, device,
+                                 dist_info, start)
+                final: dict[str, Any] = {
+                    "method": recipe.method, "dataset": splits.card.name, "backbone": built.backbone,
+                    "pretrained_source": built.pretrained_source,
+                }
+                if test_metrics is not None:
+                    final["test"] = test_metrics
+                final.update({
+                    "best_epoch": result.best_epoch, "monitor": cfg.train.monitor, "best_val": result.best_metric,
+                    "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+                    "sizes": splits.sizes(),
+                })
+                final.update(recipe.report(ctx))
+                final.update(wall_time_s=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(),
+                             device=str(device), world_size=dist_info.world_size,
+                             command=" ".join(command if command is not None else sys.argv))
+                run.write_metrics(final)
+                from medimg_core.figures import training_curves
+
+                training_curves(result.history, run.figures_dir / "training_curves.png")
+    finally:
+        cleanup_distributed()
+    return run
+
+
+def _check_resumable(run_dir: Path) -> None:
+    """A run folder can be resumed only from its last checkpoint; say so before anything starts."""
+    Run.open(run_dir)
+    try:
+        find_checkpoint(run_dir / "checkpoints" / "last")
+    except Exception:
+        raise RunFolderError(f"{run_dir}: no last checkpoint to resume from (checkpoints/last is missing or "
+                             "incomplete); start a new run instead") from None
+
+
+class _no_lock:
+    """Other ranks share the main process's lock."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def __enter__(self) -> Run:
+        return self.run
+
+    def __exit__(self, *exc: object) -> None:
+        return None
