@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, command_line, write_result
+from common import ROOT, SHARED, command_line, run_command, write_result
 
 RUNS = {
     # resnet18 from scratch at 64 px, AdamW + one-cycle, flips, batch 64, 6 epochs (CPU budget ~10 min)
@@ -40,12 +39,7 @@ def main() -> None:
     results = json.loads(results_path.read_text())["runs"] if results_path.exists() else {}
     for name in args.only:
         cmd = [medimg, "train-baseline", *RUNS[name], "--out", args.out]
-        print("running:", " ".join(cmd), flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr[-4000:])
-            raise SystemExit(f"{name}: train-baseline failed")
-        run_dir = Path(proc.stdout.strip().splitlines()[-1].split("run folder: ", 1)[1])
+        run_dir, _, _ = run_command(cmd, creates_in=Path(args.out))
         metrics = json.loads((run_dir / "metrics.json").read_text())
         shown = "medimg train-baseline " + " ".join(RUNS[name]).replace(str(SHARED), "../shared/data")
         results[name] = {"command": shown, "run_dir": str(run_dir.relative_to(ROOT)), "metrics": metrics}

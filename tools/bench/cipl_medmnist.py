@@ -36,8 +36,8 @@ def medmnist(name: str, out: Path, seed: int) -> dict:
                 "--root", str(root), "--device", "cpu", "--out", str(out), "--seed", str(seed), "--no-progress",
                 "--backbone", preset.model.backbone, "--image-size", str(preset.data.image_size),
                 "--epochs", str(preset.train.epochs), "--data.scale_min", str(preset.data.scale_min)]
-    cipl_run, cipl_wall, _ = run_command(cipl_cmd)
-    base_run, base_wall, _ = run_command(base_cmd)
+    cipl_run, cipl_wall, _ = run_command(cipl_cmd, creates_in=out)
+    base_run, base_wall, _ = run_command(base_cmd, creates_in=out)
     cm = json.loads((cipl_run / "metrics.json").read_text())
     bm = json.loads((base_run / "metrics.json").read_text())
     return {

@@ -57,10 +57,10 @@ def seed_runs(args: argparse.Namespace, seed: int, k: int, data: Path, out: Path
                 "--device", "cpu", "--out", str(out), "--seed", str(seed), "--no-progress",
                 "--backbone", preset.model.backbone, "--image-size", str(preset.data.image_size),
                 "--epochs", str(preset.train.epochs)]
-    cipl_run, cipl_wall = run_or_reuse(cipl_cmd, args.cipl_runs[k] if args.cipl_runs else None)
-    base_run, base_wall = run_or_reuse(base_cmd, args.baseline_runs[k] if args.baseline_runs else None)
+    cipl_run, cipl_wall = run_or_reuse(cipl_cmd, args.cipl_runs[k] if args.cipl_runs else None, out)
+    base_run, base_wall = run_or_reuse(base_cmd, args.baseline_runs[k] if args.baseline_runs else None, out)
     dense_cmd = [str(bin_dir / "cipl"), "evaluate", str(cipl_run), "--split", "test", "--map-step", str(args.map_step)]
-    _, dense_wall, _ = run_command(dense_cmd, marker="wrote")
+    _, dense_wall, _ = run_command(dense_cmd)
     from cipl.evaluate import localisation_as
 
     report = json.loads((cipl_run / f"eval-csv-test-step{args.map_step}.json").read_text())

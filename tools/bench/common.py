@@ -96,13 +96,21 @@ def machine_line(m: dict) -> str:
     return f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB{gpu}; Python {m['python']}, torch {m['torch']}"
 
 
-def run_command(cmd: list[str], marker: str = "run folder:", echo: bool = False) -> tuple[Path | None, float, str]:
+def _subfolders(folder: Path | None) -> set[Path]:
+    return {p for p in folder.iterdir() if p.is_dir()} if folder is not None and folder.is_dir() else set()
+
+
+def run_command(cmd: list[str], creates_in: Path | None = None, echo: bool = False
+                ) -> tuple[Path | None, float, str]:
     """Run one command of a benchmark and time it.
 
-    Returns (the path after `marker` on the last stdout line starting with it, or None; wall seconds; stdout).
-    A failing command prints the tail of its output and stops the benchmark.
+    `creates_in`: the folder in which the command makes its output folder (a run's `--out`, a run folder's
+    `evaluations/`): the one folder that appears there is returned, so no benchmark reads paths out of stdout.
+    Returns (that folder, or None without `creates_in`; wall seconds; stdout). A failing command prints the tail
+    of its output and stops the benchmark; so does a command that made no new folder, or several.
     """
     print("running:", " ".join(cmd), flush=True)
+    before = _subfolders(creates_in)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -111,12 +119,16 @@ def run_command(cmd: list[str], marker: str = "run folder:", echo: bool = False)
         raise SystemExit(f"command failed: {' '.join(cmd)}")
     if echo:
         print(proc.stdout.strip()[-1500:], flush=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(marker)]
-    path = Path(lines[-1][len(marker):].lstrip(":").strip()) if lines else None
-    return path, wall, proc.stdout
+    if creates_in is None:
+        return None, wall, proc.stdout
+    made = sorted(_subfolders(creates_in) - before)
+    if len(made) != 1:
+        raise SystemExit(f"{' '.join(cmd)}: expected one new folder in {creates_in}, found {len(made)}: "
+                         f"{[p.name for p in made]}")
+    return made[0], wall, proc.stdout
 
 
-def run_or_reuse(cmd: list[str], reuse: str | None, marker: str = "run folder:", echo: bool = False
+def run_or_reuse(cmd: list[str], reuse: str | None, creates_in: Path | None = None, echo: bool = False
                  ) -> tuple[Path | None, float]:
     """Run a training command, or take the run folder `reuse` of an earlier call instead (its command stands).
 
@@ -124,7 +136,7 @@ def run_or_reuse(cmd: list[str], reuse: str | None, marker: str = "run folder:",
     `wall_time_s`, whose "total" where it is given per stage, as in a neuron-concepts pipeline).
     """
     if reuse is None:
-        path, wall, _ = run_command(cmd, marker, echo)
+        path, wall, _ = run_command(cmd, creates_in, echo)
         return path, wall
     run = Path(reuse).resolve()
     wall = json.loads((run / "metrics.json").read_text())["wall_time_s"]

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, write_result
+from common import ROOT, command_line, run_command, write_result
 
 from crl.rules import load_rules
 from medimg_core.data import load_dataset
@@ -28,12 +27,8 @@ from medimg_core.synthetic import generate, parse_rule
 
 
 def run(cmd: list[str]) -> Path:
-    print("running:", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-4000:])
-        raise SystemExit("command failed")
-    return Path(proc.stdout.strip().splitlines()[-1].split("run folder: ", 1)[1])
+    """Run one training command; its run folder is the one new folder in its --out."""
+    return run_command(cmd, creates_in=Path(cmd[cmd.index("--out") + 1]))[0]
 
 
 def rule_agreement(run_dir: Path, data_dir: Path) -> dict:

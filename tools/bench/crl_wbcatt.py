@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, command_line, write_result
+from common import ROOT, SHARED, command_line, run_command, write_result
 
 
 def main() -> None:
@@ -22,12 +21,7 @@ def main() -> None:
     args = p.parse_args()
     crl_args = ["train", "--config", "wbc-cpu", "--root", str(SHARED / "wbcatt"), "--device", "cpu", "--out", args.out]
     cmd = [str(Path(sys.executable).parent / "crl"), *crl_args]
-    print("running:", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-4000:])
-        raise SystemExit("crl train failed")
-    run_dir = Path(proc.stdout.strip().splitlines()[-1].split("run folder: ", 1)[1])
+    run_dir, _, _ = run_command(cmd, creates_in=Path(args.out))
     m = json.loads((run_dir / "metrics.json").read_text())
     baseline_path = ROOT / "docs" / "bench" / "baselines.json"
     baseline = json.loads(baseline_path.read_text())["runs"].get("wbcatt") if baseline_path.exists() else None

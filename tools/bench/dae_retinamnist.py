@@ -80,7 +80,7 @@ def main() -> None:
     base_cmd = [str(bins / "medimg"), "train-baseline", "--config", "baseline-retinamnist", "--root",
                 str(SHARED / "medmnist"), "--device", "cpu", "--seed", "0", "--out", str(out), "--no-progress"]
     if args.baseline is None:
-        base_run, base_train_time, _ = run_command(base_cmd, "run folder:", echo=True)
+        base_run, base_train_time, _ = run_command(base_cmd, creates_in=out, echo=True)
     else:
         base_run, base_train_time = Path(args.baseline), None
     if not (base_run / "metrics.json").is_file():
@@ -90,14 +90,14 @@ def main() -> None:
                          .replace(str(SHARED), "../shared/data").replace(str(ROOT) + "/", ""))
     train_cmd = [str(bins / "dae-cf"), "train", "--config", "retinamnist-cpu", "--root", str(SHARED / "medmnist"),
                  "--device", "cpu", "--out", str(out), *args.dae_args]
-    dae_run, train_time, _ = run_command(train_cmd, "run folder:", echo=True)
+    dae_run, train_time, _ = run_command(train_cmd, creates_in=out, echo=True)
     encode_cmd = [str(bins / "dae-cf"), "encode", str(dae_run), "--device", "cpu"]
-    _, encode_time, _ = run_command(encode_cmd, "test:", echo=True)
+    _, encode_time, _ = run_command(encode_cmd, echo=True)
     boundary_cmd = [str(bins / "dae-cf"), "fit-boundary", str(dae_run), "--device", "cpu"]
-    _, boundary_time, _ = run_command(boundary_cmd, "wrote", echo=True)
+    _, boundary_time, _ = run_command(boundary_cmd, echo=True)
     eval_cmd = [str(bins / "dae-cf"), "evaluate", str(dae_run), "--n", str(args.n_eval), "--oracle", str(base_run),
                 "--device", "cpu", "--figures", "6"]
-    eval_dir, eval_time, _ = run_command(eval_cmd, "wrote", echo=True)
+    eval_dir, eval_time, _ = run_command(eval_cmd, creates_in=dae_run / "evaluations", echo=True)
     t0 = time.perf_counter()
     base = {split: baseline_metrics(base_run, split) for split in ("val", "test")}
     base_time = time.perf_counter() - t0

@@ -60,20 +60,18 @@ def main() -> None:
     base_cmd = [str(bins / "medimg"), "train-baseline", "--dataset", "csv", "--root", str(data), "--backbone",
                 "resnet18", "--image-size", "32", "--epochs", "10", "--batch-size", "64", "--lr", "1e-3",
                 "--data.scale_min", "1.0", "--device", "cpu", "--seed", "0", "--out", str(out), "--no-progress"]
-    base_run, base_time = run_or_reuse(base_cmd, args.baseline_run, echo=True)
-    if not base_run.name:  # medimg train-baseline prints the folder on its own line
-        base_run = sorted(out.glob("*-baseline-synth-grade-*"))[-1]
+    base_run, base_time = run_or_reuse(base_cmd, args.baseline_run, out, echo=True)
 
     train_cmd = [str(bins / "dae-cf"), "train", "--config", "synth-grade-cpu", "--root", str(data), "--device", "cpu",
                  "--out", str(out), *args.dae_args]
-    dae_run, train_time = run_or_reuse(train_cmd, args.dae_run, echo=True)  # or an earlier run of this script
+    dae_run, train_time = run_or_reuse(train_cmd, args.dae_run, out, echo=True)  # or an earlier run of this script
     encode_cmd = [str(bins / "dae-cf"), "encode", str(dae_run), "--device", "cpu"]
-    _, encode_time, _ = run_command(encode_cmd, "test:", echo=True)
+    _, encode_time, _ = run_command(encode_cmd, echo=True)
     boundary_cmd = [str(bins / "dae-cf"), "fit-boundary", str(dae_run), "--device", "cpu"]
-    _, boundary_time, _ = run_command(boundary_cmd, "wrote", echo=True)
+    _, boundary_time, _ = run_command(boundary_cmd, echo=True)
     eval_cmd = [str(bins / "dae-cf"), "evaluate", str(dae_run), "--n", str(args.n_eval), "--grades", "0", "1", "2",
                 "3", "4", "--oracle", str(base_run), "--device", "cpu", "--figures", "6"]
-    eval_dir, eval_time, _ = run_command(eval_cmd, "wrote", echo=True)
+    eval_dir, eval_time, _ = run_command(eval_cmd, creates_in=dae_run / "evaluations", echo=True)
 
     metrics = json.loads((dae_run / "metrics.json").read_text())
     cf = json.loads((eval_dir / "metrics.json").read_text())

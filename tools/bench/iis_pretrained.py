@@ -61,12 +61,12 @@ def main() -> None:
     base = [str(bin_dir / "medimg"), "train-baseline", "--config", preset, "--root", str(root), "--device", "cpu",
             "--out", str(out), "--seed", str(args.seed), "--no-progress"]
     trained = {}
-    scratch_run, scratch_s, _ = run_command([*base, "--pretrained", "false"])
+    scratch_run, scratch_s, _ = run_command([*base, "--pretrained", "false"], creates_in=out)
     trained["scratch"] = {"run": scratch_run, "wall_time_s": scratch_s,
                           "command": display([*base, "--pretrained", "false"])}
     tuned = fine_tuned_elsewhere(args.dataset, args.seed)
     if tuned is None:
-        tuned, tuned_s, _ = run_command(base)
+        tuned, tuned_s, _ = run_command(base, creates_in=out)
         trained["fine-tuned"] = {"run": tuned, "wall_time_s": tuned_s, "command": display(base)}
     else:
         wall = json.loads((tuned / "metrics.json").read_text())["wall_time_s"]
@@ -79,7 +79,7 @@ def main() -> None:
            "cpu", "--out", str(out), "--seed", str(args.seed), "--no-progress"]
     for spec in specs:
         iis += ["--backbone", spec]
-    run_dir, iis_s, _ = run_command(iis)
+    run_dir, iis_s, _ = run_command(iis, creates_in=out)
     scored = summary(run_dir)
     for backbone, label in zip(scored["backbones"], labels, strict=True):
         backbone["representation"] = label

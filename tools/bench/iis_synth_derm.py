@@ -71,7 +71,7 @@ def main() -> None:
     if args.trained_run:
         trained = Path(args.trained_run).resolve()
     else:
-        trained, timings["train_baseline_s"], _ = run_command([str(bin_dir / "medimg"), *base_args])
+        trained, timings["train_baseline_s"], _ = run_command([str(bin_dir / "medimg"), *base_args], creates_in=out)
     baseline = json.loads((trained / "metrics.json").read_text())
     backbones = ["--backbone", f"resnet18:{trained}", "--backbone", "resnet18:random"]
     common = ["--config", "synth-derm-cpu", "--root", str(data), "--device", "cpu", "--out", str(out), "--no-progress",
@@ -81,7 +81,7 @@ def main() -> None:
                 ("prototype-raw-probe", ["--sweep.probe_standardize", "false"]))
     for name, extra in variants:
         cmd = [str(bin_dir / "iis"), "score", *common, *extra]
-        run_dir, timings[f"iis_score_{name}_s"], _ = run_command(cmd, echo=True)
+        run_dir, timings[f"iis_score_{name}_s"], _ = run_command(cmd, creates_in=out, echo=True)
         runs[name] = summary(run_dir)
         commands[name] = rel("iis " + " ".join(cmd[1:]), out)
         for b in runs[name]["backbones"]:

@@ -46,7 +46,7 @@ def main() -> None:
     if args.trained_run:
         trained = Path(args.trained_run).resolve()
     else:
-        trained, timings["train_baseline_s"], _ = run_command([str(bin_dir / "medimg"), *base_args])
+        trained, timings["train_baseline_s"], _ = run_command([str(bin_dir / "medimg"), *base_args], creates_in=out)
     baseline = json.loads((trained / "metrics.json").read_text())
     common = ["--config", "wbcatt-cpu", "--root", str(root), "--device", "cpu", "--out", str(out), "--no-progress",
               "--backbone", f"resnet18:{trained}", "--backbone", "resnet18:random"]
@@ -55,7 +55,7 @@ def main() -> None:
     FIGURES.mkdir(parents=True, exist_ok=True)
     for name, extra in libraries:
         cmd = [str(bin_dir / "iis"), "score", *common, *extra]
-        run_dir, timings[f"iis_score_{name}_s"], _ = run_command(cmd, echo=True)
+        run_dir, timings[f"iis_score_{name}_s"], _ = run_command(cmd, creates_in=out, echo=True)
         runs[name] = summary(run_dir)
         commands[name] = rel("iis " + " ".join(cmd[1:]), out)
         shutil.copyfile(run_dir / "figures" / "arr.png", FIGURES / f"wbcatt_arr_{name}.png")

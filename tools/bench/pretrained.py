@@ -123,7 +123,7 @@ def main() -> None:
                 if old and old.get("command") == display(full) and (ROOT / old["run_dir"] / "metrics.json").is_file():
                     print(f"{name} {arm} seed {seed}: reusing {old['run_dir']}")
                     continue
-                run_dir, wall, _ = run_command(full)
+                run_dir, wall, _ = run_command(full, creates_in=out)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 record["runs"][str(seed)] = {
                     "seed": seed, "command": display(full), "run_dir": str(run_dir.relative_to(ROOT)),
