@@ -37,7 +37,8 @@ def trained(tmp_path_factory):
 def test_train_writes_rules_metrics_and_checkpoints(trained):
     _, run = trained
     for name in ("config.yaml", "metrics.json", "metrics.jsonl", "rules.json", "rules.txt",
-                 "checkpoints/best/model.safetensors", "figures/training_curves.png", "figures/confusion_test.png"):
+                 "checkpoints/best/model.safetensors", "checkpoints/best/rules.json", "checkpoints/best/rules.txt",
+                 "figures/training_curves.png", "figures/confusion_test.png"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"count", "mean_length", "fidelity_test"} <= set(metrics["rules"])
@@ -51,6 +52,7 @@ def test_rules_explain_and_evaluate(trained, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["rules", str(run)])
     assert result.exit_code == 0 and "rules over 6 concepts" in result.output
+    assert runner.invoke(main, ["rules", str(run / "checkpoints" / "best")]).output == result.output
     image = next((data / "images").iterdir())
     result = runner.invoke(main, ["explain", str(run), str(image), "--out", str(tmp_path / "e.png")])
     assert result.exit_code == 0, result.output
@@ -127,7 +129,8 @@ def test_training_on_cached_frozen_features(tmp_path):
     assert metrics["mode"] == "features" and metrics["epochs_run"] == 3
     cache = list((tmp_path / "medimg-home" / "features").rglob("*.safetensors"))
     assert len(cache) == 3  # train, val and test features were cached once
-    assert (run / "frozen_backbone.safetensors").is_file()
+    for checkpoint in ("best", "last"):  # every checkpoint folder holds the frozen backbone it reads features of
+        assert (run / "checkpoints" / checkpoint / "frozen_backbone.safetensors").is_file()
     # the reloaded model (frozen backbone + CRL) predicts the test split exactly as during training
     result = CliRunner().invoke(main, ["evaluate", str(run), "--dataset", "csv", "--root", str(data)])
     assert result.exit_code == 0, result.output
