@@ -1,6 +1,7 @@
 """The `crl` command end to end on a tiny synthetic dataset (tiny timm model, 32 px, two epochs)."""
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -52,7 +53,10 @@ def test_rules_explain_and_evaluate(trained, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["rules", str(run)])
     assert result.exit_code == 0 and "rules over 6 concepts" in result.output
+    assert result.output == (run / "rules.txt").read_text() + "\n"  # the printed text is the saved list
     assert runner.invoke(main, ["rules", str(run / "checkpoints" / "best")]).output == result.output
+    as_json = runner.invoke(main, ["rules", str(run), "--json"])
+    assert as_json.exit_code == 0 and as_json.output == (run / "rules.json").read_text() + "\n"
     image = next((data / "images").iterdir())
     result = runner.invoke(main, ["explain", str(run), str(image), "--out", str(tmp_path / "e.png")])
     assert result.exit_code == 0, result.output
@@ -60,6 +64,25 @@ def test_rules_explain_and_evaluate(trained, tmp_path):
     result = runner.invoke(main, ["evaluate", str(run), "--dataset", "csv", "--root", str(data)])
     assert result.exit_code == 0, result.output
     assert (run / "eval-csv-test.json").is_file()
+
+
+def test_rules_of_run_folders_of_the_older_layout(trained, tmp_path):
+    """Before the rules moved into checkpoints/best they were in the run folder only; `crl rules` reads both."""
+    _, run = trained
+    old = shutil.copytree(run, tmp_path / "old")
+    for name in ("best", "last"):
+        for rules in ("rules.json", "rules.txt"):
+            (old / "checkpoints" / name / rules).unlink(missing_ok=True)
+    runner = CliRunner()
+    expected = runner.invoke(main, ["rules", str(run)]).output
+    for folder in (old, old / "checkpoints" / "best"):
+        result = runner.invoke(main, ["rules", str(folder)])
+        assert result.exit_code == 0 and result.output == expected, result.output
+    (old / "rules.json").unlink()
+    result = runner.invoke(main, ["rules", str(old)])
+    assert result.exit_code == 1 and "no rules.json in this checkpoint folder or its run folder" in result.output
+    result = runner.invoke(main, ["rules", str(tmp_path)])
+    assert result.exit_code == 1 and str(tmp_path) in result.output and "Traceback" not in result.output
 
 
 def test_train_refuses_data_without_concepts(tmp_path):

@@ -86,11 +86,11 @@ def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device
 @click.option("--json", "as_json", is_flag=True, help="Print rules.json instead of the readable list.")
 def rules(run_dir: Path, as_json: bool) -> None:
     """Print the rules learned in RUN_DIR (a run folder, or a checkpoint folder such as RUN/checkpoints/best),
-    sorted by importance per class."""
-    path = run_dir / ("rules.json" if as_json else "rules.txt")
-    if not path.is_file():
-        raise click.ClickException(f"{path} not found: is {run_dir} a finished `crl train` run folder?")
-    click.echo(path.read_text())
+    sorted by importance per class (run folders of the older layout, with the rules in the run folder only, too)."""
+    from crl.api import load_rules_of
+
+    learned = load_rules_of(run_dir)
+    click.echo(json.dumps(learned.to_json(), indent=2) if as_json else learned.to_text())
 
 
 @main.command()
