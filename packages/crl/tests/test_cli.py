@@ -66,18 +66,29 @@ def test_rules_explain_and_evaluate(trained, tmp_path):
     assert (run / "eval-csv-test.json").is_file()
 
 
-def test_rules_of_run_folders_of_the_older_layout(trained, tmp_path):
-    """Before the rules moved into checkpoints/best they were in the run folder only; `crl rules` reads both."""
-    _, run = trained
+def test_run_folders_of_the_older_layout(trained, tmp_path):
+    """An end2end run folder as written before the checkpoint contract (the rules in the run folder only,
+    config.json without preprocess/format/versions): `crl rules` and `crl explain` read it as before."""
+    data, run = trained
     old = shutil.copytree(run, tmp_path / "old")
     for name in ("best", "last"):
+        folder = old / "checkpoints" / name
         for rules in ("rules.json", "rules.txt"):
-            (old / "checkpoints" / name / rules).unlink(missing_ok=True)
+            (folder / rules).unlink(missing_ok=True)
+        config = json.loads((folder / "config.json").read_text())
+        keep = ("kind", "config", "card", "in_chans", "in_features", "medimg_core_version", "torch_version")
+        (folder / "config.json").write_text(json.dumps({k: config[k] for k in keep}))
     runner = CliRunner()
     expected = runner.invoke(main, ["rules", str(run)]).output
+    image = next((data / "images").iterdir())
+    explained = runner.invoke(main, ["explain", str(run), str(image), "--out", str(tmp_path / "new.png")])
+    assert explained.exit_code == 0, explained.output
     for folder in (old, old / "checkpoints" / "best"):
         result = runner.invoke(main, ["rules", str(folder)])
         assert result.exit_code == 0 and result.output == expected, result.output
+        result = runner.invoke(main, ["explain", str(folder), str(image), "--out", str(tmp_path / "old.png")])
+        assert result.exit_code == 0, result.output
+        assert result.output.rsplit("wrote", 1)[0] == explained.output.rsplit("wrote", 1)[0]
     (old / "rules.json").unlink()
     result = runner.invoke(main, ["rules", str(old)])
     assert result.exit_code == 1 and "no rules.json in this checkpoint folder or its run folder" in result.output
