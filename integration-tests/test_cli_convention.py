@@ -234,7 +234,7 @@ def test_a_bad_device_is_a_usage_error(tmp_path):
 
 def test_explain_options_reach_the_function(tmp_path, monkeypatch):
     """--out, --seed, --progress/--no-progress and --device auto of commands that evaluate."""
-    import crl.train
+    import crl.api
     import dae_counterfactual.train
 
     calls = {}
@@ -243,7 +243,7 @@ def test_explain_options_reach_the_function(tmp_path, monkeypatch):
         calls["crl"] = (device, seed, progress)
         return {"n": 3, "test": {"accuracy": 1.0, "accuracy_ci": [1.0, 1.0], "macro_f1": 1.0}}
 
-    monkeypatch.setattr(crl.train, "evaluate_run", fake_eval)
+    monkeypatch.setattr(crl.api, "evaluate_run", fake_eval)
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(_main("crl"), ["evaluate", str(tmp_path), "--dataset", "csv", "--root", str(tmp_path),
                                                "--seed", "5", "--out", str(out), "--progress"],

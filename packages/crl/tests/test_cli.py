@@ -1,6 +1,7 @@
 """The `crl` command end to end on a tiny synthetic dataset (tiny timm model, 32 px, two epochs)."""
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -37,7 +38,8 @@ def trained(tmp_path_factory):
 def test_train_writes_rules_metrics_and_checkpoints(trained):
     _, run = trained
     for name in ("config.yaml", "metrics.json", "metrics.jsonl", "rules.json", "rules.txt",
-                 "checkpoints/best/model.safetensors", "figures/training_curves.png", "figures/confusion_test.png"):
+                 "checkpoints/best/model.safetensors", "checkpoints/best/rules.json", "checkpoints/best/rules.txt",
+                 "figures/training_curves.png", "figures/confusion_test.png"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"count", "mean_length", "fidelity_test"} <= set(metrics["rules"])
@@ -51,6 +53,10 @@ def test_rules_explain_and_evaluate(trained, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["rules", str(run)])
     assert result.exit_code == 0 and "rules over 6 concepts" in result.output
+    assert result.output == (run / "rules.txt").read_text() + "\n"  # the printed text is the saved list
+    assert runner.invoke(main, ["rules", str(run / "checkpoints" / "best")]).output == result.output
+    as_json = runner.invoke(main, ["rules", str(run), "--json"])
+    assert as_json.exit_code == 0 and as_json.output == (run / "rules.json").read_text() + "\n"
     image = next((data / "images").iterdir())
     result = runner.invoke(main, ["explain", str(run), str(image), "--out", str(tmp_path / "e.png")])
     assert result.exit_code == 0, result.output
@@ -58,6 +64,36 @@ def test_rules_explain_and_evaluate(trained, tmp_path):
     result = runner.invoke(main, ["evaluate", str(run), "--dataset", "csv", "--root", str(data)])
     assert result.exit_code == 0, result.output
     assert (run / "eval-csv-test.json").is_file()
+
+
+def test_run_folders_of_the_older_layout(trained, tmp_path):
+    """An end2end run folder as written before the checkpoint contract (the rules in the run folder only,
+    config.json without preprocess/format/versions): `crl rules` and `crl explain` read it as before."""
+    data, run = trained
+    old = shutil.copytree(run, tmp_path / "old")
+    for name in ("best", "last"):
+        folder = old / "checkpoints" / name
+        for rules in ("rules.json", "rules.txt"):
+            (folder / rules).unlink(missing_ok=True)
+        config = json.loads((folder / "config.json").read_text())
+        keep = ("kind", "config", "card", "in_chans", "in_features", "medimg_core_version", "torch_version")
+        (folder / "config.json").write_text(json.dumps({k: config[k] for k in keep}))
+    runner = CliRunner()
+    expected = runner.invoke(main, ["rules", str(run)]).output
+    image = next((data / "images").iterdir())
+    explained = runner.invoke(main, ["explain", str(run), str(image), "--out", str(tmp_path / "new.png")])
+    assert explained.exit_code == 0, explained.output
+    for folder in (old, old / "checkpoints" / "best"):
+        result = runner.invoke(main, ["rules", str(folder)])
+        assert result.exit_code == 0 and result.output == expected, result.output
+        result = runner.invoke(main, ["explain", str(folder), str(image), "--out", str(tmp_path / "old.png")])
+        assert result.exit_code == 0, result.output
+        assert result.output.rsplit("wrote", 1)[0] == explained.output.rsplit("wrote", 1)[0]
+    (old / "rules.json").unlink()
+    result = runner.invoke(main, ["rules", str(old)])
+    assert result.exit_code == 1 and "no rules.json in this checkpoint folder or its run folder" in result.output
+    result = runner.invoke(main, ["rules", str(tmp_path)])
+    assert result.exit_code == 1 and str(tmp_path) in result.output and "Traceback" not in result.output
 
 
 def test_train_refuses_data_without_concepts(tmp_path):
@@ -127,7 +163,8 @@ def test_training_on_cached_frozen_features(tmp_path):
     assert metrics["mode"] == "features" and metrics["epochs_run"] == 3
     cache = list((tmp_path / "medimg-home" / "features").rglob("*.safetensors"))
     assert len(cache) == 3  # train, val and test features were cached once
-    assert (run / "frozen_backbone.safetensors").is_file()
+    for checkpoint in ("best", "last"):  # every checkpoint folder holds the frozen backbone it reads features of
+        assert (run / "checkpoints" / checkpoint / "frozen_backbone.safetensors").is_file()
     # the reloaded model (frozen backbone + CRL) predicts the test split exactly as during training
     result = CliRunner().invoke(main, ["evaluate", str(run), "--dataset", "csv", "--root", str(data)])
     assert result.exit_code == 0, result.output

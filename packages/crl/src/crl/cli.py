@@ -35,9 +35,11 @@ def train(ctx: click.Context, config_name, device, seed, out, progress, resume_d
     """Train CRL; any config key can be overridden as --section.key VALUE (e.g. --train.epochs 5).
 
     Writes a run folder: config.yaml, metrics.jsonl, metrics.json (task metrics with 95% intervals,
-    concept metrics, rule count and length, rule-set fidelity), rules.json, rules.txt, checkpoints/, figures/.
+    concept metrics, rule count and length, rule-set fidelity), rules.json, rules.txt, checkpoints/ (best/ also
+    holds the rules; in features mode every checkpoint holds the frozen backbone), figures/.
     """
-    from crl.train import CRLConfig, train_crl
+    from crl.config import CRLConfig
+    from crl.train import train_crl
     from medimg_core.cli import training_config
 
     named = {"data.root": root, "device": device, "seed": seed, "out": out, "train.progress": progress}
@@ -61,7 +63,7 @@ def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device
              progress: bool | None) -> None:
     """Evaluate the trained model of RUN_DIR on another dataset's split; writes RUN_DIR/eval-<dataset>-<split>.json
     (or --out)."""
-    from crl.train import evaluate_run
+    from crl.api import evaluate_run
     from medimg_core.checkpoint import write_json
     from medimg_core.cli import parse_options
     from medimg_core.training import show_progress
@@ -83,11 +85,12 @@ def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print rules.json instead of the readable list.")
 def rules(run_dir: Path, as_json: bool) -> None:
-    """Print the rules learned in RUN_DIR, sorted by importance per class."""
-    path = run_dir / ("rules.json" if as_json else "rules.txt")
-    if not path.is_file():
-        raise click.ClickException(f"{path} not found: is {run_dir} a finished `crl train` run folder?")
-    click.echo(path.read_text())
+    """Print the rules learned in RUN_DIR (a run folder, or a checkpoint folder such as RUN/checkpoints/best),
+    sorted by importance per class (run folders of the older layout, with the rules in the run folder only, too)."""
+    from crl.api import load_rules_of
+
+    learned = load_rules_of(run_dir)
+    click.echo(json.dumps(learned.to_json(), indent=2) if as_json else learned.to_text())
 
 
 @main.command()
@@ -96,10 +99,12 @@ def rules(run_dir: Path, as_json: bool) -> None:
 @out_option("Figure to write (default RUN_DIR/figures/explain-<image>.png).", dir_okay=False)
 @device_option(from_config=False)
 def explain(run_dir: Path, image: Path, out: Path | None, device: str) -> None:
-    """Explain the prediction for IMAGE: its concepts, the rules that fired and their contributions."""
-    from crl.explain import explain_image
+    """Explain the prediction for IMAGE: its concepts, the rules that fired and their contributions.
 
-    explanation = explain_image(run_dir, image, device=device)
+    RUN_DIR is a run folder or a checkpoint folder."""
+    from crl.api import ConceptRuleLearner
+
+    explanation = ConceptRuleLearner.from_pretrained(run_dir).to(device).explain(image)
     out = out or run_dir / "figures" / f"explain-{image.stem}.png"
     explanation.figure(out)
     click.echo(explanation.to_text())

@@ -1,20 +1,33 @@
 """What CRL shows: for one image, its predicted concepts, the rules that fired and what each adds to each
-class score (instance-level logic), as text and as a figure."""
+class score (instance-level logic), as text, as a figure and as a dict.
+
+Pure: a rule set and a binary concept vector in, an `Explanation` out (`explain_concepts`). Explaining an image
+of a trained model is `ConceptRuleLearner.explain(x)` (`crl.api`), which runs the network for the concepts and
+calls `explain_concepts`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from crl.rules import RuleSet
+from medimg_core.explain import jsonable, resolve_target
+
+#: how many fired rules the figure shows when top_k is None
+FIGURE_TOP_K = 10
 
 
 @dataclass
 class Explanation:
-    """One image's decision: scores = bias + sum of the weights of the fired rules."""
+    """One image's decision under the rule set: scores = bias + sum of the weights of the fired rules.
+
+    Implements `medimg_core.explain.Explanation`: `predicted` is the class with the highest rule score,
+    `target` the class whose rule contributions are shown (default: the predicted class).
+    """
 
     image: np.ndarray  # (H, W, 3) float in [0, 1], as the model saw it (before normalisation)
     concept_names: list[str]
@@ -26,29 +39,47 @@ class Explanation:
     fired_rules: list[str]
     contributions: np.ndarray  # (R_fired, C)
     bias: np.ndarray  # (C,)
+    target: int | None = None  # the class explained; None: the predicted class
 
-    def to_text(self) -> str:
-        c = self.predicted
-        lines = [f"prediction: {self.class_names[c]} (scores: "
+    def __post_init__(self) -> None:
+        self.target = resolve_target(self.target, self.predicted, self.class_names)
+
+    def _order(self, top_k: int | None) -> np.ndarray:
+        """Indices of the fired rules by |contribution to target|, at most top_k of them (None: all)."""
+        if not len(self.fired_rules):
+            return np.zeros(0, dtype=np.int64)
+        order = np.argsort(-np.abs(self.contributions[:, self.target]))
+        return order if top_k is None else order[:max(int(top_k), 0)]
+
+    def to_text(self, top_k: int | None = None) -> str:
+        """The prediction with every class score, the concepts present, and the fired rules by their contribution
+        to the target class (the `top_k` largest; None: all), then the target's bias."""
+        c = self.target
+        lines = [f"prediction: {self.class_names[self.predicted]} (scores: "
                  + ", ".join(f"{n} {s:+.3f}" for n, s in zip(self.class_names, self.scores, strict=True)) + ")",
                  "concepts present: " + (", ".join(n for n, v in zip(self.concept_names, self.concepts, strict=True)
                                                    if v > 0.5) or "none"),
                  f"rules that fired ({len(self.fired_rules)}), contribution to {self.class_names[c]}:"]
-        order = np.argsort(-np.abs(self.contributions[:, c])) if len(self.fired_rules) else []
+        order = self._order(top_k)
         for i in order:
             lines.append(f"  {self.contributions[i, c]:+.3f}  {self.fired_rules[i]}")
+        if len(order) < len(self.fired_rules):
+            lines.append(f"  ({len(self.fired_rules) - len(order)} more rules)")
         lines.append(f"  {self.bias[c]:+.3f}  (bias)")
         return "\n".join(lines)
 
-    def figure(self, path: str | Path, top_k: int = 10) -> Path:
+    def figure(self, path: str | Path, top_k: int | None = None) -> Path:
+        """The image, the concept probabilities and the `top_k` (None: 10) fired rules by contribution to the
+        target class, as one PNG at `path`."""
         import matplotlib.pyplot as plt
 
         from medimg_core.figures import save_figure
 
-        c = self.predicted
+        c = self.target
+        top_k = FIGURE_TOP_K if top_k is None else top_k
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 1.3, 1.8]})
         axes[0].imshow(self.image)
-        axes[0].set_title(f"prediction: {self.class_names[c]}", fontsize=10)
+        axes[0].set_title(f"prediction: {self.class_names[self.predicted]}", fontsize=10)
         axes[0].axis("off")
         y = np.arange(len(self.concept_names))
         colours = ["#d55e00" if v > 0.5 else "#999999" for v in self.concepts]
@@ -58,8 +89,8 @@ class Explanation:
         axes[1].invert_yaxis()
         axes[1].set_xlim(0, 1)
         axes[1].set_xlabel("concept probability (orange: present)", fontsize=8)
-        if len(self.fired_rules):
-            order = np.argsort(-np.abs(self.contributions[:, c]))[:top_k]
+        order = self._order(top_k)
+        if len(order):
             vals = self.contributions[order, c]
             labels = [self.fired_rules[i] if len(self.fired_rules[i]) < 60 else self.fired_rules[i][:57] + "..."
                       for i in order]
@@ -69,16 +100,33 @@ class Explanation:
             axes[2].invert_yaxis()
             axes[2].axvline(0, color="k", lw=0.8)
         axes[2].set_xlabel(f"contribution to the score of '{self.class_names[c]}'", fontsize=8)
-        axes[2].set_title(f"rules that fired ({len(self.fired_rules)}; top {min(top_k, len(self.fired_rules))})",
-                          fontsize=10)
+        axes[2].set_title(f"rules that fired ({len(self.fired_rules)}; top {len(order)})", fontsize=10)
         fig.tight_layout()
         return save_figure(fig, path)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: classes, scores, prediction and target, concepts with their probabilities, and every
+        fired rule with its contribution to each class (the image is left out)."""
+        return jsonable({
+            "method": "crl", "class_names": self.class_names, "predicted": self.predicted, "target": self.target,
+            "scores": dict(zip(self.class_names, self.scores, strict=True)),
+            "bias": dict(zip(self.class_names, self.bias, strict=True)),
+            "concepts": [{"name": n, "present": bool(v > 0.5), "probability": p}
+                         for n, v, p in zip(self.concept_names, self.concepts, self.concept_probs, strict=True)],
+            "fired_rules": [{"rule": r, "contributions": dict(zip(self.class_names, w, strict=True))}
+                            for r, w in zip(self.fired_rules, self.contributions, strict=True)],
+        })
+
 
 def explain_concepts(rules: RuleSet, concepts: np.ndarray, concept_probs: np.ndarray | None = None,
-                     image: np.ndarray | None = None) -> Explanation:
-    """The explanation of one binary concept vector (K,) under `rules`."""
+                     image: np.ndarray | None = None, target: int | str | None = None) -> Explanation:
+    """The explanation of one binary concept vector (K,) under `rules`; `concept_probs` (K,) are the concept
+    head's probabilities (default: the binary concepts), `image` (H, W, 3) the picture, `target` the class whose
+    contributions are shown (an index or a class name; None: the predicted class)."""
     concepts = np.asarray(concepts, dtype=np.float32).reshape(1, -1)
+    if concepts.shape[1] != len(rules.concept_names):
+        raise ValueError(f"the rule set reads {len(rules.concept_names)} concepts, got a vector of "
+                         f"{concepts.shape[1]}")
     fired = rules.fired(concepts)[0]
     fired_rules = [r for r, f in zip(rules.rules, fired, strict=True) if f]
     scores = rules.scores(concepts)[0]
@@ -89,28 +137,5 @@ def explain_concepts(rules: RuleSet, concepts: np.ndarray, concept_probs: np.nda
         concepts=concepts[0], class_names=list(rules.class_names), scores=scores, predicted=int(scores.argmax()),
         fired_rules=[r.text for r in fired_rules],
         contributions=np.array([r.weights for r in fired_rules]).reshape(len(fired_rules), len(rules.class_names)),
-        bias=rules.bias,
+        bias=rules.bias, target=target,
     )
-
-
-def explain_image(run_dir: str | Path, image_path: str | Path, device: str = "cpu") -> Explanation:
-    """Load a trained run, run one image file through it and explain the decision."""
-    from crl.rules import load_rules
-    from crl.train import load_crl
-    from medimg_core.data.images import read_image
-    from medimg_core.data.transforms import TransformConfig, eval_transform
-    from medimg_core.figures import to_display
-
-    model, config = load_crl(run_dir)
-    cfg = config["cfg"]
-    rules = load_rules(Path(run_dir) / "rules.json")
-    arr = read_image(image_path, config["card"]["channels"])
-    tensor = torch.from_numpy(arr)
-    tensor = tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    tf_cfg = TransformConfig(size=cfg.data.image_size, channels=config["in_chans"], normalize=cfg.data.normalize)
-    shown = eval_transform(tf_cfg, normalize=None)(tensor)
-    x = eval_transform(tf_cfg)(tensor)[None].to(device)
-    with torch.no_grad():
-        out = model.to(device)(x)
-    probs = torch.sigmoid(out["concept_logits"])[0].cpu().numpy()
-    return explain_concepts(rules, out["concepts"][0].cpu().numpy(), probs, to_display(shown))

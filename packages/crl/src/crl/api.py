@@ -1,0 +1,216 @@
+"""CRL on run and checkpoint folders: the estimator, the loader, and the entry points the CLI calls.
+
+    from crl import ConceptRuleLearner
+    model = ConceptRuleLearner("synthetic-cpu", train__epochs=5).fit(train, val)   # writes a run folder
+    model.predict_proba(images); model.rules_.to_text(); model.explain("image.png").to_text()
+    ConceptRuleLearner.from_pretrained("runs/<run folder>")                        # or a checkpoint folder
+
+A CRL checkpoint folder holds, besides the contract's files (`medimg_core.pretrained`), the learned rules
+(`rules.json`, `rules.txt`; in `checkpoints/best` and what `save_pretrained` writes) and, in features mode, the
+frozen backbone (`frozen_backbone.safetensors`). Run folders written before both moved into the checkpoint
+folder (the frozen backbone and the rules in the run folder only, no preprocessing in config.json) load as
+they are; `ConceptRuleLearner.from_pretrained(old_run).save_pretrained(folder)` writes them out as one
+self-contained checkpoint folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from crl.config import CRLConfig
+from crl.explain import Explanation, explain_concepts
+from crl.model import CRL
+from crl.rules import RuleSet, load_rules
+from crl.train import FROZEN_BACKBONE, KIND, CRLRecipe, build_model
+from medimg_core.checkpoint import CheckpointError, load_weights, write_extra_file, write_json
+from medimg_core.config import ConfigError, config_from_dict
+from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
+from medimg_core.estimator import Estimator
+from medimg_core.experiment import fit_run
+from medimg_core.metrics import concept_metrics, metrics_with_ci
+from medimg_core.pretrained import checkpoint_config, read_checkpoint_config
+
+CONFIGS = Path(__file__).parent / "configs"
+#: config.json keys of the checkpoint contract (the rest are CRL's own: in_chans, in_features)
+_CONTRACT_KEYS = ("kind", "format", "versions", "config", "card", "preprocess", "medimg_core_version", "torch_version")
+
+
+def run_folder_of(folder: Path) -> Path | None:
+    """The run folder around a checkpoint folder (RUN/checkpoints/<name>), or None for a standalone one."""
+    folder = Path(folder)
+    if folder.parent.name == "checkpoints" and (folder.parent.parent / "config.yaml").is_file():
+        return folder.parent.parent
+    return None
+
+
+def artefact_path(folder: Path, name: str) -> Path | None:
+    """`name` in the checkpoint folder, else (run folders written before it moved there) in its run folder."""
+    run = run_folder_of(folder)
+    for candidate in (Path(folder) / name, None if run is None else run / name):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _crl_config(folder: Path, config: dict[str, Any]) -> CRLConfig:
+    try:
+        return config_from_dict(CRLConfig, config["config"])
+    except (KeyError, ConfigError) as exc:
+        raise CheckpointError(f"{folder}/config.json: its config is not a CRL config ({exc})") from None
+
+
+def build_from_checkpoint(folder: Path, config: dict[str, Any]) -> CRL:
+    """The trained network of a checkpoint folder (its config.json already read), built by `build_model` as in
+    training, with its weights and, in features mode, the frozen backbone attached; in eval mode, on the CPU."""
+    cfg = _crl_config(folder, config)
+    card = DatasetCard.from_dict(config["card"])
+    model, backbone = build_model(cfg, card, int(config["in_chans"]), pretrained=False)
+    load_weights(model, folder)
+    if cfg.mode == "features":  # CRL reads the features of this exact backbone
+        frozen = artefact_path(folder, FROZEN_BACKBONE)
+        if frozen is None:
+            raise CheckpointError(
+                f"{folder}: this features-mode CRL checkpoint has no {FROZEN_BACKBONE} (checkpoints written before "
+                "it moved into the checkpoint folder keep it in their run folder): load the run folder instead, or "
+                f"copy RUN/{FROZEN_BACKBONE} into {folder}")
+        try:
+            backbone.load_state_dict(load_file(str(frozen)))
+        except Exception as exc:  # safetensors raises several types on corrupt files; torch on missing keys
+            raise CheckpointError(f"{frozen}: cannot load the frozen backbone ({exc})") from None
+        model.backbone = backbone
+    return model.eval()
+
+
+def load_crl(path: str | Path) -> tuple[CRL, dict[str, Any]]:
+    """A trained CRL (best checkpoint of a run folder, or a checkpoint folder, with its backbone) and its
+    checkpoint config, plus "cfg" (the CRLConfig) and "card_obj" (the DatasetCard)."""
+    folder, config = read_checkpoint_config(path, KIND)
+    model = build_from_checkpoint(folder, config)
+    return model, {**config, "cfg": _crl_config(folder, config), "card_obj": DatasetCard.from_dict(config["card"])}
+
+
+def load_rules_of(path: str | Path) -> RuleSet:
+    """The rules of a run or checkpoint folder (checkpoint folder first, then, for older runs, the run folder)."""
+    folder, _ = read_checkpoint_config(path, KIND)
+    found = artefact_path(folder, "rules.json")
+    if found is None:
+        raise CheckpointError(f"{folder}: no rules.json in this checkpoint folder or its run folder (the rules are "
+                              "read out after training: did the training finish?)")
+    return load_rules(found)
+
+
+class ConceptRuleLearner(Estimator):
+    """CRL as an estimator (see the module docstring).
+
+    Fitted attributes: `model_` (the `CRL` network, backbone included), `rules_` (the learned `RuleSet`, None
+    when the checkpoint has none), `card_`, `preprocess_`, `checkpoint_`, `run_`. `predict_proba` gives the
+    network's class probabilities; `predict_concepts` its binary concepts; `explain` the rules that fired.
+    """
+
+    config_class = CRLConfig
+    configs_dir = CONFIGS
+    kind = KIND
+
+    def fit(self, train: MedicalImageDataset, val: MedicalImageDataset | None = None) -> ConceptRuleLearner:
+        """Train on `train` (model selection on `val`, else on the training set's own metrics), read the rules out;
+        the datasets given are not changed (copies take CRL's transforms)."""
+        cfg = self.resolved_config()
+        recipe = CRLRecipe()
+        run = fit_run(recipe, cfg, splits=recipe.splits_of(cfg, train, val), command=[f"{type(self).__name__}.fit"])
+        return self._fitted_from(run.checkpoint("best"), read_checkpoint_config(run)[1], run)
+
+    def _load(self, folder: Path, config: dict[str, Any]) -> None:
+        self.model_ = build_from_checkpoint(folder, config).to(self.device_)
+        rules = artefact_path(folder, "rules.json")
+        self.rules_ = load_rules(rules) if rules is not None else None
+
+    def _write_pretrained(self, folder: Path) -> None:
+        """The checkpoint's inference files, plus what older run folders kept outside it (the frozen backbone, the
+        rules) and the contract's config.json keys (the stored preprocessing), so the folder stands alone."""
+        super()._write_pretrained(folder)
+        if self.model_.backbone is not None and not (folder / FROZEN_BACKBONE).is_file() \
+                and _crl_config(self.checkpoint_, self.checkpoint_config_).mode == "features":
+            write_extra_file(folder / FROZEN_BACKBONE, self.model_.backbone)
+        if self.rules_ is not None and not (folder / "rules.json").is_file():
+            self.rules_.save(folder)
+        config = self.checkpoint_config_
+        if "preprocess" not in config:  # written before the contract: add its keys, keep CRL's own
+            own = {k: v for k, v in config.items() if k not in _CONTRACT_KEYS}
+            write_json(folder / "config.json",
+                       checkpoint_config(KIND, config["config"], self.card_, self.preprocess_, package="crl", **own))
+
+    @torch.no_grad()
+    def _forward(self, x: torch.Tensor) -> dict[str, Any]:
+        self.model_.to(self.device_).eval()
+        return self.model_(x.to(self.device_))
+
+    def _scores(self, x: torch.Tensor) -> np.ndarray:
+        """The network's class probabilities (N, C): softmax of the temperature-scaled scores of x (N, C, H, W)."""
+        return torch.softmax(self._forward(x)["scaled_logits"].float(), dim=1).cpu().numpy()
+
+    def predict_concepts(self, x: Any, batch_size: int = 64) -> np.ndarray:
+        """The network's binary concepts (N, K) float32 in {0, 1} (concept logit > 0) for images given as to
+        `predict_proba`; the rules read exactly these."""
+        self._require_fitted()
+        parts = [self._forward(batch)["concepts"].float().cpu().numpy() for batch in self._batches(x, batch_size)]
+        if not parts:
+            return np.zeros((0, len(self.card_.concept_names)), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def _rules(self) -> RuleSet:
+        if self.rules_ is None:
+            raise CheckpointError(f"{self.checkpoint_}: no rules.json in this checkpoint folder or its run folder "
+                                  "(the rules are read out after training: did the training finish?)")
+        return self.rules_
+
+    def explain(self, x: Any, target: int | str | None = None) -> Explanation:
+        """The concepts of one image (a file path, a preprocessed (C, H, W) / (1, C, H, W) tensor or a sample
+        dict), the rules that fire on them and their contributions to class `target` (an index or a class name;
+        None: the predicted class). The scores and the prediction are the rule set's."""
+        rules = self._rules()
+        tensor, shown = self.as_input(x)
+        out = self._forward(tensor)
+        probs = torch.sigmoid(out["concept_logits"].float())[0].cpu().numpy()
+        return explain_concepts(rules, out["concepts"][0].cpu().numpy(), probs, shown, target=target)
+
+
+def explain_image(run_dir: str | Path, image_path: str | Path, device: str = "cpu") -> Explanation:
+    """Load a trained run (or checkpoint folder), run one image file through it and explain the decision."""
+    return ConceptRuleLearner.from_pretrained(run_dir).to(device).explain(image_path)
+
+
+def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "test",
+                 options: dict | None = None, device: str = "cpu", n_boot: int = 1000, seed: int = 0,
+                 progress: bool = True) -> dict[str, Any]:
+    """The trained model of `run_dir` on another dataset's split (same classes; its concepts, when it has the
+    model's, are scored too): {"dataset", "split", "n", "test" (metrics with intervals), "concepts"?}."""
+    estimator = ConceptRuleLearner.from_pretrained(run_dir).to(device)
+    card = estimator.card_
+    ds = load_dataset(dataset, root, split, transform=estimator.preprocess_.eval_transform(), **(options or {}))
+    if list(ds.card.class_names) != list(card.class_names):
+        raise ValueError(f"{dataset} classes {list(ds.card.class_names)} differ from the model's {list(card.class_names)}")
+    if ds.card.num_concepts not in (0, card.num_concepts):
+        raise ValueError(f"{dataset} has {ds.card.num_concepts} concepts; the model predicts {card.num_concepts}")
+    scores, concepts, truth, targets = [], [], [], []
+    for batch in tqdm(DataLoader(ds, batch_size=64), desc=f"evaluating {dataset}/{split}", unit="batch",
+                      disable=not progress, leave=False):
+        out = estimator._forward(batch["image"])
+        scores.append(torch.softmax(out["scaled_logits"], 1).cpu().numpy())
+        concepts.append(torch.sigmoid(out["concept_logits"]).cpu().numpy())
+        truth.append(batch["concepts"].numpy())
+        targets.append(batch["target"].numpy())
+    scores_arr, targets_arr = np.concatenate(scores), np.concatenate(targets)
+    result: dict[str, Any] = {"dataset": dataset, "split": split, "n": len(ds),
+                              "test": metrics_with_ci(card.task, targets_arr, scores_arr, list(card.class_names),
+                                                      n_boot=n_boot, seed=seed)}
+    truth_arr = np.concatenate(truth)
+    if truth_arr.shape[1] == card.num_concepts and not np.isnan(truth_arr).all():
+        result["concepts"] = concept_metrics(truth_arr, np.concatenate(concepts), list(card.concept_names))
+    return result
