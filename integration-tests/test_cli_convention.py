@@ -165,8 +165,8 @@ TRAINING_CALLS = {
     "cipl train": ("cipl.train", "train_cipl", "train.progress"),
     "dae-cf train": ("dae_counterfactual.train", "train_dae", "train.progress"),
     "iis score": ("iis.pipeline", "run_score", "progress"),
-    "neuron-concepts run": ("neuron_concepts.train", "run_pipeline", "progress"),
-    "neuron-concepts train-opaque": ("neuron_concepts.train", "train_opaque", "train.progress"),
+    "neuron-concepts run": ("neuron_concepts.pipeline", "run_pipeline", "progress"),
+    "neuron-concepts train-opaque": ("neuron_concepts.opaque", "train_opaque", "train.progress"),
 }
 
 

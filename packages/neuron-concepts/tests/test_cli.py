@@ -1,6 +1,7 @@
 """The `neuron-concepts` command end to end on a tiny synthetic dataset (timm test model, 32 px)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,24 +69,29 @@ def test_run_writes_every_stage(pipeline):
     assert [r["concept"] for r in matching][:2] == ["irregular_border", "blue_white_veil"]
     selection = json.loads((folder / "select" / "selection.json").read_text())
     assert len(selection) == 12 and all(np.diff([s["gain"] for s in selection]) <= 1e-9)
-    cached = json.loads((folder / "encode" / "features.json").read_text())["splits"]
-    assert set(cached) == {"train", "val", "test"}  # the three splits went through medimg's feature cache
-    for entry in cached.values():
-        assert "medimg-home/features/" in entry["path"] and entry["path"].endswith(".safetensors")
+    encoded = json.loads((folder / "encode" / "features.json").read_text())["splits"]
+    assert set(encoded) == {"train", "val", "test"}
+    for entry in encoded.values():  # kept in the encode folder, extracted through medimg's feature cache
+        assert (folder / "encode" / entry["file"]).is_file() and len(entry["ids"]) == entry["n"]
+        assert "medimg-home/features/" in entry["cache_entry"] and entry["cache_entry"].endswith(".safetensors")
+    best = folder / "cbm" / "checkpoints" / "best"  # the pipeline's model, self-contained
+    for name in ("config.json", "model.safetensors", "sae.safetensors", "cbm.safetensors", "README.md"):
+        assert (best / name).is_file(), name
 
 
 def test_encoded_features_are_the_heads_input(pipeline):
     from medimg_core.baseline import load_baseline
-    from neuron_concepts.train import _eval_datasets, _opaque_data, load_features, stage_chain
+    from neuron_concepts.folders import load_features, stage_chain
+    from neuron_concepts.opaque import eval_datasets, opaque_data
 
     _, folder = pipeline
     chain = stage_chain(folder / "cbm")
     assert set(chain) == {"opaque", "encode", "sae", "name", "cav", "select", "cbm"}
     feats = load_features(chain["encode"])
     model, _ = load_baseline(chain["opaque"])
-    _, _, bcfg, card = _opaque_data(chain["opaque"])
+    _, _, bcfg, card = opaque_data(chain["opaque"])
     data = bcfg.data
-    test = _eval_datasets(data, card)["test"]
+    test = eval_datasets(data, card)["test"]
     images = torch.stack([test[i]["image"] for i in range(len(test))])
     with torch.no_grad():
         logits = model(images)
@@ -125,7 +131,7 @@ def test_stages_rerun_alone_and_explain(pipeline, tmp_path):
     assert result.exit_code == 0, result.output
     assert "logit of 'malignant'" in result.output and (tmp_path / "e.png").stat().st_size > 1000
     # the text's decomposition adds up
-    from neuron_concepts.explain import explain_image
+    from neuron_concepts.api import explain_image
 
     e = explain_image(folder / "cbm", image)
     assert e.contributions.sum() + e.residual == pytest.approx(e.logit, abs=1e-9)
@@ -143,7 +149,7 @@ def test_run_resume_keeps_finished_stages_and_reruns_the_rest(pipeline, tmp_path
     `run --resume`: the opaque run is finished in place, encode/sae/name are kept, cav/select/cbm rerun."""
     import shutil
 
-    from neuron_concepts.train import stage_chain
+    from neuron_concepts.folders import stage_chain
 
     _, folder = pipeline
     copy = tmp_path / folder.name
@@ -200,7 +206,7 @@ def test_multilabel_dataset_through_an_existing_baseline_run(tmp_path):
     folder = next((tmp_path / "runs").iterdir())
     assert "synth-cxr" in folder.name
     summary = json.loads((folder / "metrics.json").read_text())
-    assert summary["stages"]["opaque"] == str(baseline.resolve()) and "opaque" not in summary["wall_time_s"]
+    assert summary["stages"]["opaque"] == str(Path(baseline).resolve()) and "opaque" not in summary["wall_time_s"]
     assert "auroc_mean" in summary["cbm_test"] and "auroc_mean" in summary["opaque_test"]
     from neuron_concepts.train import load_cbm
 
@@ -208,3 +214,66 @@ def test_multilabel_dataset_through_an_existing_baseline_run(tmp_path):
     assert cbm.task == "multilabel" and cbm.W_.shape[0] == 5
     encode_cfg = (folder / "encode" / "config.yaml").read_text()
     assert "dataset: csv" in encode_cfg and "test_resnet" in encode_cfg  # the opaque run's data and model
+
+
+def _as_written_before(pipeline_dir, copy):
+    """A copy of a pipeline as neuron-concepts wrote it before its encode stage kept the features and its cbm
+    stages a checkpoint: features.json points into the feature cache, no cbm folder has checkpoints/, and the
+    opaque baseline's checkpoint has no stored preprocessing."""
+    import shutil
+
+    shutil.copytree(pipeline_dir, copy, symlinks=True)
+    meta = json.loads((copy / "encode" / "features.json").read_text())
+    for entry in meta["splits"].values():
+        (copy / "encode" / entry.pop("file")).unlink()
+        entry["path"] = entry.pop("cache_entry")
+        del entry["ids"]
+    (copy / "encode" / "features.json").write_text(json.dumps(meta))
+    for checkpoints in copy.glob("cbm*/checkpoints"):
+        shutil.rmtree(checkpoints)
+    opaque = copy / json.loads((copy / "pipeline.json").read_text())["stages"]["opaque"]
+    config = json.loads((opaque / "checkpoints" / "best" / "config.json").read_text())
+    del config["preprocess"]
+    (opaque / "checkpoints" / "best" / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_a_pipeline_written_before_still_loads_and_explains(pipeline, tmp_path):
+    """Old-layout pipelines: the model is read from the stage folders (same predictions, same explanation,
+    saved as a self-contained checkpoint); features come from the cache while it lasts, and once it is gone a
+    stage says how to encode again instead of re-extracting behind the user's back."""
+    from neuron_concepts import ConceptsFromNeurons
+    from neuron_concepts.folders import load_features
+
+    data, folder = pipeline
+    old = _as_written_before(folder, tmp_path / "old")
+    image = sorted((data / "images").iterdir())[0]
+    new, loaded = ConceptsFromNeurons.from_pretrained(folder / "cbm"), ConceptsFromNeurons.from_pretrained(old / "cbm")
+    assert loaded.run_.name == "cbm" and not (old / "cbm" / "checkpoints").exists()  # nothing written into it
+    assert "layout" in loaded.checkpoint_config_ and loaded.preprocess_ == new.preprocess_
+    np.testing.assert_array_equal(loaded.predict_proba(image), new.predict_proba(image))
+    assert loaded.explain(image).to_text() == new.explain(image).to_text()
+    assert type(ConceptsFromNeurons.from_pretrained(old)) is ConceptsFromNeurons  # the pipeline folder too
+    saved = loaded.save_pretrained(tmp_path / "saved")
+    assert "layout" not in json.loads((saved / "config.json").read_text()) and (saved / "model.safetensors").is_file()
+    np.testing.assert_array_equal(ConceptsFromNeurons.from_pretrained(saved).predict_proba(image),
+                                  new.predict_proba(image))
+    result = CliRunner().invoke(main, ["explain", str(old / "cbm"), str(image), "--out", str(tmp_path / "e.png")])
+    assert result.exit_code == 0 and "logit of" in result.output, result.output
+    # the features: read from the cache entries the old folder names, while they exist ...
+    old_feats, feats = load_features(old / "encode"), load_features(folder / "encode")
+    for split in ("train", "val", "test"):
+        assert torch.equal(old_feats[split]["features"], feats[split]["features"])
+        assert old_feats[split]["ids"] == feats[split]["ids"]
+    # ... and once one is gone, an error that says what to run (no silent re-extraction)
+    entry = Path(json.loads((old / "encode" / "features.json").read_text())["splits"]["train"]["path"])
+    moved = tmp_path / entry.name
+    entry.rename(moved)
+    try:
+        with pytest.raises(OSError, match="neuron-concepts encode"):
+            load_features(old / "encode")
+        result = CliRunner().invoke(main, ["train-sae", str(old / "encode"), "--no-progress"])
+        assert result.exit_code == 1 and "is gone or changed" in result.output, result.output
+        assert sorted(p.name for p in old.glob("sae*")) == sorted(p.name for p in folder.glob("sae*"))  # no new folder
+    finally:
+        moved.rename(entry)

@@ -47,15 +47,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
 
 
-def create_run_dir(base: str | Path, name: str) -> Path:
-    """A new folder `base/<date>-<name>`; a suffix -2, -3 ... keeps runs from overwriting each other."""
+def create_run_dir(base: str | Path, name: str, dated: bool = True) -> Path:
+    """A new folder `base/<date>-<name>` (`base/<name>` when not `dated`, as a pipeline's stage folders); a
+    suffix -2, -3 ... keeps runs from overwriting each other."""
     base = Path(base)
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunFolderError(f"{base}: cannot create the folder for runs ({exc.strerror or exc}); "
                              "expected a writable directory (--out)") from None
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(name)}"
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug(name)}" if dated else slug(name)
     for i in range(1, 1000):
         path = base / (stem if i == 1 else f"{stem}-{i}")
         try:

@@ -47,7 +47,7 @@ def _overrides(ctx: click.Context, **named: Any) -> dict[str, Any]:
 
 
 def _stage_config(prev: Path, config_name: str | None, overrides: dict[str, Any]):
-    from neuron_concepts.train import config_for_stage
+    from neuron_concepts.folders import config_for_stage
 
     path = resolve_config_path(config_name, CONFIGS) if config_name else None
     return config_for_stage(prev, path, overrides)
@@ -55,7 +55,7 @@ def _stage_config(prev: Path, config_name: str | None, overrides: dict[str, Any]
 
 def _fresh_config(config_name: str | None, overrides: dict[str, Any]):
     from medimg_core.config import load_config
-    from neuron_concepts.train import NeuronConceptsConfig
+    from neuron_concepts.config import NeuronConceptsConfig
 
     return load_config(NeuronConceptsConfig, resolve_config_path(config_name, CONFIGS), overrides)
 
@@ -72,7 +72,8 @@ def run(ctx, config_name, device, seed, out, progress, resume_dir, root, opaque_
     With --resume PIPELINE: finish its opaque training, keep every stage that finished and run the
     others from the first unfinished one on."""
     from medimg_core.config import ConfigError
-    from neuron_concepts.train import NeuronConceptsConfig, run_pipeline
+    from neuron_concepts.config import NeuronConceptsConfig
+    from neuron_concepts.pipeline import run_pipeline
 
     if resume_dir is not None:
         _resume_alone(ctx, config_name, device, seed, out, root, opaque_run)
@@ -118,7 +119,7 @@ def train_opaque_cmd(ctx, config_name, device, seed, out, progress, resume_dir, 
     new pipeline folder. Next: `neuron-concepts encode <run folder>`. --resume takes the opaque run folder
     or the pipeline folder holding it."""
     from medimg_core.config import ConfigError
-    from neuron_concepts.train import resume_opaque, train_opaque
+    from neuron_concepts.opaque import resume_opaque, train_opaque
 
     if resume_dir is not None:
         _resume_alone(ctx, config_name, device, seed, out, root)
@@ -133,13 +134,14 @@ def train_opaque_cmd(ctx, config_name, device, seed, out, progress, resume_dir, 
 
 def _run_stage(ctx: click.Context, stage: str, prev: Path, config_name, device, seed, out, progress,
                **named: Any) -> None:
-    from neuron_concepts import train
+    from neuron_concepts import stages
+    from neuron_concepts.folders import new_pipeline
 
-    fn = {"encode": train.encode, "sae": train.train_sae, "name": train.name, "cav": train.cav,
-          "select": train.select, "cbm": train.train_cbm}[stage]
+    fn = {"encode": stages.encode_stage, "sae": stages.train_sae, "name": stages.name_stage,
+          "cav": stages.cav_stage, "select": stages.select_stage, "cbm": stages.train_cbm}[stage]
     cfg = _stage_config(prev, config_name, _overrides(ctx, device=device, seed=seed, out=out, progress=progress,
                                                       **named))
-    pipeline = train.new_pipeline(cfg) if out is not None else None
+    pipeline = new_pipeline(cfg) if out is not None else None
     click.echo(f"{stage} folder: {fn(prev, cfg, pipeline)}")
 
 
@@ -153,7 +155,8 @@ def _folder(name: str):
 @click.pass_context
 def encode(ctx, opaque_run, config_name, device, seed, out, progress) -> None:
     """Pooled penultimate features (exactly the head's input) of train/val/test of the baseline run
-    OPAQUE_RUN, through the medimg feature cache; checks head(features) against the model's logits."""
+    OPAQUE_RUN, kept in the encode folder (extracted through the medimg feature cache, which spares a
+    repeat the extraction); checks head(features) against the model's logits."""
     _run_stage(ctx, "encode", opaque_run, config_name, device, seed, out, progress)
 
 
@@ -163,7 +166,7 @@ def encode(ctx, opaque_run, config_name, device, seed, out, progress) -> None:
 @click.option("--kind", type=click.Choice(["relu", "topk", "batchtopk"]), default=None, help="SAE variant (sae.kind).")
 @click.pass_context
 def train_sae_cmd(ctx, encode_dir, config_name, device, seed, out, progress, kind) -> None:
-    """Train the sparse autoencoder on the cached train features of ENCODE_DIR; reports reconstruction R^2,
+    """Train the sparse autoencoder on the encoded train features of ENCODE_DIR; reports reconstruction R^2,
     L0 and the dead-latent fraction (--sae.resample_every N resamples dead latents every N steps)."""
     _run_stage(ctx, "sae", encode_dir, config_name, device, seed, out, progress, **{"sae.kind": kind})
 
@@ -228,14 +231,15 @@ def train_cbm_cmd(ctx, select_dir, config_name, device, seed, out, progress) -> 
 @device_option(from_config=False)
 @seed_option("unused: the explanation is deterministic; accepted for scripts", from_config=False)
 def explain(cbm_dir: Path, image: Path, target, top: int, out: Path | None, device: str, seed: int) -> None:
-    """Explain IMAGE with the concept bottleneck of CBM_DIR: the top concepts and their contributions to
-    the predicted (or --class) logit, as text and as a bar figure."""
-    from neuron_concepts.explain import explain_image
+    """Explain IMAGE with the concept bottleneck of CBM_DIR (a cbm stage folder, its pipeline folder or a saved
+    model): the top concepts and their contributions to the predicted (or --class) logit, as text and as a bar
+    figure."""
+    from neuron_concepts.api import ConceptsFromNeurons
 
-    e = explain_image(cbm_dir, image, target, device)
+    e = ConceptsFromNeurons.from_pretrained(cbm_dir).to(device).explain(image, target)
     out = out or cbm_dir / "figures" / f"explain-{image.stem}.png"
-    e.figure(out, top)
-    click.echo(e.to_text(top))
+    e.figure(out, top_k=top)
+    click.echo(e.to_text(top_k=top))
     click.echo(f"wrote {out}")
 
 

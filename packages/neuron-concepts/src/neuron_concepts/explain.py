@@ -2,59 +2,81 @@
 
 logit(class) = sum_k contribution_k + residual, contribution_k = w_k (W_class . c_k) where w is the image's
 sparse code over the selected concept vectors c_k; residual = the decomposition intercept's term + bias.
+
+    e = explain_tensor(model, cbm, x, shown)       # x (1, C, H, W) preprocessed; model: the opaque classifier
+    e.to_text(top_k=5); e.figure("e.png"); e.to_dict()
+
+`Explanation` implements medimg-core's explanation protocol (medimg_core.explain). Run folders and image files
+come in through `neuron_concepts.api` (`ConceptsFromNeurons.explain`, `explain_image`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+from medimg_core.baseline import ImageClassifier
+from medimg_core.explain import jsonable
+from medimg_core.figures import NEGATIVE_COLOUR, POSITIVE_COLOUR, save_figure
+from neuron_concepts.bottleneck import ConceptBottleneck
+
+#: concepts shown when top_k is None
+DEFAULT_TOP_K = 10
 
 
 @dataclass
 class Explanation:
     """One image's decision under the concept bottleneck."""
 
-    image: np.ndarray  # (H, W, 3) float in [0, 1], as the model saw it (before normalisation)
+    image: np.ndarray | None  # (H, W, 3) float in [0, 1], as the model saw it (before normalisation)
     class_names: list[str]
     probabilities: np.ndarray  # (C,) CBM
     predicted: int
-    explained: int  # the class whose logit is decomposed
+    target: int  # the class whose logit is decomposed
     opaque_predicted: int
     concept_names: list[str]  # (K,) selected concepts (with their latent)
-    contributions: np.ndarray  # (K,) to the explained class's logit
+    contributions: np.ndarray  # (K,) to the target class's logit
     residual: float
     logit: float
 
-    def top(self, k: int = 10) -> np.ndarray:
-        """Indices of the k concepts with the largest |contribution| (non-zero only)."""
-        order = np.argsort(-np.abs(self.contributions), kind="stable")
-        return np.array([i for i in order if self.contributions[i] != 0][:k], dtype=np.int64)
+    @property
+    def explained(self) -> int:
+        """The class whose logit is decomposed (the older name of `target`)."""
+        return self.target
 
-    def to_text(self, k: int = 10) -> str:
-        c = self.explained
+    def top(self, top_k: int = DEFAULT_TOP_K) -> np.ndarray:
+        """Indices of the top_k concepts with the largest |contribution| (non-zero only)."""
+        order = np.argsort(-np.abs(self.contributions), kind="stable")
+        return np.array([i for i in order if self.contributions[i] != 0][:top_k], dtype=np.int64)
+
+    def to_text(self, top_k: int | None = None, *, k: int | None = None) -> str:
+        """The prediction, the logit's decomposition and the top_k concepts (default 10; `k` is the older name)."""
+        top_k = _top_k(top_k, k)
+        c = self.target
         lines = [f"prediction: {self.class_names[self.predicted]} (CBM probability "
                  f"{self.probabilities[self.predicted]:.3f}); opaque model: {self.class_names[self.opaque_predicted]}",
                  f"logit of '{self.class_names[c]}' = {self.logit:+.3f} = sum of concept contributions "
                  f"{self.contributions.sum():+.3f} + residual {self.residual:+.3f}",
                  f"top concepts ({int((self.contributions != 0).sum())} active):"]
-        for i in self.top(k):
+        for i in self.top(top_k):
             lines.append(f"  {self.contributions[i]:+.3f}  {self.concept_names[i]}")
         return "\n".join(lines)
 
-    def figure(self, path: str | Path, k: int = 10) -> Path:
-        import matplotlib.pyplot as plt
-
-        from medimg_core.figures import NEGATIVE_COLOUR, POSITIVE_COLOUR, save_figure
-
-        idx = self.top(k)
+    def figure(self, path: str | Path, top_k: int | None = None, *, k: int | None = None) -> Path:
+        """The image beside a bar chart of the top_k contributions and the residual; one PNG at `path`."""
+        idx = self.top(_top_k(top_k, k))
         labels = [self.concept_names[i] for i in idx] + ["residual (intercept + bias)"]
         vals = np.concatenate([self.contributions[idx], [self.residual]])
         fig, axes = plt.subplots(1, 2, figsize=(10, 0.9 + 0.32 * max(len(vals), 6)),
                                  gridspec_kw={"width_ratios": [1, 2.2]})
-        axes[0].imshow(self.image)
+        if self.image is not None:
+            axes[0].imshow(self.image)
         axes[0].axis("off")
         axes[0].set_title(f"CBM: {self.class_names[self.predicted]}\nopaque: "
                           f"{self.class_names[self.opaque_predicted]}", fontsize=9)
@@ -70,62 +92,68 @@ class Explanation:
             axes[1].text(v + (0.01 if v >= 0 else -0.01) * span, yy, f"{v:+.2f}", va="center",
                          ha="left" if v >= 0 else "right", fontsize=7)
         axes[1].set_xlim(min(0.0, vals.min()) - 0.2 * span, max(0.0, vals.max()) + 0.2 * span)
-        axes[1].set_xlabel(f"contribution to the logit of '{self.class_names[self.explained]}' "
+        axes[1].set_xlabel(f"contribution to the logit of '{self.class_names[self.target]}' "
                            f"(total {self.logit:+.2f})", fontsize=8)
         axes[1].set_title(f"top {len(idx)} concepts", fontsize=9)
         fig.tight_layout()
         return save_figure(fig, path)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: the classes, probabilities, the decomposed logit and every active concept's
+        contribution (largest |contribution| first); not the image."""
+        active = self.top(len(self.contributions))
+        return jsonable({
+            "method": "neuron-concepts", "class_names": self.class_names,
+            "probabilities": {n: p for n, p in zip(self.class_names, self.probabilities, strict=True)},
+            "predicted": self.predicted, "target": self.target, "opaque_predicted": self.opaque_predicted,
+            "logit": self.logit, "residual": self.residual, "contributions_sum": float(self.contributions.sum()),
+            "concepts": [{"name": self.concept_names[i], "contribution": self.contributions[i]} for i in active],
+        })
 
-def _resolve_class(value: str | int | None, class_names: list[str]) -> int | None:
+
+def _top_k(top_k: int | None, k: int | None) -> int:
+    if top_k is not None and k is not None and top_k != k:
+        raise TypeError(f"top_k={top_k} and k={k} disagree; k is the older name of top_k, give one")
+    value = top_k if top_k is not None else k
+    return DEFAULT_TOP_K if value is None else int(value)
+
+
+def resolve_class(value: str | int | None, class_names: Sequence[str]) -> int | None:
+    """A class given as an index, a digit string or a name, as an index (None stays None)."""
     if value is None:
         return None
-    if isinstance(value, int) or str(value).isdigit():
+    if isinstance(value, (int, np.integer)) or str(value).isdigit():
         index = int(value)
         if not 0 <= index < len(class_names):
-            raise ValueError(f"class index {index} is out of range; classes: {class_names}")
+            raise ValueError(f"class index {index} is out of range; classes: {list(class_names)}")
         return index
     if value not in class_names:
-        raise ValueError(f"unknown class {value!r}; expected one of {class_names} or an index")
-    return class_names.index(value)
+        raise ValueError(f"unknown class {value!r}; expected one of {list(class_names)} or an index")
+    return list(class_names).index(value)
 
 
-def explain_image(cbm_dir: str | Path, image_path: str | Path, target: str | int | None = None,
-                  device: str = "cpu") -> Explanation:
-    """Run one image file through the opaque model's backbone and the concept bottleneck of `cbm_dir`;
-    decompose the logit of `target` (a class name or index; default the predicted class)."""
-    from dataclasses import replace
-
-    from torchvision import tv_tensors
-
-    from medimg_core.baseline import build_transforms
-    from medimg_core.data.images import read_image
-    from medimg_core.figures import to_display
-    from neuron_concepts.train import _opaque_data, load_cbm, require_stage, stage_chain
-
-    cbm_dir = require_stage(cbm_dir, "cbm")
-    chain = stage_chain(cbm_dir)
-    model, _config, bcfg, card = _opaque_data(chain["opaque"])
-    data = bcfg.data
-    cbm = load_cbm(cbm_dir)
-    arr = read_image(image_path, card.channels)
-    tensor = torch.from_numpy(np.ascontiguousarray(arr))
-    image = tv_tensors.Image(tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1))
-    x = build_transforms(data, card)[1](image).as_subclass(torch.Tensor)[None].to(device)  # as in encode
-    shown = build_transforms(replace(data, normalize=None), card)[1](image).as_subclass(torch.Tensor)
-    model = model.to(device).eval()
-    with torch.no_grad():
-        h = model.backbone(x)
-        opaque_logits = model.head(h).float().cpu().numpy()[0]
+@torch.no_grad()
+def explain_tensor(model: ImageClassifier, cbm: ConceptBottleneck, x: torch.Tensor, image: np.ndarray | None = None,
+                   target: str | int | None = None, class_names: Sequence[str] | None = None) -> Explanation:
+    """Explain one preprocessed image x (1, C, H, W): the opaque model's backbone gives its features h (1, d),
+    the bottleneck its probabilities and the decomposition of the `target` class's logit (a name or index;
+    default the predicted class). `image` (H, W, 3) is what the figure shows; `class_names` default to the
+    bottleneck's."""
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"explain_tensor takes one image (1, C, H, W), got shape {tuple(x.shape)}")
+    class_names = list(class_names if class_names is not None else cbm.class_names or [])
+    device = next(model.parameters()).device
+    model.eval()
+    h = model.backbone(x.to(device))
+    opaque_logits = model.head(h).float().cpu().numpy()[0]
     H = h.double().cpu().numpy()
-    class_names = list(card.class_names)
     proba = cbm.predict_proba(H)[0]
     predicted = int(np.argmax(proba))
-    explained = _resolve_class(target, class_names)
+    explained = resolve_class(target, class_names)
     contrib = cbm.contributions(H, None if explained is None else explained)
     latents = getattr(cbm, "latents", None) or list(range(len(cbm.concepts)))
     names = [f"{n} (#{k})" for n, k in zip(cbm.concept_names or [], latents, strict=False)]
-    return Explanation(image=to_display(shown), class_names=class_names, probabilities=proba, predicted=predicted,
-                       explained=int(contrib.classes[0]), opaque_predicted=int(np.argmax(opaque_logits)),
+    return Explanation(image=image, class_names=class_names, probabilities=proba, predicted=predicted,
+                       target=int(contrib.classes[0]), opaque_predicted=int(np.argmax(opaque_logits)),
                        concept_names=names, contributions=contrib.values[0], residual=float(contrib.residual[0]),
                        logit=float(contrib.logits[0]))
