@@ -98,7 +98,7 @@ def main() -> None:
             if old and old["command"] == display(cmd) and (ROOT / old["pipeline"] / "metrics.json").is_file():
                 print(f"{args.dataset} {arm} seed {seed}: reusing {old['pipeline']}")
                 continue
-            pipeline, wall, _ = run_command(cmd, "pipeline folder")
+            pipeline, wall, _ = run_command(cmd, creates_in=out)
             scored = score(pipeline, relevant)
             record["runs"][str(seed)] = {"seed": seed, "command": display(cmd),
                                          "pipeline": str(pipeline.relative_to(ROOT)), "wall_time_s": wall,

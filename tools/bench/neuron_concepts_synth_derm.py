@@ -129,7 +129,7 @@ def main() -> None:
     nc = str(Path(sys.executable).parent / "neuron-concepts")
     run_args = ["run", "--config", "synth-derm-cpu", "--root", str(data), "--device", "cpu", "--out", str(out),
                 "--no-progress"]
-    pipeline, total_s = run_or_reuse([nc, *run_args], args.pipeline, "pipeline folder")
+    pipeline, total_s = run_or_reuse([nc, *run_args], args.pipeline, out)
     summary = json.loads((pipeline / "metrics.json").read_text())
     diag = diagnostics(pipeline, pipeline / "sae")
     result_main = matching_of(pipeline / "name", diag["relevant"])
@@ -144,8 +144,8 @@ def main() -> None:
                          ("2x expansion (1024 latents), 150 epochs", ["--sae.expansion", "2", "--sae.epochs", "150"]),
                          ("1x expansion, L1 1e-4, 150 epochs",
                           ["--sae.expansion", "1", "--sae.l1", "1e-4", "--sae.epochs", "150"])):
-        sae_dir, _sae_s, _ = run_command([nc, "train-sae", str(pipeline / "encode"), *extra, "--no-progress"], "sae folder")
-        name_dir, _name_s, _ = run_command([nc, "name", str(sae_dir), "--naming.figures", "0", "--no-progress"], "name folder")
+        sae_dir, _sae_s, _ = run_command([nc, "train-sae", str(pipeline / "encode"), *extra, "--no-progress"], creates_in=pipeline)
+        name_dir, _name_s, _ = run_command([nc, "name", str(sae_dir), "--naming.figures", "0", "--no-progress"], creates_in=pipeline)
         m = json.loads((sae_dir / "metrics.json").read_text())
         variants.append({"label": label, "command": f"neuron-concepts train-sae <pipeline>/encode {' '.join(extra)}",
                          "sae": {k: m["test"][k] for k in ("r2", "l0", "dead_fraction")},

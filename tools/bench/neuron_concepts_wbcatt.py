@@ -41,14 +41,14 @@ def main() -> None:
     nc = str(Path(sys.executable).parent / "neuron-concepts")
     run_args = ["run", "--config", "wbcatt-cpu", "--root", str(root), "--device", "cpu", "--out", str(out),
                 "--no-progress"]
-    pipeline, total_s, _ = run_command([nc, *run_args], "pipeline folder")
+    pipeline, total_s, _ = run_command([nc, *run_args], creates_in=out)
     summary = json.loads((pipeline / "metrics.json").read_text())
     naming = json.loads((pipeline / "name" / "metrics.json").read_text())
     rows = naming["concept_matching"]
 
     # the SAE stage alone again, with dead-latent resampling (seconds on the cached features)
     resample_args = ["--sae.resample_every", "25", "--sae.resample_max_fraction", "0.02"]
-    sae2, _sae2_s, _ = run_command([nc, "train-sae", str(pipeline / "encode"), *resample_args, "--no-progress"], "sae folder")
+    sae2, _sae2_s, _ = run_command([nc, "train-sae", str(pipeline / "encode"), *resample_args, "--no-progress"], creates_in=pipeline)
     m2 = json.loads((sae2 / "metrics.json").read_text())
 
     from medimg_core.data import load_dataset
