@@ -13,84 +13,30 @@ zero bias. Each (ratio, lr) run is seeded, so the sweep is reproducible.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
-from iis.concepts import ConceptLibrary, ElementConfig, LibraryConfig
+from iis.concepts import ConceptLibrary
+from iis.config import SweepConfig
 from iis.model import LinearProbe, kept_count
-from iis.score import DEFAULT_RATIOS, bootstrap_iis, compute_iis
-from iis.text import TextConfig
-from medimg_core.baseline import DataConfig
+from iis.score import bootstrap_iis, compute_iis
+from medimg_core.metrics import bootstrap_ci
 
 __all__ = [
     "HeadFit",
-    "IISConfig",
     "IISResult",
-    "SweepConfig",
+    "correctness",
     "fit_head",
     "score_representation",
 ]
-
-log = logging.getLogger("medimg")
-
-
-@dataclass
-class SweepConfig:
-    """The grid and the optimiser of the heads (defaults: the paper's grid and the official optimiser)."""
-
-    ratios: tuple[float, ...] = DEFAULT_RATIOS
-    lrs: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
-    epochs: int = 30
-    batch_size: int = 1024
-    lr_gamma: float = 0.99
-    weight_decay: float = 0.0
-    #: the probe sees features standardised with training statistics (same function class as on raw
-    #: features, better conditioned); false: raw features, as the official code
-    probe_standardize: bool = True
-    #: torch threads while the heads train on the CPU (restored after): the heads are small matrix products,
-    #: and one thread was 12x faster than two on a shared 2-core machine; null keeps torch's setting
-    cpu_threads: int | None = 1
-
-    def __post_init__(self) -> None:
-        if not self.ratios:
-            raise ValueError("sweep.ratios is empty")
-        for s in self.ratios:
-            if not 0.0 <= float(s) < 1.0:
-                raise ValueError(f"sweep.ratios: {s} is outside [0, 1)")
-        if len(set(self.ratios)) != len(self.ratios):
-            raise ValueError(f"sweep.ratios lists a ratio twice: {list(self.ratios)}")
-        if not self.lrs or any(lr <= 0 for lr in self.lrs):
-            raise ValueError(f"sweep.lrs must be positive learning rates, got {list(self.lrs)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("sweep.epochs and sweep.batch_size must be >= 1")
-
-
-@dataclass
-class IISConfig:
-    """An `iis score` run. Defaults are the paper's settings at 224 px; see configs/ for CPU presets."""
-
-    data: DataConfig = field(default_factory=lambda: DataConfig(image_size=224))
-    backbones: tuple[str, ...] = ()
-    elements: ElementConfig = field(default_factory=ElementConfig)
-    library: LibraryConfig = field(default_factory=LibraryConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs"
-    name: str | None = None
-    bootstrap: int = 1000
-    feature_batch_size: int = 64
-    progress: bool | None = None
-
 
 # -- heads on tensors -------------------------------------------------------------------------------
 def correctness(logits: torch.Tensor, target: torch.Tensor, multilabel: bool) -> torch.Tensor:
@@ -211,8 +157,6 @@ def _split(data: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _arr_interval(correct: np.ndarray, r: int, n_boot: int, seed: int) -> tuple[float, float]:
-    from medimg_core.metrics import bootstrap_ci
-
     _, low, high = bootstrap_ci(lambda c: c[:, r].mean() / c[:, -1].mean(), correct, n_boot=n_boot, seed=seed)
     return float(low), float(high)
 
@@ -229,8 +173,6 @@ def score_representation(train: Any, val: Any, test: Any, library: ConceptLibrar
     prototype-style library of those vectors. Heads are trained on train, selected on val (best epoch
     and lr per ratio) and scored on test; the IIS interval resamples the test samples (`n_boot` times).
     """
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     sweep = sweep or SweepConfig()
     if library is None:
