@@ -154,6 +154,19 @@ def test_explanation_protocol_and_old_names(fitted, splits, tmp_path):
         explain_image(fitted.run_, image, target=0, target_class=1)
 
 
+def test_the_old_import_path_of_explain_image_says_where_it_moved():
+    import iis.api
+    import iis.explain
+
+    assert iis.api.explain_image is explain_image
+    with pytest.raises(ImportError, match=r"moved to iis\.api\.explain_image"):
+        from iis.explain import explain_image as _  # noqa: F401
+    with pytest.raises(ImportError, match=r"moved to iis\.api\.explain_image"):
+        iis.explain.explain_image  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        iis.explain.nothing  # noqa: B018
+
+
 # -- run folders written before this change ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def old_data(tmp_path_factory):
@@ -199,3 +212,14 @@ def test_an_old_heads_folder_alone_says_how_to_convert(tmp_path):
         InterpretabilityScore.from_pretrained(heads)
     with pytest.raises(CheckpointError, match="neither an `iis score` run folder"):
         InterpretabilityScore.from_pretrained(tmp_path)
+
+
+def test_head_state_reads_a_head_of_either_format_from_its_old_import_path(fitted):
+    from iis.pipeline import head_state
+
+    old = head_state(OLD_RUN / "backbones" / "0-test_resnet-random" / "heads", "s0.5")
+    assert {"linear.weight", "linear.bias"} <= set(old) and old["linear.weight"].shape[1] == 12
+    new = head_state(fitted.run_ / "checkpoints" / "best", "probe")
+    assert all(torch.equal(new[k], fitted.heads_["probe"][k]) for k in fitted.heads_["probe"])
+    with pytest.raises(KeyError, match=r"no head 's0.7'; saved heads: \['probe', 's0', 's0.5', 's0.9'\]"):
+        head_state(fitted.run_ / "checkpoints" / "best", "s0.7")

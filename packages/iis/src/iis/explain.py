@@ -24,6 +24,16 @@ from medimg_core.figures import NEGATIVE_COLOUR, POSITIVE_COLOUR, save_figure, t
 __all__ = ["Explanation", "explain_features", "head_probabilities", "pick_ratio"]
 
 
+def __getattr__(name: str) -> Any:
+    """`iis.explain.explain_image` (iis 0.1) reads run folders, so it moved to `iis.api`; importing it from
+    here would make this pure module depend on the run-folder layer (an import cycle). Say where it went: an
+    ImportError, since `from iis.explain import explain_image` replaces an AttributeError's message."""
+    if name == "explain_image":
+        raise ImportError("iis.explain.explain_image moved to iis.api.explain_image (also importable as "
+                          "iis.explain_image); `from iis import explain_image` works with the same arguments")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclass
 class Explanation:
     """One image's decision by the head at sparsity `ratio`; concepts sorted by |contribution| to the

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from iis.concepts import ConceptLibrary, Element, ElementDataset, build_visual_library, extract_elements
 from iis.config import IISConfig
-from iis.heads import PICTURE_SIZE, ScoredBackbone
+from iis.heads import PICTURE_SIZE, ScoredBackbone, head_state
 from iis.score import bootstrap_iis_difference
 from iis.sweep import IISResult, score_representation
 from iis.text import build_text_library, find_concept_list, load_concept_list, make_backend
@@ -56,7 +56,9 @@ from medimg_core.models.specs import LoadedBackbone, load_backbone, parse_backbo
 from medimg_core.runs import Run, peak_memory_mb, prepare_run, slug
 from medimg_core.training import show_progress
 
-__all__ = ["backbone_dirs", "extract_concepts", "load_datasets", "load_elements", "load_splits", "run_score"]
+# head_state lives in iis.heads; it stays importable from here, where iis 0.1 had it
+__all__ = ["backbone_dirs", "extract_concepts", "head_state", "load_datasets", "load_elements", "load_splits",
+           "run_score"]
 
 log = logging.getLogger("medimg")
 SPLITS = ("train", "val", "test")
