@@ -70,8 +70,9 @@ def scored(home, data, weights_file, tmp_path_factory):
 
 def test_score_writes_table_figure_and_per_backbone_results(scored):
     for name in ("config.yaml", "metrics.json", "table.md", "table.csv", "figures/arr.png", "figures/concepts-0.png",
-                 "elements.json", "card.json", "backbones/0-test_resnet-random/library/library.safetensors",
-                 "backbones/1-test_resnet-other.safetensors/heads/model.safetensors"):
+                 "elements.json", "card.json", "backbones/0-test_resnet-random/heads/library.safetensors",
+                 "backbones/1-test_resnet-other.safetensors/heads/model.safetensors",
+                 "backbones/1-test_resnet-other.safetensors/heads/backbone.safetensors", "checkpoints/best/config.json"):
         assert (scored / name).is_file(), name
     metrics = json.loads((scored / "metrics.json").read_text())
     assert [b["label"] for b in metrics["backbones"]] == ["test_resnet:random", "test_resnet:other.safetensors"]

@@ -75,7 +75,7 @@ def _common(function):
 
 def _config(ctx: click.Context, config_name, dataset, root, backbones, library, num_concepts, concept_list,
             text_backend, clip_weights, device, seed, out, progress):
-    from iis.train import IISConfig
+    from iis.config import IISConfig
     from medimg_core.config import load_config, parse_overrides
 
     named = {"data.dataset": dataset, "data.root": root, "library.kind": library,
@@ -104,8 +104,8 @@ def score(ctx: click.Context, resume_dir: Path | None, **options) -> None:
 
     Writes a run folder: config.yaml, metrics.json, table.md/.csv, figures/arr.png, backbones/<i>-<name>/.
     """
+    from iis.config import IISConfig
     from iis.pipeline import run_score
-    from iis.train import IISConfig
     from medimg_core.config import load_config
 
     if resume_dir is not None:
@@ -116,7 +116,7 @@ def score(ctx: click.Context, resume_dir: Path | None, **options) -> None:
         cfg = load_config(IISConfig, resume_dir / "config.yaml", shown)
     else:
         cfg = _config(ctx, **options)
-    run_dir = run_score(cfg, resume_dir)
+    run_dir = Path(run_score(cfg, resume_dir))
     click.echo((run_dir / "table.md").read_text().rstrip())
     click.echo(f"run folder: {run_dir}")
 
@@ -153,10 +153,10 @@ def extract_concepts_cmd(ctx: click.Context, **options) -> None:
 def explain(run_dir: Path, image: Path, backbone, ratio, top_k, target_class, root, out, device) -> None:
     """Explain IMAGE with a scored representation: the concepts that survive the sparsity mask, what each
     adds to the class score, and their prototype pictures (or phrases)."""
-    from iis.explain import explain_image
+    from iis.api import InterpretabilityScore
 
-    explanation = explain_image(run_dir, image, backbone=backbone, ratio=ratio, top_k=top_k,
-                                target_class=target_class, device=device, root=root)
+    model = InterpretabilityScore.from_pretrained(run_dir, backbone=backbone, ratio=ratio, top_k=top_k, root=root)
+    explanation = model.to(device).explain(image, target=target_class)
     out = out or run_dir / "figures" / f"explain-{image.stem}.png"
     explanation.figure(out, top_k=top_k)
     click.echo(explanation.to_text(top_k))

@@ -21,7 +21,6 @@ elements to M concepts: `iis.model.End2EndHead`), and Text (`iis.text`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -34,6 +33,10 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from iis.config import ElementConfig, LibraryConfig, LibraryKind
+from iis.model import ConceptHead, End2EndHead
+from medimg_core.checkpoint import write_json
+
 __all__ = [
     "ConceptLibrary",
     "Element",
@@ -42,6 +45,9 @@ __all__ = [
     "LibraryConfig",
     "build_visual_library",
     "cluster_library",
+    "concept_elements",
+    "end2end_library",
+    "end2end_members",
     "extract_elements",
     "patch_boxes",
     "prototype_library",
@@ -49,53 +55,6 @@ __all__ = [
     "sample_source_images",
     "segment_masks",
 ]
-
-LibraryKind = Literal["prototype", "cluster", "end2end", "text"]
-
-
-@dataclass
-class ElementConfig:
-    """How visual elements are cut from training images (defaults: the paper's extractors)."""
-
-    images_per_class: int = 10
-    patch_grid: int = 4
-    slic_segments: tuple[int, ...] = (10, 20, 30)
-    slic_compactness: float = 10.0
-    slic_sigma: float = 1.0
-    segments_per_setting: int = 5
-    min_area: float = 0.001
-    max_overlap: float = 0.5
-    fill_value: int = 117
-
-    def __post_init__(self) -> None:
-        if self.images_per_class < 1:
-            raise ValueError(f"elements.images_per_class must be >= 1, got {self.images_per_class}")
-        if self.patch_grid < 0:
-            raise ValueError(f"elements.patch_grid must be >= 0 (0: no patches), got {self.patch_grid}")
-        if self.patch_grid == 0 and not self.slic_segments:
-            raise ValueError("elements: neither patches (patch_grid 0) nor segments (slic_segments empty)")
-        if any(n < 2 for n in self.slic_segments):
-            raise ValueError(f"elements.slic_segments must be >= 2 each, got {list(self.slic_segments)}")
-        if not 0 <= self.fill_value <= 255:
-            raise ValueError(f"elements.fill_value must be a grey level in [0, 255], got {self.fill_value}")
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
-
-
-@dataclass
-class LibraryConfig:
-    """Which concept library and how many concepts (the paper: M = 200)."""
-
-    kind: LibraryKind = "prototype"
-    num_concepts: int = 200
-    max_cluster_elements: int = 20000
-    gumbel_tau: float = 0.1
-    members_per_concept: int = 3
-
-    def __post_init__(self) -> None:
-        if self.num_concepts < 1:
-            raise ValueError(f"library.num_concepts must be >= 1, got {self.num_concepts}")
 
 
 @dataclass(frozen=True)
@@ -319,32 +278,34 @@ class ConceptLibrary:
     std: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def make_head(self, num_outputs: int, ratio: float, tau: float = 0.1) -> torch.nn.Module:
+    def make_head(self, num_outputs: int, ratio: float, tau: float = 0.1) -> ConceptHead:
         """A fresh interpretation head for sparsity `ratio` (`iis.model`)."""
-        from iis.model import ConceptHead, End2EndHead
-
         if self.kind == "end2end":
             return End2EndHead(self.vectors, self.num_concepts, num_outputs, ratio, tau=tau)
         if self.kind == "text":
             return ConceptHead(self.vectors, num_outputs, ratio, standardize=(self.mean, self.std))
         return ConceptHead(self.vectors, num_outputs, ratio)
 
-    def save(self, folder: str | Path) -> Path:
-        """library.safetensors (tensors) + library.json (the rest), written atomically."""
-        from safetensors.torch import save_file
-
-        from medimg_core.checkpoint import write_json
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+    def files(self) -> dict[str, Any]:
+        """The library as checkpoint extra files: library.safetensors (vectors, mean, std) and library.json."""
         tensors = {"vectors": self.vectors.detach().float().cpu().contiguous()}
         if self.mean is not None and self.std is not None:
             tensors.update(mean=self.mean.float().cpu().contiguous(), std=self.std.float().cpu().contiguous())
+        return {"library.safetensors": tensors,
+                "library.json": {"kind": self.kind, "num_concepts": self.num_concepts, "names": self.names,
+                                 "members": self.members, "extra": self.extra}}
+
+    def save(self, folder: str | Path) -> Path:
+        """library.safetensors (tensors) + library.json (the rest), each written atomically."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = self.files()
         tmp = folder / f".library.safetensors.tmp-{os.getpid()}"
-        save_file(tensors, str(tmp))
+        save_file(files["library.safetensors"], str(tmp))
         os.replace(tmp, folder / "library.safetensors")
-        write_json(folder / "library.json", {"kind": self.kind, "num_concepts": self.num_concepts,
-                                             "names": self.names, "members": self.members, "extra": self.extra})
+        write_json(folder / "library.json", files["library.json"])
         return folder
 
     @classmethod
@@ -445,3 +406,20 @@ def end2end_members(head: Any, k: int = 3) -> list[list[int]]:
         assign = head.assignment().argmax(dim=1).cpu().numpy()
         centres = head.concept_matrix().cpu()
     return _nearest_members(head.elements.cpu(), centres, assign, k)
+
+
+def concept_elements(library: ConceptLibrary, head: Any = None) -> list[int | None]:
+    """Per concept, the element (an index into the library's `ElementDataset`) that pictures it, or None.
+
+    Prototype / Cluster: the concept's first member. End2End: the nearest element the trained `head` assigns
+    to it (the assignment is learned per head, so `head` is needed). Text concepts have no picture.
+    """
+    if library.kind == "text":
+        return [None] * library.num_concepts
+    if library.kind == "end2end":
+        if head is None:
+            raise ValueError("end2end concepts are learned per head: pass the head to picture them")
+        rows = library.extra.get("element_rows")
+        members = end2end_members(head, 1)
+        return [None if not m else int(m[0] if rows is None else rows[m[0]]) for m in members]
+    return [int(m[0]) if m else None for m in library.members]

@@ -1,17 +1,22 @@
 """`iis score` and `iis extract-concepts` end to end: data, backbones, cached features, concept libraries,
 the sweep, run folders, the comparison table and the ARR figure.
 
-Run folder of `iis score`::
+Run folder of `iis score` (medimg-core's `RUN_LAYOUT` where it applies)::
 
     config.yaml               the resolved config
-    metrics.json              per backbone: IIS [95% CI], ARR per ratio, probe, timings; the comparison
+    metrics.json              the common keys (method, dataset, backbone, sizes, ...); per backbone: IIS [95% CI],
+                              ARR per ratio, probe, timings; the comparison
     table.md, table.csv       one row per backbone
     figures/arr.png           ARR against the sparsity ratio, every backbone overlaid (95% bands)
     figures/concepts-<i>.png  pictures (or phrases) of the first concepts of each backbone's library
+    card.json                 the dataset card
     elements.json             the visual elements (source image, kind, box), shared by the backbones
     text_concepts.json        the text concept filters (text library only)
-    backbones/<i>-<label>/    backbone.json, library/, heads/ (checkpoint of every selected head),
-                              result.json, correct.safetensors (per test sample, for paired comparisons)
+    backbones/<i>-<label>/    backbone.json, result.json, correct.safetensors (per test sample, for paired
+                              comparisons) and heads/: the backbone's self-contained checkpoint (`iis.heads`:
+                              heads, library, backbone, preprocessing, concept pictures)
+    checkpoints/best          the first backbone's heads/ (a link; a copy where links cannot be made): what
+                              `InterpretabilityScore.from_pretrained(RUN)` and `load_pretrained(RUN)` load
 """
 
 from __future__ import annotations
@@ -19,54 +24,83 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
-from iis.backbones import LoadedBackbone, load_backbone, parse_backbone_spec
 from iis.concepts import ConceptLibrary, Element, ElementDataset, build_visual_library, extract_elements
-from iis.train import IISConfig, IISResult, score_representation
-from medimg_core.config import ConfigError
+from iis.config import IISConfig
+from iis.heads import PICTURE_SIZE, ScoredBackbone, head_state
+from iis.score import bootstrap_iis_difference
+from iis.sweep import IISResult, score_representation
+from iis.text import build_text_library, find_concept_list, load_concept_list, make_backend
+from medimg_core.checkpoint import write_json
+from medimg_core.config import ConfigError, config_to_dict
+from medimg_core.data import load_dataset
+from medimg_core.data.preprocess import DataConfig, Preprocess
+from medimg_core.data.transforms import TransformConfig, eval_transform
+from medimg_core.distributed import DistInfo, seed_everything, select_device
+from medimg_core.estimator import with_transform
+from medimg_core.experiment import Splits
+from medimg_core.features import FeatureCache
+from medimg_core.figures import PAPER_RC, image_grid, save_figure
+from medimg_core.models.specs import LoadedBackbone, load_backbone, parse_backbone_spec
+from medimg_core.runs import Run, peak_memory_mb, prepare_run, slug
 from medimg_core.training import show_progress
 
-__all__ = ["backbone_dirs", "extract_concepts", "load_datasets", "run_score"]
+# head_state lives in iis.heads; it stays importable from here, where iis 0.1 had it
+__all__ = ["backbone_dirs", "extract_concepts", "head_state", "load_datasets", "load_elements", "load_splits",
+           "run_score"]
 
 log = logging.getLogger("medimg")
 SPLITS = ("train", "val", "test")
+#: what each split does in `iis score`
+SPLIT_ROLES = {"train": "concept library and head training", "val": "selection (epoch and learning rate)",
+               "test": "scored (IIS, ARR and their intervals)"}
 
 
-def load_datasets(cfg: IISConfig) -> dict[str, Any]:
-    """Train, val and test datasets (no transform yet: each backbone sets its eval transform)."""
-    from medimg_core.data import load_dataset
-
+def load_splits(cfg: IISConfig) -> Splits:
+    """Train, val and test datasets of `cfg.data` (no transform yet: each backbone sets its eval transform)."""
     if not cfg.data.root:
         raise ConfigError("--root (data.root) is required: the dataset folder or file")
     names = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}
-    return {k: load_dataset(cfg.data.dataset, cfg.data.root, s, **cfg.data.options) for k, s in names.items()}
+    data = {k: load_dataset(cfg.data.dataset, cfg.data.root, s, **cfg.data.options) for k, s in names.items()}
+    return Splits(data["train"], data["val"], data["test"], data["train"].card)
+
+
+def load_datasets(cfg: IISConfig) -> dict[str, Any]:
+    """`load_splits` as a {"train", "val", "test"} dict (the name this had before `Splits`)."""
+    splits = load_splits(cfg)
+    return {"train": splits.train, "val": splits.val, "test": splits.test}
 
 
 def _transform(cfg: IISConfig, loaded: LoadedBackbone) -> Any:
-    from medimg_core.data.transforms import TransformConfig, eval_transform
-
     return eval_transform(TransformConfig(size=loaded.image_size or cfg.data.image_size, channels=loaded.in_chans,
                                           normalize=loaded.input_normalize(cfg.data.normalize)))
 
 
+def _preprocess(cfg: IISConfig, loaded: LoadedBackbone, card: Any) -> Preprocess:
+    """What the backbone's features were extracted with (`_transform`), as a checkpoint stores it."""
+    data = DataConfig(image_size=loaded.image_size or cfg.data.image_size,
+                      normalize=loaded.input_normalize(cfg.data.normalize))
+    return Preprocess.from_config(data, card, loaded.in_chans)
+
+
 def _features(cfg: IISConfig, loaded: LoadedBackbone, datasets: dict[str, Any], transform: Any,
               device: torch.device) -> dict[str, dict[str, Any]]:
-    from medimg_core.features import FeatureCache
-
+    """Pooled features of every dataset (copies with `transform`: the given datasets are not changed)."""
     cache = FeatureCache()
-    out = {}
-    for split, ds in datasets.items():
-        ds.transform = transform
-        out[split] = cache.get_or_extract(loaded.backbone, ds, split=split, device=device,
-                                          batch_size=cfg.feature_batch_size, progress=show_progress(cfg.progress))
-    return out
+    return {split: cache.get_or_extract(loaded.backbone, with_transform(ds, transform), split=split, device=device,
+                                        batch_size=cfg.feature_batch_size, progress=show_progress(cfg.progress))
+            for split, ds in datasets.items()}
 
 
 def _check_task(card: Any) -> bool:
@@ -79,10 +113,11 @@ def _check_task(card: Any) -> bool:
 class _Context:
     """What the backbones of one run share: data, visual elements, text teacher scores."""
 
-    def __init__(self, cfg: IISConfig, device: torch.device):
+    def __init__(self, cfg: IISConfig, splits: Splits, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.datasets = load_datasets(cfg)
-        self.card = self.datasets["train"].card
+        self.splits = splits
+        self.datasets = {"train": splits.train, "val": splits.val, "test": splits.test}
+        self.card = splits.card
         self.multilabel = _check_task(self.card)
         self.in_chans = cfg.data.channels or self.card.channels
         self.elements: ElementDataset | None = None
@@ -98,8 +133,6 @@ class _Context:
         return self.elements
 
     def text_scores(self) -> dict[str, Any]:
-        from iis.text import find_concept_list, load_concept_list, make_backend
-
         if self.text is None:
             t0 = time.perf_counter()
             tcfg = self.cfg.text
@@ -117,8 +150,6 @@ def _library(ctx: _Context, loaded: LoadedBackbone, transform: Any, feats: dict[
     cfg = ctx.cfg
     timings: dict[str, float] = {}
     if cfg.library.kind == "text":
-        from iis.text import build_text_library
-
         text = ctx.text_scores()
         t0 = time.perf_counter()
         library, report = build_text_library(feats["train"]["features"], feats["val"]["features"],
@@ -127,8 +158,6 @@ def _library(ctx: _Context, loaded: LoadedBackbone, transform: Any, feats: dict[
         report["backend"] = text["backend"]
         timings["library_s"] = time.perf_counter() - t0
         return library, report, timings
-    from medimg_core.features import FeatureCache
-
     elements = ctx.element_set()
     elements.transform = transform
     t0 = time.perf_counter()
@@ -144,42 +173,7 @@ def _library(ctx: _Context, loaded: LoadedBackbone, transform: Any, feats: dict[
     return library, report, timings
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    import os
-
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def save_heads(folder: Path, result: IISResult, library: ConceptLibrary, num_outputs: int, tau: float) -> Path:
-    """Every selected head (keys "<s0.9|probe>/<param>") as one medimg-core checkpoint folder."""
-    from medimg_core.checkpoint import save_checkpoint
-
-    flat = {f"{key}/{name}": t for key, state in result.head_states.items() for name, t in state.items()}
-    config = {"kind": "iis-heads", "library": library.kind, "num_concepts": library.num_concepts,
-              "num_outputs": num_outputs, "ratios": result.ratios, "selected_lr": result.selected_lr,
-              "gumbel_tau": tau}
-    return save_checkpoint(folder, flat, config)
-
-
-def head_state(heads_dir: Path, key: str) -> dict[str, torch.Tensor]:
-    """The state dict of one saved head ("s0.9" or "probe")."""
-    from safetensors.torch import load_file
-
-    from medimg_core.checkpoint import find_checkpoint
-
-    flat = load_file(str(find_checkpoint(heads_dir) / "model.safetensors"))
-    state = {k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == key}
-    if not state:
-        keys = sorted({k.split("/", 1)[0] for k in flat})
-        raise KeyError(f"{heads_dir}: no head {key!r}; saved heads: {keys}")
-    return state
-
-
-def backbone_dirs(run_dir: Path) -> list[Path]:
+def backbone_dirs(run_dir: str | Path) -> list[Path]:
     """The per-backbone folders of a run, in the order the backbones were given."""
     folders = [p for p in (Path(run_dir) / "backbones").glob("*") if (p / "backbone.json").is_file()]
     return sorted(folders, key=lambda p: int(p.name.split("-", 1)[0]))
@@ -187,8 +181,6 @@ def backbone_dirs(run_dir: Path) -> list[Path]:
 
 def _figure_arr(entries: list[dict[str, Any]], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
-
-    from medimg_core.figures import PAPER_RC, save_figure
 
     with plt.rc_context(PAPER_RC):
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -215,15 +207,13 @@ def _figure_arr(entries: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 def _figure_concepts(library: ConceptLibrary, elements: ElementDataset | None, path: Path, label: str,
                      count: int = 24) -> Path | None:
-    from medimg_core.figures import image_grid
-
     if library.kind == "text":
         return None
     members = library.members
     if library.kind == "end2end" or elements is None or not members:
         return None
     shown = [(c, m[0]) for c, m in enumerate(members) if m][:count]
-    pictures = [elements.picture(i, size=(64, 64)) for _, i in shown]
+    pictures = [elements.picture(i, size=PICTURE_SIZE) for _, i in shown]
     captions = [f"{c}: {elements.elements[i].kind}\n{elements.elements[i].source_id}"[:40] for c, i in shown]
     return image_grid(pictures, captions, path=path, ncols=8,
                       title=f"{label}: first {len(shown)} of {library.num_concepts} {library.kind} concepts",
@@ -252,8 +242,6 @@ def _write_table(run_dir: Path, entries: list[dict[str, Any]], comparison: list[
 
 def _comparison(entries: list[dict[str, Any]], correct: list[np.ndarray], ratios: list[float], n_boot: int,
                 seed: int) -> list[dict[str, Any]]:
-    from iis.score import bootstrap_iis_difference
-
     out = []
     for i, e in enumerate(entries):
         item = {"label": e["label"], "iis": e["result"]["iis"], "difference": None, "difference_ci": None}
@@ -264,135 +252,160 @@ def _comparison(entries: list[dict[str, Any]], correct: list[np.ndarray], ratios
     return out
 
 
-def run_score(cfg: IISConfig, resume_dir: str | Path | None = None) -> Path:
+def _scored(cfg: IISConfig, ctx: _Context, loaded: LoadedBackbone, library: ConceptLibrary, result: IISResult
+            ) -> ScoredBackbone:
+    """The fitted state of one backbone, with the pictures of the elements that show its concepts."""
+    scored = ScoredBackbone(
+        loaded=loaded, library=library, heads=result.head_states, ratios=result.ratios,
+        selected_lr=result.selected_lr, num_outputs=ctx.card.num_classes, tau=cfg.library.gumbel_tau,
+        multilabel=ctx.multilabel, preprocess=_preprocess(cfg, loaded, ctx.card), card=ctx.card,
+        config=config_to_dict(cfg), score=result.to_dict())
+    if ctx.elements is not None:
+        scored.pictures = {e: ctx.elements.picture(e, size=PICTURE_SIZE) for e in scored.picture_elements()}
+    return scored
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A .safetensors file written atomically (a resumed run never reads half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _link_best(run: Run, heads: Path) -> None:
+    """checkpoints/best -> the first backbone's heads/ (relative link; a copy where links cannot be made)."""
+    best = run.checkpoints_dir / "best"
+    run.checkpoints_dir.mkdir(exist_ok=True)
+    if best.is_symlink() or best.exists():
+        return
+    try:
+        os.symlink(os.path.relpath(heads, run.checkpoints_dir), best, target_is_directory=True)
+    except OSError:
+        shutil.copytree(heads, best)
+
+
+def run_score(cfg: IISConfig, resume_dir: str | Path | None = None, splits: Splits | None = None,
+              command: Sequence[str] | None = None, split_roles: dict[str, str] | None = None) -> Run:
     """Score every backbone of `cfg.backbones` on one dataset and concept-library recipe; return the run folder.
 
+    `splits` replaces the datasets of `cfg.data` (an estimator's fit on given datasets): the concept library and
+    the heads come from `splits.train`, the selection from `splits.val`, and the score from `splits.test`.
     With `resume_dir`, backbones whose result is already in that folder are not scored again.
     """
-    from safetensors.torch import load_file
-
-    from medimg_core.baseline import peak_memory_mb
-    from medimg_core.checkpoint import write_json
-    from medimg_core.distributed import DistInfo, seed_everything, select_device
-    from medimg_core.runs import prepare_run, slug
-
     start = time.perf_counter()
     if not cfg.backbones:
         raise ConfigError("no backbone to score: give --backbone NAME[:weights] (repeatable)")
     specs = [parse_backbone_spec(b) for b in cfg.backbones]
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
-    ctx = _Context(cfg, device)
+    ctx = _Context(cfg, splits if splits is not None else load_splits(cfg), device)
     if cfg.library.kind == "text":
         ctx.text_scores()  # a bad concept list or backend fails before any feature is extracted
     label = "-vs-".join(dict.fromkeys(s.name for s in specs))
-    run_dir = prepare_run(cfg, f"iis-{cfg.library.kind}", ctx.card.name, label, DistInfo(), resume_dir)
-    write_json(run_dir / "card.json", ctx.card.to_dict())
+    run = prepare_run(cfg, f"iis-{cfg.library.kind}", ctx.card.name, label, DistInfo(), resume_dir)
+    write_json(run / "card.json", ctx.card.to_dict())
     entries, correct = [], []
-    for i, spec in enumerate(specs):
-        folder = run_dir / "backbones" / f"{i}-{slug(spec.label)}"
-        if resume_dir is not None and (folder / "result.json").is_file():
-            log.info("%s: already scored in %s; kept", spec.label, folder)
-            entries.append(json.loads((folder / "result.json").read_text()))
-            correct.append(load_file(str(folder / "correct.safetensors"))["correct"].numpy())
-            continue
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        loaded = load_backbone(spec, ctx.in_chans, cfg.seed)
-        transform = _transform(cfg, loaded)
-        timings["load_backbone_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        feats = _features(cfg, loaded, ctx.datasets, transform, device)
-        timings["features_s"] = time.perf_counter() - t0
-        library, report, lib_times = _library(ctx, loaded, transform, feats)
-        timings.update(lib_times)
-        log.info("%s: %d concepts (%s); sweeping %d ratios x %d lrs", spec.label, library.num_concepts,
-                 library.kind, len(cfg.sweep.ratios), len(cfg.sweep.lrs))
-        num_outputs = ctx.card.num_classes
-        result = score_representation(feats["train"], feats["val"], feats["test"], library, sweep=cfg.sweep,
-                                      multilabel=ctx.multilabel, num_outputs=num_outputs, seed=cfg.seed,
-                                      device=device, n_boot=cfg.bootstrap, tau=cfg.library.gumbel_tau,
-                                      progress=show_progress(cfg.progress))
-        timings["sweep_s"] = result.wall_time_s
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "backbone.json", {**loaded.to_dict(), "image_size": loaded.image_size or cfg.data.image_size,
-                                              "normalize": loaded.input_normalize(cfg.data.normalize),
-                                              "seed": cfg.seed})
-        library.save(folder / "library")
-        save_heads(folder / "heads", result, library, num_outputs, cfg.library.gumbel_tau)
-        _save_tensors(folder / "correct.safetensors", {"correct": torch.from_numpy(result.correct.astype(np.float32))})
-        _figure_concepts(library, ctx.elements, run_dir / "figures" / f"concepts-{i}.png", spec.label)
-        entry = {"label": spec.label, "spec": str(spec), "backbone": loaded.to_dict(), "library": report,
-                 "result": result.to_dict(), "timings": {**timings, "total_s": sum(timings.values())},
-                 "cached_features": {k: bool(v.get("cached")) for k, v in feats.items()}}
-        write_json(folder / "result.json", entry)
-        entries.append(entry)
-        correct.append(result.correct)
-        log.info("%s: IIS %.4f [%.4f, %.4f], probe test accuracy %.4f", spec.label, result.iis, *result.iis_ci,
-                 result.probe["test_accuracy"])
-    if ctx.elements is not None:
-        write_json(run_dir / "elements.json", {"config_digest": cfg.elements.digest(),
+    with run.lock():
+        for i, spec in enumerate(specs):
+            folder = run / "backbones" / f"{i}-{slug(spec.label)}"
+            if resume_dir is not None and (folder / "result.json").is_file():
+                log.info("%s: already scored in %s; kept", spec.label, folder)
+                entries.append(json.loads((folder / "result.json").read_text()))
+                correct.append(load_file(str(folder / "correct.safetensors"))["correct"].numpy())
+                continue
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            loaded = load_backbone(spec, ctx.in_chans, cfg.seed)
+            transform = _transform(cfg, loaded)
+            timings["load_backbone_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            feats = _features(cfg, loaded, ctx.datasets, transform, device)
+            timings["features_s"] = time.perf_counter() - t0
+            library, report, lib_times = _library(ctx, loaded, transform, feats)
+            timings.update(lib_times)
+            log.info("%s: %d concepts (%s); sweeping %d ratios x %d lrs", spec.label, library.num_concepts,
+                     library.kind, len(cfg.sweep.ratios), len(cfg.sweep.lrs))
+            result = score_representation(feats["train"], feats["val"], feats["test"], library, sweep=cfg.sweep,
+                                          multilabel=ctx.multilabel, num_outputs=ctx.card.num_classes, seed=cfg.seed,
+                                          device=device, n_boot=cfg.bootstrap, tau=cfg.library.gumbel_tau,
+                                          progress=show_progress(cfg.progress))
+            timings["sweep_s"] = result.wall_time_s
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / "backbone.json", {**loaded.to_dict(), "image_size": loaded.image_size or cfg.data.image_size,
+                                                  "normalize": loaded.input_normalize(cfg.data.normalize),
+                                                  "seed": cfg.seed})
+            _scored(cfg, ctx, loaded, library, result).save(folder / "heads")
+            _save_tensors(folder / "correct.safetensors",
+                          {"correct": torch.from_numpy(result.correct.astype(np.float32))})
+            _figure_concepts(library, ctx.elements, run.figures_dir / f"concepts-{i}.png", spec.label)
+            entry = {"label": spec.label, "spec": str(spec), "backbone": loaded.to_dict(), "library": report,
+                     "result": result.to_dict(), "timings": {**timings, "total_s": sum(timings.values())},
+                     "cached_features": {k: bool(v.get("cached")) for k, v in feats.items()}}
+            write_json(folder / "result.json", entry)
+            entries.append(entry)
+            correct.append(result.correct)
+            log.info("%s: IIS %.4f [%.4f, %.4f], probe test accuracy %.4f", spec.label, result.iis, *result.iis_ci,
+                     result.probe["test_accuracy"])
+        _link_best(run, backbone_dirs(run)[0] / "heads")
+        if ctx.elements is not None:
+            write_json(run / "elements.json", {"config_digest": cfg.elements.digest(),
                                                "elements": [e.to_dict() for e in ctx.elements.elements]})
-    if ctx.text is not None:
-        write_json(run_dir / "text_concepts.json", {"backend": ctx.text["backend"],
+        if ctx.text is not None:
+            write_json(run / "text_concepts.json", {"backend": ctx.text["backend"],
                                                     "concept_list": ctx.text["concepts"].path,
                                                     "phrases": ctx.text["concepts"].phrases,
                                                     "per_backbone": {e["label"]: e["library"] for e in entries}})
-    ratios = [float(s) for s in cfg.sweep.ratios]
-    comparison = _comparison(entries, correct, ratios, cfg.bootstrap, cfg.seed)
-    title = f"{ctx.card.name}: {cfg.library.kind} concepts (M = {entries[0]['result']['num_concepts']})"
-    _figure_arr(entries, run_dir / "figures" / "arr.png", title)
-    _write_table(run_dir, entries, comparison)
-    metrics = {
-        "method": "iis", "dataset": ctx.card.name, "library": cfg.library.kind, "ratios": ratios,
-        "lrs": list(cfg.sweep.lrs), "backbones": entries, "comparison": comparison,
-        "shared_timings": ctx.timings, "wall_time_s": time.perf_counter() - start,
-        "peak_memory_mb": peak_memory_mb(), "device": str(device),
-        "sizes": {k: len(v) for k, v in ctx.datasets.items()}, "command": " ".join(sys.argv),
-    }
-    write_json(run_dir / "metrics.json", metrics)
-    return run_dir
+        ratios = [float(s) for s in cfg.sweep.ratios]
+        comparison = _comparison(entries, correct, ratios, cfg.bootstrap, cfg.seed)
+        title = f"{ctx.card.name}: {cfg.library.kind} concepts (M = {entries[0]['result']['num_concepts']})"
+        _figure_arr(entries, run.figures_dir / "arr.png", title)
+        _write_table(run.path, entries, comparison)
+        run.write_metrics({
+            "method": "iis", "dataset": ctx.card.name, "backbone": " vs ".join(e["label"] for e in entries),
+            "library": cfg.library.kind, "ratios": ratios,
+            "lrs": list(cfg.sweep.lrs), "backbones": entries, "comparison": comparison,
+            "shared_timings": ctx.timings, "wall_time_s": time.perf_counter() - start,
+            "peak_memory_mb": peak_memory_mb(), "device": str(device),
+            "sizes": {k: len(v) for k, v in ctx.datasets.items()}, "split_roles": split_roles or SPLIT_ROLES,
+            "command": " ".join(command if command is not None else sys.argv),
+        })
+    return run
 
 
-def extract_concepts(cfg: IISConfig) -> Path:
+def extract_concepts(cfg: IISConfig) -> Run:
     """Build the concept library of one backbone and write it to a new run folder (no scoring)."""
-    from medimg_core.baseline import peak_memory_mb
-    from medimg_core.checkpoint import write_json
-    from medimg_core.distributed import DistInfo, seed_everything, select_device
-    from medimg_core.runs import prepare_run
-
     start = time.perf_counter()
     if len(cfg.backbones) != 1:
         raise ConfigError(f"extract-concepts builds the library of one backbone; got {len(cfg.backbones)}")
     spec = parse_backbone_spec(cfg.backbones[0])
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
-    ctx = _Context(cfg, device)
+    ctx = _Context(cfg, load_splits(cfg), device)
     if cfg.library.kind == "text":
         ctx.text_scores()
-    run_dir = prepare_run(cfg, f"iis-concepts-{cfg.library.kind}", ctx.card.name, spec.name, DistInfo())
+    run = prepare_run(cfg, f"iis-concepts-{cfg.library.kind}", ctx.card.name, spec.name, DistInfo())
     loaded = load_backbone(spec, ctx.in_chans, cfg.seed)
     transform = _transform(cfg, loaded)
     needed = ("train", "val") if cfg.library.kind == "text" else ("train",)
     datasets = {k: ctx.datasets[k] for k in needed}
     feats = _features(cfg, loaded, datasets, transform, device)
     library, report, timings = _library(ctx, loaded, transform, feats)
-    library.save(run_dir / "library")
-    write_json(run_dir / "backbone.json", loaded.to_dict())
+    library.save(run / "library")
+    write_json(run / "backbone.json", loaded.to_dict())
     if ctx.elements is not None:
-        write_json(run_dir / "elements.json", {"config_digest": cfg.elements.digest(),
-                                               "elements": [e.to_dict() for e in ctx.elements.elements]})
-    figure = _figure_concepts(library, ctx.elements, run_dir / "figures" / "concepts.png", spec.label)
-    write_json(run_dir / "metrics.json", {
+        write_json(run / "elements.json", {"config_digest": cfg.elements.digest(),
+                                           "elements": [e.to_dict() for e in ctx.elements.elements]})
+    figure = _figure_concepts(library, ctx.elements, run.figures_dir / "concepts.png", spec.label)
+    run.write_metrics({
         "method": "iis-extract-concepts", "dataset": ctx.card.name, "backbone": loaded.to_dict(),
         "library": {"kind": library.kind, "num_concepts": library.num_concepts, **report},
         "timings": {**ctx.timings, **timings}, "wall_time_s": time.perf_counter() - start,
-        "peak_memory_mb": peak_memory_mb(), "figure": str(figure) if figure else None,
-        "command": " ".join(sys.argv)})
-    return run_dir
+        "peak_memory_mb": peak_memory_mb(), "device": str(device), "sizes": {k: len(v) for k, v in datasets.items()},
+        "figure": str(figure) if figure else None, "command": " ".join(sys.argv)})
+    return run
 
 
-def load_elements(run_dir: Path, dataset: Any, cfg: IISConfig) -> ElementDataset:
+def load_elements(run_dir: str | Path, dataset: Any, cfg: IISConfig) -> ElementDataset:
     """The visual elements of a run (elements.json) over its training `dataset`, to draw them again."""
     meta = json.loads((Path(run_dir) / "elements.json").read_text())
     if meta.get("config_digest") != cfg.elements.digest():

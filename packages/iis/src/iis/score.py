@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from iis.config import DEFAULT_RATIOS
+from medimg_core.metrics import bootstrap_ci
+
 __all__ = ["DEFAULT_RATIOS", "accuracy_retention", "bootstrap_iis", "bootstrap_iis_difference", "compute_iis",
            "iis_from_correct"]
-
-#: the paper's sparsity grid
-DEFAULT_RATIOS: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)
 
 
 def _best(value: Any, what: str) -> float:
@@ -100,8 +100,6 @@ def bootstrap_iis(correct: np.ndarray, ratios: Sequence[float], n_boot: int = 10
     Test indices are resampled with replacement; every ratio's head and the probe are re-scored on the
     same resample (their selection on validation is kept), and IIS is recomputed.
     """
-    from medimg_core.metrics import bootstrap_ci
-
     ratios = list(ratios)
     return bootstrap_ci(lambda c: iis_from_correct(c, ratios), np.asarray(correct, dtype=np.float64),
                         n_boot=n_boot, alpha=alpha, seed=seed)
@@ -110,8 +108,6 @@ def bootstrap_iis(correct: np.ndarray, ratios: Sequence[float], n_boot: int = 10
 def bootstrap_iis_difference(correct_a: np.ndarray, correct_b: np.ndarray, ratios: Sequence[float],
                              n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
     """(IIS_a - IIS_b, low, high): paired bootstrap of two representations scored on the same test samples."""
-    from medimg_core.metrics import bootstrap_ci
-
     a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"paired bootstrap needs the same test samples: {a.shape[0]} vs {b.shape[0]} rows")

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from iis.concepts import ConceptLibrary
+from iis.config import TextConfig
 
 __all__ = [
     "AnnotationBackend",
@@ -50,22 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("medimg")
-
-
-@dataclass
-class TextConfig:
-    """The text library: the phrase list, the teacher and the Label-free CBM settings (its defaults)."""
-
-    concept_list: str | None = None
-    backend: str = "annotations"
-    clip_model: str = "ViT-B-16"
-    clip_weights: str | None = None
-    activation_cutoff: float = 0.25
-    interpretability_cutoff: float = 0.45
-    proj_lr: float = 1e-3
-    proj_steps: int = 1000
-    proj_batch_size: int = 50000
-    proj_check_every: int = 50
 
 
 # -- concept lists ----------------------------------------------------------------------------------
