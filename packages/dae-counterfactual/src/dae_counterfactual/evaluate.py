@@ -1,7 +1,7 @@
 """Measuring the counterfactuals (and an independent image classifier to judge them).
 
 Pure: counterfactual series, a boundary and image arrays in (the run-level benchmark, `evaluate_run`, is in
-`dae_counterfactual.stages`). The boundary's own metrics (`boundary_metrics`: AUROC from the signed distance,
+`dae_counterfactual.api`). The boundary's own metrics (`boundary_metrics`: AUROC from the signed distance,
 Spearman, MAE and quadratic kappa of the calibrated grade) are in `dae_counterfactual.metrics`.
 
 Counterfactuals (`counterfactual_metrics`), over (image, target grade) pairs:

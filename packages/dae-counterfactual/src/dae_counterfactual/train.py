@@ -1,7 +1,7 @@
 """Training the diffusion autoencoder: the method's recipe for medimg-core's training lifecycle
 (`medimg_core.experiment.fit_run`). The configs are in `dae_counterfactual.config`, rebuilding and loading a
-trained model in `dae_counterfactual.run`, the later stages (encode, fit-boundary, counterfactual, evaluate) in
-`dae_counterfactual.stages`.
+trained model in `dae_counterfactual.run`, the later stages in `dae_counterfactual.stages` (encode, fit-boundary)
+and `dae_counterfactual.api` (the estimator, counterfactual, evaluate).
 
 Loss (DiffAE, no other term): with t ~ U{0 .. T-1}, noise ~ N(0, I) and x0 in [-1, 1],
 
