@@ -235,7 +235,7 @@ def test_a_bad_device_is_a_usage_error(tmp_path):
 def test_explain_options_reach_the_function(tmp_path, monkeypatch):
     """--out, --seed, --progress/--no-progress and --device auto of commands that evaluate."""
     import crl.api
-    import dae_counterfactual.train
+    import dae_counterfactual.stages
 
     calls = {}
 
@@ -258,7 +258,7 @@ def test_explain_options_reach_the_function(tmp_path, monkeypatch):
         calls["dae"] = (device, progress)
         return {}
 
-    monkeypatch.setattr(dae_counterfactual.train, "encode_run", fake_encode)
+    monkeypatch.setattr(dae_counterfactual.stages, "encode_run", fake_encode)
     result = CliRunner().invoke(_main("dae-cf"), ["encode", str(tmp_path), "--device", "cpu", "--no-progress"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output

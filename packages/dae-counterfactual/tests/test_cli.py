@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from dae_test_helpers import TINY_ARGS
 
 import dae_counterfactual
+from dae_counterfactual import CounterfactualExplainer
 from dae_counterfactual.boundary import LatentBoundary
 from dae_counterfactual.cli import main
 from dae_counterfactual.train import load_dae, load_latents
@@ -27,9 +27,9 @@ def test_help_and_version():
     assert result.exit_code == 0 and dae_counterfactual.__version__ in result.output
 
 
-def _train(data, out, *extra):
+def _train(data, out, tiny_args, *extra):
     args = ["train", "--config", "synth-grade-cpu", "--root", str(data), "--out", str(out), "--device", "cpu",
-            *TINY_ARGS, "--train.epochs", "2", "--train.batch_size", "8", "--diffusion.encode_steps", "4",
+            *tiny_args, "--train.epochs", "2", "--train.batch_size", "8", "--diffusion.encode_steps", "4",
             "--diffusion.render_steps", "4", "--recon_images", "2", "--bootstrap", "20", *extra]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -37,10 +37,10 @@ def _train(data, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_args):
     tmp = tmp_path_factory.mktemp("dae")
     data = generate("synth-grade", n=60, out=tmp / "data", seed=0, size=32)
-    _train(data, tmp / "runs")
+    _train(data, tmp / "runs", tiny_args)
     return data, next((tmp / "runs").iterdir()), tmp
 
 
@@ -91,7 +91,7 @@ def test_encode_and_fit_boundary(fitted):
     _, run, _ = fitted
     latents = load_latents(run, "train")
     assert latents["z"].shape == (42, 16) and len(latents["ids"]) == 42
-    boundary = LatentBoundary.load(run / "boundary.json")
+    boundary = LatentBoundary.load(run / "checkpoints" / "best" / "boundary.json")
     metrics = json.loads((run / "metrics.json").read_text())
     assert "train" in metrics and "boundary" in metrics  # the sections are merged, not replaced
     for split in ("train", "val", "test"):
@@ -101,6 +101,20 @@ def test_encode_and_fit_boundary(fitted):
     assert (run / "figures" / "calibration.png").is_file()
     train_acc = metrics["boundary"]["train"]["binary"]["accuracy"]
     assert train_acc == pytest.approx(float((boundary.predict(latents["z"]) == (latents["targets"] >= 1)).mean()))
+
+
+def test_the_best_checkpoint_alone_rebuilds_the_explainer(fitted, tmp_path):
+    _, run, _ = fitted
+    assert not (run / "boundary.json").exists()  # the boundary lives in the checkpoint it was fitted for
+    copy = tmp_path / "model"
+    shutil.copytree(run / "checkpoints" / "best", copy)
+    from_run, alone = CounterfactualExplainer.from_pretrained(run), CounterfactualExplainer.from_pretrained(copy)
+    assert from_run.run_ == run and alone.run_ is None
+    assert alone.boundary_.to_dict() == from_run.boundary_.to_dict()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert alone.boundary_.slope_ == pytest.approx(metrics["boundary"]["calibration"]["slope"])
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(alone.predict_proba(x), from_run.predict_proba(x))
 
 
 def test_counterfactual_command(fitted, tmp_path):
@@ -113,11 +127,17 @@ def test_counterfactual_command(fitted, tmp_path):
     folder = next(tmp_path.iterdir())
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["targets"] == [0.0, 2.0, 4.0] and len(metrics["series"]) == 2
-    boundary = LatentBoundary.load(run / "boundary.json")
+    boundary = LatentBoundary.load(run / "checkpoints" / "best" / "boundary.json")
     np.testing.assert_allclose(metrics["series"][0]["edited_grades"], [0, 2, 4], atol=1e-6)
     for name in (f"images/{images[0].stem}_grade4.png", f"figures/{images[1].stem}.png", "config.yaml"):
         assert (folder / name).is_file(), name
     assert boundary.slope_ != 0
+    # the command is the API: the same series from CounterfactualExplainer
+    series = CounterfactualExplainer.from_pretrained(run).counterfactuals(images, [0, 2, 4], encode_steps=3,
+                                                                          render_steps=3)
+    assert [s.id for s in series] == [p.stem for p in images]
+    for s, saved in zip(series, metrics["series"], strict=True):
+        np.testing.assert_array_equal(s.reencoded_grades, saved["reencoded_grades"])
     # the notebooks' fixed steps
     result = CliRunner().invoke(main, ["counterfactual", str(run), str(images[0]), "--steps", "100", "300",
                                        "--direction", "up", "--out", str(tmp_path / "s"), "--encode-steps", "2",
@@ -153,10 +173,10 @@ def test_evaluate_with_an_image_classifier(fitted, tmp_path):
     assert "measured structure" in result.output
 
 
-def test_resume_restores_ema_and_raw_weights(tmp_path):
+def test_resume_restores_ema_and_raw_weights(tmp_path, tiny_args):
     data = generate("synth-grade", n=30, out=tmp_path / "data", seed=1, size=32)
-    _train(data, tmp_path / "full", "--train.checkpoint_every", "1", "--recon_images", "0")
-    _train(data, tmp_path / "part", "--train.epochs", "1", "--recon_images", "0")
+    _train(data, tmp_path / "full", tiny_args, "--train.checkpoint_every", "1", "--recon_images", "0")
+    _train(data, tmp_path / "part", tiny_args, "--train.epochs", "1", "--recon_images", "0")
     full, part = next((tmp_path / "full").iterdir()), next((tmp_path / "part").iterdir())
     # the interrupted run was meant to run 2 epochs: continue it
     config = (part / "config.yaml").read_text().replace("epochs: 1\n", "epochs: 2\n", 1)
@@ -169,10 +189,10 @@ def test_resume_restores_ema_and_raw_weights(tmp_path):
     shutil.rmtree(tmp_path / "full")
 
 
-def test_bad_config_is_refused(tmp_path):
+def test_bad_config_is_refused(tmp_path, tiny_args):
     data = generate("synth-grade", n=20, out=tmp_path / "data", seed=0, size=32)
     result = CliRunner().invoke(main, ["train", "--config", "synth-grade-cpu", "--root", str(data), "--out",
-                                       str(tmp_path / "runs"), *TINY_ARGS, "--data.normalize", "imagenet"])
+                                       str(tmp_path / "runs"), *tiny_args, "--data.normalize", "imagenet"])
     assert result.exit_code != 0 and "data.normalize" in result.output
     result = CliRunner().invoke(main, ["train", "--config", "synth-grade-cpu", "--out", str(tmp_path / "runs")])
     assert result.exit_code != 0 and "--root" in result.output

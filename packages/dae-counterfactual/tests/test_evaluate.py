@@ -96,9 +96,7 @@ def test_effect_ratio_compares_the_move_with_real_images():
     assert ms["effect_ratio"] == pytest.approx(0.25)
 
 
-def test_latent_swap_probe_renders_the_low_image_with_interpolated_latents():
-    from dae_test_helpers import randomise, tiny_config
-
+def test_latent_swap_probe_renders_the_low_image_with_interpolated_latents(tiny_config, randomise):
     from dae_counterfactual.evaluate import latent_swap_probe
     from dae_counterfactual.model import DiffusionAutoencoder
 

@@ -2,14 +2,13 @@
 
 import pytest
 import torch
-from dae_test_helpers import randomise, tiny_config
 from diffusers.models.resnet import ResnetBlock2D
 
 from dae_counterfactual.model import CondResBlock, DiffusionAutoencoder
 
 
 @pytest.mark.parametrize("kw", [{}, {"down": True}, {"up": True}])
-def test_cond_block_is_diffusers_block_times_semantic_scale(kw):
+def test_cond_block_is_diffusers_block_times_semantic_scale(kw, randomise):
     torch.manual_seed(0)
     ours = randomise(CondResBlock(8, 12, temb_channels=16, z_dim=5, groups=4, dropout=0.0, **kw)).eval()
     ref = ResnetBlock2D(in_channels=8, out_channels=12, temb_channels=16, groups=4, dropout=0.0,
@@ -22,7 +21,7 @@ def test_cond_block_is_diffusers_block_times_semantic_scale(kw):
         torch.testing.assert_close(ours(x, temb, z), ref(x, temb))  # z-scale 1: diffusers' block exactly
 
 
-def test_semantic_scale_sits_after_the_time_adagn():
+def test_semantic_scale_sits_after_the_time_adagn(randomise):
     """h <- (GN(conv(SiLU(GN(x)))) (1 + s_t) + b_t) (1 + Linear(SiLU(z))), then SiLU, conv, + skip (DiffAE)."""
     torch.manual_seed(0)
     block = randomise(CondResBlock(8, 12, temb_channels=16, z_dim=5, groups=4, dropout=0.0)).eval()
@@ -37,7 +36,7 @@ def test_semantic_scale_sits_after_the_time_adagn():
         torch.testing.assert_close(block(x, temb, z), expected)
 
 
-def test_shapes_and_semantic_conditioning(tiny):
+def test_shapes_and_semantic_conditioning(tiny, randomise):
     model = randomise(DiffusionAutoencoder(tiny, 3, 16)).eval()
     x = torch.rand(3, 3, 16, 16)
     z = model.encode(x)
@@ -72,7 +71,7 @@ def test_training_pass_predicts_noise_shape_and_backpropagates(tiny):
     assert model.unet.conv_out.weight.grad.abs().sum() > 0
 
 
-def test_timm_encoder_and_bad_architectures():
+def test_timm_encoder_and_bad_architectures(tiny_config):
     model = DiffusionAutoencoder(tiny_config(encoder="timm:test_resnet"), 3, 16)
     assert model.encode(torch.rand(2, 3, 16, 16)).shape == (2, 16)
     with pytest.raises(ValueError, match="half-unet"):
@@ -85,7 +84,7 @@ def test_timm_encoder_and_bad_architectures():
         DiffusionAutoencoder(tiny_config(), 2, 16)
 
 
-def test_save_load_round_trip(tmp_path, tiny):
+def test_save_load_round_trip(tmp_path, tiny, randomise):
     """A model written by save_dae comes back from load_dae with the same weights and the same outputs."""
     from dae_counterfactual.train import DAEConfig, load_dae, save_dae
     from medimg_core.data import DatasetCard
@@ -111,7 +110,7 @@ def test_save_load_round_trip(tmp_path, tiny):
         save_dae(DiffusionAutoencoder(tiny, 1, 32), cfg, card, tmp_path / "other")
 
 
-def test_v_prediction_target_and_its_noise():
+def test_v_prediction_target_and_its_noise(tiny_config):
     """v = sqrt(abar) eps - sqrt(1 - abar) x0; a denoiser that outputs the true v gives back exactly eps."""
     from dae_counterfactual.sampling import DiffusionConfig
 

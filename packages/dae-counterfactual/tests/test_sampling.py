@@ -2,20 +2,35 @@
 
 import pytest
 import torch
-from dae_test_helpers import randomise
 
 from dae_counterfactual.model import DiffusionAutoencoder
 from dae_counterfactual.sampling import (
     DiffusionConfig,
+    _t,
     ddim_invert,
     ddim_render,
-    ddim_sample,
     ddim_step,
     make_scheduler,
     timestep_grid,
 )
 
 ALPHAS = make_scheduler(DiffusionConfig()).alphas_cumprod
+
+
+def ddim_sample(model, x_T: torch.Tensor, steps: int, alphas_cumprod: torch.Tensor,
+                num_train_timesteps: int = 1000) -> torch.Tensor:
+    """Deterministic DDIM sampling by hand (what `ddim_render` does with diffusers): x_T -> x0 in [-1, 1].
+
+    The test oracle of `ddim_render`: t runs down the grid, the target cumulative alpha is the next lower grid
+    step's, 1 after t = 0."""
+    grid = timestep_grid(steps, num_train_timesteps)
+    x = x_T
+    for k in range(steps - 1, -1, -1):
+        t = grid[k]
+        alpha = alphas_cumprod[t]
+        alpha_next = alphas_cumprod[grid[k - 1]] if k > 0 else torch.ones_like(alpha)
+        x, _ = ddim_step(x, model(x, _t(t, x)), alpha, alpha_next)
+    return x
 
 
 def test_schedule_is_diffae_linear():
@@ -52,7 +67,7 @@ def test_step_clips_x0_and_rederives_the_noise():
 
 
 @pytest.mark.parametrize("steps", [1, 10, 20, 30])
-def test_hand_written_sampler_equals_diffusers_ddim_scheduler(tiny, steps):
+def test_hand_written_sampler_equals_diffusers_ddim_scheduler(tiny, randomise, steps):
     model = randomise(DiffusionAutoencoder(tiny, 3, 16)).double().eval()
     g = torch.Generator().manual_seed(1)
     z = torch.randn(2, tiny.z_dim, generator=g, dtype=torch.float64)
@@ -64,7 +79,7 @@ def test_hand_written_sampler_equals_diffusers_ddim_scheduler(tiny, steps):
     assert ours.std() > 0.01  # the model is not trivial
 
 
-def test_render_uses_diffusers_and_returns_the_data_range(tiny):
+def test_render_uses_diffusers_and_returns_the_data_range(tiny, randomise):
     model = randomise(DiffusionAutoencoder(tiny, 3, 16)).eval()
     z = torch.randn(2, tiny.z_dim)
     x_T = torch.randn(2, 3, 16, 16)
@@ -96,7 +111,7 @@ def test_inversion_is_diffae_loop():
     torch.testing.assert_close(x_T, x, rtol=0, atol=1e-12)
 
 
-def test_inversion_differs_from_diffusers_inverse_scheduler(tiny):
+def test_inversion_differs_from_diffusers_inverse_scheduler(tiny, randomise):
     """Why the loop is hand-written: diffusers' DDIMInverseScheduler follows another convention."""
     from diffusers import DDIMInverseScheduler
 

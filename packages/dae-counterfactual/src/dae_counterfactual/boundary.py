@@ -29,6 +29,8 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from medimg_core.checkpoint import write_json
+
 FORMAT = "dae-counterfactual/latent-boundary"
 
 
@@ -221,8 +223,7 @@ class LatentBoundary(BaseEstimator):
         return obj
 
     def save(self, path: str | Path) -> Path:
-        from medimg_core.checkpoint import write_json
-
+        """Write the boundary as JSON (atomically: a temporary file, then a rename)."""
         path = Path(path)
         write_json(path, self.to_dict())
         return path

@@ -55,7 +55,7 @@ def main() -> None:
     \b
     dae-cf train --config synth-grade-cpu --root DATA      # the diffusion autoencoder (no labels)
     dae-cf encode RUN                                      # z_sem of every image -> RUN/latents/
-    dae-cf fit-boundary RUN                                # linear classifier + grade calibration
+    dae-cf fit-boundary RUN                                # linear classifier + grade calibration -> checkpoint
     dae-cf counterfactual RUN IMAGE... --grades 0 1 2 3 4  # the same image at other grades
     dae-cf evaluate RUN --oracle BASELINE_RUN              # flip rates, Spearman, proximity
     """
@@ -94,7 +94,7 @@ def train(ctx: click.Context, config_name, device, seed, out, progress, resume_d
 @progress_option()
 def encode(run_dir: Path, splits, root, batch_size: int, device: str, seed: int, progress: bool | None) -> None:
     """Encode the run's dataset splits to z_sem with the EMA encoder -> RUN_DIR/latents/<split>.safetensors."""
-    from dae_counterfactual.train import encode_run
+    from dae_counterfactual.stages import encode_run
     from medimg_core.training import show_progress
 
     for split, path in encode_run(run_dir, tuple(splits), device, batch_size, root,
@@ -119,13 +119,14 @@ def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, 
                  seed, progress) -> None:
     """Fit the linear boundary on the training latents and the grade calibration; evaluate on val and test.
 
-    Encodes missing latents first; writes RUN_DIR/boundary.json, metrics.json["boundary"] and
-    figures/calibration.png.
+    Encodes missing latents first; stores the boundary in the checkpoint it was fitted for
+    (RUN_DIR/checkpoints/best/boundary.json) and writes metrics.json["boundary"] and figures/calibration.png.
     """
     from dataclasses import replace
 
-    from dae_counterfactual.run import load_dae
-    from dae_counterfactual.train import fit_boundary_run
+    from dae_counterfactual.run import BOUNDARY_FILE, load_dae
+    from dae_counterfactual.stages import fit_boundary_run
+    from medimg_core.runs import Run
     from medimg_core.training import show_progress
 
     cfg = load_dae(run_dir).cfg.boundary
@@ -139,7 +140,7 @@ def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, 
         b, g = m[split]["binary"], m[split]["grade"]
         click.echo(f"{split}: AUROC {b['auroc']:.4f} {[round(v, 4) for v in b['auroc_ci']]}, accuracy "
                    f"{b['accuracy']:.4f}; grade Spearman {g['spearman']:.4f}, MAE {g['mae']:.4f}, QWK {g['qwk']:.4f}")
-    click.echo(f"wrote {run_dir / 'boundary.json'}")
+    click.echo(f"wrote {Run(run_dir).checkpoint('best') / BOUNDARY_FILE}")
 
 
 @main.command(cls=GreedyNumbersCommand)
@@ -165,7 +166,7 @@ def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps
     re-encoded grades), images/ (reconstruction and counterfactual PNGs) and figures/ (series and
     difference maps).
     """
-    from dae_counterfactual.explain import counterfactual_run
+    from dae_counterfactual.api import counterfactual_run
     from medimg_core.training import show_progress
 
     if bool(grades) == bool(steps):
@@ -202,7 +203,7 @@ def evaluate(run_dir: Path, split, n_images, grades, oracle, encode_steps, rende
              batch_size, device, seed, progress) -> None:
     """Evaluate counterfactuals: reconstruction error, latent and image flip rates, Spearman of target vs
     re-encoded grade, L1/SSIM to the reconstruction (and, on synth-grade, the measured structure)."""
-    from dae_counterfactual.evaluate import evaluate_run
+    from dae_counterfactual.api import evaluate_run
     from medimg_core.training import show_progress
 
     folder, m = evaluate_run(run_dir, split, n_images, list(grades) or None, oracle, encode_steps, render_steps,

@@ -1,14 +1,25 @@
-"""The diffusion autoencoder's configuration: data, architecture, diffusion, training, latent boundary."""
+"""The diffusion autoencoder's configuration (data, architecture, diffusion, training, latent boundary) and the
+checks every entry point runs on it before any work."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from dae_counterfactual.model import DAEModelConfig
 from dae_counterfactual.sampling import DiffusionConfig
-from medimg_core.baseline import DataConfig
+from medimg_core.config import ConfigError
+from medimg_core.data.preprocess import DataConfig
+from medimg_core.experiment import RunConfig
 from medimg_core.training import OptimConfig, TrainConfig
+
+log = logging.getLogger("medimg")
+
+#: the checkpoint kind of a trained DAE (config.json "kind"), and the name of the method in metrics.json
+KIND = "dae-counterfactual"
 
 
 @dataclass
@@ -23,8 +34,11 @@ class BoundaryConfig:
 
 
 @dataclass
-class DAEConfig:
-    """Defaults are DiffAE's 64 px template (ffhq64_autoenc, as the paper's 64 px runs use it); see configs/."""
+class DAEConfig(RunConfig):
+    """Defaults are DiffAE's 64 px template (ffhq64_autoenc, as the paper's 64 px runs use it); see configs/.
+
+    The run keys (seed, device, out, name, bootstrap) come from medimg-core's RunConfig.
+    """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(image_size=64, normalize=None, hflip=True,
                                                                 scale_min=1.0))
@@ -36,10 +50,23 @@ class DAEConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adam", lr=1e-4, weight_decay=0.0,
                                                                    scheduler="none", grad_clip=1.0))
     boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs"
-    name: str | None = None
-    bootstrap: int = 1000
     #: images shown in figures/reconstructions.png after training (0: none)
     recon_images: int = 8
+
+
+def check_config(cfg: DAEConfig) -> None:
+    """Refuse settings the method cannot use, before any work."""
+    if cfg.data.normalize not in (None, "none"):
+        raise ConfigError(f"data.normalize is {cfg.data.normalize!r}; the diffusion autoencoder maps the images' "
+                          "[0, 1] range to [-1, 1] itself: set data.normalize to null")
+    if cfg.data.rotation or cfg.data.scale_min < 1.0:
+        log.warning("data.rotation / data.scale_min < 1 augment the autoencoder's training images; DiffAE uses "
+                    "horizontal flips only")
+
+
+def resolve_precision(cfg: DAEConfig, device: torch.device) -> None:
+    """Mixed precision on CUDA only: fp16/bf16 configs fall back to fp32 elsewhere (with a log line)."""
+    if cfg.train.precision != "fp32" and device.type != "cuda":
+        log.info("precision %s requested on %s: mixed precision runs on CUDA only, using fp32",
+                 cfg.train.precision, device)
+        cfg.train.precision = "fp32"

@@ -1,8 +1,8 @@
-"""Measuring the latent boundary and the counterfactuals.
+"""Measuring the counterfactuals (and an independent image classifier to judge them).
 
-Boundary (`boundary_metrics`): the latent classifier's binary metrics (AUROC from the signed
-distance, accuracy, ...) and the calibrated grade's agreement with the true grade (Spearman, MAE
-of the rounded grade, quadratic kappa), with bootstrap intervals.
+Pure: counterfactual series, a boundary and image arrays in (the run-level benchmark, `evaluate_run`, is in
+`dae_counterfactual.api`). The boundary's own metrics (`boundary_metrics`: AUROC from the signed distance,
+Spearman, MAE and quadratic kappa of the calibrated grade) are in `dae_counterfactual.metrics`.
 
 Counterfactuals (`counterfactual_metrics`), over (image, target grade) pairs:
 
@@ -31,50 +31,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from torchvision import tv_tensors
 
 from dae_counterfactual.boundary import LatentBoundary
-from dae_counterfactual.explain import CounterfactualSeries, generate_counterfactuals, series_figure
-from dae_counterfactual.run import eval_datasets, load_dae, require_run_dir
+from dae_counterfactual.explain import CounterfactualSeries
+
+# the image and boundary metrics live in dae_counterfactual.metrics; importing them here keeps
+# `from dae_counterfactual.evaluate import image_distances, grade_metrics, ...` working
+from dae_counterfactual.metrics import (  # noqa: F401
+    _spearman,
+    boundary_metrics,
+    grade_metrics,
+    image_distances,
+    per_image,
+)
+from medimg_core.baseline import load_baseline
+from medimg_core.data.transforms import TransformConfig, eval_transform
+from medimg_core.synthetic import measure_structure, structure_map
 
 Measure = Callable[[np.ndarray], np.ndarray]
 #: images (N, C, H, W) -> pathology maps (N, H, W) bool
 Region = Callable[[np.ndarray], np.ndarray]
-
-
-# ------------------------------------------------------------------------------------ image distances
-
-
-def _ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two (C, H, W) images in [0, 1] (scikit-image, 7x7 window or the largest odd one that fits)."""
-    from skimage.metrics import structural_similarity
-
-    side = min(a.shape[-2:])
-    win = min(7, side if side % 2 else side - 1)
-    return float(structural_similarity(a, b, data_range=1.0, channel_axis=0, win_size=win))
-
-
-def image_distances(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> dict[str, float]:
-    """Mean MSE, L1 and SSIM between image batches (N, C, H, W) in [0, 1]."""
-    a = np.clip(np.asarray(a, dtype=np.float64), 0, 1)
-    b = np.clip(np.asarray(b, dtype=np.float64), 0, 1)
-    if a.shape != b.shape or a.ndim != 4:
-        raise ValueError(f"image_distances: expected two (N, C, H, W) batches of one shape, got {a.shape}, {b.shape}")
-    return {"mse": float(((a - b) ** 2).mean()), "l1": float(np.abs(a - b).mean()),
-            "ssim": float(np.mean([_ssim(x, y) for x, y in zip(a, b, strict=True)]))}
-
-
-def per_image(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(L1 (N,), SSIM (N,)) between image batches (N, C, H, W) in [0, 1]."""
-    a, b = np.clip(a, 0, 1).astype(np.float64), np.clip(b, 0, 1).astype(np.float64)
-    return np.abs(a - b).mean(axis=(1, 2, 3)), np.array([_ssim(x, y) for x, y in zip(a, b, strict=True)])
-
-
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
 
 
 # ------------------------------------------------------------------------------------ the image classifier
@@ -87,9 +64,6 @@ class ImageOracle:
     """
 
     def __init__(self, run_dir: str | Path, positive_min_grade: int = 1, device: str | torch.device = "cpu"):
-        from medimg_core.baseline import load_baseline
-        from medimg_core.data.transforms import TransformConfig, eval_transform
-
         self.model, self.config = load_baseline(run_dir, map_location=str(device))
         self.device = device
         self.run_dir = Path(run_dir)
@@ -108,8 +82,6 @@ class ImageOracle:
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, batch_size: int = 128) -> np.ndarray:
         """Class probabilities (N, classes) of images (N, C, H, W) in [0, 1]."""
-        from torchvision import tv_tensors
-
         out = []
         for s in range(0, images.shape[0], batch_size):
             x = (images[s:s + batch_size].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
@@ -123,45 +95,6 @@ class ImageOracle:
 
     def expected_grade(self, probabilities: np.ndarray) -> np.ndarray:
         return probabilities @ np.arange(probabilities.shape[1])
-
-
-# ------------------------------------------------------------------------------------ boundary metrics
-
-
-def grade_metrics(true: np.ndarray, predicted: np.ndarray, num_grades: int, n_boot: int = 1000,
-                  seed: int = 0) -> dict[str, Any]:
-    """Calibrated (continuous) grade vs the true grade: Spearman, MAE (rounded and continuous), QWK, accuracy."""
-    from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
-
-    from medimg_core.metrics import bootstrap_ci
-
-    true = np.asarray(true, dtype=np.float64)
-    predicted = np.asarray(predicted, dtype=np.float64)
-    rounded = np.clip(np.rint(predicted), 0, num_grades - 1).astype(np.int64)
-    truth = true.astype(np.int64)
-    spear = bootstrap_ci(_spearman, true, predicted, n_boot=n_boot, seed=seed)
-    mae = bootstrap_ci(lambda a, b: float(np.abs(a - b).mean()), truth, rounded, n_boot=n_boot, seed=seed)
-    return {"spearman": spear[0], "spearman_ci": [spear[1], spear[2]], "mae": mae[0], "mae_ci": [mae[1], mae[2]],
-            "mae_continuous": float(np.abs(true - predicted).mean()),
-            "qwk": float(cohen_kappa_score(truth, rounded, labels=np.arange(num_grades), weights="quadratic")),
-            "accuracy": float(accuracy_score(truth, rounded)),
-            "macro_f1": float(f1_score(truth, rounded, average="macro", zero_division=np.nan)), "n": int(true.size)}
-
-
-def boundary_metrics(boundary: LatentBoundary, z: np.ndarray, grades: np.ndarray, num_grades: int,
-                     n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Binary metrics of the latent classifier (pathology = grade >= positive_min_grade) and grade metrics."""
-    from sklearn.metrics import roc_auc_score
-
-    from medimg_core.metrics import metrics_with_ci
-
-    y = (np.asarray(grades) >= boundary.positive_min_grade).astype(np.int64)
-    binary = metrics_with_ci("binary", y, boundary.score_proba(z), ["negative", "positive"], n_boot=n_boot,
-                             seed=seed)
-    binary.pop("bootstrap", None)
-    if len(np.unique(y)) == 2:  # the paper's notebooks report the AUROC of hard predictions
-        binary["auroc_hard_labels"] = float(roc_auc_score(y, boundary.predict(z)))
-    return {"binary": binary, "grade": grade_metrics(grades, boundary.grade(z), num_grades, n_boot, seed)}
 
 
 # ------------------------------------------------------------------------------------ counterfactual metrics
@@ -346,8 +279,6 @@ def per_target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 def region_for(card_name: str) -> Region | None:
     """The pathology map a synthetic dataset's generator reads from pixels (synth-grade's plaque), else None."""
     if card_name == "synth-grade":
-        from medimg_core.synthetic import structure_map
-
         return lambda images: np.asarray(structure_map(np.asarray(images, dtype=np.float32))) > 0
     return None
 
@@ -355,77 +286,5 @@ def region_for(card_name: str) -> Region | None:
 def measure_for(card_name: str) -> Measure | None:
     """The structure measure a synthetic dataset's generator provides (synth-grade), else None."""
     if card_name == "synth-grade":
-        from medimg_core.synthetic import measure_structure
-
         return lambda images: np.atleast_1d(measure_structure(np.asarray(images, dtype=np.float32)))
     return None
-
-
-def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: Sequence[float] | None = None,
-                 oracle_run: str | Path | None = None, encode_steps: int | None = None,
-                 render_steps: int | None = None, device: str = "cpu", seed: int = 0, batch_size: int = 8,
-                 figures: int = 6, out: str | Path | None = None, measure: str = "auto",
-                 root: str | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Counterfactual series of n images of `split` at each target grade, and their metrics.
-
-    Writes a folder (default run_dir/evaluations/<date>-<split>-n<n>) with config.yaml, metrics.json
-    (metrics, per-target rows, every series) and figures/counterfactuals.png (the first `figures` images).
-    measure: "auto" (the generator's measure for synth-grade, else none) or "none". With a measure, the
-    metrics also hold `latent_swap` (see `latent_swap_probe`) for up to 8 pairs of images of the lowest and
-    the highest true grade among the chosen ones.
-    """
-    import time
-
-    from medimg_core.baseline import peak_memory_mb
-    from medimg_core.checkpoint import write_json
-    from medimg_core.config import save_config
-    from medimg_core.distributed import seed_everything
-    from medimg_core.runs import create_run_dir
-
-    start = time.perf_counter()
-    seed_everything(seed)
-    run = load_dae(run_dir, device)
-    run_dir = require_run_dir(run, "evaluate")
-    boundary = LatentBoundary.load(run_dir / "boundary.json")
-    grades = list(range(run.card.num_classes)) if grades is None else list(grades)
-    encode_steps = encode_steps or run.cfg.diffusion.encode_steps
-    render_steps = render_steps or run.cfg.diffusion.render_steps
-    if measure not in ("auto", "none"):
-        raise ValueError(f"measure must be 'auto' or 'none', got {measure!r}")
-    measure_fn = measure_for(run.card.name) if measure == "auto" else None
-    oracle = ImageOracle(oracle_run, boundary.positive_min_grade, device) if oracle_run else None
-    dataset = eval_datasets(run.cfg, (split,), root)[split]
-    index = select_images(np.asarray(dataset.table.targets), n, seed)
-    samples = [dataset[int(i)] for i in index]
-    x = torch.stack([s["image"] for s in samples])
-    series = generate_counterfactuals(run.model, boundary, x, grades, "grade", encode_steps, render_steps,
-                                      ids=[s["id"] for s in samples],
-                                      true_grades=[float(s["target"]) for s in samples], batch_size=batch_size,
-                                      device=device, progress=progress)
-    generate_time = time.perf_counter() - start
-    region_fn = region_for(run.card.name) if measure == "auto" else None
-    metrics = counterfactual_metrics(series, boundary, oracle, measure_fn, region_fn)
-    truth = np.array([float(sm["target"]) for sm in samples])
-    if measure_fn is not None and (truth == truth.min()).any() and truth.max() > truth.min():
-        lo, hi = np.flatnonzero(truth == truth.min()), np.flatnonzero(truth == truth.max())
-        pairs = min(len(lo), len(hi), 8)
-        metrics["latent_swap"] = latent_swap_probe(run.model, x[lo[:pairs]], x[hi[:pairs]], measure_fn, encode_steps,
-                                                   render_steps, device=device)
-    settings = {"run": str(run_dir), "split": split, "n": len(series), "grades": grades, "encode_steps": encode_steps,
-                "render_steps": render_steps, "oracle": None if oracle_run is None else str(oracle_run),
-                "measure": "measure_structure" if measure_fn else None, "device": device, "seed": seed}
-    folder = create_run_dir(Path(out) if out else run_dir / "evaluations", f"{split}-n{len(series)}")
-    save_config(settings, folder / "config.yaml")
-    extra = None
-    if measure_fn is not None:
-        shown = series[:figures]
-        extra = [[f"measure {v:.1f}" for v in measure_fn(s.counterfactuals.numpy())] for s in shown]
-    if figures > 0:
-        series_figure(series[:figures], folder / "figures" / "counterfactuals.png",
-                      f"{run.card.name}: counterfactuals at target grades {grades}", extra)
-    metrics.update({"method": "dae-counterfactual", "dataset": run.card.name, "settings": settings,
-                    "per_target": per_target_table(metrics), "wall_time_s": time.perf_counter() - start,
-                    "generate_time_s": generate_time, "peak_memory_mb": peak_memory_mb(),
-                    "series": [s.to_dict() for s in series]})
-    write_json(folder / "metrics.json", metrics)
-    return folder, metrics

@@ -1,29 +1,46 @@
-"""Counterfactual series: the same image rendered at other grades, and their figures.
+"""Counterfactual series: the same image rendered at other grades, and their figures (pure: a model, a boundary
+and image tensors in).
 
 For each image x: z = Enc(x), x_T = encode_stochastic(x, z), the reconstruction render(x_T, z), and
 for each target the edited latent z' (LatentBoundary.edit_to_grade, or the notebooks' fixed step)
 rendered with the image's own x_T. Each counterfactual is re-encoded, so its calibrated grade can be
 read back and compared with the target.
+
+A `CounterfactualSeries` is the method's explanation (`medimg_core.explain.Explanation`): `to_text(top_k)`,
+`figure(path, top_k)`, `to_dict()`, with `predicted` (the side of the hyperplane the image's latent is on: 0 =
+negative, 1 = pathology) and `target` (the side it is moved to, when the series was made for one; see
+`CounterfactualExplainer.explain`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from dae_counterfactual.boundary import LatentBoundary
 from dae_counterfactual.model import DiffusionAutoencoder
-from dae_counterfactual.run import load_dae, require_run_dir
+from medimg_core.explain import jsonable
+from medimg_core.figures import PAPER_RC, save_figure, to_display
+
+#: the two sides of the hyperplane when a series carries no class names
+SIDES = ("negative", "positive")
 
 
 @dataclass
 class CounterfactualSeries:
-    """One image and its counterfactuals. Images are (C, H, W) tensors in the data range [0, 1]."""
+    """One image and its counterfactuals. Images are (C, H, W) tensors in the data range [0, 1].
+
+    `predicted`: the class of the image's own latent (1 when it lies on the pathology side of the hyperplane);
+    `target`: the class the image is moved to (None for a series of arbitrary grades or steps); `classes`: the
+    names of both classes (e.g. "grade < 1", "grade >= 1").
+    """
 
     id: str
     image: torch.Tensor
@@ -39,15 +56,61 @@ class CounterfactualSeries:
     reencoded_distances: np.ndarray  # (K,)
     true_grade: float | None = None
     extra: dict = field(default_factory=dict)
+    target: int | None = None
+    predicted: int | None = None
+    classes: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
-        return {"id": self.id, "mode": self.mode, "true_grade": self.true_grade, "grade": self.grade,
-                "distance": self.distance, "targets": self.targets.tolist(),
-                "edited_grades": self.edited_grades.tolist(), "reencoded_grades": self.reencoded_grades.tolist(),
-                "reencoded_distances": self.reencoded_distances.tolist(), **self.extra}
+    def class_name(self, index: int) -> str:
+        names = self.classes or SIDES
+        return names[index]
 
-    def figure(self, path: str | Path, title: str | None = None) -> Path:
-        return series_figure([self], path, title)
+    def first(self, k: int | None) -> CounterfactualSeries:
+        """The same series cut to its first k targets (all for None)."""
+        if k is None or k >= len(self.targets):
+            return self
+        if k < 1:
+            raise ValueError(f"top_k must be at least 1, got {k}")
+        return dataclasses.replace(
+            self, targets=self.targets[:k], counterfactuals=self.counterfactuals[:k],
+            edited_grades=self.edited_grades[:k], edited_distances=self.edited_distances[:k],
+            reencoded_grades=self.reencoded_grades[:k], reencoded_distances=self.reencoded_distances[:k])
+
+    def to_text(self, top_k: int | None = None) -> str:
+        """The image's calibrated grade and class, then one line per target (the first top_k; None: all): the
+        target, the edited latent's grade, and the re-encoded counterfactual's grade, distance and side."""
+        head = f"{self.id}: calibrated grade {self.grade:.2f}, signed distance {self.distance:+.3f}"
+        if self.true_grade is not None:
+            head += f" (true grade {self.true_grade:g})"
+        if self.predicted is not None:
+            head += f"; predicted {self.class_name(self.predicted)}"
+        lines = [head]
+        if self.target is not None:
+            lines.append(f"moved to {self.class_name(self.target)}:")
+        shown = self.first(top_k)
+        for j, t in enumerate(shown.targets):
+            label = f"target grade {t:g}" if self.mode == "grade" else f"step {t:g}"
+            side = self.class_name(int(shown.reencoded_distances[j] > 0))
+            lines.append(f"  {label}: edited grade {shown.edited_grades[j]:.2f}, re-encoded grade "
+                         f"{shown.reencoded_grades[j]:.2f} (distance {shown.reencoded_distances[j]:+.3f}, {side})")
+        if len(shown.targets) < len(self.targets):
+            lines.append(f"  ({len(self.targets) - len(shown.targets)} more)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers of the series (no images), JSON-serialisable."""
+        return jsonable({"id": self.id, "mode": self.mode, "true_grade": self.true_grade, "grade": self.grade,
+                         "distance": self.distance, "targets": self.targets.tolist(),
+                         "edited_grades": self.edited_grades.tolist(),
+                         "reencoded_grades": self.reencoded_grades.tolist(),
+                         "reencoded_distances": self.reencoded_distances.tolist(), **self.extra,
+                         "target": self.target, "predicted": self.predicted, "classes": list(self.classes)})
+
+    def figure(self, path: str | Path, top_k: int | None = None, *, title: str | None = None) -> Path:
+        """Input, reconstruction, the counterfactuals (the first top_k targets; None: all) and their difference
+        maps, as one PNG at `path` (see `series_figure`)."""
+        if isinstance(top_k, str):  # the former signature figure(path, title)
+            top_k, title = None, top_k
+        return series_figure([self.first(top_k)], path, title)
 
 
 @torch.no_grad()
@@ -65,10 +128,12 @@ def generate_counterfactuals(
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    classes: Sequence[str] = (),
 ) -> list[CounterfactualSeries]:
-    """Counterfactual series of images (B, C, H, W) in [0, 1] at each target (grade or fixed step)."""
-    from tqdm.auto import tqdm
+    """Counterfactual series of images (B, C, H, W) in [0, 1] at each target (grade or fixed step).
 
+    `classes` names the two sides of the hyperplane in the series' text (default "negative", "positive").
+    """
     if mode not in ("grade", "step"):
         raise ValueError(f"mode must be 'grade' or 'step', got {mode!r}")
     targets_arr = np.asarray(targets, dtype=np.float64).reshape(-1)
@@ -104,7 +169,8 @@ def generate_counterfactuals(
                 id=ids[j], image=x[i].cpu(), reconstruction=recon[i], mode=mode, targets=targets_arr.copy(),
                 counterfactuals=cf[i], grade=float(grade0[i]), distance=float(dist0[i]), edited_grades=e_grade[i],
                 edited_distances=e_dist[i], reencoded_grades=r_grade[i], reencoded_distances=r_dist[i],
-                true_grade=None if true_grades is None else float(true_grades[j])))
+                true_grade=None if true_grades is None else float(true_grades[j]), predicted=int(dist0[i] > 0),
+                classes=tuple(classes)))
     return out
 
 
@@ -118,8 +184,6 @@ def series_figure(series: Sequence[CounterfactualSeries], path: str | Path, titl
     """Per image two rows: input, reconstruction and the counterfactuals (target -> re-encoded grade), then
     the difference maps counterfactual - reconstruction (red: brighter, blue: darker; one scale per image)."""
     import matplotlib.pyplot as plt
-
-    from medimg_core.figures import PAPER_RC, save_figure, to_display
 
     k = max(len(s.targets) for s in series)
     ncols = k + 2
@@ -155,70 +219,3 @@ def series_figure(series: Sequence[CounterfactualSeries], path: str | Path, titl
             fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         return save_figure(fig, path)
-
-
-# ------------------------------------------------------------------------------------ from files
-
-
-def load_images(paths: Sequence[str | Path], transform, channels: int) -> torch.Tensor:
-    """Image files -> (N, C, H, W) in [0, 1] through `transform` (the run's eval transform)."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision import tv_tensors
-
-    out = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{p}: not an image file that can be read ({exc})") from None
-        t = torch.from_numpy(np.array(arr, copy=True))
-        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-        x = transform(tv_tensors.Image(t)).as_subclass(torch.Tensor)
-        out.append(x.float() / 255.0 if x.dtype == torch.uint8 else x.float())
-    return torch.stack(out)
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """(C, H, W) in [0, 1] -> PNG (uint8)."""
-    from PIL import Image
-
-    arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
-
-
-def counterfactual_run(run_dir: str | Path, images: Sequence[str | Path], targets: Sequence[float],
-                       mode: Literal["grade", "step"] = "grade", direction: float | None = None,
-                       encode_steps: int | None = None, render_steps: int | None = None, device: str = "cpu",
-                       out: str | Path | None = None, seed: int = 0, batch_size: int = 8,
-                       progress: bool = True) -> tuple[Path, list[CounterfactualSeries]]:
-    """Counterfactual series of image files; writes a folder with config.yaml, metrics.json, images/, figures/."""
-    from medimg_core.baseline import build_transforms
-    from medimg_core.checkpoint import write_json
-    from medimg_core.config import save_config
-    from medimg_core.distributed import seed_everything
-    from medimg_core.runs import create_run_dir
-
-    seed_everything(seed)
-    run = load_dae(run_dir, device)
-    run_dir = require_run_dir(run, "counterfactual")
-    boundary = LatentBoundary.load(run_dir / "boundary.json")
-    encode_steps = encode_steps or run.cfg.diffusion.encode_steps
-    render_steps = render_steps or run.cfg.diffusion.render_steps
-    x = load_images(images, build_transforms(run.cfg.data, run.card)[1], run.in_channels)
-    ids = [Path(p).stem for p in images]
-    series = generate_counterfactuals(run.model, boundary, x, targets, mode, encode_steps, render_steps, direction,
-                                      ids, batch_size=batch_size, device=device, progress=progress)
-    folder = create_run_dir(Path(out) if out else run_dir / "counterfactuals", f"{mode}-{len(ids)}-images")
-    settings = {"run": str(run_dir), "images": [str(p) for p in images], "mode": mode,
-                "targets": [float(t) for t in targets], "direction": direction, "encode_steps": encode_steps,
-                "render_steps": render_steps, "device": device, "seed": seed}
-    save_config(settings, folder / "config.yaml")
-    (folder / "images").mkdir()
-    for s in series:
-        save_png(s.reconstruction, folder / "images" / f"{s.id}_reconstruction.png")
-        for t, cf in zip(s.targets, s.counterfactuals, strict=True):
-            save_png(cf, folder / "images" / f"{s.id}_{mode}{t:g}.png")
-        s.figure(folder / "figures" / f"{s.id}.png")
-    write_json(folder / "metrics.json", {**settings, "series": [s.to_dict() for s in series]})
-    return folder, series

@@ -40,6 +40,7 @@ from dae_counterfactual.sampling import (
     ddim_render,
     make_scheduler,
 )
+from medimg_core.models import create_backbone
 
 
 @dataclass
@@ -242,8 +243,6 @@ class TimmEncoder(nn.Module):
 
     def __init__(self, name: str, in_channels: int, image_size: int, z_dim: int):
         super().__init__()
-        from medimg_core.models import create_backbone
-
         self.backbone = create_backbone(name, pretrained=False, in_chans=in_channels, img_size=image_size)
         self.head = nn.Linear(self.backbone.num_features, z_dim)
 

@@ -11,8 +11,8 @@ predicted noise e (what both directions share, `ddim_step`):
     e' = (x - sqrt(a) x0) / sqrt(1 - a)            # the noise re-derived from the clipped x0
     x' = sqrt(a') x0 + sqrt(1 - a') e'
 
-- rendering (`ddim_render`, diffusers' DDIMScheduler; `ddim_sample` is the same loop by hand for the
-  tests): t runs down the grid, a' is the cumulative alpha one grid step lower, 1 after t = 0; the
+- rendering (`ddim_render`, diffusers' DDIMScheduler; the tests check it against the same loop written by
+  hand): t runs down the grid, a' is the cumulative alpha one grid step lower, 1 after t = 0; the
   result is the final x0.
 - stochastic encoding (`ddim_invert`, DiffAE's `ddim_reverse_sample_loop`): t runs *up* the grid,
   the model is evaluated at the current (lower) t, a' is the next grid step's cumulative alpha and 0
@@ -104,19 +104,6 @@ def ddim_invert(model: Denoiser, x0: torch.Tensor, steps: int, alphas_cumprod: t
         t = grid[k]
         alpha = alphas_cumprod[t]
         alpha_next = alphas_cumprod[grid[k + 1]] if k + 1 < steps else torch.zeros_like(alpha)
-        x, _ = ddim_step(x, model(x, _t(t, x)), alpha, alpha_next)
-    return x
-
-
-def ddim_sample(model: Denoiser, x_T: torch.Tensor, steps: int, alphas_cumprod: torch.Tensor,
-                num_train_timesteps: int = 1000, progress: bool = False) -> torch.Tensor:
-    """Deterministic DDIM sampling by hand (what `ddim_render` does with diffusers): x_T -> x0 in [-1, 1]."""
-    grid = timestep_grid(steps, num_train_timesteps)
-    x = x_T
-    for k in _bar(range(steps - 1, -1, -1), progress, "DDIM sampling"):
-        t = grid[k]
-        alpha = alphas_cumprod[t]
-        alpha_next = alphas_cumprod[grid[k - 1]] if k > 0 else torch.ones_like(alpha)
         x, _ = ddim_step(x, model(x, _t(t, x)), alpha, alpha_next)
     return x
 
