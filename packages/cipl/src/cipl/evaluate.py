@@ -21,7 +21,6 @@ before the bicubic upsampling; the cell pointing game still uses the backbone's 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,8 +41,6 @@ from cipl.maps import (  # noqa: F401
     weighted_class_maps,
 )
 from cipl.model import CIPL
-from cipl.push import find_push_dir, load_push
-from cipl.run import eval_transform_for, load_cipl, output_task
 from medimg_core.metrics import bootstrap_ci
 
 
@@ -210,41 +207,6 @@ def localisation_as(result: dict[str, Any], kind: str) -> dict[str, Any]:
     out.update({k.removeprefix(f"{kind}/"): v for k, v in result.items() if k.startswith(f"{kind}/")})
     out.update({k: result[k] for k in _LOCALISATION_META if k in result}, map=kind)
     return out
-
-
-def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
-                 options: dict | None = None, device: str = "cpu", n_boot: int = 1000, checkpoint: str = "best",
-                 seed: int = 0, map_step: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Evaluate a trained CIPL on a split of its own data (default) or of another dataset with the same classes."""
-    from medimg_core.data import load_dataset
-    from medimg_core.metrics import metrics_with_ci
-
-    model, info = load_cipl(run_dir, checkpoint)
-    cfg, card, labels = info["cfg"], info["card_obj"], info["labels_obj"]
-    name = dataset or cfg.data.dataset
-    data_root = root or cfg.data.root
-    opts = cfg.data.options if dataset is None and options is None else (options or {})
-    ds = load_dataset(name, data_root, split, transform=eval_transform_for(cfg, info["in_chans"]), **opts)
-    if list(ds.card.class_names) != list(card.class_names):
-        raise ValueError(f"{name} classes {list(ds.card.class_names)} differ from the model's {list(card.class_names)}")
-    batch = cfg.train.eval_batch_size or cfg.train.batch_size
-    out = predict(model, ds, device, batch, progress)
-    task = output_task(labels)
-    target = out["target"] if labels.multilabel else out["target"].astype(np.int64)
-    result: dict[str, Any] = {"dataset": name, "split": split, "n": len(ds), "task": task,
-                              "test": metrics_with_ci(task, target, out["scores"], list(labels.output_names),
-                                                      n_boot=n_boot, seed=seed)}
-    loc = localisation_metrics(model, ds, device, batch, cfg.iou_threshold, n_boot=n_boot, seed=seed,
-                               kind=cfg.localisation_map, map_step=map_step, progress=progress)
-    if loc is not None:
-        result["localisation"] = loc
-        push_dir = find_push_dir(run_dir, model) if dataset is None and root is None else None
-        if push_dir is not None:
-            train = load_dataset(name, data_root, cfg.data.train_split, **opts)
-            placement = prototype_placement(load_push(push_dir), train)
-            if placement is not None:
-                result["prototype_placement"] = placement
-    return result
 
 
 def prototype_placement(push: dict[str, Any], dataset: Dataset) -> dict[str, Any] | None:
