@@ -13,8 +13,11 @@ from medimg_core.testing.conformance import check_estimator
 @pytest.mark.parametrize("task", ["multilabel", "binary", "multiclass"])
 def test_cipl_estimator_conformance(task, tmp_path, tiny_settings):
     splits = tiny_splits(task, n=48, size=32)
+    transforms = {name: ds.transform for name, ds in splits.items()}
     fitted = check_estimator(lambda: CIPLClassifier("synth-cxr-cpu", out=str(tmp_path / "runs"), **tiny_settings), splits,
                              tmp_path)
+    # fit trains on copies (the pair views, the push set's evaluation transform): the caller's datasets are untouched
+    assert all(splits[name].transform is tf for name, tf in transforms.items())
     card = splits["train"].card
     if task == "multilabel":  # the findings are scored; the reference class is a prototype class only
         assert fitted.classes_ == list(card.class_names)
