@@ -58,6 +58,8 @@ def test_train_writes_metrics_prototypes_and_figures(trained):
     assert "all_present/pointing_game" in loc and 0 <= loc["all_present/iou_mean"] <= 1
     # the selected checkpoint is a pushed one, and its push folder is recorded
     assert metrics["best_epoch"] in (1, 2) and metrics["prototypes"].startswith("prototypes/epoch-")
+    index = json.loads((run / "checkpoints" / "best" / "push_index.json").read_text())
+    assert index["directory"] == metrics["prototypes"] and index["epoch"] == metrics["best_epoch"]
     # where the push put each finding's prototypes (No Finding has no mask: 5 classes x 2 prototypes)
     placement = metrics["prototype_placement"]
     assert sum(placement[f"n/{name}"] for name in metrics["outputs"]) == 10
@@ -99,6 +101,8 @@ def test_evaluate_reason_gallery_push(trained, tmp_path):
     result = runner.invoke(main, ["push", str(run)])
     assert result.exit_code == 0, result.output
     assert (run / "checkpoints" / "pushed" / "model.safetensors").is_file()
+    index = json.loads((run / "checkpoints" / "pushed" / "push_index.json").read_text())
+    assert index["directory"] == "prototypes/push-best-train" and len(index["prototypes"]) == 12
     # the best checkpoint was already pushed: pushing again moves nothing
     assert "mean squared distance moved 0.0000" in result.output
     result = runner.invoke(main, ["evaluate", str(run), "--checkpoint", "pushed", "--bootstrap", "20"])

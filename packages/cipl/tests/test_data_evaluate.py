@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from cipl_test_helpers import IdentityBackbone
 
 from cipl.data import PairDataset, ViewConfig
 from cipl.evaluate import localisation_metrics
@@ -11,6 +10,7 @@ from cipl.model import CIPL, LabelSpace
 from medimg_core.baseline import DataConfig
 from medimg_core.data import DatasetCard, MedicalImageDataset
 from medimg_core.data.base import SampleTable
+from medimg_core.testing import IdentityBackbone
 
 
 def multilabel_dataset(n=40, seed=0, size=16, masks=None, targets=None, images=None):
@@ -109,12 +109,10 @@ def test_pointing_game_and_iou_by_hand():
     assert result["max/pointing_game"] == result["top/pointing_game"] == result["pointing_game"]
 
 
-def test_feature_grid_and_upsampling():
-    from cipl_test_helpers import tiny_cipl
-
+def test_feature_grid_and_upsampling(tiny_cipl):
     from cipl.maps import FeatureGrid, feature_grid, naive_grid, upsample
 
-    # TinyBackbone: a 3x3 convolution, stride 2, padding 1: cell i is centred on pixel 2i
+    # TinyConvBackbone: a 3x3 convolution, stride 2, padding 1: cell i is centred on pixel 2i
     grid = feature_grid(tiny_cipl(), (16, 16), 1)
     assert grid.step == (2.0, 2.0) and grid.shape == (8, 8)
     assert grid.origin == pytest.approx((0.0, 0.0), abs=0.3)
@@ -167,10 +165,8 @@ def test_dense_maps_interleave_the_shifted_maps():
         dense_distance_maps(Subsampling(), x, 3, grid)
 
 
-def test_dense_maps_of_a_real_cipl_match_its_own_cells():
+def test_dense_maps_of_a_real_cipl_match_its_own_cells(tiny_cipl):
     """On a CIPL (stride 2), the step-1 map holds the model's own distance map at the even pixels."""
-    from cipl_test_helpers import tiny_cipl
-
     from cipl.maps import dense_distance_maps
 
     model = tiny_cipl().eval()
@@ -262,3 +258,20 @@ def test_weighted_class_maps_by_hand():
     assert torch.allclose(out[:, 1], 1.0 * maps[:, 2] + 1.1 * maps[:, 3])
     # off-block weights (class a's on b's prototypes, 0.2 and 0.3) play no part
     assert torch.allclose(out[:, 0], 0.0 * maps[:, 0] + 0.1 * maps[:, 1])
+
+
+def test_localisation_intervals_are_the_core_bootstrap_with_the_former_numbers():
+    """The intervals come from medimg_core.metrics.bootstrap_ci now; they equal those of the former private
+    bootstrap (one (n_boot, n) draw of resample indices), also where the core draws its indices in chunks."""
+    from cipl.evaluate import _bootstrap_mean
+
+    def former(values, n_boot, seed):
+        rng = np.random.default_rng(seed)
+        means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+        return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+    rng = np.random.default_rng(0)
+    for n in (2, 43, 1500):  # 1500 x 1000 resamples: several chunks in the core
+        for values in ((rng.random(n) < 0.3).astype(np.float64), rng.random(n)):
+            assert _bootstrap_mean(values, 1000, 0) == former(values, 1000, 0)
+    assert _bootstrap_mean(np.ones(1), 1000, 0) is None and _bootstrap_mean(np.ones(5), 0, 0) is None

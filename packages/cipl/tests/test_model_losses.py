@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from cipl_test_helpers import IdentityBackbone, tiny_cipl
 
 from cipl.losses import (
     classification_loss,
@@ -16,6 +15,7 @@ from cipl.losses import (
     shared_targets,
 )
 from cipl.model import CIPL, LabelSpace, class_probabilities, squared_distances
+from medimg_core.testing import IdentityBackbone
 
 
 def hand_model() -> tuple[CIPL, torch.Tensor]:
@@ -54,7 +54,7 @@ def test_squared_distances_match_brute_force():
     assert torch.allclose(squared_distances(z, p), brute, atol=1e-5)
 
 
-def test_last_layer_identity_init_and_projection():
+def test_last_layer_identity_init_and_projection(tiny_cipl):
     model = tiny_cipl(m=2)
     w = model.last_layer.weight
     assert model.last_layer.bias is None
@@ -167,7 +167,7 @@ def test_prediction_alignment_by_hand():
     assert prediction_alignment(student, teacher, False).item() == pytest.approx(single, abs=1e-7)
 
 
-def test_teacher_is_an_exponential_moving_average():
+def test_teacher_is_an_exponential_moving_average(tiny_cipl):
     from cipl.model import CIPLWithTeacher
 
     wrapper = CIPLWithTeacher(tiny_cipl(seed=0), tiny_cipl(seed=1), momentum=0.9)
@@ -184,7 +184,7 @@ def test_teacher_is_an_exponential_moving_average():
     assert not any(p.requires_grad for p in wrapper.teacher.parameters())
 
 
-def test_pair_forward_shapes_and_frozen_mode():
+def test_pair_forward_shapes_and_frozen_mode(tiny_cipl):
     from cipl.model import CIPLWithTeacher
 
     wrapper = CIPLWithTeacher(tiny_cipl(seed=0), tiny_cipl(seed=1))

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from cipl_test_helpers import tiny_cipl
 from torch.utils.data import DataLoader
 
 from cipl.push import _greedy_assignment, find_push_dir, load_push, push_prototypes
@@ -25,7 +24,7 @@ def toy_dataset(n=30, seed=0, transform=None, targets=None) -> MedicalImageDatas
     return MedicalImageDataset(table, CARD, "train", transform)
 
 
-def test_push_respects_classes_one_prototype_per_image_and_copies_real_cells(tmp_path):
+def test_push_respects_classes_one_prototype_per_image_and_copies_real_cells(tmp_path, tiny_cipl):
     model = tiny_cipl(m=2).eval()
     ds = toy_dataset()
     loader = DataLoader(ds, batch_size=7, shuffle=False)
@@ -59,7 +58,7 @@ def test_push_respects_classes_one_prototype_per_image_and_copies_real_cells(tmp
     assert json.loads((tmp_path / "push" / "prototypes.json").read_text())["grid"] == [4, 4]
 
 
-def test_push_is_idempotent_and_order_free(tmp_path):
+def test_push_is_idempotent_and_order_free(tmp_path, tiny_cipl):
     model = tiny_cipl(m=2).eval()
     ds = toy_dataset()
     first = push_prototypes(model, DataLoader(ds, batch_size=5))
@@ -71,7 +70,7 @@ def test_push_is_idempotent_and_order_free(tmp_path):
     assert torch.allclose(model.prototypes, protos)
 
 
-def test_find_push_dir_matches_the_model(tmp_path):
+def test_find_push_dir_matches_the_model(tmp_path, tiny_cipl):
     model = tiny_cipl(m=2).eval()
     push_prototypes(model, DataLoader(toy_dataset(), batch_size=8), out_dir=tmp_path / "prototypes" / "epoch-001")
     assert find_push_dir(tmp_path, model) == tmp_path / "prototypes" / "epoch-001"
@@ -90,7 +89,7 @@ def test_greedy_assignment_is_global():
     assert _greedy_assignment(dist, torch.tensor([[10, 0], [10, 0]]), 2) == [None, 0]
 
 
-def test_push_refuses_too_few_images_of_a_class():
+def test_push_refuses_too_few_images_of_a_class(tiny_cipl):
     targets = np.zeros((12, 3), np.float32)
     targets[:2, 0] = 1  # only two images of class "a"
     targets[2:8, 1] = 1
@@ -100,7 +99,7 @@ def test_push_refuses_too_few_images_of_a_class():
         push_prototypes(model, DataLoader(toy_dataset(12, targets=targets), batch_size=6))
 
 
-def test_push_refuses_a_random_loader():
+def test_push_refuses_a_random_loader(tiny_cipl):
     from torchvision.transforms import v2
 
     jitter = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.GaussianNoise(sigma=0.5, clip=False)])

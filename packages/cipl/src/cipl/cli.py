@@ -1,8 +1,12 @@
-"""The `cipl` command: train, push, evaluate, reason about an image, show the prototype gallery."""
+"""The `cipl` command: train, push, evaluate, reason about an image, show the prototype gallery.
+
+Every command calls the Python API: `train` -> cipl.train.train_cipl; `reason RUN IMAGE` ->
+`CIPLClassifier.from_pretrained(RUN).explain(IMAGE)`; `gallery RUN` -> `CIPLClassifier.from_pretrained(RUN).gallery`;
+`push` and `evaluate` -> cipl.api.push_run and evaluate_run.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,7 +86,7 @@ def push(run_dir: Path, checkpoint: str, split: str | None, device: str, seed: i
     Saves the pushed model as RUN_DIR/checkpoints/pushed and the prototypes' source images, overlays,
     contours and patches under RUN_DIR/prototypes/push-<checkpoint>-<split>/.
     """
-    from cipl.train import push_run
+    from cipl.api import push_run
     from medimg_core.distributed import seed_everything
     from medimg_core.training import show_progress
 
@@ -111,7 +115,7 @@ def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, s
     """Evaluate RUN_DIR's model on a split: per-class AUROC, mean AUROC, best-threshold F1 and accuracy with
     95% intervals; pointing game and mask IoU where the data have masks. Writes
     RUN_DIR/eval-<dataset>-<split>.json (or --out)."""
-    from cipl.evaluate import evaluate_run
+    from cipl.api import evaluate_run
     from medimg_core.checkpoint import write_json
     from medimg_core.cli import parse_options
     from medimg_core.training import show_progress
@@ -150,11 +154,12 @@ def reason(run_dir: Path, image: Path, top_k: int, threshold: float, out: Path |
            seed: int, map_step: int | None) -> None:
     """Explain IMAGE: for each predicted finding, where the image looks like which prototypes and how much
     each adds to the finding's logit. One figure per finding plus summary.txt."""
-    from cipl.explain import reason_image
+    from cipl.api import CIPLClassifier
+    from cipl.run import checkpoint_path
 
+    model = CIPLClassifier.from_pretrained(checkpoint_path(run_dir, checkpoint)).to(device)
     with map_step_usage():
-        reasoning = reason_image(run_dir, image, device=device, top_k=top_k, threshold=threshold,
-                                 checkpoint=checkpoint, map_step=map_step)
+        reasoning = model.explain(image, top_k=top_k, threshold=threshold, map_step=map_step)
     out = out or run_dir / "figures" / f"reason-{image.stem}"
     paths = reasoning.figures(out, stem="reason")
     text = reasoning.to_text()
@@ -171,20 +176,21 @@ def reason(run_dir: Path, image: Path, top_k: int, threshold: float, out: Path |
 @seed_option("unused: the gallery is drawn from saved artefacts; accepted for scripts", from_config=False)
 def gallery(run_dir: Path, out: Path | None, checkpoint: str, device: str, seed: int) -> None:
     """Draw the prototypes of each class after the push: one figure per class and overview.png (a few per class)."""
-    from cipl.explain import gallery_figures, gallery_overview
-    from cipl.push import find_push_dir
-    from cipl.run import load_cipl
+    from cipl.api import CIPLClassifier
+    from cipl.push import PicturesUnavailable
+    from cipl.run import checkpoint_path
 
-    model, info = load_cipl(run_dir, checkpoint)
-    push_dir = find_push_dir(info["run_dir"], model)
-    if push_dir is None:
-        raise click.ClickException(f"{run_dir}: no push folder under prototypes/ matches this checkpoint's "
-                                   "prototypes; run `cipl push` first")
+    model = CIPLClassifier.from_pretrained(checkpoint_path(run_dir, checkpoint))
+    if model.push_index_ is None:
+        raise click.ClickException(f"{run_dir}: this checkpoint's prototypes are no push's (no push index in it, and "
+                                   "no push folder under prototypes/ matches them); run `cipl push` first")
     out = out or run_dir / "figures" / "gallery"
-    paths = gallery_figures(model, push_dir, out)
-    paths.append(gallery_overview(model, push_dir, out / "overview.png"))
-    summary = json.loads((push_dir / "prototypes.json").read_text())
-    click.echo(f"{len(summary['prototypes'])} prototypes from {push_dir}")
+    try:
+        paths = model.gallery(out)
+    except PicturesUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    source = model.push_index_.folder or model.checkpoint_
+    click.echo(f"{len(model.push_index_.prototypes)} prototypes from {source}")
     click.echo(f"wrote {len(paths)} figure(s) to {out}")
 
 

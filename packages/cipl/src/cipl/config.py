@@ -1,14 +1,17 @@
-"""CIPL's configuration: the model, the loss weights, the schedule and the run (`cipl train --config`)."""
+"""CIPL's configuration: the model, the loss weights, the schedule, the pair views and the run
+(`cipl train --config`). The bottom of the package: it imports nothing of CIPL's."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from cipl.data import ViewConfig
-from cipl.model import LabelSpace
-from medimg_core.baseline import DataConfig
+from medimg_core.data.preprocess import DataConfig
+from medimg_core.experiment import RunConfig
 from medimg_core.training import OptimConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from cipl.model import LabelSpace
 
 
 @dataclass
@@ -67,9 +70,33 @@ class ScheduleConfig:
 
 
 @dataclass
-class CIPLConfig:
-    """Defaults are the paper's NIH ChestX-ray14 settings (DenseNet-121, 512 px); see configs/ for presets."""
+class ViewConfig:
+    """Augmentation of the pairing phase (the paper's values at 512 px as defaults; see cipl.data).
 
+    Common (once per image): RandomResizedCrop(data.image_size, scale (data.scale_min, 1), crop_ratio),
+    flips (data.hflip, data.vflip), RandomAffine(data.rotation degrees, translate, scale affine_scale, shear).
+    Specific (twice, student and teacher views): ColorJitter(jitter, hue), GaussianBlur(blur_sigma) with
+    probability blur_p, RandomResizedCrop(scale crop_scale, ratio crop_ratio_specific).
+    """
+
+    crop_ratio: tuple[float, float] = (0.5, 2.0)
+    translate: float = 0.3
+    affine_scale: tuple[float, float] = (0.7, 1.3)
+    shear: float = 40.0
+    jitter: float = 0.2
+    hue: float = 0.01
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.5, 2.0)
+    crop_scale: tuple[float, float] = (0.95, 1.0)
+    crop_ratio_specific: tuple[float, float] = (0.95, 1.05)
+
+
+@dataclass
+class CIPLConfig(RunConfig):
+    """Defaults are the paper's NIH ChestX-ray14 settings (DenseNet-121, 512 px, seed 42); see configs/ for
+    presets. The run keys (seed, device, out, name, bootstrap) come from medimg-core's RunConfig."""
+
+    seed: int = 42
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="chestxray14", image_size=512, vflip=True,
                                                                 rotation=45.0, scale_min=0.5))
     model: CIPLModelConfig = field(default_factory=CIPLModelConfig)
@@ -80,11 +107,6 @@ class CIPLConfig:
                                                                    monitor="auto"))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adam", lr=3e-3, weight_decay=0.0,
                                                                    scheduler="none"))
-    seed: int = 42
-    device: str = "auto"
-    out: str = "runs"
-    name: str | None = None
-    bootstrap: int = 1000
     #: localisation metrics (datasets with masks): a map counts its pixels at or above this fraction of
     #: its min-max range as the predicted region
     iou_threshold: float = 0.5
@@ -95,4 +117,5 @@ class CIPLConfig:
 
 
 def default_monitor(labels: LabelSpace) -> str:
+    """The validation metric checkpoints are selected on: only pushed states report it (see cipl.train)."""
     return "val/pushed_auroc_mean" if labels.multilabel else "val/pushed_auroc"

@@ -11,7 +11,6 @@ Warm-up epochs read the same dataset in "single" mode (image a's student view on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -20,32 +19,12 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+# ViewConfig lives in cipl.config; importing it from here keeps `from cipl.data import ViewConfig` working.
+from cipl.config import ViewConfig
 from cipl.model import LabelSpace
-from medimg_core.baseline import DataConfig
 from medimg_core.data import MedicalImageDataset
+from medimg_core.data.preprocess import DataConfig
 from medimg_core.data.transforms import normalization
-
-
-@dataclass
-class ViewConfig:
-    """Augmentation of the pairing phase (the paper's values at 512 px as defaults).
-
-    Common (once per image): RandomResizedCrop(data.image_size, scale (data.scale_min, 1), crop_ratio),
-    flips (data.hflip, data.vflip), RandomAffine(data.rotation degrees, translate, scale affine_scale, shear).
-    Specific (twice, student and teacher views): ColorJitter(jitter, hue), GaussianBlur(blur_sigma) with
-    probability blur_p, RandomResizedCrop(scale crop_scale, ratio crop_ratio_specific).
-    """
-
-    crop_ratio: tuple[float, float] = (0.5, 2.0)
-    translate: float = 0.3
-    affine_scale: tuple[float, float] = (0.7, 1.3)
-    shear: float = 40.0
-    jitter: float = 0.2
-    hue: float = 0.01
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.5, 2.0)
-    crop_scale: tuple[float, float] = (0.95, 1.0)
-    crop_ratio_specific: tuple[float, float] = (0.95, 1.05)
 
 
 class FixChannels(v2.Transform):

@@ -21,7 +21,6 @@ before the bicubic upsampling; the cell pointing game still uses the backbone's 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,10 +28,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cipl.maps import FeatureGrid, feature_grid, naive_grid, sampled_distance_maps, upsample
+# The class maps live in cipl.maps (a model-level operation that cipl.explain uses too); importing them from here
+# keeps `from cipl.evaluate import class_maps, weighted_class_maps, MAP_KINDS` working.
+from cipl.maps import (  # noqa: F401
+    MAP_KINDS,
+    FeatureGrid,
+    class_maps,
+    class_maps_by_kind,
+    feature_grid,
+    naive_grid,
+    scaled_grid,
+    weighted_class_maps,
+)
 from cipl.model import CIPL
-from cipl.push import find_push_dir, load_push
-from cipl.run import eval_transform_for, load_cipl, output_task
+from medimg_core.metrics import bootstrap_ci
 
 
 @torch.no_grad()
@@ -48,70 +57,6 @@ def predict(model: CIPL, dataset: Dataset, device: str | torch.device = "cpu", b
         ids += list(batch["id"])
     return {"scores": np.concatenate(scores), "target": model.labels.output_targets(np.concatenate(targets)),
             "ids": np.array(ids)}
-
-
-#: how a class's prototype maps become one map: the most activated prototype's (the first row of `cipl reason`),
-#: the maximum over the class's prototypes, or the sum weighted by the last layer (the class logit's spatial
-#: distribution)
-MAP_KINDS = ("top", "max", "weighted")
-
-
-@torch.no_grad()
-def class_maps(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None, kind: str = "weighted",
-               grid: FeatureGrid | None = None, map_step: int | None = None) -> torch.Tensor:
-    """(B, K, H, W) one similarity map per class (see MAP_KINDS), upsampled bicubically to `size` (default the
-    input size) on the feature grid `grid` (None: measured from the model). `map_step`: sample the maps every
-    `map_step` pixels by shift-and-stitch (`cipl.maps.dense_distance_maps`) instead of once per feature cell;
-    the most activated prototype is the model's own choice either way."""
-    if kind not in MAP_KINDS:
-        raise ValueError(f"map kind must be one of {MAP_KINDS}, got {kind!r}")
-    return class_maps_by_kind(model, x, size, grid, map_step, (kind,))[kind]
-
-
-@torch.no_grad()
-def class_maps_by_kind(model: CIPL, x: torch.Tensor, size: tuple[int, int] | None = None,
-                       grid: FeatureGrid | None = None, map_step: int | None = None,
-                       kinds: tuple[str, ...] = MAP_KINDS) -> dict[str, torch.Tensor]:
-    """`class_maps` for several kinds from one pass of the model (and one set of shifted passes): {kind: maps}."""
-    out = model(x)
-    distance_maps, grid = sampled_distance_maps(model, x, out["distance_maps"], map_step, grid)
-    act = model.similarity(distance_maps)  # (B, P, h, w)
-    b, _, h, w = act.shape
-    m = model.prototypes_per_class
-    blocks = act.view(b, model.num_classes, m, h, w)
-    size = size or tuple(x.shape[-2:])
-    scaled = _scaled_grid(grid, tuple(x.shape[-2:]), size)
-    maps = {}
-    for kind in kinds:
-        if kind == "max":
-            per_class = blocks.amax(dim=2)
-        elif kind == "weighted":
-            per_class = weighted_class_maps(model, act)
-        else:
-            top = out["similarities"].view(b, model.num_classes, m).argmax(dim=2)  # (B, K)
-            per_class = blocks.gather(2, top.view(b, model.num_classes, 1, 1, 1).expand(-1, -1, 1, h, w))[:, :, 0]
-        maps[kind] = upsample(per_class, size, scaled)
-    return maps
-
-
-def weighted_class_maps(model: CIPL, similarity_maps: torch.Tensor) -> torch.Tensor:
-    """(B, P, h, w) prototype similarity maps -> (B, K, h, w): each class's maps summed with their own last-layer
-    weights (the class logit's spatial distribution: its maximum over cells is not the logit, whose terms take
-    each prototype's own maximum, but it shows where the class's prototypes agree)."""
-    b, _, h, w = similarity_maps.shape
-    k, m = model.num_classes, model.prototypes_per_class
-    weights = (model.last_layer.weight * model.class_mask).view(k, k, m)
-    own = weights[torch.arange(k), torch.arange(k)]  # (K, M)
-    return (similarity_maps.view(b, k, m, h, w) * own.view(1, k, m, 1, 1)).sum(dim=2)
-
-
-def _scaled_grid(grid: FeatureGrid, input_hw: tuple[int, int], size: tuple[int, int]) -> FeatureGrid:
-    """`grid` (in input pixels) expressed in the pixels of an image of `size`."""
-    if tuple(size) == tuple(input_hw):
-        return grid
-    scale = (size[0] / input_hw[0], size[1] / input_hw[1])
-    return FeatureGrid(((grid.origin[0] + 0.5) * scale[0] - 0.5, (grid.origin[1] + 0.5) * scale[1] - 0.5),
-                       (grid.step[0] * scale[0], grid.step[1] * scale[1]), grid.shape)
 
 
 def cell_of_pixels(grid: FeatureGrid, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,11 +89,11 @@ def cell_hit(peak: tuple[int, int], mask: torch.Tensor, grid: FeatureGrid) -> bo
 
 
 def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> list[float] | None:
+    """The 95% percentile bootstrap interval of the mean of `values` (N,) (medimg_core.metrics.bootstrap_ci);
+    None for fewer than two values or no resamples."""
     if len(values) < 2 or n_boot < 1:
         return None
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    return list(bootstrap_ci(np.mean, values, n_boot=n_boot, seed=seed)[1:])
 
 
 @torch.no_grad()
@@ -177,7 +122,7 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
         if grid is None:
             grid = feature_grid(model, tuple(x.shape[-2:]), x.shape[1])
         masks = batch["masks"].bool()
-        mask_grid = _scaled_grid(grid, tuple(x.shape[-2:]), tuple(masks.shape[-2:]))
+        mask_grid = scaled_grid(grid, tuple(x.shape[-2:]), tuple(masks.shape[-2:]))
         probs = model.predict_proba(x).float().cpu()
         target = torch.as_tensor(model.labels.output_targets(batch["target"].numpy()))
         maps_by_kind = class_maps_by_kind(model, x, tuple(masks.shape[-2:]), grid, map_step)
@@ -264,41 +209,6 @@ def localisation_as(result: dict[str, Any], kind: str) -> dict[str, Any]:
     return out
 
 
-def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | None = None, split: str = "test",
-                 options: dict | None = None, device: str = "cpu", n_boot: int = 1000, checkpoint: str = "best",
-                 seed: int = 0, map_step: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Evaluate a trained CIPL on a split of its own data (default) or of another dataset with the same classes."""
-    from medimg_core.data import load_dataset
-    from medimg_core.metrics import metrics_with_ci
-
-    model, info = load_cipl(run_dir, checkpoint)
-    cfg, card, labels = info["cfg"], info["card_obj"], info["labels_obj"]
-    name = dataset or cfg.data.dataset
-    data_root = root or cfg.data.root
-    opts = cfg.data.options if dataset is None and options is None else (options or {})
-    ds = load_dataset(name, data_root, split, transform=eval_transform_for(cfg, info["in_chans"]), **opts)
-    if list(ds.card.class_names) != list(card.class_names):
-        raise ValueError(f"{name} classes {list(ds.card.class_names)} differ from the model's {list(card.class_names)}")
-    batch = cfg.train.eval_batch_size or cfg.train.batch_size
-    out = predict(model, ds, device, batch, progress)
-    task = output_task(labels)
-    target = out["target"] if labels.multilabel else out["target"].astype(np.int64)
-    result: dict[str, Any] = {"dataset": name, "split": split, "n": len(ds), "task": task,
-                              "test": metrics_with_ci(task, target, out["scores"], list(labels.output_names),
-                                                      n_boot=n_boot, seed=seed)}
-    loc = localisation_metrics(model, ds, device, batch, cfg.iou_threshold, n_boot=n_boot, seed=seed,
-                               kind=cfg.localisation_map, map_step=map_step, progress=progress)
-    if loc is not None:
-        result["localisation"] = loc
-        push_dir = find_push_dir(run_dir, model) if dataset is None and root is None else None
-        if push_dir is not None:
-            train = load_dataset(name, data_root, cfg.data.train_split, **opts)
-            placement = prototype_placement(load_push(push_dir), train)
-            if placement is not None:
-                result["prototype_placement"] = placement
-    return result
-
-
 def prototype_placement(push: dict[str, Any], dataset: Dataset) -> dict[str, Any] | None:
     """Where the push put each prototype relative to its class's finding, for data with per-finding masks.
 
@@ -327,7 +237,7 @@ def prototype_placement(push: dict[str, Any], dataset: Dataset) -> dict[str, Any
         n = index_of[record["source_id"]]
         masks = dataset.load_masks(n, tuple(dataset.load_image(n).shape[:2]))
         mask = torch.from_numpy(np.asarray(masks[card.concept_names.index(name)]).astype(bool))
-        mask_grid = _scaled_grid(grid, image_hw, tuple(mask.shape))
+        mask_grid = scaled_grid(grid, image_hw, tuple(mask.shape))
         hits.setdefault(name, []).append(cell_overlaps(tuple(record["cell"]), mask, mask_grid))
     if not hits:
         return None

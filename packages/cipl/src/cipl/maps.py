@@ -7,6 +7,9 @@ and the released code do) assumes the latter, which draws a ResNet's maps half a
 down and to the right of where the features look. `feature_grid` measures the origin of any backbone once,
 from the centroid of the input gradient of the central cell (its effective receptive field), and
 `upsample` interpolates bicubically on that grid.
+
+A class's prototype maps become one class map (`class_maps`, MAP_KINDS): the most activated prototype's, the
+maximum over the class's prototypes, or their sum weighted by the last layer (`weighted_class_maps`).
 """
 
 from __future__ import annotations
@@ -134,3 +137,67 @@ def sampled_distance_maps(model: torch.nn.Module, x: torch.Tensor, distance_maps
     if map_step is None:
         return distance_maps, grid
     return dense_distance_maps(model, x, map_step, grid, unshifted=distance_maps)
+
+
+#: how a class's prototype maps become one map: the most activated prototype's (the first row of `cipl reason`),
+#: the maximum over the class's prototypes, or the sum weighted by the last layer (the class logit's spatial
+#: distribution)
+MAP_KINDS = ("top", "max", "weighted")
+
+
+@torch.no_grad()
+def class_maps(model: torch.nn.Module, x: torch.Tensor, size: tuple[int, int] | None = None, kind: str = "weighted",
+               grid: FeatureGrid | None = None, map_step: int | None = None) -> torch.Tensor:
+    """(B, K, H, W) one similarity map per class (see MAP_KINDS), upsampled bicubically to `size` (default the
+    input size) on the feature grid `grid` (None: measured from the model). `map_step`: sample the maps every
+    `map_step` pixels by shift-and-stitch (`cipl.maps.dense_distance_maps`) instead of once per feature cell;
+    the most activated prototype is the model's own choice either way."""
+    if kind not in MAP_KINDS:
+        raise ValueError(f"map kind must be one of {MAP_KINDS}, got {kind!r}")
+    return class_maps_by_kind(model, x, size, grid, map_step, (kind,))[kind]
+
+
+@torch.no_grad()
+def class_maps_by_kind(model: torch.nn.Module, x: torch.Tensor, size: tuple[int, int] | None = None,
+                       grid: FeatureGrid | None = None, map_step: int | None = None,
+                       kinds: tuple[str, ...] = MAP_KINDS) -> dict[str, torch.Tensor]:
+    """`class_maps` for several kinds from one pass of the model (and one set of shifted passes): {kind: maps}."""
+    out = model(x)
+    distance_maps, grid = sampled_distance_maps(model, x, out["distance_maps"], map_step, grid)
+    act = model.similarity(distance_maps)  # (B, P, h, w)
+    b, _, h, w = act.shape
+    m = model.prototypes_per_class
+    blocks = act.view(b, model.num_classes, m, h, w)
+    size = size or tuple(x.shape[-2:])
+    scaled = scaled_grid(grid, tuple(x.shape[-2:]), size)
+    maps = {}
+    for kind in kinds:
+        if kind == "max":
+            per_class = blocks.amax(dim=2)
+        elif kind == "weighted":
+            per_class = weighted_class_maps(model, act)
+        else:
+            top = out["similarities"].view(b, model.num_classes, m).argmax(dim=2)  # (B, K)
+            per_class = blocks.gather(2, top.view(b, model.num_classes, 1, 1, 1).expand(-1, -1, 1, h, w))[:, :, 0]
+        maps[kind] = upsample(per_class, size, scaled)
+    return maps
+
+
+def weighted_class_maps(model: torch.nn.Module, similarity_maps: torch.Tensor) -> torch.Tensor:
+    """(B, P, h, w) prototype similarity maps -> (B, K, h, w): each class's maps summed with their own last-layer
+    weights (the class logit's spatial distribution: its maximum over cells is not the logit, whose terms take
+    each prototype's own maximum, but it shows where the class's prototypes agree)."""
+    b, _, h, w = similarity_maps.shape
+    k, m = model.num_classes, model.prototypes_per_class
+    weights = (model.last_layer.weight * model.class_mask).view(k, k, m)
+    own = weights[torch.arange(k), torch.arange(k)]  # (K, M)
+    return (similarity_maps.view(b, k, m, h, w) * own.view(1, k, m, 1, 1)).sum(dim=2)
+
+
+def scaled_grid(grid: FeatureGrid, input_hw: tuple[int, int], size: tuple[int, int]) -> FeatureGrid:
+    """`grid` (in input pixels) expressed in the pixels of an image of `size`."""
+    if tuple(size) == tuple(input_hw):
+        return grid
+    scale = (size[0] / input_hw[0], size[1] / input_hw[1])
+    return FeatureGrid(((grid.origin[0] + 0.5) * scale[0] - 0.5, (grid.origin[1] + 0.5) * scale[1] - 0.5),
+                       (grid.step[0] * scale[0], grid.step[1] * scale[1]), grid.shape)

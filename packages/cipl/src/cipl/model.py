@@ -26,8 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from cipl.losses import co_attention
-
 NO_FINDING = "No Finding"
 #: the dataset-card tasks CIPL trains on (ordinal grades are read as classes)
 TASKS = ("binary", "multiclass", "ordinal", "multilabel")
@@ -127,6 +125,24 @@ def squared_distances(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor
     p2 = (prototypes * prototypes).sum(dim=1).view(1, -1, 1, 1)
     zp = torch.einsum("bdhw,pd->bphw", z, prototypes)
     return (z2 - 2 * zp + p2).clamp_min(0.0)
+
+
+def co_attention(f_a: torch.Tensor, f_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parameter-free co-attention between two images' features, rebuilding each from the other's.
+
+    A[i, j] = -||f_a[:, i] - f_b[:, j]||^2 over the N_a x N_b cell pairs (computed as
+    2 u.v - ||u||^2 - ||v||^2 with one batched matrix product: (B, N_a, N_b), never (B, D, N_a, N_b)).
+    Returns (a_from_b, b_from_a): a_from_b[:, :, i] = sum_j softmax_j(A[i, :]) f_b[:, j] on a's grid and
+    b_from_a[:, :, j] = sum_i softmax_i(A[:, j]) f_a[:, i] on b's grid: what the two images share.
+
+    f_a (B, D, h_a, w_a), f_b (B, D, h_b, w_b) -> ((B, D, h_a, w_a), (B, D, h_b, w_b)).
+    """
+    u, v = f_a.flatten(2), f_b.flatten(2)  # (B, D, N_a), (B, D, N_b)
+    uv = torch.bmm(u.transpose(1, 2), v)  # (B, N_a, N_b)
+    affinity = 2 * uv - (u * u).sum(1).unsqueeze(2) - (v * v).sum(1).unsqueeze(1)
+    a_from_b = torch.bmm(v, affinity.softmax(dim=2).transpose(1, 2))  # (B, D, N_a)
+    b_from_a = torch.bmm(u, affinity.softmax(dim=1))  # (B, D, N_b)
+    return a_from_b.view_as(f_a), b_from_a.view_as(f_b)
 
 
 class StageBackbone(nn.Module):

@@ -14,6 +14,11 @@ are matched by id):
    prototype left over means the class has too few images (a clear error).
 3. Second pass: the chosen images' feature cells are copied into the prototypes, and each prototype's
    source image, self-activation overlay, contour and patch are written to `out_dir`.
+
+What a push decided travels as a `PushIndex` (which training image and feature cell each prototype is): in the
+push folder (prototypes.json) and in every checkpoint folder whose prototypes are that push's (push_index.json),
+so a checkpoint alone names each prototype's source. `PrototypePictures` gives each prototype's pictures, from
+the push folder when it is at hand, else drawn again from the training image the index names.
 """
 
 from __future__ import annotations
@@ -28,9 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cipl.maps import feature_grid, upsample_numpy
+from cipl.maps import FeatureGrid, feature_grid, naive_grid, upsample_numpy
 from cipl.model import CIPL
+from medimg_core.checkpoint import write_json
+from medimg_core.runs import RunFolderError, read_json_object
 
+#: the push index in a checkpoint folder (see PushIndex)
+PUSH_INDEX_FILE = "push_index.json"
 #: normalised self-activation at or above which the source region is outlined (as published)
 CONTOUR_LEVEL = 0.65
 #: percentile of the self-activation that delimits the high-activation patch
@@ -199,8 +208,6 @@ def push_prototypes(model: torch.nn.Module, loader: Iterable[dict], out_dir: str
     if out_path is not None:
         from safetensors.torch import save_file
 
-        from medimg_core.checkpoint import write_json
-
         save_file({"prototypes": new_protos.cpu().contiguous(), "activation_maps": maps.contiguous()},
                   str(out_path / "prototypes.safetensors"))
         write_json(out_path / "prototypes.json", result.to_dict())
@@ -329,3 +336,206 @@ def find_push_dir(run_dir: str | Path, model: CIPL, atol: float = 1e-5) -> Path 
             if vectors.shape == protos.shape and torch.allclose(vectors, protos, atol=atol):
                 return folder
     return None
+
+
+# ---------------------------------------------------------------------------------------------- the push index
+@dataclass
+class PushIndex:
+    """Where one push put every prototype: per prototype (`prototypes`, the `PrototypeRecord`s as dicts) its class,
+    source image (id and file), feature cell, boxes and distance moved; the feature grid (`grid`, h x w) and input
+    size (`image_size`) the push saw; its statistics (`stats`, with the measured grid origin and step); the push
+    folder relative to the run (`directory`: "prototypes/epoch-036"; None when unknown) and the epoch it followed.
+
+    `folder` is the push folder itself when it is at hand (its pictures are read from there); it is not saved.
+    """
+
+    grid: tuple[int, int]
+    image_size: tuple[int, int]
+    stats: dict[str, Any]
+    prototypes: list[dict[str, Any]]
+    directory: str | None = None
+    epoch: int | None = None
+    folder: Path | None = field(default=None, compare=False)
+
+    @classmethod
+    def of_result(cls, result: PushResult, directory: str | None = None, epoch: int | None = None) -> PushIndex:
+        """The index of a push just made (`push_prototypes`'s result)."""
+        data = result.to_dict()
+        return cls(tuple(data["grid"]), tuple(data["image_size"]), data["stats"], data["prototypes"], directory,
+                   epoch, result.directory)
+
+    @classmethod
+    def from_dict(cls, data: Any, folder: Path | None = None, where: str = "push index") -> PushIndex:
+        """From `to_dict()` output or a push folder's prototypes.json; a missing or ill-typed entry is a ValueError
+        naming `where` and the entry."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a JSON object, found {type(data).__name__}")
+        missing = [k for k in ("grid", "image_size", "prototypes") if k not in data]
+        if missing:
+            raise ValueError(f"{where}: missing {missing} (expected grid, image_size and prototypes)")
+        records = data["prototypes"]
+        if not isinstance(records, list) or not all(isinstance(r, dict) and "index" in r and "source_id" in r
+                                                    for r in records):
+            raise ValueError(f"{where}: prototypes must be a list of records with index and source_id")
+        try:
+            grid = tuple(int(v) for v in data["grid"])
+            image_size = tuple(int(v) for v in data["image_size"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: grid and image_size must be pairs of integers, got {data['grid']!r} and "
+                             f"{data['image_size']!r}") from None
+        epoch = data.get("epoch")
+        return cls(grid, image_size, dict(data.get("stats") or {}), records, data.get("directory"),
+                   None if epoch is None else int(epoch), folder)
+
+    @classmethod
+    def from_folder(cls, directory: str | Path) -> PushIndex:
+        """The index of a push folder (its prototypes.json), with the folder for the pictures."""
+        directory = Path(directory)
+        path = directory / "prototypes.json"
+        return cls.from_dict(read_json_object(path, "the push folder's prototype records"), directory, str(path))
+
+    @classmethod
+    def read(cls, checkpoint: str | Path, run_dir: str | Path | None = None) -> PushIndex | None:
+        """The push index stored in a checkpoint folder (None when it has none: a checkpoint written before push
+        indexes were stored, or one whose prototypes had moved since the last push). With the run folder, the push
+        folder it names is attached when it still exists."""
+        path = Path(checkpoint) / PUSH_INDEX_FILE
+        if not path.is_file():
+            return None
+        try:
+            index = cls.from_dict(read_json_object(path, "the checkpoint's push index"), where=str(path))
+        except ValueError as exc:
+            raise RunFolderError(str(exc)) from None
+        if run_dir is not None and index.directory:
+            folder = Path(run_dir) / index.directory
+            if (folder / "prototypes.json").is_file():
+                index.folder = folder
+        return index
+
+    def to_dict(self) -> dict[str, Any]:
+        """What push_index.json holds (also the `push` argument of `cipl.evaluate.prototype_placement`)."""
+        return {"grid": list(self.grid), "image_size": list(self.image_size), "stats": self.stats,
+                "prototypes": self.prototypes, "directory": self.directory, "epoch": self.epoch}
+
+    def write(self, path: str | Path) -> Path:
+        """Write `to_dict()` as JSON at `path`, atomically."""
+        write_json(Path(path), self.to_dict())
+        return Path(path)
+
+    def record(self, index: int) -> dict[str, Any]:
+        """The record of prototype `index` (empty when the push did not record it)."""
+        return self._by_index.get(index, {})
+
+    @property
+    def _by_index(self) -> dict[int, dict[str, Any]]:
+        return {int(r["index"]): r for r in self.prototypes}
+
+    def source_id(self, index: int) -> str:
+        """The id of the training image prototype `index` was pushed onto ("" when unknown)."""
+        return str(self.record(index).get("source_id", ""))
+
+    @property
+    def map_grid(self) -> FeatureGrid:
+        """Where the push drew each cell's activation (the measured grid, else the align_corners=False one)."""
+        if "grid_origin_px" in self.stats:
+            return FeatureGrid(tuple(self.stats["grid_origin_px"]), tuple(self.stats["grid_step_px"]), self.grid)
+        return naive_grid(self.grid, self.image_size)
+
+
+class PicturesUnavailable(RuntimeError):
+    """A prototype's pictures can be neither read from its push folder nor drawn from its training image."""
+
+
+class PrototypePictures:
+    """Each pushed prototype's pictures: its source image with the contour of its self-activation ("contour") and
+    the high-activation patch ("patch"), as (H, W, 3) / (h, w, 3) float arrays in [0, 1].
+
+    Read from the push folder when it is at hand (`index.folder`); otherwise drawn again as the push drew them,
+    from the training image the index names: `images(source_id)` gives its model input (C, H, W) (the push set's
+    evaluation transform), `model` the checkpoint's CIPL (its prototype is that image's feature cell) and `display`
+    the picture of a model input. Without those, or when the image cannot be read, a PicturesUnavailable says why.
+    """
+
+    def __init__(self, index: PushIndex, model: CIPL | None = None,
+                 images: Callable[[str], torch.Tensor] | None = None,
+                 display: Callable[[torch.Tensor], np.ndarray] | None = None):
+        self.index = index
+        self.model, self.images, self.display = model, images, display
+        self._drawn: dict[int, dict[str, np.ndarray]] = {}
+
+    @classmethod
+    def of(cls, push: str | Path | PushIndex | PrototypePictures) -> PrototypePictures:
+        """Pictures of a push folder, of a push index, or the pictures given."""
+        if isinstance(push, PrototypePictures):
+            return push
+        return cls(push if isinstance(push, PushIndex) else PushIndex.from_folder(push))
+
+    def get(self, index: int, kind: str) -> np.ndarray:
+        """Picture `kind` ("contour" or "patch") of prototype `index`."""
+        if kind not in ("contour", "patch"):
+            raise ValueError(f"picture kind must be contour or patch, got {kind!r}")
+        folder = self.index.folder
+        if folder is not None:
+            image = read_png(prototype_file(folder, index, kind))
+            if image is not None:
+                return image
+        if index not in self._drawn:
+            self._drawn[index] = self._draw(index)
+        return self._drawn[index][kind]
+
+    def maybe(self, index: int, kind: str) -> np.ndarray | None:
+        """`get`, or None when the picture cannot be had (a figure then leaves its panel empty)."""
+        try:
+            return self.get(index, kind)
+        except PicturesUnavailable:
+            return None
+
+    @torch.no_grad()
+    def _draw(self, index: int) -> dict[str, np.ndarray]:
+        record = self.index.record(index)
+        where = f"the push folder {self.index.folder}" if self.index.folder else "no push folder"
+        if not record:
+            raise PicturesUnavailable(f"prototype {index} has no record in the push index")
+        if self.model is None or self.images is None:
+            raise PicturesUnavailable(f"prototype {index}: {where} holds its pictures, and no model and training "
+                                      "images were given to draw them")
+        try:
+            x = self.images(str(record["source_id"]))
+        except PicturesUnavailable:
+            raise
+        except Exception as exc:  # an unreadable image file, say
+            raise PicturesUnavailable(f"prototype {index}: its training image {record['source_id']!r} cannot be "
+                                      f"read ({exc})") from None
+        net = self.model
+        was_training = net.training
+        net.eval()
+        z = net.features(x[None].to(net.prototypes.device))[0]  # (D, h, w)
+        net.train(was_training)
+        self_d = ((z - net.prototypes[index].view(-1, 1, 1)) ** 2).sum(0)
+        up = upsample_numpy(net.similarity(self_d).cpu(), tuple(self.index.image_size), self.index.map_grid)
+        image = self.display(x) if self.display is not None else _minmax_display(x)
+        x0, y0, x1, y1 = (int(v) for v in record["patch_box"])
+        return {"contour": contour_image(image, up), "patch": image[y0:y1, x0:x1]}
+
+
+def images_by_id(dataset: Any) -> Callable[[str], torch.Tensor]:
+    """source id -> the model input (C, H, W) of that sample of `dataset` (a medimg dataset whose transform is the
+    push set's evaluation transform)."""
+    position = {str(i): n for n, i in enumerate(dataset.table.ids)}
+
+    def image(source_id: str) -> torch.Tensor:
+        if source_id not in position:
+            raise PicturesUnavailable(f"training image {source_id!r} is not in the {getattr(dataset, 'split', '')} "
+                                      "split; it hosts a prototype of this checkpoint")
+        return dataset[position[source_id]]["image"]
+
+    return image
+
+
+def read_png(path: Path) -> np.ndarray | None:
+    """An RGB PNG as (H, W, 3) float in [0, 1]; None when the file does not exist."""
+    from PIL import Image
+
+    if not path.is_file():
+        return None
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0

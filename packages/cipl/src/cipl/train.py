@@ -1,4 +1,4 @@
-"""How CIPL learns: the published losses and schedule on medimg-core's training loop.
+"""How CIPL learns: the published losses and schedule, as a recipe of medimg-core's training lifecycle.
 
 Epochs 1..warm_epochs (joint, single images):
     L = CE + 0.02 Clst + 0.02 relu(2 - Sep)
@@ -7,17 +7,21 @@ Later epochs (joint, label-sharing pairs, EMA teacher on second views):
 After each epoch in `push_epochs`: push (one prototype per training image), then `last_layer_epochs`
 epochs of the last layer alone (the full pair loss; weights projected to the non-negative class blocks
 after every step), then validation. Checkpoints are selected among these pushed states only, on a
-validation split (never the test split).
+validation split (never the test split); every checkpoint whose prototypes are a push's carries that push's
+index (push_index.json: which training image and cell each prototype is).
 
 Joint optimiser: Adam without weight decay, backbone 1e-4, add-on and prototypes 3e-3 (the last layer is
 not in it), halved after epochs 10, 20, 25, 30 and 35. The EMA teacher (momentum 0.999) starts as a copy
 of the student at the first pairing step and follows it after every optimiser step.
+
+    run = train_cipl(cfg)        # = fit_run(CIPLRecipe(), cfg): the run folder (medimg_core.runs.Run)
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 # The configs and the run loader live in cipl.config and cipl.run; importing them here keeps
 # `from cipl.train import CIPLConfig, load_cipl, ...` working.
@@ -46,22 +50,29 @@ from cipl.losses import (
     prediction_alignment,
     shared_targets,
 )
-from cipl.model import CIPL, CIPLWithTeacher, LabelSpace, class_probabilities
-from cipl.push import find_push_dir, load_push, push_prototypes
+from cipl.model import CIPLWithTeacher, LabelSpace, class_probabilities
+from cipl.push import PUSH_INDEX_FILE, PushIndex, find_push_dir, push_prototypes
 from cipl.run import (  # noqa: F401
+    KIND,
     build_model,
     display_fn,
     eval_transform_for,
     load_cipl,
     load_split,
+    model_card,
     output_task,
+    pretrained_source_of,
 )
-from medimg_core.baseline import peak_memory_mb
-from medimg_core.checkpoint import load_weights
-from medimg_core.config import ConfigError, config_to_dict
-from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
-from medimg_core.distributed import cleanup_distributed, init_distributed, seed_everything, select_device
-from medimg_core.training import Hook, Trainer, move_to
+from medimg_core.checkpoint import find_checkpoint
+from medimg_core.config import ConfigError
+from medimg_core.data import MedicalImageDataset, load_dataset
+from medimg_core.data.preprocess import Preprocess
+from medimg_core.estimator import with_transform
+from medimg_core.experiment import Built, FitContext, Splits, TaskFunctions, fit_run
+from medimg_core.metrics import classification_metrics
+from medimg_core.pretrained import checkpoint_config
+from medimg_core.runs import Run
+from medimg_core.training import Hook, Trainer
 
 log = logging.getLogger("medimg")
 
@@ -110,9 +121,9 @@ def cipl_loss(out: dict[str, torch.Tensor], batch: dict, cfg: CIPLLossConfig, la
     return loss, logs
 
 
-def task_functions(labels: LabelSpace, loss_cfg: CIPLLossConfig, state: PhaseState, prototypes_per_class: int):
-    """(step_fn, predict_fn, metrics_fn) for the Trainer."""
-    from medimg_core.metrics import classification_metrics
+def task_functions(labels: LabelSpace, loss_cfg: CIPLLossConfig, state: PhaseState,
+                   prototypes_per_class: int) -> TaskFunctions:
+    """The Trainer's step (warm-up or pairs, per `state`), predict ("scores" (B, L_out), "target") and metrics."""
 
     def step_fn(model: nn.Module, batch: dict):
         module = _unwrap(model)
@@ -135,26 +146,35 @@ def task_functions(labels: LabelSpace, loss_cfg: CIPLLossConfig, state: PhaseSta
         return {"scores": class_probabilities(out["logits"].float(), labels.multilabel), "target": target}
 
     def metrics_fn(outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        task = "multilabel" if labels.multilabel else ("binary" if labels.num_classes == 2 else "multiclass")
+        task = output_task(labels)
         target = outputs["target"] if labels.multilabel else outputs["target"].astype(np.int64)
         return classification_metrics(task, target, outputs["scores"], list(labels.output_names))
 
-    return step_fn, predict_fn, metrics_fn
+    return TaskFunctions(step_fn, predict_fn, metrics_fn)
+
 
 
 class CIPLSchedule(Hook):
     """The published schedule around the Trainer's epochs: warm-up/pairing switch, step-wise learning rates,
-    EMA teacher updates, and after each push epoch the push, the last-layer phase and a validation whose
-    metrics ("val/pushed_*") are the only ones checkpoint selection looks at."""
+    EMA teacher updates, and after each push epoch the push, the last-layer phase (`Trainer.run_phase`) and a
+    validation whose metrics ("val/pushed_*") are the only ones checkpoint selection looks at.
 
-    def __init__(self, cfg: CIPLConfig, state: PhaseState, pairs: PairDataset, push_set: MedicalImageDataset,
-                 loss_fn, run_dir: Path, display):
+    It also keeps the latest push's index for the checkpoints (`extra_files`): a checkpoint gets push_index.json
+    while the model's prototypes are still that push's (after the push and the last-layer phase, which leaves
+    them alone; not once joint training has moved them).
+    """
+
+    def __init__(self, cfg: CIPLConfig, state: PhaseState, pairs: PairDataset, push_set: Dataset,
+                 loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]], model: CIPLWithTeacher,
+                 display: Callable[[torch.Tensor], np.ndarray]):
         self.cfg, self.state, self.pairs, self.push_set = cfg, state, pairs, push_set
         self.loss_fn = loss_fn
-        self.run_dir = run_dir
+        self.model = model
         self.display = display
         sc = cfg.schedule
         self.base_lrs = [sc.lr_backbone, sc.lr_add_on, sc.lr_prototypes]
+        #: (the prototype vectors the latest push left, its index); None before the first push
+        self.pushed: tuple[torch.Tensor, PushIndex] | None = None
 
     def _sync(self, trainer: Trainer) -> None:
         done = trainer.epoch
@@ -165,6 +185,8 @@ class CIPLSchedule(Hook):
             group["lr"] = base * factor
 
     def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.epoch > 0:
+            self._restore_push(trainer)
         self._sync(trainer)
 
     def on_step_end(self, trainer: Trainer) -> None:
@@ -181,64 +203,90 @@ class CIPLSchedule(Hook):
         start = time.perf_counter()
         loader = DataLoader(self.push_set, batch_size=trainer.cfg.eval_batch_size or trainer.cfg.batch_size,
                             shuffle=False, num_workers=trainer.num_workers)
-        out_dir = self.run_dir / "prototypes" / f"epoch-{done:03d}" if trainer.dist.is_main else None
+        directory = f"prototypes/epoch-{done:03d}"
+        out_dir = trainer.run_dir / directory if trainer.dist.is_main else None
         result = push_prototypes(module.student, loader, out_dir=out_dir, device=trainer.device,
                                  display=self.display, progress=trainer.progress)
+        self.pushed = (module.student.prototypes.detach().cpu().clone(),
+                       PushIndex.of_result(result, directory, done))
         metrics["push/mean_distance_moved"] = result.stats["mean_distance_moved"]
         metrics["push/time_s"] = time.perf_counter() - start
         if self.cfg.schedule.last_layer_epochs > 0:
             before = trainer.evaluate(trainer.val_dataset, "val") if trainer.val_dataset is not None else {}
             metrics.update({f"push/before_last_layer_{k.removeprefix('val/')}": v for k, v in before.items()
                             if "/" not in k.removeprefix("val/")})
-            self.train_last_layer(trainer, done)
+            history = self.train_last_layer(trainer, done)
+            metrics.update(history[-1])
         if trainer.val_dataset is not None:
             after = trainer.evaluate(trainer.val_dataset, "val")
             metrics.update({k.replace("val/", "val/pushed_", 1): v for k, v in after.items()})
         log.info("push after epoch %d: prototypes moved by %.4f on average (%.1f s)", done,
                  result.stats["mean_distance_moved"], metrics["push/time_s"])
 
-    def train_last_layer(self, trainer: Trainer, done: int) -> None:
-        """Last-layer epochs: Adam on the last layer only, the full pair loss, projection after each step."""
-        from tqdm.auto import tqdm
-
+    def train_last_layer(self, trainer: Trainer, done: int) -> list[dict[str, float]]:
+        """Last-layer epochs: Adam on the last layer only, the full pair loss, projection and teacher update after
+        each step; the student in eval mode (frozen features, BatchNorm statistics included: pushed prototypes stay
+        exact). Loader order seeded by 100_000 + 100 * done + e, never a main epoch's. Gradient clipping stays off
+        here, as published (the gradient scaler acts only under fp16). Returns the mean logs of each epoch
+        ("last_layer/loss", "last_layer/ce", ...)."""
         module = _unwrap(trainer.model)
         layer = module.student.last_layer
         layer.weight.requires_grad_(True)
         layer.weight.grad = None
-        optimizer = torch.optim.Adam([layer.weight], lr=self.cfg.schedule.lr_last_layer)
         was_mode = self.pairs.mode
         self.pairs.mode = "pair"
-        module.train()
-        module.student.eval()  # frozen features, BatchNorm statistics included: pushed prototypes stay exact
-        for e in range(self.cfg.schedule.last_layer_epochs):
-            loader = trainer.train_loader(100_000 + 100 * done + e)
-            bar = tqdm(loader, desc=f"last layer {e + 1}/{self.cfg.schedule.last_layer_epochs}", leave=False,
-                       disable=not trainer.progress)
-            for batch in bar:
-                batch = move_to(batch, trainer.device)
-                if not bool(module.teacher_ready):
-                    module.init_teacher()
-                with trainer.autocast():
-                    out = module(torch.cat([batch["image_a"], batch["image_b"]]),
-                                 torch.cat([batch["view_a"], batch["view_b"]]), pairs=True, frozen=True)
-                    loss, _ = self.loss_fn(out, batch, pairs=True)
-                loss.backward()
-                if trainer.dist.enabled:
-                    torch.distributed.all_reduce(layer.weight.grad)
-                    layer.weight.grad /= trainer.dist.world_size
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                module.student.project_last_layer()
-                module.update_teacher()
-        layer.weight.requires_grad_(False)
-        module.train()
-        self.pairs.mode = was_mode
 
+        def frozen_features() -> None:
+            module.train()
+            module.student.eval()
 
-def pretrained_source_of(backbone: Any) -> str:
-    """Where the backbone's weights came from ("none", "imagenet-lite0:<folder>", ...), through a StageBackbone."""
-    return str(getattr(backbone, "pretrained_source", None) or getattr(getattr(backbone, "backbone", None),
-                                                                        "pretrained_source", ""))
+        def step_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+            if not bool(model.teacher_ready):
+                model.init_teacher()
+            out = model(torch.cat([batch["image_a"], batch["image_b"]]),
+                        torch.cat([batch["view_a"], batch["view_b"]]), pairs=True, frozen=True)
+            return self.loss_fn(out, batch, pairs=True)
+
+        def after_step() -> None:
+            module.student.project_last_layer()
+            module.update_teacher()
+
+        try:
+            return trainer.run_phase("last_layer", [layer.weight], step_fn,
+                                     epochs=self.cfg.schedule.last_layer_epochs, lr=self.cfg.schedule.lr_last_layer,
+                                     epoch_offset=100_000 + 100 * done, before_epoch=frozen_features,
+                                     after_step=after_step, grad_clip=None)
+        finally:
+            layer.weight.requires_grad_(False)
+            module.train()
+            self.pairs.mode = was_mode
+
+    def extra_files(self) -> dict[str, Any]:
+        """The files of every checkpoint besides the weights: the latest push's index while the prototypes are
+        still that push's."""
+        if self.pushed is None:
+            return {}
+        vectors, index = self.pushed
+        if not torch.equal(self.model.student.prototypes.detach().cpu(), vectors):
+            return {}
+        return {PUSH_INDEX_FILE: index.to_dict()}
+
+    def _restore_push(self, trainer: Trainer) -> None:
+        """After a resume: the push index of the checkpoint resumed from (or, for runs written before checkpoints
+        carried one, the push folder whose prototypes equal the model's)."""
+        student = self.model.student
+        try:
+            last = find_checkpoint(trainer.checkpoint_dir / "last")
+        except Exception:
+            return
+        index = PushIndex.read(last)
+        if index is None:
+            folder = find_push_dir(trainer.run_dir, student)
+            if folder is None:
+                return
+            index = PushIndex.from_folder(folder)
+            index.directory = str(folder.relative_to(trainer.run_dir))
+        self.pushed = (student.prototypes.detach().cpu().clone(), index)
 
 
 def load_data(cfg: CIPLConfig) -> dict[str, MedicalImageDataset]:
@@ -278,120 +326,78 @@ def check_config(cfg: CIPLConfig, labels: LabelSpace, train: MedicalImageDataset
                           f"training split has {len(train)}")
 
 
-def train_cipl(cfg: CIPLConfig, resume_dir: str | Path | None = None) -> Path:
-    """Train CIPL with the published schedule, select on validation among pushed states, evaluate on test
-    (with localisation metrics where the data have masks), draw the gallery; return the run folder."""
-    from medimg_core.figures import training_curves
-    from medimg_core.metrics import metrics_with_ci
-    from medimg_core.runs import prepare_run
+class CIPLRecipe:
+    """CIPL's side of `medimg_core.experiment.fit_run`: the data (pairs over the training split, the push set),
+    the student-teacher model and its schedule, and the report (localisation, prototype placement, gallery)."""
 
-    start = time.perf_counter()
-    dist_info = init_distributed(select_device(cfg.device))
-    device = select_device(cfg.device, dist_info.local_rank)
-    seed_everything(cfg.seed, cfg.train.deterministic)
-    data = load_data(cfg)
-    card = data["train"].card
-    channels = cfg.data.channels or card.channels
-    labels = LabelSpace.for_task(card.task, card.class_names, cfg.model.reference_class)
-    if card.task == "ordinal":
-        log.info("%s is ordinal: CIPL treats the grades as classes (softmax)", card.name)
-    check_config(cfg, labels, data["train"])
-    if cfg.train.monitor == "auto":
-        cfg.train.monitor = default_monitor(labels)
-    run_dir = prepare_run(cfg, "cipl", card.name, cfg.model.backbone, dist_info, resume_dir)
-    model = build_model(cfg, labels, channels)
-    state = PhaseState(0, cfg.schedule.warm_epochs)
-    pairs = PairDataset(data["train"], labels, cfg.data, cfg.views, channels)
-    step_fn, predict_fn, metrics_fn = task_functions(labels, cfg.loss, state, cfg.model.prototypes_per_class)
-    display = display_fn(cfg, channels)
+    method = "cipl"
 
-    def loss_fn(out, batch, pairs):
-        return cipl_loss(out, batch, cfg.loss, labels, cfg.model.prototypes_per_class, pairs)
+    def load_data(self, cfg: CIPLConfig) -> Splits:
+        data = load_data(cfg)
+        return Splits(data["train"], data["val"], data["test"], data["train"].card, extra={"push": data["push"]})
 
-    schedule = CIPLSchedule(cfg, state, pairs, data["push"], loss_fn, run_dir, display)
-    model_config = {"kind": "cipl", "config": config_to_dict(cfg), "card": card.to_dict(),
-                    "labels": labels.to_dict(), "in_chans": channels}
-    sc = cfg.schedule
-    trainer = Trainer(
-        model, pairs, data["val"], step_fn, predict_fn, metrics_fn, train=cfg.train, optim=cfg.optim,
-        run_dir=run_dir, model_config=model_config, device=device, seed=cfg.seed, dist_info=dist_info,
-        param_groups=model.student.parameter_groups(sc.lr_backbone, sc.lr_add_on, sc.lr_prototypes),
-        hooks=[schedule], model_card=_model_card(cfg, card, labels),
-    )
-    result = trainer.fit(resume=resume_dir is not None)
-    load_weights(trainer.eval_model, trainer.checkpoint_dir / "best")
-    test_out = trainer.predict(data["test"])
-    if dist_info.is_main:
-        student = trainer.eval_model.student.eval()
-        task = output_task(labels)
-        target = test_out["target"] if labels.multilabel else test_out["target"].astype(np.int64)
-        test = metrics_with_ci(task, target, test_out["scores"], list(labels.output_names), n_boot=cfg.bootstrap,
-                               seed=cfg.seed)
-        final: dict[str, Any] = {
-            "method": "cipl", "dataset": card.name, "backbone": cfg.model.backbone, "task": task,
-            "pretrained_source": pretrained_source_of(model.student.backbone),
-            "classes": list(labels.class_names), "outputs": list(labels.output_names), "test": test,
-            "best_epoch": result.best_epoch, "monitor": cfg.train.monitor, "best_val": result.best_metric,
-            "epochs_run": len(result.history), "sizes": {k: len(v) for k, v in data.items()},
-        }
-        if card.has_masks:
-            loc = localisation_metrics(student, data["test"], device=device, iou_threshold=cfg.iou_threshold,
+    def splits_of(self, cfg: CIPLConfig, train: MedicalImageDataset, val: MedicalImageDataset | None) -> Splits:
+        """Datasets given to `fit`: the pairs read the training images themselves (its transform is not used), the
+        push set and val are copies with the evaluation transform (the originals stay as they are)."""
+        tf = eval_transform_for(cfg, cfg.data.channels or train.card.channels)
+        return Splits(train, None if val is None else with_transform(val, tf), None, train.card,
+                      extra={"push": with_transform(train, tf)})
+
+    def build(self, cfg: CIPLConfig, splits: Splits, device: Any, dist_info: Any) -> Built:
+        card = splits.card
+        channels = cfg.data.channels or card.channels
+        labels = LabelSpace.for_task(card.task, card.class_names, cfg.model.reference_class)
+        if card.task == "ordinal":
+            log.info("%s is ordinal: CIPL treats the grades as classes (softmax)", card.name)
+        check_config(cfg, labels, splits.train)
+        if cfg.train.monitor == "auto":
+            cfg.train.monitor = default_monitor(labels)
+        model = build_model(cfg, labels, channels)
+        state = PhaseState(0, cfg.schedule.warm_epochs)
+        pairs = PairDataset(splits.train, labels, cfg.data, cfg.views, channels)
+        task = task_functions(labels, cfg.loss, state, cfg.model.prototypes_per_class)
+
+        def loss_fn(out: dict[str, torch.Tensor], batch: dict, pairs: bool) -> tuple[torch.Tensor, dict[str, float]]:
+            return cipl_loss(out, batch, cfg.loss, labels, cfg.model.prototypes_per_class, pairs)
+
+        schedule = CIPLSchedule(cfg, state, pairs, splits.extra["push"], loss_fn, model, display_fn(cfg, channels))
+        preprocess = Preprocess.from_config(cfg.data, card, channels)
+        model_config = checkpoint_config(KIND, cfg, card, preprocess, package="cipl", labels=labels.to_dict(),
+                                         in_chans=channels)
+        sc = cfg.schedule
+        return Built(model, task, model_config, model_card(cfg, card, labels), cfg.model.backbone, train_set=pairs,
+                     param_groups=model.student.parameter_groups(sc.lr_backbone, sc.lr_add_on, sc.lr_prototypes),
+                     hooks=[schedule], extra_files=schedule.extra_files, output_task=output_task(labels),
+                     output_names=list(labels.output_names),
+                     pretrained_source=pretrained_source_of(model.student.backbone), state={"labels": labels})
+
+    def report(self, ctx: FitContext) -> dict[str, Any]:
+        """task, classes and outputs; localisation on the test split where the data have masks; the best checkpoint's
+        push folder, where its prototypes sit (prototype_placement) and the gallery."""
+        cfg: CIPLConfig = ctx.cfg
+        labels: LabelSpace = ctx.built.state["labels"]
+        card = ctx.splits.card
+        student = ctx.trainer.eval_model.student.eval()
+        out: dict[str, Any] = {"task": output_task(labels), "classes": list(labels.class_names),
+                               "outputs": list(labels.output_names)}
+        if card.has_masks and ctx.splits.test is not None:
+            loc = localisation_metrics(student, ctx.splits.test, device=ctx.device, iou_threshold=cfg.iou_threshold,
                                        batch_size=cfg.train.eval_batch_size or cfg.train.batch_size, seed=cfg.seed,
                                        kind=cfg.localisation_map)
             if loc is not None:
-                final["test_localisation"] = loc
-        push_dir = _push_dir_for(run_dir, student)
-        if push_dir is not None:
-            final["prototypes"] = str(push_dir.relative_to(run_dir))
+                out["test_localisation"] = loc
+        index = PushIndex.read(ctx.run.checkpoint("best"), ctx.run)
+        if index is not None and index.folder is not None:
+            out["prototypes"] = index.directory
             if card.has_masks:
-                placement = prototype_placement(load_push(push_dir), data["push"])
+                placement = prototype_placement(index.to_dict(), ctx.splits.extra["push"])
                 if placement is not None:
-                    final["prototype_placement"] = placement
-            gallery_figures(student, push_dir, run_dir / "figures" / "gallery")
-        final.update(wall_time_s=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(), device=str(device),
-                     world_size=dist_info.world_size)
-        trainer.write_final_metrics(final)
-        training_curves(result.history, run_dir / "figures" / "training_curves.png")
-    cleanup_distributed()
-    return run_dir
+                    out["prototype_placement"] = placement
+            gallery_figures(student, index, ctx.run.figures_dir / "gallery")
+        return out
 
 
-def _push_dir_for(run_dir: Path, student: CIPL) -> Path | None:
-    return find_push_dir(run_dir, student.cpu())
-
-
-def _model_card(cfg: CIPLConfig, card: DatasetCard, labels: LabelSpace) -> str:
-    ref = f"; reference class {labels.class_names[-1]!r}" if labels.multilabel else ""
-    return (f"# CIPL (Cross- and Intra-image Prototypical Learning) on {card.title}\n\n"
-            f"- backbone {cfg.model.backbone}, {cfg.model.prototypes_per_class} prototypes x "
-            f"{cfg.model.prototype_dim} channels per class, {labels.num_classes} prototype classes{ref}\n"
-            f"- outputs: {', '.join(labels.output_names)} "
-            f"({'two-way softmax against the reference' if labels.multilabel else 'softmax'})\n"
-            f"- input {cfg.data.image_size} px, {cfg.data.channels or card.channels} channels\n"
-            f"- dataset licence: {card.license or 'see the dataset card'}\n")
-
-
-def push_run(run_dir: str | Path, checkpoint: str = "best", split: str | None = None, device: str = "cpu",
-             progress: bool = False) -> dict[str, Any]:
-    """`cipl push`: project the prototypes of a run's checkpoint onto its training split (or `split`), save
-    the pushed model as checkpoints/pushed and the artefacts under prototypes/push-<checkpoint>/."""
-    from medimg_core.checkpoint import save_checkpoint
-
-    student, info = load_cipl(run_dir, checkpoint)
-    cfg: CIPLConfig = info["cfg"]
-    run_dir = Path(info["run_dir"])
-    tf = eval_transform_for(cfg, info["in_chans"])
-    ds = load_dataset(cfg.data.dataset, cfg.data.root, split or cfg.data.train_split, transform=tf,
-                      **cfg.data.options)
-    loader = DataLoader(ds, batch_size=cfg.train.eval_batch_size or cfg.train.batch_size, shuffle=False)
-    out_dir = run_dir / "prototypes" / f"push-{checkpoint}-{split or cfg.data.train_split}"
-    student = student.to(device)
-    result = push_prototypes(student, loader, out_dir=out_dir, device=device,
-                             display=display_fn(cfg, info["in_chans"]), progress=progress)
-    module = build_model(cfg, info["labels_obj"], info["in_chans"], pretrained=False)
-    load_weights(module, info["checkpoint"])
-    module.student.load_state_dict(student.cpu().state_dict())
-    config = {k: v for k, v in info.items() if k not in ("cfg", "card_obj", "labels_obj", "run_dir", "checkpoint",
-                                                         "medimg_core_version", "torch_version")}
-    folder = save_checkpoint(run_dir / "checkpoints" / "pushed", module, config)
-    return {"checkpoint": str(folder), "prototypes": str(out_dir), "n_images": len(ds), **result.stats}
+def train_cipl(cfg: CIPLConfig, resume_dir: str | Path | None = None) -> Run:
+    """Train CIPL with the published schedule, select on validation among pushed states, evaluate on test
+    (with localisation metrics where the data have masks), draw the gallery; return the run folder."""
+    return fit_run(CIPLRecipe(), cfg, resume_dir)
