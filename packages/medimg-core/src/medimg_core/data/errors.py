@@ -46,7 +46,12 @@ class DatasetError(ValueError):
 
 
 class ImageReadError(DatasetError):
-    """An image file is missing, truncated or not an image."""
+    """An image file is missing, truncated, not an image, or too large to decode safely."""
+
+
+class DatasetOptionError(DatasetError, TypeError):
+    """A loader option is unknown or of the wrong type or value; the message names the option (and the
+    dataset.json key when the descriptor set it). A TypeError as well, as unknown keyword arguments are."""
 
 
 class ProblemLog:
