@@ -513,6 +513,27 @@ def test_decompression_bomb_is_an_image_read_error_everywhere(tmp_path, size):
             read()
 
 
+@pytest.mark.parametrize("shape,expect", [
+    ((1, 1), r"1 x 1 pixels, smaller than 8 on a side; it is stretched to 32 x 32 pixels"),
+    ((20, 400), r"400 x 20 pixels, an aspect ratio above 10:1; it is stretched to 32 x 32 pixels"),
+    ((24, 24), None),
+], ids=["tiny", "extreme-aspect", "ordinary"])
+def test_explain_notes_tiny_or_extreme_images(tmp_path, caplog, shape, expect):
+    """The explain commands read one image through load_image: a 1 x 1 image was explained with no word (E5);
+    now a warning names the file and says what the model saw, and the explanation still comes."""
+    from medimg_core.data.preprocess import Preprocess, load_image
+
+    path = tmp_path / "odd.png"
+    Image.fromarray(np.full(shape, 128, np.uint8)).save(path)
+    with caplog.at_level("WARNING", logger="medimg"):
+        x, _ = load_image(path, Preprocess(32, 3))
+    assert tuple(x.shape) == (1, 3, 32, 32)
+    if expect is None:
+        assert "stretched" not in caplog.text, caplog.text
+    else:
+        assert re.search(rf"{re.escape(str(path))}: {expect}", caplog.text), caplog.text
+
+
 def _verify(root: Path, *options: str) -> tuple[int, str]:
     result = CliRunner().invoke(medimg, ["datasets", "verify", str(root), "--format", "csv", *options])
     assert "Traceback" not in result.output and (result.exception is None or isinstance(result.exception, SystemExit))
