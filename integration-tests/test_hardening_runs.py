@@ -90,6 +90,8 @@ CONFIG_CASES = {
     "channels-two": (["--data.channels", "2"], r"data\.channels: expected 1, 3 or null"),
     "drop-rate-one": (["--model.drop_rate", "1"], r"model\.drop_rate: expected a finite number >= 0 and < 1"),
     "bootstrap-negative": (["--bootstrap", "-1"], r"bootstrap: expected an integer >= 0, got -1"),
+    "normalize-unknown": (["--data.normalize", "foo"], r"data\.normalize: expected one of imagenet, inception, none "
+                                                        r"or null \(no normalisation\), got 'foo'"),
 }
 
 
@@ -119,6 +121,44 @@ def test_a_device_this_machine_lacks_named_in_a_config_file(tmp_path, synth_root
     result = CliRunner().invoke(medimg, ["train-baseline", "--config", str(cfg), "--root", str(synth_root),
                                          "--out", str(out), "--backbone", "test_resnet", "--epochs", "1"])
     text = _clean(result, code)
+    assert re.search(expect, text), text
+    assert not _runs(out)
+
+
+def test_a_device_this_machine_lacks_for_the_precision(tmp_path, synth_root):
+    """fp16 needs CUDA's gradient scaler: a ValueError traceback from inside the Trainer, after the run folder
+    was made; now a ConfigError naming train.precision before any folder exists."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "runs"
+    text = _clean(_train(synth_root, out, "--train.precision", "fp16"), 1)
+    assert re.search(r"train\.precision: fp16 needs a CUDA device, and this run trains on cpu; use bf16 or fp32",
+                     text), text
+    assert not _runs(out)
+
+
+def test_a_misspelt_monitor_is_named_when_the_training_ends(tmp_path, synth_root):
+    """train.monitor naming no metric (val/acc for val/accuracy) silently made the last epoch the best; the
+    metric exists only once a validation ran (some methods log theirs only on some epochs), so the end of the
+    training names it, with the metrics seen and the nearest one."""
+    out = tmp_path / "runs"
+    result = _train(synth_root, out, "--train.monitor", "val/acc")
+    assert result.exit_code == 0, result.output
+    text = re.sub(r"\s+", " ", result.output)
+    assert re.search(r"train\.monitor 'val/acc' was never among the metrics of this run \(val/accuracy, .*; did "
+                     r"you mean 'val/accuracy'\?\): no epoch counted as an improvement", text), text
+    result = _train(synth_root, out)  # the default monitor, val/accuracy: no warning
+    assert result.exit_code == 0 and "was never among the metrics" not in result.output, result.output
+
+
+@pytest.mark.parametrize("option,value,expect", [
+    ("--data.dataset", "nosuch", r"unknown dataset 'nosuch' Known: bloodmnist, .*csv"),
+    ("--data.val_split", "holdout", r"csv: unknown split 'holdout'; expected one of \['train', 'val', 'test'\]"),
+], ids=["dataset", "split"])
+def test_training_refuses_bad_data_names_an_unknown_dataset_or_split(tmp_path, synth_root, option, value, expect):
+    """A KeyError and a ValueError traceback before; now a DatasetError, exit status 1, no folder."""
+    out = tmp_path / "runs"
+    text = _clean(_train(synth_root, out, option, value), 1)
     assert re.search(expect, text), text
     assert not _runs(out)
 

@@ -80,10 +80,10 @@ CLASSES = [
     ("split files that no longer match the data (images added or removed)", r"test_a_split_file",
      "a `DatasetError` saying what changed and how to draw a new split; folds never redrawn silently; files of the "
      "earlier naming adopted"),
-    ("config numbers and devices (batch size, epochs, image size, learning rates, ...)",
-     r"test_numbers_are_range_checked|test_a_device_this_machine_lacks|test_a_batch_larger",
-     "an error naming the key, the value and the range, exit status 2 (1 for a device this machine lacks) before "
-     "any folder exists"),
+    ("config values and devices (batch size, epochs, image size, learning rates, normalisation, precision, ...)",
+     r"test_numbers_are_range_checked|test_a_device_this_machine_lacks|test_a_batch_larger|test_a_misspelt_monitor",
+     "an error naming the key, the value and the range, exit status 2 (1 for a device or precision this machine "
+     "lacks) before any folder exists; a monitor that names no metric is named, with the nearest one"),
     ("failures during a training (bad image, bomb, refused weights, diverging, full disk while checkpointing)",
      r"test_a_training_(failing|that_diverges)|test_a_refused_pretrained|test_a_checkpoint_write_failing"
      r"|test_weights_are_as_readable",

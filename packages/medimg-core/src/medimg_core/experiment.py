@@ -46,7 +46,16 @@ from medimg_core.distributed import (
     select_device,
 )
 from medimg_core.runs import Run, RunFolderError, peak_memory_mb, prepare_run, setup_logging
-from medimg_core.training import FitResult, Hook, MetricsFn, PredictFn, StepFn, Trainer, check_batch_size
+from medimg_core.training import (
+    FitResult,
+    Hook,
+    MetricsFn,
+    PredictFn,
+    StepFn,
+    Trainer,
+    check_batch_size,
+    check_precision,
+)
 
 log = logging.getLogger("medimg")
 
@@ -185,6 +194,7 @@ def fit_run(recipe: Recipe, cfg: Any, resume_dir: str | Path | None = None, spli
         val_set = built.val_set if built.val_set is not None else splits.val
         test_set = built.test_set if built.test_set is not None else splits.test
         check_batch_size(len(train_set), cfg.train, dist_info.world_size)  # before any folder exists
+        check_precision(cfg.train, device)
         if resume_dir is not None:
             _check_same_kind(Path(resume_dir), built.model_config)
         run = prepare_run(cfg, recipe.method, splits.card.name, built.backbone, dist_info, resume_dir)

@@ -19,6 +19,7 @@ resumed ends where an uninterrupted run ends.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -196,6 +197,13 @@ def check_batch_size(n_train: int, train: TrainConfig, world_size: int = 1) -> i
     return batches
 
 
+def check_precision(train: TrainConfig, device: torch.device) -> None:
+    """A ConfigError naming train.precision when the device cannot train in it (fp16 needs CUDA's scaler)."""
+    if train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA device, and this run trains on {device}; use bf16 "
+                          "or fp32 (--train.precision fp32)")
+
+
 def default_num_workers(device: torch.device) -> int:
     """Loader workers: none on CPU (they would compete with the model for the cores), a few on GPU."""
     import os
@@ -275,8 +283,7 @@ class Trainer:
         self.hooks = list(hooks)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.collate_fn = collate_fn
-        if train.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        check_precision(train, self.device)
         self.model = model.to(self.device)
         if train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -615,12 +622,28 @@ class Trainer:
                 log.info("stopping early after epoch %d (%s did not improve for %d epochs)",
                          self.epoch, self.cfg.monitor, self.bad_epochs)
                 break
+        self._check_monitor_seen()
         if self.best_epoch is None and self.dist.is_main:  # no validation: the last epoch is the best
             self.save("best")
         barrier(self.dist)
         for hook in self.hooks:
             hook.on_train_end(self)
         return FitResult(self.best_metric, self.best_epoch, self.history, stopped_early)
+
+    def _check_monitor_seen(self) -> None:
+        """Warn when train.monitor names a metric that no validated epoch logged (a misspelt key): no epoch
+        then counted as an improvement, early stopping never fired and `best` is the last epoch."""
+        if self.val_dataset is None or not self.history or not self.dist.is_main:
+            return
+        if any(self.cfg.monitor in m for m in self.history):
+            return
+        seen = sorted({k for m in self.history for k in m if k.startswith("val/")})
+        near = [k for k in seen if k.startswith(self.cfg.monitor)] or difflib.get_close_matches(
+            self.cfg.monitor, seen, n=1)
+        log.warning("train.monitor %r was never among the metrics of this run (%s%s): no epoch counted as an "
+                    "improvement, so checkpoints/best holds the last epoch and early stopping could not fire",
+                    self.cfg.monitor, ", ".join(seen) or "no val/ metrics",
+                    f"; did you mean {near[0]!r}?" if near else "")
 
     def _log_epoch(self, metrics: dict[str, float]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:

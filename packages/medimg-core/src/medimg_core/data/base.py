@@ -129,7 +129,7 @@ class MedicalImageDataset(Dataset):
         name = cls.split_aliases.get(name, name)
         splits = cls.card.splits
         if name not in splits:
-            raise ValueError(f"{cls.card.name}: unknown split {split!r}; expected one of {list(splits)}")
+            raise DatasetError(f"{cls.card.name}: unknown split {split!r}; expected one of {list(splits)}")
         return name
 
     @classmethod

@@ -29,6 +29,9 @@ log = logging.getLogger("medimg")
 #: the smallest image_size a config may ask for (smaller inputs vanish in the backbones' downsampling)
 MIN_IMAGE_SIZE = 8
 
+#: what `data.normalize` may name (the mean and std of "dataset" are not a DataConfig key: see Preprocess)
+NORMALIZE_NAMES = ("imagenet", "inception", "none", None)
+
 
 @dataclass
 class DataConfig:
@@ -53,6 +56,9 @@ class DataConfig:
                     why="images are resized to image_size x image_size pixels")
         if self.channels is not None and self.channels not in (1, 3):
             raise FieldError("channels", f"expected 1, 3 or null (the dataset's), got {self.channels!r}")
+        if self.normalize not in NORMALIZE_NAMES:
+            raise FieldError("normalize", f"expected one of {', '.join(str(n) for n in NORMALIZE_NAMES[:-1])} or "
+                                          f"null (no normalisation), got {self.normalize!r}")
         check_range(self, "rotation", minimum=0, maximum=180)
         check_range(self, "scale_min", above=0, maximum=1)
         if not isinstance(self.options, dict):
