@@ -305,6 +305,9 @@ RESUME_CASES = {
     "weights-zero-bytes": (_truncate("checkpoints/last/model.safetensors", 0), "last/model.safetensors"),
     "state-json-cut": (_truncate("checkpoints/last/state.json", 200), "last/state.json"),
     "state-tensors-truncated": (_truncate("checkpoints/last/state.safetensors", 100), "last/state.safetensors"),
+    "config-json-cut": (_truncate("checkpoints/last/config.json", 20), "last/config.json"),
+    "config-json-not-an-object": (lambda run: (run / "checkpoints/last/config.json").write_text("[1]"),
+                                  "last/config.json"),
     "state-json-not-an-object": (lambda run: (run / "checkpoints/last/state.json").write_text("[1, 2]"),
                                  "last/state.json"),
     "state-json-missing-epoch": (lambda run: (run / "checkpoints/last/state.json").write_text(json.dumps(
@@ -347,6 +350,19 @@ def test_resuming_without_a_last_checkpoint_is_refused(tmp_path, finished_run):
     with pytest.raises(CheckpointError):
         trainer.fit(resume=True)
     assert not (run / "checkpoints/last").exists()
+
+
+def test_resuming_a_folder_that_is_not_a_run(tmp_path, synth_root, finished_run):
+    """A dataset folder given to --resume said 'config.yaml: config file not found'; a damaged config.yaml of
+    the run's own method is named as such, not blamed on another method."""
+    text = _clean(CliRunner().invoke(medimg, ["train-baseline", "--resume", str(synth_root)]), 2)
+    assert re.search(rf"{re.escape(str(synth_root))}: not a run folder \(no config.yaml, which every training "
+                     r"writes\); --resume takes the folder of a run", text), text
+    run = tmp_path / finished_run.name
+    shutil.copytree(finished_run, run)
+    (run / "config.yaml").write_text("train: {epochs: 1\n")
+    text = _clean(CliRunner().invoke(medimg, ["train-baseline", "--resume", str(run)]), 2)
+    assert re.search(r"config.yaml: not valid YAML", text) and "trained by" not in text, text
 
 
 @pytest.mark.parametrize("fits", [False, True], ids=["config-does-not-load", "config-loads"])

@@ -184,6 +184,9 @@ def training_config(config_cls: type, config_name: str | None, shipped_dir: Path
             if overrides or config_name:
                 raise ConfigError("--resume continues a run with its saved config; drop the other options "
                                   "(only --progress/--no-progress may be given with it)")
+            if not (resume_dir / "config.yaml").is_file():
+                raise ConfigError(f"{resume_dir}: not a run folder (no config.yaml, which every training writes); "
+                                  "--resume takes the folder of a run, such as runs/<date>-<method>-...")
             try:
                 return load_config(config_cls, resume_dir / "config.yaml", display)
             except ConfigError as exc:
@@ -201,8 +204,8 @@ def _resume_mismatch(resume_dir: Path, exc: Exception) -> str:
     from medimg_core.runs import run_kind
 
     found = run_kind(resume_dir)
-    if found is None or not (resume_dir / "config.yaml").is_file():
-        return str(exc)
+    if found is None or not any(sign in str(exc) for sign in ("unknown config key", "is not a section")):
+        return str(exc)  # a damaged config.yaml (not valid YAML, a bad value): its own error names the file
     kind, where = found
     return (f"{resume_dir}: this run was trained by {kind!r} ({where}), and its config.yaml does not fit this "
             f"command ({exc}); resume it with the command of the method that trained it")

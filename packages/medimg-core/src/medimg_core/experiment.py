@@ -55,6 +55,7 @@ from medimg_core.training import (
     Trainer,
     check_batch_size,
     check_precision,
+    how_to_go_on,
 )
 
 log = logging.getLogger("medimg")
@@ -277,10 +278,20 @@ def _has_checkpoint(folder: Path) -> bool:
 
 def _check_same_kind(run_dir: Path, model_config: dict[str, Any]) -> None:
     """A resumed run must be of the method that resumes it: compare the kinds of the checkpoints."""
+    last = run_dir / "checkpoints" / "last"
     try:
-        written = load_config_json(run_dir / "checkpoints" / "last").get("kind")
-    except (CheckpointError, OSError, ValueError, AttributeError):
-        return  # unreadable: the Trainer's resume names the broken file
+        find_checkpoint(last)
+    except CheckpointError:
+        return  # missing: the Trainer's resume says there is no last checkpoint
+    try:
+        loaded = load_config_json(last)
+        if not isinstance(loaded, dict):
+            raise TypeError(f"expected a JSON object, found {type(loaded).__name__}")
+    except (CheckpointError, OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"cannot resume from the last checkpoint: {last / 'config.json'}: unreadable "
+                              f"({type(exc).__name__}: {exc}). {how_to_go_on(run_dir / 'checkpoints', last)}"
+                              ) from None
+    written = loaded.get("kind")
     expected = model_config.get("kind")
     if written and expected and written != expected:
         raise RunFolderError(f"{run_dir}: a run of {written!r} (checkpoints/last/config.json), not of {expected!r}; "

@@ -204,6 +204,20 @@ def check_precision(train: TrainConfig, device: torch.device) -> None:
                           "or fp32 (--train.precision fp32)")
 
 
+def how_to_go_on(checkpoint_dir: Path, last: Path) -> str:
+    """What a user can do when the last checkpoint of `checkpoint_dir` is damaged: continue from a copy of best
+    when best is intact, else start a new run."""
+    best = Path(checkpoint_dir) / "best"
+    try:
+        scalars = json.loads((find_checkpoint(best) / "state.json").read_text())
+        epoch = int(scalars["epoch"])
+    except (CheckpointError, OSError, ValueError, KeyError, TypeError):
+        return "The run cannot go on from it: start a new run."
+    return (f"To go on from the best checkpoint (epoch {epoch}) instead, replace it by a copy of best "
+            f"(rm -r '{last}' && cp -r '{best}' '{last}') and resume again (epochs after {epoch} run again); "
+            "or start a new run")
+
+
 def default_num_workers(device: torch.device) -> int:
     """Loader workers: none on CPU (they would compete with the model for the cores), a few on GPU."""
     import os
@@ -565,16 +579,7 @@ class Trainer:
         return True
 
     def _how_to_go_on(self, last: Path) -> str:
-        """What a user can do when the last checkpoint is damaged: continue from best when it is intact."""
-        best = self.checkpoint_dir / "best"
-        try:
-            scalars = json.loads((find_checkpoint(best) / "state.json").read_text())
-            epoch = int(scalars["epoch"])
-        except (CheckpointError, OSError, ValueError, KeyError, TypeError):
-            return "The run cannot go on from it: start a new run."
-        return (f"To go on from the best checkpoint (epoch {epoch}) instead, replace it by a copy of best "
-                f"(rm -r '{last}' && cp -r '{best}' '{last}') and resume again (epochs after {epoch} run again); "
-                "or start a new run")
+        return how_to_go_on(self.checkpoint_dir, last)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> FitResult:
