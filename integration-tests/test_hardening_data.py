@@ -200,7 +200,9 @@ CSV_CASES = [
     # labels: missing spellings are the empty-label error, two spellings of one class are an error (D35-D36, D47)
     *[Case(f"table-label-spelt-missing-{name}", _set("label", 4, value), r"column 'label': empty label in 1 "
            r"row\(s\) \(rows 6\)") for name, value in (("NA", "NA"), ("None", "None"), ("null", "null"),
-                                                        ("N-A", "N/A"), ("dash", "-"), ("na-lower", "na"))],
+                                                        ("N-A", "N/A"), ("dash", "-"), ("na-lower", "na"),
+                                                        ("excel-N-A", "#N/A"), ("question-mark", "?"),
+                                                        ("pandas-NA", "<NA>"))],
     Case("table-label-number-spellings", _then(_labels(lambda i: str(i % 2)), _set("label", 4, "0.0")),
          r"column 'label': one class spelt 2 ways: '0' \(rows [\d, ]+\); '0\.0' \(rows 6\)"),
     Case("table-label-case-spellings", _set("label", 5, "Sick"),

@@ -59,9 +59,10 @@ OPTION_KEYS = (
 
 
 
-#: label cells that mean "no label" (R's write.csv writes NA, pandas NaN, others None, null, N/A or -): the
-#: empty-label error, never a class of their own (unless class_names lists the spelling)
-MISSING_LABELS = ("", "nan", "na", "n/a", "none", "null", "-")
+#: label cells that mean "no label" (R's write.csv writes NA, pandas NaN, Excel #N/A, others None, null, N/A, - or
+#: ?; compared in lower case, with the rest of pandas' default missing markers): the empty-label error, never a
+#: class of their own (unless class_names lists the spelling)
+MISSING_LABELS = ("", "nan", "-nan", "na", "n/a", "#n/a", "#n/a n/a", "#na", "<na>", "none", "null", "-", "?")
 
 _STR, _LIST, _INT = "a string", "a list of strings (or one comma-separated string)", "an integer"
 #: what each option holds, as an error message says it
@@ -264,8 +265,8 @@ def _parse(root: Path, opts: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard,
         empty = [r + ROW_OFFSET for r, v in enumerate(cells) if v.lower() in MISSING_LABELS and v not in given]
         if empty:
             raise DatasetError(f"{label}, column '{label_cols[0]}': empty label in {len(empty)} row(s) "
-                               f"(rows {_rows_text(empty)}); every image needs a label (blank, NaN, NA, N/A, None, "
-                               "null and - all mean missing)")
+                               f"(rows {_rows_text(empty)}); every image needs a label (blank, NaN, NA, N/A, #N/A, "
+                               "None, null, - and ? all mean missing)")
         present = sorted(set(cells))
         if not given:
             check_label_spellings(cells, label, label_cols[0])
