@@ -242,6 +242,20 @@ def test_a_refused_pretrained_file_fails_before_the_run_folder(tmp_path, synth_r
     assert not _runs(out)
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"\x89PNG\r\n\x1a\n" + bytes(64)], ids=["text", "png"])
+def test_a_refused_pretrained_file_that_is_no_pickle_says_so(tmp_path, synth_root, content):
+    """A text file or an image named .pth was 'refused' as holding pickled Python objects (torch reports an
+    unsupported operand for both); it is no weights file at all, and the message says that."""
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(content)
+    out = tmp_path / "runs"
+    text = _clean(_train(synth_root, out, "--backbone", "resnet18", "--pretrained", str(bad)), 1)
+    assert re.search(r"weights\.pth: not a PyTorch weights file \(neither a zip archive nor a pickle: it starts "
+                     r"with b.{4}", text), text
+    assert "pickled Python objects" not in text
+    assert not _runs(out)
+
+
 def test_a_checkpoint_write_failing_on_a_full_disk(tmp_path, synth_root, monkeypatch):
     """safetensors raises its own error type on a full disk (C27): a CheckpointError naming the file, with a
     disk-space hint; the run had no checkpoint yet, so its folder goes."""
