@@ -45,7 +45,7 @@ CLASSES = [
      r"test_broken_csv_dataset\[mask-",
      "a fallback never lands on another column's file or folder (an image is never its own mask): a `DatasetError` "
      "naming the row, the column and the file it would have taken"),
-    ("label spellings (NA, None, null, N/A, -; '0' beside '0.0', 'Sick' beside 'sick')",
+    ("label spellings (NA, None, null, N/A, #N/A, <NA>, -, ?; '0' beside '0.0', 'Sick' beside 'sick')",
      r"test_broken_csv_dataset\[table-label-",
      "missing spellings are the empty-label error; two spellings of one class are a `DatasetError` naming the rows "
      "of each; never a silent extra class"),
