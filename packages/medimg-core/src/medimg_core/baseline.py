@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from medimg_core.checkpoint import load_weights
-from medimg_core.config import load_config
+from medimg_core.config import FieldError, check_range, load_config
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 
 # DataConfig and build_transforms live in medimg_core.data.preprocess, parse_pretrained in medimg_core.models,
@@ -49,6 +49,11 @@ class ModelConfig:
     backbone: str = "resnet18"
     pretrained: str = "false"
     drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not str(self.backbone).strip():
+            raise FieldError("backbone", "expected a timm model name or torchvision alias, got an empty string")
+        check_range(self, "drop_rate", minimum=0, below=1)
 
 
 @dataclass

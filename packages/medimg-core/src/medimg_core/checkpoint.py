@@ -15,16 +15,19 @@ half-written checkpoint behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import shutil
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from medimg_core import __version__
@@ -158,10 +161,13 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    current = "model.safetensors"  # the file being written, named in the error when writing fails
     try:
         save_file(state_dict_to_cpu(model), str(tmp / "model.safetensors"))
         if raw_model is not None:
+            current = "raw_model.safetensors"
             save_file(state_dict_to_cpu(raw_model), str(tmp / "raw_model.safetensors"))
+        current = "config.json"
         write_json(tmp / "config.json", {**config, "medimg_core_version": __version__, "torch_version": torch.__version__})
         if optimizer is not None or training_state is not None or with_rng:
             tensors: dict[str, torch.Tensor] = {}
@@ -178,19 +184,56 @@ def save_checkpoint(
                 rng_tensors, rng_scalars = rng_state()
                 tensors.update(rng_tensors)
                 scalars["rng"] = rng_scalars
+            current = "state.safetensors"
             save_file(tensors, str(tmp / "state.safetensors"))
+            current = "state.json"
             write_json(tmp / "state.json", scalars)
         if card:
+            current = "README.md"
             (tmp / "README.md").write_text(card)
         for name, payload in (extra_files or {}).items():
+            current = name
             write_extra_file(tmp / name, payload)
+        _match_file_modes(tmp)
     except BaseException as exc:  # a full disk or an interrupt: leave no half-written folder behind
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"{final}: cannot write the checkpoint ({exc}); the previous one is kept") from exc
+        if isinstance(exc, (OSError, SafetensorError)):
+            raise CheckpointError(f"{final / current}: cannot write the checkpoint ({exc}){_disk_hint(exc)}; the "
+                                  "previous one is kept") from exc
         raise
     _publish(tmp, final)
     return final
+
+
+def _disk_hint(exc: BaseException) -> str:
+    """A hint when an error reads like a full disk or a file-size limit (safetensors reports its own type)."""
+    errno_ = getattr(exc, "errno", None)
+    text = str(exc).lower()
+    if errno_ in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(
+            k in text for k in ("no space left", "file too large", "disk quota", "os error 28", "os error 27")):
+        return (". The disk looks full (or a file-size or quota limit was reached): free some space, or train into "
+                "another --out, then continue with --resume")
+    return ""
+
+
+def umask_file_mode() -> int:
+    """The permissions a new file gets under this process's umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _match_file_modes(folder: Path) -> None:
+    """Give every file of `folder` the permissions of its config.json (what the umask gives a new file):
+    safetensors writes its files 0600, so other users of a shared machine could read a run's config but not
+    its weights."""
+    reference = folder / "config.json"
+    if not reference.is_file():
+        return
+    mode = stat.S_IMODE(reference.stat().st_mode)
+    for path in folder.iterdir():
+        if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) != mode:
+            os.chmod(path, mode)
 
 
 def write_extra_file(path: Path, payload: Any) -> None:
@@ -232,7 +275,13 @@ def load_weights(model: torch.nn.Module, directory: str | Path, file: str = "mod
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types on corrupt files
         raise CheckpointError(f"{path}: cannot read weights ({exc})") from None
-    result = model.load_state_dict(state, strict=strict)
+    try:
+        result = model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:  # missing or unexpected keys, tensors of another shape
+        first = str(exc).strip().splitlines()
+        shown = " ".join(line.strip() for line in first[:4])
+        raise CheckpointError(f"{path}: the weights do not fit the model ({shown[:600]}); expected a checkpoint "
+                              "written for this model") from None
     if strict is False and (result.missing_keys or result.unexpected_keys):
         raise CheckpointError(f"{path}: keys do not fit the model (missing {result.missing_keys[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]})")
@@ -248,11 +297,15 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Restore optimizer, scheduler, scaler and RNG states; return the remaining scalars (epoch, ...)."""
     folder = find_checkpoint(directory)
+    file = folder / "state.safetensors"
     try:
-        tensors = load_file(str(folder / "state.safetensors"))
-        scalars = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(file))
+        file = folder / "state.json"
+        scalars = json.loads(file.read_text())
+        if not isinstance(scalars, dict):
+            raise TypeError(f"expected a JSON object, found {type(scalars).__name__}")
     except Exception as exc:  # safetensors and json raise several types on corrupt files
-        raise CheckpointError(f"{folder}: cannot read the training state ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{file}: cannot read the training state ({type(exc).__name__}: {exc})") from None
     if optimizer is not None and "optimizer" in scalars:
         _optimizer_from_flat(optimizer, tensors, scalars.pop("optimizer"))
     if scheduler is not None and "scheduler" in scalars:

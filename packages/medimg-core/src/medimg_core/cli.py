@@ -132,12 +132,26 @@ def datasets_verify(root: Path, fmt: str, options: tuple[str, ...], no_images: b
         sys.exit(1)
 
 
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
+def _figure_file(ctx: click.Context, param: click.Parameter, value: Path) -> Path:
+    """--out of a figure: a file name with an image suffix, in a folder that exists or can be made."""
+    if value.is_dir():
+        raise click.BadParameter(f"'{value}' is a folder; expected a file name such as {value / 'preview.png'}")
+    if value.suffix.lower() not in FIGURE_SUFFIXES:
+        raise click.BadParameter(f"'{value}' does not end in {', '.join(FIGURE_SUFFIXES)}; expected an image file "
+                                 "name such as preview.png")
+    return value
+
+
 @datasets.command("preview")
 @click.argument("root", type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "fmt", required=True, help="Dataset format, as `medimg datasets list` names it.")
 @click.option("--split", default="train", show_default=True)
 @click.option("--n", "n", default=16, show_default=True, type=click.IntRange(min=1), help="Number of images.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=_figure_file,
+              help="PNG file to write (.png; .jpg, .pdf and .svg work too).")
 @click.option("--seed", default=0, show_default=True, help="Which images: a seeded sample.")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE", help="Loader option (repeatable).")
 def datasets_preview(root: Path, fmt: str, split: str, n: int, out: Path, seed: int, options: tuple[str, ...]) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+#: the same text as medimg_core.distributed.DEVICE_NAMES (not imported: it would import torch for --help)
 DEVICE_CHOICES = "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1 or mps"
 PROGRESS_HELP = "Progress bars (default: when interactive)."
 FROM_CONFIG = "default: from the config"
@@ -42,10 +43,11 @@ class ErrorReportingGroup(click.Group):
         from medimg_core.data.errors import DatasetError
         from medimg_core.models.weight_files import BackboneError
         from medimg_core.runs import RunFolderError
+        from medimg_core.training import TrainingDiverged
 
         try:
             return super().invoke(ctx)
-        except (DatasetError, ConfigError, RunFolderError, CheckpointError, BackboneError) as exc:
+        except (DatasetError, ConfigError, RunFolderError, CheckpointError, BackboneError, TrainingDiverged) as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -71,11 +73,8 @@ def _resolve(value: str):
 
     try:
         return select_device(value)
-    except RuntimeError as exc:
-        message = str(exc)
-        if "Expected one of" in message or "Invalid device" in message or not value.strip():
-            message = f"{value!r} is not a device; expected {DEVICE_CHOICES}"
-        raise click.BadParameter(message) from None
+    except RuntimeError as exc:  # DeviceError, with what to use instead
+        raise click.BadParameter(str(exc)) from None
 
 
 def _option(*decls: str, **kwargs: Any) -> Callable:
@@ -185,13 +184,31 @@ def training_config(config_cls: type, config_name: str | None, shipped_dir: Path
             if overrides or config_name:
                 raise ConfigError("--resume continues a run with its saved config; drop the other options "
                                   "(only --progress/--no-progress may be given with it)")
-            return load_config(config_cls, resume_dir / "config.yaml", display)
+            if not (resume_dir / "config.yaml").is_file():
+                raise ConfigError(f"{resume_dir}: not a run folder (no config.yaml, which every training writes); "
+                                  "--resume takes the folder of a run, such as runs/<date>-<method>-...")
+            try:
+                return load_config(config_cls, resume_dir / "config.yaml", display)
+            except ConfigError as exc:
+                raise ConfigError(_resume_mismatch(resume_dir, exc)) from None
         cfg = load_config(config_cls, resolve_config_path(config_name, shipped_dir), overrides)
         if not cfg.data.root:
             raise ConfigError("--root (data.root) is required: the dataset folder or file")
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     return cfg
+
+
+def _resume_mismatch(resume_dir: Path, exc: Exception) -> str:
+    """The error of a --resume whose saved config does not load: name the method that trained the run."""
+    from medimg_core.runs import run_kind
+
+    found = run_kind(resume_dir)
+    if found is None or not any(sign in str(exc) for sign in ("unknown config key", "is not a section")):
+        return str(exc)  # a damaged config.yaml (not valid YAML, a bad value): its own error names the file
+    kind, where = found
+    return (f"{resume_dir}: this run was trained by {kind!r} ({where}), and its config.yaml does not fit this "
+            f"command ({exc}); resume it with the command of the method that trained it")
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -25,6 +26,45 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and what was expected."""
+
+
+class FieldError(ConfigError):
+    """A value out of range in a config section's `__post_init__`: `key` is the field's name, which the loader
+    prefixes with the section (`train.batch_size`)."""
+
+    def __init__(self, key: str, detail: str):
+        self.key, self.detail = key, detail
+        super().__init__(f"{key}: {detail}")
+
+
+def check_range(section: Any, key: str, *, minimum: float | None = None, maximum: float | None = None,
+                above: float | None = None, below: float | None = None, integer: bool = False,
+                optional: bool = False, why: str = "") -> None:
+    """Raise FieldError unless `section.key` is a finite number within the bounds (inclusive `minimum` and
+    `maximum`, exclusive `above` and `below`); None passes when `optional`. `why` ends the message."""
+    value = getattr(section, key)
+    if value is None and optional:
+        return
+    bounds = []
+    if minimum is not None:
+        bounds.append(f">= {minimum:g}")
+    if above is not None:
+        bounds.append(f"> {above:g}")
+    if maximum is not None:
+        bounds.append(f"<= {maximum:g}")
+    if below is not None:
+        bounds.append(f"< {below:g}")
+    expected = f"{'an integer' if integer else 'a finite number'}{' ' + ' and '.join(bounds) if bounds else ''}"
+    if optional:
+        expected += " (or null)"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = ((minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+              and (above is None or value > above) and (below is None or value < below))
+    if not ok:
+        raise FieldError(key, f"expected {expected}, got {value!r}{'; ' + why if why else ''}")
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, str]:
@@ -120,8 +160,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if hint is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where}: expected a string, got {'null' if value is None else repr(value)}")
         return str(value)
     if hint is Path:
         return Path(value)
@@ -140,6 +180,8 @@ def _build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
     try:
         return cls(**kwargs)
+    except FieldError as exc:
+        raise ConfigError(f"{where + '.' if where else ''}{exc.key}: {exc.detail}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
@@ -172,8 +214,11 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
-def merge_overrides(data: dict[str, Any], overrides: Mapping[str, Any], cls: type) -> dict[str, Any]:
-    """Apply dotted overrides to a nested dict, checking each key exists in `cls`."""
+def merge_overrides(data: dict[str, Any], overrides: Mapping[str, Any], cls: type,
+                    parse_strings: bool = True) -> dict[str, Any]:
+    """Apply dotted overrides to a nested dict, checking each key exists in `cls`. String values are read as
+    YAML (`--optim.lr 1e-4`, `--model.layers [8, 4]`), except the empty string, unless `parse_strings` is False
+    (values of a YAML file or a config object, already typed)."""
     valid = _all_keys(cls)
     free_form = {k for k in valid if _is_mapping_field(cls, k)}
     merged = yaml.safe_load(yaml.safe_dump(data)) or {}
@@ -187,7 +232,8 @@ def merge_overrides(data: dict[str, Any], overrides: Mapping[str, Any], cls: typ
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"'{key}': '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(value) if isinstance(value, str) else value
+        parse = parse_strings and isinstance(value, str) and value.strip() != ""  # '' stays '', never null
+        node[parts[-1]] = yaml.safe_load(value) if parse else value
     return merged
 
 
@@ -208,7 +254,7 @@ def load_config(
             raise ConfigError(f"{path}: expected a mapping at the top level")
         flat = _flatten_sections(cls, loaded)
         try:
-            data = merge_overrides(data, flat, cls)
+            data = merge_overrides(data, flat, cls, parse_strings=False)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(overrides, Mapping):
@@ -235,7 +281,8 @@ def _flatten_sections(cls: type, nested: Mapping[str, Any]) -> dict[str, Any]:
 
 def config_from_dict(cls: type[T], nested: Mapping[str, Any]) -> T:
     """`cls` built from a nested dict such as a checkpoint's saved config (`config_to_dict` output)."""
-    return _build(cls, merge_overrides(config_to_dict(cls()), _flatten_sections(cls, nested), cls))
+    merged = merge_overrides(config_to_dict(cls()), _flatten_sections(cls, nested), cls, parse_strings=False)
+    return _build(cls, merged)
 
 
 def _is_mapping_field(cls: type, dotted: str) -> bool:

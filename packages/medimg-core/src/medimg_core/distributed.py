@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from medimg_core.config import ConfigError
+
 log = logging.getLogger("medimg")
 
 
@@ -32,9 +34,32 @@ class DistInfo:
         return self.world_size > 1
 
 
+DEVICE_NAMES = "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:1 or mps"
+
+
+class DeviceError(ConfigError, RuntimeError):
+    """A device name that is not one, or a device this machine does not have; the message names it and says
+    what to use. A ConfigError (the commands print it without a traceback) and, as before, a RuntimeError."""
+
+
+def check_device_name(preference: object) -> None:
+    """A DeviceError unless `preference` names a device (whether this machine has it is `select_device`'s)."""
+    text = str(preference).strip().lower() if isinstance(preference, str) else ""
+    if text == "auto":
+        return
+    try:
+        device = torch.device(text) if text else None
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"{preference!r} is not a device; expected {DEVICE_NAMES}")
+
+
 def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda (this process's GPU under torchrun), else mps, else cpu. Explicit names are checked."""
-    pref = preference.lower()
+    """'auto' -> cuda (this process's GPU under torchrun), else mps, else cpu. Explicit names are checked: a
+    malformed name or a device this machine lacks is a DeviceError saying what to use instead."""
+    check_device_name(preference)
+    pref = preference.strip().lower()
     if pref == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -43,14 +68,14 @@ def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device
         return torch.device("cpu")
     device = torch.device(pref)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {preference}: CUDA is not available on this machine (use --device cpu)")
+        raise DeviceError(f"--device {preference}: CUDA is not available on this machine (use --device cpu)")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"--device {preference}: MPS is not available on this machine (use --device cpu)")
+        raise DeviceError(f"--device {preference}: MPS is not available on this machine (use --device cpu)")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
     elif device.type == "cuda" and device.index >= torch.cuda.device_count():
         n = torch.cuda.device_count()
-        raise RuntimeError(f"--device {preference}: this machine has {n} CUDA device(s): cuda:0 to cuda:{n - 1}")
+        raise DeviceError(f"--device {preference}: this machine has {n} CUDA device(s): cuda:0 to cuda:{n - 1}")
     return device
 
 

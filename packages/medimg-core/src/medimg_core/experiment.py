@@ -8,7 +8,10 @@
 and configs before anything is written), the run folder (locked while it trains), the Trainer and its
 resume, reloading the best checkpoint, test predictions and their metrics with bootstrap intervals, the common
 keys of metrics.json, the method's own report (`recipe.report`), the training curves, and the distributed
-clean-up (in a `finally`).
+clean-up (in a `finally`). Everything that can be refused is refused before the run folder exists (the config's
+numbers when it loads, the device, the data, the model and its weights, a training set smaller than one batch,
+a resume of another method's run); a training that fails later is settled by `settle_failed_run`: no folder left
+when it had no checkpoint yet, the folder kept for `--resume` (with the error in log.txt) when it had one.
 
 A method's config inherits `RunConfig`, the run section every config shares; its keys stay at the top level
 of the YAML and the command line (`seed: 3`, `--seed 3`), as in every config and run folder written so far.
@@ -16,6 +19,8 @@ of the YAML and the command line (`seed: 3`, `--seed 3`), as in every config and
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,17 +32,33 @@ import numpy as np
 from torch import nn
 from torch.utils.data import Dataset
 
-from medimg_core.checkpoint import find_checkpoint, load_weights
+from medimg_core.checkpoint import CheckpointError, find_checkpoint, load_config_json, load_weights
+from medimg_core.config import FieldError, check_range
 from medimg_core.data.card import DatasetCard
 from medimg_core.distributed import (
+    DEVICE_NAMES,
+    DeviceError,
     DistInfo,
+    check_device_name,
     cleanup_distributed,
     init_distributed,
     seed_everything,
     select_device,
 )
-from medimg_core.runs import Run, RunFolderError, peak_memory_mb, prepare_run
-from medimg_core.training import FitResult, Hook, MetricsFn, PredictFn, StepFn, Trainer
+from medimg_core.runs import Run, RunFolderError, peak_memory_mb, prepare_run, setup_logging
+from medimg_core.training import (
+    FitResult,
+    Hook,
+    MetricsFn,
+    PredictFn,
+    StepFn,
+    Trainer,
+    check_batch_size,
+    check_precision,
+    how_to_go_on,
+)
+
+log = logging.getLogger("medimg")
 
 
 @dataclass
@@ -51,6 +72,15 @@ class RunConfig:
     out: str = "runs"
     name: str | None = None
     bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        try:
+            check_device_name(self.device)
+        except DeviceError:
+            raise FieldError("device", f"expected {DEVICE_NAMES}, got {self.device!r}") from None
+        check_range(self, "bootstrap", minimum=0, integer=True)
+        if not str(self.out).strip():
+            raise FieldError("out", "expected the folder that receives run folders, got an empty string")
 
 
 @dataclass
@@ -155,6 +185,7 @@ def fit_run(recipe: Recipe, cfg: Any, resume_dir: str | Path | None = None, spli
     if resume_dir is not None:
         _check_resumable(Path(resume_dir))
     dist_info = init_distributed(select_device(cfg.device))
+    run: Run | None = None
     try:
         device = select_device(cfg.device, dist_info.local_rank)
         seed_everything(cfg.seed, cfg.train.deterministic)
@@ -163,6 +194,10 @@ def fit_run(recipe: Recipe, cfg: Any, resume_dir: str | Path | None = None, spli
         train_set = built.train_set if built.train_set is not None else splits.train
         val_set = built.val_set if built.val_set is not None else splits.val
         test_set = built.test_set if built.test_set is not None else splits.test
+        check_batch_size(len(train_set), cfg.train, dist_info.world_size)  # before any folder exists
+        check_precision(cfg.train, device)
+        if resume_dir is not None:
+            _check_same_kind(Path(resume_dir), built.model_config)
         run = prepare_run(cfg, recipe.method, splits.card.name, built.backbone, dist_info, resume_dir)
         lock = run.lock() if dist_info.is_main else _no_lock(run)
         with lock:
@@ -203,9 +238,64 @@ def fit_run(recipe: Recipe, cfg: Any, resume_dir: str | Path | None = None, spli
                 from medimg_core.figures import training_curves
 
                 training_curves(result.history, run.figures_dir / "training_curves.png")
+    except BaseException as exc:
+        if run is not None and dist_info.is_main:
+            settle_failed_run(run, exc, resumed=resume_dir is not None)
+        raise
     finally:
         cleanup_distributed()
     return run
+
+
+def settle_failed_run(run: Run, exc: BaseException, resumed: bool = False) -> str:
+    """What a training that failed leaves behind (the lifecycle's rule, documented in the README):
+
+    - a new run that failed before its first checkpoint holds nothing worth keeping (its config, a log, perhaps
+      an epoch line): the folder is removed, so that no half folder looks like a run (returns "removed");
+    - a run with a checkpoint (or a resumed one) is kept for `--resume`; the error is appended to its log.txt
+      (returns "kept").
+    The error itself is raised on by the caller, so the command still says what went wrong.
+    """
+    has_checkpoint = any(_has_checkpoint(run.checkpoints_dir / name) for name in ("last", "best"))
+    first_line = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__).splitlines()[0]
+    if not resumed and not has_checkpoint:
+        setup_logging(None)  # close log.txt before the folder goes
+        shutil.rmtree(run.path, ignore_errors=True)
+        log.error("the run failed before its first checkpoint; its folder %s was removed (%s)", run.path, first_line)
+        return "removed"
+    log.error("the run failed (%s); its folder %s is kept%s", first_line, run.path,
+              " and can be continued with --resume" if _has_checkpoint(run.checkpoints_dir / "last") else "")
+    return "kept"
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    try:
+        find_checkpoint(folder)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _check_same_kind(run_dir: Path, model_config: dict[str, Any]) -> None:
+    """A resumed run must be of the method that resumes it: compare the kinds of the checkpoints."""
+    last = run_dir / "checkpoints" / "last"
+    try:
+        find_checkpoint(last)
+    except CheckpointError:
+        return  # missing: the Trainer's resume says there is no last checkpoint
+    try:
+        loaded = load_config_json(last)
+        if not isinstance(loaded, dict):
+            raise TypeError(f"expected a JSON object, found {type(loaded).__name__}")
+    except (CheckpointError, OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"cannot resume from the last checkpoint: {last / 'config.json'}: unreadable "
+                              f"({type(exc).__name__}: {exc}). {how_to_go_on(run_dir / 'checkpoints', last)}"
+                              ) from None
+    written = loaded.get("kind")
+    expected = model_config.get("kind")
+    if written and expected and written != expected:
+        raise RunFolderError(f"{run_dir}: a run of {written!r} (checkpoints/last/config.json), not of {expected!r}; "
+                             "resume it with the command of the method that trained it")
 
 
 def _check_resumable(run_dir: Path) -> None:

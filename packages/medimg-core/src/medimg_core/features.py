@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medimg_core.checkpoint import umask_file_mode
 from medimg_core.data.splits import ids_fingerprint, write_json_atomic
 from medimg_core.models.backbones import Backbone, weights_fingerprint
 
@@ -281,6 +282,7 @@ class FeatureCache:
         tmp = tensors_path.with_name(f".{tensors_path.name}.tmp-{os.getpid()}")
         try:
             save_file(tensors, str(tmp), metadata={"key": key, "format": str(CACHE_FORMAT)})
+            os.chmod(tmp, umask_file_mode())  # safetensors writes 0600; the sidecar JSON follows the umask
             size = tmp.stat().st_size
             os.replace(tmp, tensors_path)
         finally:

@@ -280,18 +280,29 @@ def _texts(folder: RunFolder, files: list[Path]) -> list[tuple[str, str]]:
     return out
 
 
+def check_run_folder(path: Path, given: str = "") -> None:
+    """A RunFolderError unless `path` is a run folder of some medimg method (it holds metrics.json or
+    config.yaml): a report is never written into a dataset folder or any other folder."""
+    from medimg_core.runs import RunFolderError
+
+    if not path.is_dir():
+        raise RunFolderError(f"{path}: no such run folder{given}")
+    if not any(os.path.isfile(path / name) and not os.path.islink(path / name)
+               for name in ("metrics.json", "config.yaml")):
+        raise RunFolderError(f"{path}: not a run folder{given} (expected the metrics.json or config.yaml that every "
+                             "training writes)")
+
+
 def build_report(run_dir: str | Path, compare: list[str | Path] | tuple = (), out: str | Path | None = None) -> Path:
     """Write a static HTML report of `run_dir` (compared with the runs in `compare`); returns its path.
 
     The page is written atomically to `out` (default `run_dir/report.html`).
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a run folder")
+    check_run_folder(run_dir)
     compare = [Path(c) for c in compare]
     for other in compare:
-        if not other.is_dir():
-            raise FileNotFoundError(f"{other}: not a run folder (given to --compare)")
+        check_run_folder(other, " (given to --compare)")
     folder = RunFolder(run_dir)
     others = [RunFolder(c) for c in compare]
     metrics = _read_json(folder, "metrics.json")

@@ -218,6 +218,21 @@ class Run:
             os.close(fd)
 
 
+def run_kind(path: str | Path) -> tuple[str, str] | None:
+    """(what trained the run at `path`, where that was read) from its checkpoints' config.json kind or its
+    metrics.json method; None when neither says. Never raises: it only explains other errors."""
+    path = Path(path)
+    for rel, key in (("checkpoints/last/config.json", "kind"), ("checkpoints/best/config.json", "kind"),
+                     ("metrics.json", "method")):
+        try:
+            value = json.loads((path / rel).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value:
+            return value, rel
+    return None
+
+
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
     """A JSON file holding an object; missing, malformed or another type is a RunFolderError naming the file."""
     if not path.is_file():

@@ -19,6 +19,7 @@ resumed ends where an uninterrupted run ends.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -35,12 +36,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from medimg_core.checkpoint import (
+    CheckpointError,
     find_checkpoint,
     load_training_state,
     load_weights,
     save_checkpoint,
     write_json,
 )
+from medimg_core.config import ConfigError, FieldError, check_range
 from medimg_core.distributed import DistInfo, all_gather_objects, barrier, broadcast_object, select_device
 
 log = logging.getLogger("medimg")
@@ -66,6 +69,21 @@ class OptimConfig:
     gamma: float = 0.1
     grad_clip: float | None = None
 
+    def __post_init__(self) -> None:
+        check_range(self, "lr", above=0, why="a learning rate of 0 trains nothing and a negative one climbs the loss")
+        check_range(self, "weight_decay", minimum=0)
+        if len(self.betas) != 2:
+            raise FieldError("betas", f"expected two numbers, got {list(self.betas)!r}")
+        for b in self.betas:
+            if not (isinstance(b, (int, float)) and 0 <= b < 1):
+                raise FieldError("betas", f"expected two numbers >= 0 and < 1, got {list(self.betas)!r}")
+        check_range(self, "momentum", minimum=0, below=1)
+        check_range(self, "warmup_epochs", minimum=0)
+        check_range(self, "min_lr_ratio", minimum=0, maximum=1)
+        check_range(self, "step_epochs", minimum=1, integer=True)
+        check_range(self, "gamma", above=0)
+        check_range(self, "grad_clip", above=0, optional=True)
+
 
 @dataclass
 class TrainConfig:
@@ -90,6 +108,19 @@ class TrainConfig:
     #: backbones (EfficientNet-Lite, MobileNet) on CPU, measured on 2 cores at 96-128 px; same results up to
     #: float rounding. Checkpoints are written contiguous as always.
     channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        check_range(self, "epochs", minimum=1, integer=True, why="a run trains at least one epoch")
+        check_range(self, "batch_size", minimum=1, integer=True)
+        check_range(self, "eval_batch_size", minimum=1, integer=True, optional=True)
+        check_range(self, "grad_accum", minimum=1, integer=True)
+        check_range(self, "ema_decay", above=0, below=1, optional=True)
+        check_range(self, "early_stopping_patience", minimum=1, integer=True, optional=True)
+        check_range(self, "eval_every", minimum=1, integer=True)
+        check_range(self, "num_workers", minimum=0, integer=True, optional=True)
+        check_range(self, "checkpoint_every", minimum=1, integer=True)
+        if not str(self.monitor).strip():
+            raise FieldError("monitor", "expected a metric name such as val/accuracy, got an empty string")
 
 
 class Hook:
@@ -146,6 +177,45 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
             progress = (i - warmup) / max(1, total_steps - warmup)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss, or the model's outputs, became NaN or infinite; the message says where and what to
+    change. The commands print it without a traceback."""
+
+
+def check_batch_size(n_train: int, train: TrainConfig, world_size: int = 1) -> int:
+    """The number of training batches per epoch; a ConfigError naming train.batch_size when it is 0 (a training
+    set smaller than one batch, with drop_last)."""
+    per_process = n_train // world_size
+    batches = per_process // train.batch_size if train.drop_last else math.ceil(per_process / train.batch_size)
+    if batches == 0:
+        raise ConfigError(
+            f"train.batch_size: the training set ({n_train} samples over {world_size} process(es)) is smaller than "
+            f"one batch of {train.batch_size}; lower the batch size to at most {max(1, per_process)} "
+            "(or set train.drop_last false)")
+    return batches
+
+
+def check_precision(train: TrainConfig, device: torch.device) -> None:
+    """A ConfigError naming train.precision when the device cannot train in it (fp16 needs CUDA's scaler)."""
+    if train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA device, and this run trains on {device}; use bf16 "
+                          "or fp32 (--train.precision fp32)")
+
+
+def how_to_go_on(checkpoint_dir: Path, last: Path) -> str:
+    """What a user can do when the last checkpoint of `checkpoint_dir` is damaged: continue from a copy of best
+    when best is intact, else start a new run."""
+    best = Path(checkpoint_dir) / "best"
+    try:
+        scalars = json.loads((find_checkpoint(best) / "state.json").read_text())
+        epoch = int(scalars["epoch"])
+    except (CheckpointError, OSError, ValueError, KeyError, TypeError):
+        return "The run cannot go on from it: start a new run."
+    return (f"To go on from the best checkpoint (epoch {epoch}) instead, replace it by a copy of best "
+            f"(rm -r '{last}' && cp -r '{best}' '{last}') and resume again (epochs after {epoch} run again); "
+            "or start a new run")
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -227,8 +297,7 @@ class Trainer:
         self.hooks = list(hooks)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.collate_fn = collate_fn
-        if train.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        check_precision(train, self.device)
         self.model = model.to(self.device)
         if train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -246,13 +315,7 @@ class Trainer:
                 use_buffers=True,
             )
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16")
-        n_train = len(train_dataset) // self.dist.world_size
-        batches = n_train // train.batch_size if train.drop_last else math.ceil(n_train / train.batch_size)
-        if batches == 0:
-            raise ValueError(
-                f"the training set ({len(train_dataset)} samples over {self.dist.world_size} process(es)) is smaller "
-                f"than one batch of {train.batch_size}; lower the batch size"
-            )
+        batches = check_batch_size(len(train_dataset), train, self.dist.world_size)
         self.steps_per_epoch = math.ceil(batches / train.grad_accum)
         self.scheduler = build_scheduler(self.optimizer, optim, self.steps_per_epoch * train.epochs,
                                          self.steps_per_epoch)
@@ -333,7 +396,7 @@ class Trainer:
                 with self.autocast():
                     loss, logs = self.step_fn(self.ddp_model, batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i}; "
+                    raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i}; "
                                              "lower the learning rate or check the inputs for NaN")
                 self.scaler.scale(loss / accum).backward()
             if last_of_group:
@@ -383,7 +446,18 @@ class Trainer:
 
     def evaluate(self, dataset: Dataset, prefix: str = "val", model: nn.Module | None = None) -> dict[str, float]:
         outputs = self.predict(dataset, model)
-        return {f"{prefix}/{k}": float(v) for k, v in self.metrics_fn(outputs).items()}
+        try:
+            metrics = self.metrics_fn(outputs)
+        except ValueError as exc:  # a model whose outputs turned NaN fails inside the metrics (the probe's C9)
+            bad = [k for k, v in outputs.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
+                   and not np.isfinite(v).all()]
+            if not bad:
+                raise
+            raise TrainingDiverged(
+                f"the {prefix} metrics failed in epoch {self.epoch + 1} ({exc}); the outputs {bad} hold NaN or infinite "
+                "values: a model whose outputs turn NaN has diverged; lower the learning rate (optim.lr) or check the "
+                "inputs for NaN") from None
+        return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
 
     @property
     def eval_model(self) -> nn.Module:
@@ -428,7 +502,7 @@ class Trainer:
                 with self.autocast():
                     loss, logs = step_fn(self.model, batch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{name}: loss is {loss.item()} at phase epoch {e + 1}, batch {i}; "
+                    raise TrainingDiverged(f"{name}: loss is {loss.item()} at phase epoch {e + 1}, batch {i}; "
                                              "lower the learning rate or check the inputs for NaN")
                 self.scaler.scale(loss).backward()
                 if self.dist.enabled:
@@ -471,26 +545,41 @@ class Trainer:
         )
 
     def resume(self) -> bool:
-        """Continue from checkpoints/last when it exists. True when a checkpoint was loaded."""
+        """Continue from checkpoints/last. True once it is loaded.
+
+        A missing or unreadable last checkpoint is a CheckpointError naming the file and saying how to go on
+        (never a silent restart that would log epoch 1 again: the probe's F3/F4)."""
         try:
             folder = find_checkpoint(self.checkpoint_dir / "last")
-        except Exception:
-            return False
-        load_weights(self.model, folder, "raw_model.safetensors" if self.ema is not None else "model.safetensors")
-        if self.ema is not None:
-            load_weights(self.ema.module, folder)
-        state = load_training_state(folder, self.optimizer, self.scheduler, self.scaler)
-        self.epoch = state["epoch"]
-        self.global_step = state["global_step"]
-        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
-        self.bad_epochs = state["bad_epochs"]
-        self.history = state["history"]
+        except CheckpointError:
+            raise CheckpointError(f"{self.checkpoint_dir / 'last'}: no last checkpoint to resume from (the run "
+                                  "stopped before its first checkpoint, or it was deleted); start a new run "
+                                  "instead") from None
+        try:
+            load_weights(self.model, folder,
+                         "raw_model.safetensors" if self.ema is not None else "model.safetensors")
+            if self.ema is not None:
+                load_weights(self.ema.module, folder)
+            state = load_training_state(folder, self.optimizer, self.scheduler, self.scaler)
+            self.epoch = int(state["epoch"])
+            self.global_step = int(state["global_step"])
+            self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+            self.bad_epochs = int(state["bad_epochs"])
+            self.history = list(state["history"])
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            detail = str(exc) if isinstance(exc, CheckpointError) else (
+                f"{folder / 'state.json'}: {type(exc).__name__}: {exc}")
+            raise CheckpointError(f"cannot resume from the last checkpoint: {detail}. {self._how_to_go_on(folder)}"
+                                  ) from None
         if self.ema is not None:
             self.ema.n_averaged.fill_(max(1, self.global_step))
         if self.dist.is_main:  # drop lines of epochs logged after this checkpoint was written
             (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in self.history))
         log.info("resumed from %s after epoch %d", folder, self.epoch)
         return True
+
+    def _how_to_go_on(self, last: Path) -> str:
+        return how_to_go_on(self.checkpoint_dir, last)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> FitResult:
@@ -538,12 +627,28 @@ class Trainer:
                 log.info("stopping early after epoch %d (%s did not improve for %d epochs)",
                          self.epoch, self.cfg.monitor, self.bad_epochs)
                 break
+        self._check_monitor_seen()
         if self.best_epoch is None and self.dist.is_main:  # no validation: the last epoch is the best
             self.save("best")
         barrier(self.dist)
         for hook in self.hooks:
             hook.on_train_end(self)
         return FitResult(self.best_metric, self.best_epoch, self.history, stopped_early)
+
+    def _check_monitor_seen(self) -> None:
+        """Warn when train.monitor names a metric that no validated epoch logged (a misspelt key): no epoch
+        then counted as an improvement, early stopping never fired and `best` is the last epoch."""
+        if self.val_dataset is None or not self.history or not self.dist.is_main:
+            return
+        if any(self.cfg.monitor in m for m in self.history):
+            return
+        seen = sorted({k for m in self.history for k in m if k.startswith("val/")})
+        near = [k for k in seen if k.startswith(self.cfg.monitor)] or difflib.get_close_matches(
+            self.cfg.monitor, seen, n=1)
+        log.warning("train.monitor %r was never among the metrics of this run (%s%s): no epoch counted as an "
+                    "improvement, so checkpoints/best holds the last epoch and early stopping could not fire",
+                    self.cfg.monitor, ", ".join(seen) or "no val/ metrics",
+                    f"; did you mean {near[0]!r}?" if near else "")
 
     def _log_epoch(self, metrics: dict[str, float]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:

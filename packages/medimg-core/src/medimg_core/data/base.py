@@ -16,6 +16,7 @@ and every dataset carries its `card` (task, class names, concept names and group
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +29,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from medimg_core.data.card import DatasetCard
-from medimg_core.data.errors import DatasetError, Problem, ProblemLog
-from medimg_core.data.images import check_image, read_image
+from medimg_core.data.errors import DatasetError, DatasetOptionError, Problem, ProblemLog
+from medimg_core.data.images import inspect_image, read_image
 from medimg_core.data.tables import ROW_OFFSET
 
 
@@ -128,12 +129,30 @@ class MedicalImageDataset(Dataset):
         name = cls.split_aliases.get(name, name)
         splits = cls.card.splits
         if name not in splits:
-            raise ValueError(f"{cls.card.name}: unknown split {split!r}; expected one of {list(splits)}")
+            raise DatasetError(f"{cls.card.name}: unknown split {split!r}; expected one of {list(splits)}")
         return name
 
     @classmethod
     def read_table(cls, root: str | Path, split: str, **options: Any) -> SampleTable:
         raise NotImplementedError(f"{cls.__name__} does not read files from a root")
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...] | None:
+        """The options `read_table` accepts (None: any; the loader checks them itself)."""
+        params = inspect.signature(cls.read_table).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        return tuple(p.name for p in params if p.name not in ("root", "split")
+                     and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """An unknown option is a DatasetOptionError naming it and the options this loader takes."""
+        names = cls.option_names()
+        unknown = sorted(set(options) - set(names)) if names is not None else []
+        if unknown:
+            expected = f"expected some of {sorted(names)}" if names else "it takes no options"
+            raise DatasetOptionError(f"{cls.card.name}: unknown option(s) {unknown}; {expected}")
 
     # -- the contract ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -219,18 +238,24 @@ class MedicalImageDataset(Dataset):
     @classmethod
     def verify(cls, root: str | Path, check_images: bool = True, progress: bool = False, **options: Any) -> VerifyReport:
         """Parse every split and decode every image; collect all problems instead of stopping at one."""
+        cls.check_options(options)
         report = VerifyReport(name=cls.card.name, root=str(root))
         for split in cls.card.splits:
             try:
                 table = cls.read_table(root, split, **options)
             except DatasetError as exc:
-                report.problems.extend(exc.problems or [Problem(str(root), exc.header)])
+                report.add_problems(exc.problems or [Problem(str(root), exc.header)])
                 continue
             card = cls.card_for(root, **options)
             if not report.split_sizes:  # notes describe the whole dataset: take them once
                 report.notes.extend(cls.verify_notes(table))
             report.add_split(split, table, card)
-        report.card = cls.card_for(root, **options)
+        try:
+            report.card = cls.card_for(root, **options)
+        except DatasetError as exc:  # the table itself is unreadable: its problems are listed already
+            report.add_problems(exc.problems or [Problem(str(root), exc.header)])
+        if len(report.split_sizes) == len(cls.card.splits):
+            report.notes.extend(report.coverage_notes())
         if check_images:
             report.check_images(progress=progress)
         return report
@@ -255,6 +280,7 @@ class FileDataset(MedicalImageDataset):
 
     def __init__(self, root: str | Path, split: str | None = None, transform: Callable | None = None,
                  **options: Any):
+        self.check_options(options)
         split = self.normalize_split(split or self.card.splits[0])
         table = self.read_table(root, split, **options)
         super().__init__(table, self.card_for(root, **options), split, transform)
@@ -289,15 +315,50 @@ class VerifyReport:
     def num_images(self) -> int:
         return sum(self.split_sizes.values())
 
+    def add_problems(self, problems: Sequence[Problem]) -> None:
+        """Add problems not listed yet: a problem of the whole table is found again by every split."""
+        seen = set(self.problems)
+        for problem in problems:
+            if problem not in seen:
+                self.problems.append(problem)
+                seen.add(problem)
+
+    def coverage_notes(self) -> list[str]:
+        """A class with no image in a split whose metrics it needs (val, test): its metrics cannot be measured."""
+        if self.card is None or self.card.task == "multilabel":
+            return []
+        notes = []
+        for name in self.card.class_names:
+            absent = [s for s, counts in self.class_counts.items() if counts.get(name, 0) == 0]
+            if absent and len(absent) < len(self.class_counts):
+                present = ", ".join(f"{s} {self.class_counts[s].get(name, 0)}" for s in self.class_counts
+                                    if s not in absent)
+                why = []
+                if "train" in absent:
+                    why.append("the model never learns it")
+                evaluated = [s for s in absent if s != "train"]
+                if evaluated:
+                    why.append(f"its per-class metrics on {' and '.join(evaluated)} are undefined")
+                notes.append(f"class '{name}' has no image in {' or '.join(absent)} (images: {present}); "
+                             + " and ".join(why))
+        return notes
+
     def check_images(self, progress: bool = False) -> None:
         from tqdm.auto import tqdm
 
         seen: set[Path] = set()
         files = [(p, c) for p, c in self._files if not (p in seen or seen.add(p))]
+        odd: list[tuple[Path, str]] = []
         for path, channels in tqdm(files, desc="decoding images", unit="img", disable=None if progress else True):
-            problem = check_image(path, channels)
+            problem, note = inspect_image(path, channels)
             if problem is not None:
-                self.problems.append(problem)
+                self.add_problems([problem])
+            elif note is not None:
+                odd.append((path, note))
+        if odd:
+            shown = "; ".join(f"{p} ({n})" for p, n in odd[:5]) + (" ..." if len(odd) > 5 else "")
+            self.notes.append(f"{len(odd)} image(s) tiny or of an extreme aspect ratio, stretched to the square "
+                              f"training size: {shown}")
 
     @property
     def ok(self) -> bool:

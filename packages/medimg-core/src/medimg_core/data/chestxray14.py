@@ -134,8 +134,9 @@ class ChestXray14(FileDataset):
 
         ids = frame["Image Index"].tolist()
         patients = frame["Patient ID"].tolist()
+        source = f"{root.resolve()}|views={sorted(views) if views else None}"
         split_of_row = cls._assign(root, ids, patients, targets, official_split, val_fraction, test_fraction,
-                                   seed, split_file)
+                                   seed, split_file, source)
         rows = np.flatnonzero(split_of_row == split)
         extra: dict[str, Any] = {}
         resolver = PathResolver(root)
@@ -164,7 +165,8 @@ class ChestXray14(FileDataset):
         )
 
     @staticmethod
-    def _assign(root, ids, patients, targets, official_split, val_fraction, test_fraction, seed, split_file):
+    def _assign(root, ids, patients, targets, official_split, val_fraction, test_fraction, seed, split_file,
+                source=None):
         out = np.full(len(ids), "", dtype=object)
         lists = read_lists(root)
         if official_split:
@@ -178,12 +180,13 @@ class ChestXray14(FileDataset):
             in_train_val = np.array([i in train_val for i in ids])
         else:
             in_test = holdout_mask(ids, targets, test_fraction, seed, patients, None, "chestxray14-test",
-                                   grouped_by="Patient ID")
+                                   grouped_by="Patient ID", source=source)
             in_train_val = ~in_test
         out[in_test] = "test"
         tv = np.flatnonzero(in_train_val)
         if len(tv):
             val = holdout_mask([ids[i] for i in tv], targets[tv], val_fraction, seed, [patients[i] for i in tv],
-                               split_file, "chestxray14-val", grouped_by="Patient ID")
+                               split_file, "chestxray14-val", grouped_by="Patient ID",
+                               source=f"{source}|official_split={bool(official_split)}")
             out[tv] = np.where(val, "val", "train")
         return out

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medimg_core.data.base import FileDataset, SampleTable, collect_missing_files
+from medimg_core.data.base import FileDataset, SampleTable
 from medimg_core.data.card import TASK_TYPES, DatasetCard
-from medimg_core.data.errors import DatasetError, ProblemLog
-from medimg_core.data.images import IMAGE_SUFFIXES, PathResolver, walk
+from medimg_core.data.errors import DatasetError, DatasetOptionError, ProblemLog
+from medimg_core.data.images import CASE, EXACT, FOLDERS, IMAGE_SUFFIXES, NAME, PathResolver, walk
 from medimg_core.data.registry import register_dataset
 from medimg_core.data.splits import fold_split_names
 from medimg_core.data.tables import ROW_OFFSET, binary_column, map_values, read_table_file, require_columns
@@ -59,19 +59,72 @@ OPTION_KEYS = (
 
 
 
+#: label cells that mean "no label" (R's write.csv writes NA, pandas NaN, Excel #N/A, others None, null, N/A, - or
+#: ?; compared in lower case, with the rest of pandas' default missing markers): the empty-label error, never a
+#: class of their own (unless class_names lists the spelling)
+MISSING_LABELS = ("", "nan", "-nan", "na", "n/a", "#n/a", "#n/a n/a", "#na", "<na>", "none", "null", "-", "?")
+
+_STR, _LIST, _INT = "a string", "a list of strings (or one comma-separated string)", "an integer"
+#: what each option holds, as an error message says it
+OPTION_KINDS: dict[str, str] = {
+    "csv": _STR, "image_column": _STR, "label_column": _STR, "label_columns": _LIST, "label_separator": _STR,
+    "task": _STR, "class_names": _LIST, "concept_columns": _LIST, "mask_columns": _LIST, "split_column": _STR,
+    "group_column": _STR, "id_column": _STR, "channels": "1 or 3", "n_folds": "an integer of at least 3",
+    "fold": _INT, "seed": _INT, "split_file": _STR, "card": "a mapping of dataset card fields",
+}
+
+
+def _fits(key: str, value: Any) -> bool:
+    kind = OPTION_KINDS[key]
+    if value is None:
+        return key not in ("image_column", "n_folds", "fold", "seed", "channels")
+    if kind == _STR:  # a number is a column named by digits (-o label_column=2019 reads 2019 as a number)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True
+        return isinstance(value, str) and (bool(value.strip()) or key in ("csv", "split_file"))
+    if kind == _LIST:
+        if isinstance(value, str):
+            return True
+        return isinstance(value, (list, tuple)) and all(
+            isinstance(v, str) or (key == "class_names" and isinstance(v, int) and not isinstance(v, bool))
+            for v in value)
+    if kind == "1 or 3":
+        return not isinstance(value, bool) and value in (1, 3, "1", "3")
+    if kind.startswith("an integer"):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return ok and (value >= 3 if key == "n_folds" else True)
+    return isinstance(value, dict)
+
+
+def check_option_values(values: dict[str, Any], where: str) -> None:
+    """Each known option of the right type and value; `where` names the source ("…/dataset.json: key" or
+    "option"). A wrong one is a DatasetOptionError naming it, its value and what was expected."""
+    for key, value in values.items():
+        if key in OPTION_KINDS and not _fits(key, value):
+            raise DatasetOptionError(f"{where} '{key}': expected {OPTION_KINDS[key]}, got {value!r}")
+
+
 def _read_descriptor(root: Path) -> dict[str, Any]:
     path = root / DESCRIPTOR
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object")
     unknown = sorted(set(data) - set(OPTION_KEYS) - {"format"})
     if unknown:
         raise DatasetError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(OPTION_KEYS)}")
+    check_option_values(data, f"{path}: key")
+    csv = data.get("csv")
+    if csv:  # the descriptor comes with the data: its table must lie inside the dataset, as images must
+        refused = PathResolver(root).refusal(str(csv), "table")
+        if refused is not None:
+            raise DatasetError(f"{path}: key 'csv': {refused}; expected a table inside the dataset")
     return data
 
 
@@ -80,9 +133,14 @@ def resolve_options(root: str | Path, options: dict[str, Any]) -> dict[str, Any]
     root = Path(root)
     unknown = sorted(set(options) - set(OPTION_KEYS))
     if unknown:
-        raise TypeError(f"CSVDataset: unknown option(s) {unknown}; expected some of {sorted(OPTION_KEYS)}")
-    merged = {**_read_descriptor(root), **{k: v for k, v in options.items() if v is not None}}
+        raise DatasetOptionError(f"CSVDataset: unknown option(s) {unknown}; expected some of {sorted(OPTION_KEYS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    check_option_values(given, f"{root}: option")
+    merged = {**_read_descriptor(root), **given}
     merged.pop("format", None)
+    for key, kind in OPTION_KINDS.items():
+        if kind == _STR and isinstance(merged.get(key), int):
+            merged[key] = str(merged[key])
     for key in ("label_columns", "concept_columns", "mask_columns", "class_names"):
         if isinstance(merged.get(key), str):  # "-o concept_columns=spots" names one column, not five letters
             merged[key] = [v.strip() for v in merged[key].split(",") if v.strip()]
@@ -113,8 +171,52 @@ def _folder_frame(root: Path) -> pd.DataFrame:
 
 
 @lru_cache(maxsize=8)
-def _parse_cached(root: str, options_json: str) -> tuple[pd.DataFrame, DatasetCard, str]:
+def _parse_cached(root: str, options_json: str, stamp: tuple) -> tuple[pd.DataFrame, DatasetCard, str]:
     return _parse(Path(root), json.loads(options_json))
+
+
+def _stamp(root: Path, opts: dict[str, Any]) -> tuple:
+    """What changes when the table changes (size and time of the CSV, or of the class folders): a cached parse
+    of an edited table is never reused."""
+    paths = [root / opts["csv"]] if opts.get("csv") else ([root, *sorted(p for p in root.iterdir() if p.is_dir())]
+                                                          if root.is_dir() else [])
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _canonical_label(value: str) -> str:
+    """One key per meaning: a number whatever its spelling ("1", "1.0", "01"), text whatever its case."""
+    try:
+        number = float(value)
+    except ValueError:
+        return " ".join(value.casefold().split())
+    return repr(number) if np.isfinite(number) else value.casefold()
+
+
+def _rows_text(rows: list[int]) -> str:
+    return ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+
+
+def check_label_spellings(cells: list[str], label: str, column: str) -> None:
+    """Two spellings of one class ("1" and "1.0", "Benign" and "benign") are a DatasetError naming the rows of
+    each spelling: read as they are, they would silently add a class."""
+    spellings: dict[str, dict[str, list[int]]] = {}
+    for r, value in enumerate(cells):
+        if value:
+            spellings.setdefault(_canonical_label(value), {}).setdefault(value, []).append(r + ROW_OFFSET)
+    clashes = [group for group in spellings.values() if len(group) > 1]
+    if clashes:
+        lines = ["; ".join(f"{value!r} (rows {_rows_text(rows)})" for value, rows in group.items())
+                 for group in clashes]
+        raise DatasetError(f"{label}, column '{column}': one class spelt {len(clashes[0])} ways: "
+                           + " | ".join(lines) + "; expected one spelling per class (write them alike, or list the "
+                           "classes in class_names)")
 
 
 def _parse(root: Path, opts: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard, str]:
@@ -122,7 +224,7 @@ def _parse(root: Path, opts: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard,
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root is not a directory")
     if opts.get("csv"):
-        csv_path = root / opts["csv"]
+        csv_path = root / str(opts["csv"]).replace("\\", "/")
         frame = read_table_file(csv_path)
         label = str(csv_path)
     else:
@@ -154,15 +256,20 @@ def _parse(root: Path, opts: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard,
     elif opts.get("label_separator"):
         task = task or "multilabel"
         values = sorted({v.strip() for cell in frame[label_cols[0]] for v in str(cell).split(opts["label_separator"]) if v.strip()})
+        if not opts.get("class_names"):
+            check_label_spellings(values, label, label_cols[0])
         class_names = tuple(opts.get("class_names") or values)
     else:
         cells = [str(v).strip() for v in frame[label_cols[0]]]
-        empty = [r + ROW_OFFSET for r, v in enumerate(cells) if v == "" or v.lower() == "nan"]
+        given = {str(c) for c in opts.get("class_names") or ()}
+        empty = [r + ROW_OFFSET for r, v in enumerate(cells) if v.lower() in MISSING_LABELS and v not in given]
         if empty:
             raise DatasetError(f"{label}, column '{label_cols[0]}': empty label in {len(empty)} row(s) "
-                               f"(rows {', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}); "
-                               "every image needs a label")
+                               f"(rows {_rows_text(empty)}); every image needs a label (blank, NaN, NA, N/A, #N/A, "
+                               "None, null, - and ? all mean missing)")
         present = sorted(set(cells))
+        if not given:
+            check_label_spellings(cells, label, label_cols[0])
         if opts.get("class_names"):
             class_names = tuple(str(c) for c in opts["class_names"])
         elif task == "ordinal":
@@ -186,17 +293,21 @@ def _parse(root: Path, opts: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard,
     card_fields.setdefault("name", root.name)
     card_fields.setdefault("title", card_fields["name"])
     card_fields.setdefault("description", f"User dataset read from {label}.")
-    card = DatasetCard.from_dict(
-        {
-            **card_fields,
-            "task": task,
-            "class_names": class_names,
-            "concept_names": tuple(concept_cols),
-            "channels": int(opts.get("channels", 3)),
-            "has_masks": bool(mask_cols),
-            "official_splits": bool(opts.get("split_column")),
-        }
-    )
+    try:
+        card = DatasetCard.from_dict(
+            {
+                **card_fields,
+                "task": task,
+                "class_names": class_names,
+                "concept_names": tuple(concept_cols),
+                "channels": int(opts.get("channels", 3)),
+                "has_masks": bool(mask_cols),
+                "official_splits": bool(opts.get("split_column")),
+            }
+        )
+    except (TypeError, ValueError) as exc:  # the descriptor's "card" mapping: unknown or ill-typed fields
+        where = root / DESCRIPTOR if (root / DESCRIPTOR).is_file() else root
+        raise DatasetError(f"{where}: key 'card': {exc}") from None
     return frame, card, label
 
 
@@ -221,6 +332,74 @@ def _targets(frame: pd.DataFrame, card: DatasetCard, opts: dict[str, Any], label
     return map_values(frame, column, mapping, label, log, case_insensitive=False)
 
 
+_FALLBACK_TEXT = {FOLDERS: "after dropping leading folders", NAME: "by the file name alone"}
+
+
+def _resolve_files(resolver: PathResolver, frame: pd.DataFrame, opts: dict[str, Any], label: str,
+                   rows: np.ndarray, log: ProblemLog) -> tuple[list[Path | None], list[list[Path | None]] | None,
+                                                                list[str]]:
+    """The image and mask files of the split's `rows`; problems of those rows go to `log`.
+
+    Every row of the table is resolved, so that a path found only by a fallback (leading folders dropped, or
+    the file name alone) can be refused when it lands on a file another column names, or in the folder of
+    another column's files: with `masks/` missing, `masks/x.png` would otherwise resolve to the image
+    `images/x.png` and every image would be its own mask. Returns (image paths, mask paths or None, notes on
+    the fallbacks used)."""
+    image_col = opts["image_column"]
+    mask_cols = list(opts.get("mask_columns") or [])
+    columns = [image_col, *mask_cols]
+    in_split = {int(r) for r in rows}
+    found: dict[str, list[tuple[str, Path | None, str]]] = {}
+    claims: dict[Path, list[tuple[str, int]]] = {}
+    own_folders: dict[str, set[Path]] = {c: set() for c in columns}
+    for col in columns:
+        entries = []
+        for r, raw in enumerate(frame[col].astype(str).tolist()):
+            rel = raw if col == image_col else raw.strip()
+            what = "image" if col == image_col else "mask"
+            if col != image_col and not rel:
+                entries.append((rel, None, ""))
+                continue
+            refused = resolver.check_inside(rel)
+            path, how = (None, "") if refused else resolver.resolve_how(rel)
+            if path is None and r in in_split:
+                log.add(label, refused or resolver.missing(rel, what), row=r + ROW_OFFSET, column=col)
+            if path is not None:
+                claims.setdefault(path, []).append((col, r))
+                if how in (EXACT, CASE):
+                    own_folders[col].add(path.parent)
+            entries.append((rel, path, how))
+        found[col] = entries
+    used: dict[tuple[str, str], list[tuple[int, str, Path]]] = {}
+    for col in columns:
+        what = "image" if col == image_col else "mask"
+        for r, (rel, path, how) in enumerate(found[col]):
+            if path is None or how not in _FALLBACK_TEXT:
+                continue
+            clash = [(c, r2) for c, r2 in claims[path] if c != col]
+            folder = [c for c in columns if c != col and path.parent in own_folders[c]]
+            if clash or folder:
+                found[col][r] = (rel, None, how)
+                if r in in_split:
+                    shown = path.relative_to(resolver.root) if path.is_relative_to(resolver.root) else path
+                    whose = (f"the file of column '{clash[0][0]}' in row {clash[0][1] + ROW_OFFSET}" if clash else
+                             f"in the folder of column '{folder[0]}''s files")
+                    log.add(label, f"{what} {rel!r} was found only {_FALLBACK_TEXT[how]}, as {shown}, which is "
+                            f"{whose}; expected a file of its own (is its folder missing or misspelt?)",
+                            row=r + ROW_OFFSET, column=col)
+                continue
+            used.setdefault((col, how), []).append((r, rel, path))
+    notes = []
+    for (col, how), hits in used.items():
+        r, rel, path = hits[0]
+        shown = path.relative_to(resolver.root) if path.is_relative_to(resolver.root) else path
+        notes.append(f"column '{col}': {len(hits)} path(s) found only {_FALLBACK_TEXT[how]}, not where the table "
+                     f"says (e.g. row {r + ROW_OFFSET}: {rel!r} -> {shown}); check that these are the right files")
+    paths = [found[image_col][r][1] for r in rows]
+    masks = [[found[c][r][1] for c in mask_cols] for r in rows] if mask_cols else None
+    return paths, masks, notes
+
+
 @register_dataset("csv")
 class CSVDataset(FileDataset):
     """Users' own data from a CSV (or class folders); see the module docstring for the options."""
@@ -237,8 +416,13 @@ class CSVDataset(FileDataset):
     @classmethod
     def _load(cls, root: str | Path, options: dict[str, Any]) -> tuple[pd.DataFrame, DatasetCard, str, dict]:
         opts = resolve_options(root, options)
-        frame, card, label = _parse_cached(str(Path(root).resolve()), json.dumps(opts, default=str))
+        resolved = Path(root).resolve()
+        frame, card, label = _parse_cached(str(resolved), json.dumps(opts, default=str), _stamp(resolved, opts))
         return frame, card, label, opts
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return OPTION_KEYS
 
     @classmethod
     def card_for(cls, root: str | Path, **options: Any) -> DatasetCard:
@@ -279,27 +463,13 @@ class CSVDataset(FileDataset):
         elif len(set(ids)) != len(ids):
             ids = [f"{i}:{s}" for i, s in enumerate(ids)]  # file stems repeat across folders: keep ids unique
         groups = frame[opts["group_column"]].astype(str).tolist() if opts.get("group_column") else None
-        split_of_row = cls._split_assignment(frame, card, opts, ids, targets, groups, label, log)
+        split_of_row = cls._split_assignment(frame, card, opts, ids, targets, groups, label, log, root)
         if len(log):
             log.raise_if_any(f"{card.name}: cannot read {label}")
         rows = np.flatnonzero(split_of_row == split)
         if len(rows) == 0:
             raise DatasetError(f"{card.name}: the {split!r} split of {label} is empty")
-        resolver = PathResolver(root)
-        rel_paths = frame[opts["image_column"]].astype(str).tolist()
-        paths = collect_missing_files(resolver, [rel_paths[i] for i in rows], label, opts["image_column"], log, rows)
-        mask_paths = None
-        if opts.get("mask_columns"):
-            mask_paths = []
-            for r in rows:
-                row_masks = []
-                for col in opts["mask_columns"]:
-                    rel = str(frame.at[r, col]).strip()
-                    path = resolver.resolve(rel) if rel else None
-                    if rel and path is None:
-                        log.add(label, f"mask {rel!r} not found under {root}", row=int(r) + ROW_OFFSET, column=col)
-                    row_masks.append(path)
-                mask_paths.append(row_masks)
+        paths, mask_paths, notes = _resolve_files(PathResolver(root), frame, opts, label, rows, log)
         log.raise_if_any(f"{card.name}: cannot read the {split} split of {label}")
         return SampleTable(
             ids=[ids[i] for i in rows],
@@ -308,10 +478,11 @@ class CSVDataset(FileDataset):
             paths=paths,  # type: ignore[arg-type]
             groups=None if groups is None else [groups[i] for i in rows],
             mask_paths=mask_paths,
+            extra={"notes": notes},
         )
 
     @staticmethod
-    def _split_assignment(frame, card, opts, ids, targets, groups, label, log) -> np.ndarray:
+    def _split_assignment(frame, card, opts, ids, targets, groups, label, log, root) -> np.ndarray:
         if opts.get("split_column"):
             col = opts["split_column"]
             out = np.empty(len(frame), dtype=object)
@@ -328,6 +499,9 @@ class CSVDataset(FileDataset):
             return np.full(len(frame), "", dtype=object)
         try:
             return fold_split_names(card.name, ids, targets, opts["n_folds"], opts["fold"], opts["seed"],
-                                    opts.get("split_file"), groups, grouped_by=opts.get("group_column"))
+                                    opts.get("split_file"), groups, grouped_by=opts.get("group_column"),
+                                    source=f"{Path(root).resolve()}|{opts.get('csv') or 'class folders'}")
+        except DatasetError:
+            raise
         except ValueError as exc:
             raise DatasetError(str(exc)) from None

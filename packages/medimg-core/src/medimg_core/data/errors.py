@@ -46,7 +46,20 @@ class DatasetError(ValueError):
 
 
 class ImageReadError(DatasetError):
-    """An image file is missing, truncated or not an image."""
+    """An image file is missing, truncated, not an image, or too large to decode safely."""
+
+
+class UnknownDatasetError(DatasetError, KeyError):
+    """A dataset format that is not registered; the message names it, the nearest name and the known ones. A
+    KeyError as well, as a lookup in the registry was (its text is not quoted as a KeyError's would be)."""
+
+    def __str__(self) -> str:
+        return self._format()
+
+
+class DatasetOptionError(DatasetError, TypeError):
+    """A loader option is unknown or of the wrong type or value; the message names the option (and the
+    dataset.json key when the descriptor set it). A TypeError as well, as unknown keyword arguments are."""
 
 
 class ProblemLog:

@@ -150,7 +150,8 @@ class Fitzpatrick17kSkinCon(FileDataset):
             )
         md5 = [str(fitz["md5hash"].iloc[r]).strip() for r in keep_fz]
         targets = partition[keep_fz]
-        split_of = fold_split_names(name, md5, targets, n_folds, fold, seed, split_file)
+        split_of = fold_split_names(name, md5, targets, n_folds, fold, seed, split_file,
+                                    source=str(fitz_path.resolve()))
 
         resolver = PathResolver(fitz_path.parent)
         paths = [resolver.resolve(f"{m}.jpg") for m in md5]

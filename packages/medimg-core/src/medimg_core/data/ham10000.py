@@ -112,7 +112,8 @@ class HAM10000(FileDataset):
                 seen.add(image)
         log.raise_if_any(f"{name}: cannot read {split} split from {root}")
 
-        split_of = fold_split_names(name, image_ids, targets, n_folds, fold, seed, split_file, lesions, "lesion_id")
+        split_of = fold_split_names(name, image_ids, targets, n_folds, fold, seed, split_file, lesions, "lesion_id",
+                                    source=str(meta_path.resolve()))
         rows = np.flatnonzero(split_of == split)
         if len(rows) == 0:
             raise DatasetError(f"{name}: the {split} split is empty ({meta_path}, fold {fold} of {n_folds})")

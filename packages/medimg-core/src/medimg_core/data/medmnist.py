@@ -7,7 +7,7 @@ import os
 import shutil
 import urllib.request
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -134,9 +134,7 @@ class MedMNIST(FileDataset):
     card: ClassVar[DatasetCard] = _card("retinamnist")
 
     @classmethod
-    def read_table(cls, root: str | Path, split: str, size: int = 28, **options: Any) -> SampleTable:
-        if options:
-            raise TypeError(f"{cls.subset} takes only `size`, got {sorted(options)}")
+    def read_table(cls, root: str | Path, split: str, size: int = 28) -> SampleTable:
         split = cls.normalize_split(split)
         path = npz_file(root, cls.subset, size)
         card = cls.card

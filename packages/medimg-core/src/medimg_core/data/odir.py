@@ -266,7 +266,8 @@ class ODIR(FileDataset):
             raise DatasetError(f"{table_path}: no eye has a diagnostic label; expected keywords such as "
                                "'normal fundus' or 'cataract'")
         target_matrix = np.stack(targets).astype(np.float32)
-        split_of = fold_split_names(name, eye_ids, target_matrix, n_folds, fold, seed, split_file, patients, "ID")
+        split_of = fold_split_names(name, eye_ids, target_matrix, n_folds, fold, seed, split_file, patients, "ID",
+                                    source=f"{table_path.resolve()}|annotations={annotations}")
         picked = np.flatnonzero(split_of == split)
         if len(picked) == 0:
             raise DatasetError(f"{name}: the {split} split is empty ({table_path}, fold {fold} of {n_folds})")

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from medimg_core.config import FieldError, check_range
 from medimg_core.data.card import DatasetCard
-from medimg_core.data.images import read_image
+from medimg_core.data.images import read_image, size_note
 from medimg_core.data.transforms import TransformConfig, eval_transform, normalization, train_transform
+
+log = logging.getLogger("medimg")
+
+#: the smallest image_size a config may ask for (smaller inputs vanish in the backbones' downsampling)
+MIN_IMAGE_SIZE = 8
+
+#: what `data.normalize` may name (the mean and std of "dataset" are not a DataConfig key: see Preprocess)
+NORMALIZE_NAMES = ("imagenet", "inception", "none", None)
 
 
 @dataclass
@@ -40,6 +50,19 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
+
+    def __post_init__(self) -> None:
+        check_range(self, "image_size", minimum=MIN_IMAGE_SIZE, integer=True,
+                    why="images are resized to image_size x image_size pixels")
+        if self.channels is not None and self.channels not in (1, 3):
+            raise FieldError("channels", f"expected 1, 3 or null (the dataset's), got {self.channels!r}")
+        if self.normalize not in NORMALIZE_NAMES:
+            raise FieldError("normalize", f"expected one of {', '.join(str(n) for n in NORMALIZE_NAMES[:-1])} or "
+                                          f"null (no normalisation), got {self.normalize!r}")
+        check_range(self, "rotation", minimum=0, maximum=180)
+        check_range(self, "scale_min", above=0, maximum=1)
+        if not isinstance(self.options, dict):
+            raise FieldError("options", f"expected a mapping of loader options, got {self.options!r}")
 
 
 def build_transforms(cfg: DataConfig, card: DatasetCard) -> tuple[Any, Any]:
@@ -140,6 +163,10 @@ def load_image(path: str | Path, preprocess: Preprocess) -> tuple[torch.Tensor, 
     non-image file is an ImageReadError naming it.
     """
     arr = read_image(path, preprocess.source_channels or preprocess.channels)
+    note = size_note(arr.shape)
+    if note is not None:  # explained all the same, but the user should know what the model saw
+        log.warning("%s: %s; it is stretched to %d x %d pixels, so the prediction and its explanation rest on "
+                    "little of it", path, note, preprocess.image_size, preprocess.image_size)
     tensor = image_tensor(arr)
     x = preprocess.eval_transform()(tensor)[None]
     shown = preprocess.display_transform()(tensor).float()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medimg_core.data.base import MedicalImageDataset
+from medimg_core.data.errors import UnknownDatasetError
 
 DATASETS: dict[str, type[MedicalImageDataset]] = {}
 
@@ -36,7 +37,7 @@ def get_dataset_class(name: str) -> type[MedicalImageDataset]:
     except KeyError:
         near = difflib.get_close_matches(name, list(DATASETS), n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise KeyError(f"unknown dataset {name!r}{hint} Known: {', '.join(list_datasets())}") from None
+        raise UnknownDatasetError(f"unknown dataset {name!r}{hint} Known: {', '.join(list_datasets())}") from None
 
 
 def load_dataset(

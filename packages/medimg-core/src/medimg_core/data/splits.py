@@ -6,7 +6,10 @@ A split file is JSON::
      "fingerprint": "<sha256 of the sorted ids>", "folds": {"<id>": fold, ...}}
 
 It is never silently regenerated: when the data no longer match the file, loading it fails and
-says which ids differ, so results stay comparable across runs and machines.
+says which ids differ, so results stay comparable across runs and machines. The default file is named
+after where the data live (the resolved root and table, `split_file_path`), not after the ids: adding
+one image to a dataset finds the same file and fails, where an ids-keyed name would silently draw new
+folds (issue 19's probe, D65: 8 of 12 test images moved to train).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
-from medimg_core.data.errors import DatasetError
+from medimg_core.data.errors import DatasetError, DatasetOptionError
 
 
 def default_split_dir() -> Path:
@@ -87,6 +90,14 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _int_option(value: object, name: str, dataset: str) -> int:
+    try:
+        as_int = int(str(value).strip())
+    except ValueError:
+        raise DatasetOptionError(f"{dataset}: option '{name}': expected an integer, got {value!r}") from None
+    return as_int
+
+
 def load_or_create_folds(
     split_file: str | Path,
     ids: Sequence[str],
@@ -97,15 +108,22 @@ def load_or_create_folds(
     dataset: str = "",
     stratified_by: str = "label",
     grouped_by: str | None = None,
+    source: str | None = None,
 ) -> np.ndarray:
-    """Read the fold of every id from `split_file`, creating the file first when it does not exist."""
+    """Read the fold of every id from `split_file`, creating the file first when it does not exist.
+
+    A file that no longer matches the ids (images added or removed since it was drawn) is a DatasetError that
+    says what changed and how to draw a new split; it is never redrawn silently.
+    """
     split_file = Path(split_file)
     ids = [str(i) for i in ids]
     if split_file.exists():
         try:
             payload = json.loads(split_file.read_text())
             folds_by_id = payload["folds"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            if not isinstance(folds_by_id, dict):
+                raise TypeError(f"'folds' is a {type(folds_by_id).__name__}, expected an object")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, OSError) as exc:
             raise DatasetError(f"{split_file}: not a medimg split file ({exc})") from None
         if payload.get("n_folds") != n_folds:
             raise DatasetError(
@@ -115,17 +133,26 @@ def load_or_create_folds(
         missing = [i for i in ids if i not in folds_by_id]
         extra = sorted(set(folds_by_id) - set(ids))
         if missing or extra:
+            where = f" of {source}" if source else ""
+            changes = ([f"{len(missing)} image(s) added since it was drawn (e.g. {missing[:3]})"] if missing else []) + (
+                [f"{len(extra)} image(s) removed since it was drawn (e.g. {extra[:3]})"] if extra else [])
             raise DatasetError(
-                f"{split_file}: does not match the data ({len(missing)} ids not in the file, e.g. {missing[:3]}; "
-                f"{len(extra)} ids in the file but not in the data, e.g. {extra[:3]}); "
-                "delete the file to regenerate it, knowing earlier results used the old split"
+                f"{split_file}: the split file no longer matches the data{where}: {' and '.join(changes)}. Its folds are "
+                "never redrawn silently: earlier runs trained and tested on them. To draw a new split, delete this "
+                "file (results of earlier runs then used another split) or keep it and name a new one "
+                "(`-o split_file=NEW.json`, or data.options.split_file in a config)"
             )
+        bad = [i for i in ids if not (isinstance(folds_by_id[i], int) and 0 <= folds_by_id[i] < n_folds)]
+        if bad:
+            raise DatasetError(f"{split_file}: id {bad[0]!r} has fold {folds_by_id[bad[0]]!r}; expected an integer "
+                               f"0..{n_folds - 1}")
         return np.asarray([int(folds_by_id[i]) for i in ids], dtype=np.int64)
     folds = assign_folds(labels, n_folds, seed, groups)
     write_json_atomic(
         split_file,
         {
             "dataset": dataset,
+            "source": source,
             "n_folds": n_folds,
             "seed": seed,
             "stratified_by": stratified_by,
@@ -137,10 +164,55 @@ def load_or_create_folds(
     return folds
 
 
-def split_file_path(split_dir: str | Path | None, dataset: str, ids: Sequence[str], n_folds: int, seed: int) -> Path:
-    """The default split file name for a dataset: it changes when the ids change."""
+def split_file_path(split_dir: str | Path | None, dataset: str, source: str | Sequence[str], n_folds: int,
+                    seed: int) -> Path:
+    """The default split file of a dataset: named after where the data live (`source`: the resolved root and
+    table), never after the ids, so that adding or removing images finds the same file and fails loudly
+    instead of drawing new folds. A sequence of ids as `source` names the file after them (the scheme before
+    issue 19, kept for callers without a source)."""
     base = Path(split_dir) if split_dir is not None else default_split_dir()
-    return base / f"{dataset}-{ids_fingerprint(ids)}-k{n_folds}-seed{seed}.json"
+    if isinstance(source, str):
+        key = hashlib.sha256(source.encode()).hexdigest()[:16]
+        return base / f"{dataset}-src{key}-k{n_folds}-seed{seed}.json"
+    return base / f"{dataset}-{ids_fingerprint(source)}-k{n_folds}-seed{seed}.json"
+
+
+def _legacy_file(dataset: str, ids: Sequence[str], n_folds: int, seed: int) -> Path | None:
+    """A split file of the earlier ids-keyed scheme that belongs to these data: the one written for exactly
+    these ids, else the only one of this dataset name, fold count and seed sharing more than half of them."""
+    exact = split_file_path(None, dataset, ids, n_folds, seed)
+    if exact.is_file():
+        return exact
+    wanted = set(map(str, ids))
+    matches = []
+    for path in default_split_dir().glob(f"{dataset}-{'[0-9a-f]' * 16}-k{n_folds}-seed{seed}.json"):
+        try:
+            folds = json.loads(path.read_text()).get("folds", {})
+        except (ValueError, OSError, AttributeError):
+            continue
+        if isinstance(folds, dict) and len(wanted & set(folds)) > len(wanted) / 2:
+            matches.append(path)
+    return matches[0] if len(matches) == 1 else None
+
+
+def default_split_file(dataset: str, ids: Sequence[str], n_folds: int, seed: int, source: str | None) -> Path:
+    """The split file used when none is given: keyed by `source` (see `split_file_path`; by the ids when None).
+
+    The first time a dataset is read under this scheme, a file the earlier ids-keyed scheme wrote for it
+    (`_legacy_file`) is adopted, copied to the new name: its folds stay as they were, and if images were added
+    since, the mismatch is reported instead of new folds being drawn."""
+    if source is None:
+        return split_file_path(None, dataset, ids, n_folds, seed)
+    path = split_file_path(None, dataset, source, n_folds, seed)
+    if not path.exists():
+        legacy = _legacy_file(dataset, ids, n_folds, seed)
+        if legacy is not None:
+            try:
+                payload = json.loads(legacy.read_text())
+            except (ValueError, OSError):
+                return path
+            write_json_atomic(path, {**payload, "source": source, "adopted_from": legacy.name})
+    return path
 
 
 def holdout_mask(
@@ -152,16 +224,19 @@ def holdout_mask(
     split_file: str | Path | None = None,
     dataset: str = "",
     grouped_by: str | None = None,
+    source: str | None = None,
 ) -> np.ndarray:
     """Boolean mask of a held-out part of about `fraction` (fold 0 of round(1/fraction) folds).
 
     Used to carve a validation split from an official training list (grouped by patient or lesion).
     """
     if not 0 < fraction < 1:
-        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+        raise DatasetOptionError(f"{dataset}: holdout fraction must be in (0, 1), got {fraction}")
     n_folds = max(2, round(1 / fraction))
-    path = split_file if split_file is not None else split_file_path(None, f"{dataset}-holdout", ids, n_folds, seed)
-    folds = load_or_create_folds(path, ids, labels, n_folds, seed, groups, dataset, grouped_by=grouped_by)
+    path = split_file if split_file is not None else default_split_file(f"{dataset}-holdout", ids, n_folds, seed,
+                                                                          source)
+    folds = load_or_create_folds(path, ids, labels, n_folds, seed, groups, dataset, grouped_by=grouped_by,
+                                 source=source)
     return folds == 0
 
 
@@ -175,19 +250,24 @@ def fold_split_names(
     split_file: str | Path | None = None,
     groups: Sequence[str] | None = None,
     grouped_by: str | None = None,
+    source: str | None = None,
 ) -> np.ndarray:
     """The split name ("train", "val" or "test") of every id, from seeded stratified (grouped) folds.
 
     test = fold `fold`, val = fold `(fold + 1) % n_folds`, train = the rest. The folds are written to
-    `split_file` (default: `split_file_path(None, dataset, ids, n_folds, seed)`) once and reused.
+    `split_file` (default: `default_split_file`, keyed by `source`, where the data live) once and reused; a
+    file that no longer matches the ids is an error (see `load_or_create_folds`).
     """
-    n_folds, fold, seed = int(n_folds), int(fold), int(seed)
+    n_folds, fold, seed = (_int_option(n_folds, "n_folds", dataset), _int_option(fold, "fold", dataset),
+                           _int_option(seed, "seed", dataset))
     if n_folds < 3:
-        raise ValueError(f"{dataset}: n_folds must be at least 3 (train, val and test folds), got {n_folds}")
+        raise DatasetOptionError(f"{dataset}: n_folds must be at least 3 (train, val and test folds), got {n_folds}")
     if not 0 <= fold < n_folds:
-        raise ValueError(f"{dataset}: fold {fold} is out of range for {n_folds} folds; expected 0..{n_folds - 1}")
-    path = split_file if split_file is not None else split_file_path(None, dataset, ids, n_folds, seed)
-    folds = load_or_create_folds(path, ids, labels, n_folds, seed, groups, dataset, grouped_by=grouped_by)
+        raise DatasetOptionError(f"{dataset}: fold {fold} is out of range for {n_folds} folds; expected "
+                                 f"0..{n_folds - 1}")
+    path = split_file if split_file is not None else default_split_file(dataset, ids, n_folds, seed, source)
+    folds = load_or_create_folds(path, ids, labels, n_folds, seed, groups, dataset, grouped_by=grouped_by,
+                                 source=source)
     out = np.full(len(ids), "train", dtype=object)
     out[folds == fold] = "test"
     out[folds == (fold + 1) % n_folds] = "val"

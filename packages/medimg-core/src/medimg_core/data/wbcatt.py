@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -112,9 +112,7 @@ class WBCAtt(FileDataset):
     )
 
     @classmethod
-    def read_table(cls, root: str | Path, split: str, **options: Any) -> SampleTable:
-        if options:
-            raise TypeError(f"WBCAtt takes no options, got {sorted(options)}")
+    def read_table(cls, root: str | Path, split: str) -> SampleTable:
         root = Path(root)
         split = cls.normalize_split(split)
         csv_path = find_file(root, CSV_NAMES[split], f"WBCAtt {split} CSV")

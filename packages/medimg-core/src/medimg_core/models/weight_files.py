@@ -72,11 +72,35 @@ def _torch_load_weights_only(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported operand" in str(exc) and not _starts_like_a_pickle(path):
+            raise BackboneError(f"{path}: not a PyTorch weights file (neither a zip archive nor a pickle: it starts "
+                                f"with {path.read_bytes()[:16]!r}); expected a .safetensors file or a .pth/.pt/.bin "
+                                "written by torch.save") from None
         raise _unsafe(path, exc) from None
     except Exception as exc:
         if "weights only load failed" in str(exc).lower():
             raise _unsafe(path, exc) from None
         raise BackboneError(f"{path}: cannot be read as a PyTorch weights file ({type(exc).__name__}: {exc})") from exc
+
+
+def _starts_like_a_pickle(path: Path) -> bool:
+    """Whether the file's first pickle parses up to its first 4 KB (by pickletools, which runs nothing): torch's
+    weights-only unpickler reports 'Unsupported operand' both for an unsafe pickle and for bytes that are no
+    pickle at all (a text file, an image renamed .pth), and only the first is a refusal. An unknown opcode means
+    no pickle; a stream cut by the 4 KB window may still be one."""
+    import io
+    import pickletools
+
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if not head:
+        return False
+    try:
+        for _ in pickletools.genops(io.BytesIO(head)):
+            pass
+    except ValueError as exc:
+        return "unknown" not in str(exc)
+    return True
 
 
 def _unsafe(path: Path, exc: Exception) -> UnsafeCheckpointError:

@@ -15,11 +15,28 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "DERM7PT_CASES", "DERM7PT_COLUMNS", "DERM7PT_SPLITS", "HAM10000_DX", "ODIR_COLUMNS", "ODIR_KEYWORDS",
-    "WBCATT_COLUMNS", "WBCATT_ROWS", "fitzpatrick_fixture_md5", "shared_data_dir",
-    "write_chestxray14_fixture", "write_ddi_fixture", "write_derm7pt_fixture",
-    "write_fitzpatrick17k_skincon_fixture", "write_ham10000_fixture", "write_image", "write_medmnist_fixture",
-    "write_odir_fixture", "write_truncated_image", "write_wbcatt_fixture",
+    "DERM7PT_CASES",
+    "DERM7PT_COLUMNS",
+    "DERM7PT_SPLITS",
+    "HAM10000_DX",
+    "ODIR_COLUMNS",
+    "ODIR_KEYWORDS",
+    "WBCATT_COLUMNS",
+    "WBCATT_ROWS",
+    "fitzpatrick_fixture_md5",
+    "shared_data_dir",
+    "write_chestxray14_fixture",
+    "write_ddi_fixture",
+    "write_decompression_bomb",
+    "write_derm7pt_fixture",
+    "write_fitzpatrick17k_skincon_fixture",
+    "write_ham10000_fixture",
+    "write_image",
+    "write_medmnist_fixture",
+    "write_odir_fixture",
+    "write_truncated_image",
+    "write_wbcatt_fixture",
+    "write_wide_image",
 ]
 
 
@@ -53,6 +70,42 @@ def write_truncated_image(path: Path) -> Path:
     path.with_suffix(".jpg").unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def write_decompression_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A PNG that claims `width` x `height` grayscale pixels in a few dozen bytes (a decompression bomb as
+    the probe's D28 made it: 30000 x 30000 is 900 megapixels, twice PIL's limit; 10000 x 10000 is between
+    the limit and twice it, where PIL only warns). Its pixel data are one zero row: nothing large is ever
+    allocated to write it, and a reader must refuse it from the header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1)))
+            + chunk(b"IEND", b""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def write_wide_image(path: Path, values: np.ndarray, mode: str) -> Path:
+    """A grayscale TIFF (or PNG) of `values` in a high-bit-depth PIL mode: 'I;16', 'I;16B', 'I;16L', 'I;16N'
+    (16-bit, in each byte order), 'I' (32-bit integer) or 'F' (32-bit float)."""
+    arr = np.asarray(values)
+    h, w = arr.shape
+    if mode == "F":
+        img = Image.fromarray(arr.astype(np.float32), mode="F")
+    elif mode == "I":
+        img = Image.fromarray(arr.astype(np.int32), mode="I")
+    else:
+        dtype = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2"}[mode]
+        img = Image.frombytes(mode, (w, h), arr.astype(dtype).tobytes())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
     return path
 
 
