@@ -22,6 +22,7 @@ import json
 import math
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -367,9 +368,78 @@ def build_report(run_dir: str | Path, compare: list[str | Path] | tuple = (), ou
             "style-src 'unsafe-inline'\">"
             f"<title>{html.escape(label)}</title><style>{STYLE}</style></head><body>"
             + "\n".join(body) + "</body></html>")
-    out = Path(out) if out is not None else run_dir / "report.html"
+    return _write_page(page, Path(out) if out is not None else run_dir / "report.html")
+
+
+def _write_page(page: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+@dataclass
+class IndexEntry:
+    """One row of an index page: a run, its headline and its main figure (see `build_index`)."""
+
+    title: str
+    explains: str
+    headline: str
+    seconds: float | None = None
+    figure: Path | None = None
+    report: Path | None = None
+    note: str = ""
+
+
+def build_index(entries: list[IndexEntry], out: str | Path, title: str, intro: list[str] = ()) -> Path:
+    """Write one self-contained HTML page over several runs: a summary table (title, what the method explains,
+    its headline, wall time, a link to each run's report) and each entry's main figure, embedded.
+
+    Links are relative to the page's folder, so the folder can be moved or zipped whole. A figure is embedded
+    only if it is a regular file (a symbolic link is refused, as in `build_report`); a missing one is named on
+    the page instead. `intro`: paragraphs of plain text shown under the title.
+    """
+    out = Path(out)
+    base = out.parent.resolve()
+
+    def link(path: Path | None) -> str:
+        if path is None or not Path(path).is_file():
+            return "&ndash;"
+        rel = os.path.relpath(Path(path).resolve(), base)
+        return f'<a href="{html.escape(Path(rel).as_posix())}">report</a>'
+
+    rows = "".join(
+        f"<tr><td>{html.escape(e.title)}</td><td>{html.escape(e.explains)}</td><td>{html.escape(e.headline)}</td>"
+        f"<td class='num'>{'' if e.seconds is None else f'{e.seconds:.0f} s'}</td><td>{link(e.report)}</td></tr>"
+        for e in entries)
+    body = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(p)}</p>" for p in intro),
+            "<table><tr><th>method</th><th>what it explains</th><th>headline</th><th>time</th><th>run</th></tr>"
+            f"{rows}</table>"]
+    for e in entries:
+        body.append(f"<h2>{html.escape(e.title)}</h2>")
+        if e.note:
+            body.append(f"<p class='meta'>{html.escape(e.note)}</p>")
+        png = _read_regular(Path(e.figure)) if e.figure is not None else None
+        if png is not None:
+            body.append(_img(png, Path(e.figure).name))
+        else:
+            body.append(f"<p>No figure{'' if e.figure is None else f' ({html.escape(str(e.figure))} is missing)'}.</p>")
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            + "\n".join(body) + "</body></html>")
+    return _write_page(page, out)
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of `path` if it is a regular file reached without following a symbolic link, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read()
