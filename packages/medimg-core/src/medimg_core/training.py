@@ -11,6 +11,10 @@ clipping and accumulation, EMA of weights, mixed precision, early stopping, best
 on a chosen validation metric, hooks (weight clipping after each step, a prototype push every N
 epochs...), resume after a crash, progress bars, and DistributedDataParallel under torchrun.
 
+Longer than the 600 lines a module is otherwise held to: the Trainer is one state machine (phases, schedulers,
+EMA, scaler, best / last checkpoints, resume, DDP) whose parts read and write the same state; split across
+files, each part would need the others' private attributes.
+
 Determinism: the order of the training data and the seeds of loader workers are a function of
 (seed, epoch) only, and RNG states are saved with each checkpoint, so a run killed mid-epoch and
 resumed ends where an uninterrupted run ends.
