@@ -318,6 +318,14 @@ def test_broken_csv_dataset(tmp_path, case):
         load_dataset("csv", root, case.split, **options)
 
 
+def test_path_options_take_path_objects(tmp_path):
+    """`csv` and `split_file` are paths: Python callers (crl split, scripts) pass pathlib.Path, not only str."""
+    root = _make(tmp_path, Case("clean", lambda f, r: f, outcome="handled"))
+    options = {**BASE_OPTIONS, "split_column": None, "csv": Path("labels.csv"), "split_file": tmp_path / "folds.json"}
+    assert len(load_dataset("csv", root, "train", **options)) > 0
+    assert (tmp_path / "folds.json").is_file()
+
+
 CLI_CASES = [c for c in CSV_CASES if c.outcome == "error"]
 
 

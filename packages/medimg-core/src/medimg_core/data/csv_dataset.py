@@ -19,6 +19,7 @@ group column is given), written to a split file once and reused.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ def _fits(key: str, value: Any) -> bool:
         return key not in ("image_column", "n_folds", "fold", "seed", "channels")
     if kind == _STR:  # a number is a column named by digits (-o label_column=2019 reads 2019 as a number)
         if isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if key in ("csv", "split_file") and isinstance(value, os.PathLike):  # a Path from Python code
             return True
         return isinstance(value, str) and (bool(value.strip()) or key in ("csv", "split_file"))
     if kind == _LIST:
