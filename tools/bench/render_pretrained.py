@@ -72,6 +72,12 @@ def single_command(result: dict) -> list[str]:
             per_seed = "; ".join(f"seed {r['seed']} {_interval(r['numbers'], first)}" for r in runs)
             lines.append(f"- {ARM_LABEL.get(arm, arm)}: `{record['command']}`; test {first.replace('_', ' ')} "
                          f"per seed: {per_seed}")
+            loaded = [r for r in runs if _under_load(r)]
+            if loaded:
+                lines.append(f"- Wall times of seed(s) {', '.join(str(r['seed']) for r in loaded)} were measured "
+                             "with other work on the machine (1-minute load average after the run: "
+                             + ", ".join(f"{r['load_average_after'][0]:.1f}" for r in loaded)
+                             + f" on {runs[0]['machine']['cores']} cores): read them as upper bounds.")
         if missing:
             lines.append(f"- Not run yet by this script: {', '.join(missing)} (`--arms`); the earlier single-seed "
                          "benchmarks of these data are in the sections below.")
@@ -188,3 +194,10 @@ def cipl_synth_cxr() -> list[str]:
 
 RENDERERS = {"pretrained": single_command, "neuron_concepts_pretrained": lambda r: [],
              "iis_pretrained": lambda r: [], "cipl_synth_cxr_lite0": lambda r: []}
+
+
+def _under_load(run: dict) -> bool:
+    """Whether the machine was busier than the run itself while it ran (its 1-minute load average after it
+    exceeded the cores by more than one)."""
+    load, cores = run.get("load_average_after"), run.get("machine", {}).get("cores")
+    return bool(load and cores and load[0] > cores + 1)
