@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dae_counterfactual.boundary import LatentBoundary
+from dae_counterfactual.boundary import BoundaryFileError, LatentBoundary
 from dae_counterfactual.config import KIND, DAEConfig, check_config
 from dae_counterfactual.evaluate import (
     ImageOracle,
@@ -125,6 +125,11 @@ class CounterfactualExplainer(Estimator):
         # run-level file never stands in for a checkpoint it was not fitted on
         path = find_boundary(folder, self.run_ if "format" not in config else None)
         self.boundary_: LatentBoundary | None = None if path is None else LatentBoundary.load(path)
+        z_dim = self.dae_config_.model.z_dim
+        if self.boundary_ is not None and self.boundary_.n_features_in_ != z_dim:
+            raise BoundaryFileError(f"{path}: 'coef' has {self.boundary_.n_features_in_} dimensions; expected the "
+                                    f"model's {z_dim} latent dimensions (the boundary belongs to another model: run "
+                                    "`dae-cf fit-boundary RUN` again)")
         boundary_cfg = self.boundary_ if self.boundary_ is not None else self.dae_config_.boundary
         k = boundary_cfg.positive_min_grade
         names = self.card_.class_names
