@@ -1,0 +1,413 @@
+"""Hardening: the methods' own artefact files, tampered with or damaged (issue 19's new-user probe, U5, U11-U13,
+U15-U19, U21, U22, U26, U28, U30, E8).
+
+A run folder is untrusted input: rules.json, cbm.json, names.json, cavs.json, selection.json, sae.json and
+boundary.json may have been edited by hand, cut short or replaced, and a method's safetensors may hold NaN or a
+pickle. Each case must end in a `CheckpointError` (or another error the commands print cleanly) that names the
+file, the key or value and what was expected; never a TypeError or IndexError from deep inside, never a
+confident answer from damaged weights. The commands print it with exit status 1 and no traceback, and a stage
+or scoring that fails leaves no half folder behind. `python tools/reliability.py` counts these cases into
+docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from medimg_core.checkpoint import CheckpointError, read_tensors
+from medimg_core.runs import RunFolderError
+
+#: what a clean refusal of a damaged artefact may be (all printed by the CLIs without a traceback)
+REFUSED = (CheckpointError, RunFolderError)
+
+
+class _Evil:
+    """A pickle payload: unpickling it would write a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def _write_pickle(path: Path) -> Path:
+    marker = path.parent / "PWNED"
+    path.write_bytes(pickle.dumps(_Evil(marker)))
+    return marker
+
+
+def _poison(path: Path, key: str | None = None, value: float = float("nan")) -> None:
+    """Write one value of the first (or the named) floating tensor of a safetensors file as NaN or infinity."""
+    tensors = load_file(str(path))
+    key = key or next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = value
+    save_file(tensors, str(path))
+
+
+def _clean(result, code: int = 1) -> str:
+    """The output of a command that failed cleanly with `code`, whitespace folded."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return re.sub(r"\s+", " ", result.output)
+
+
+def _edit_json(path: Path, edit: Callable[[Any], Any] | str) -> None:
+    """Replace a JSON file by `edit(data)` (NaN written as the bare NaN Python's json reads), or by raw text."""
+    if isinstance(edit, str):
+        path.write_text(edit)
+        return
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _set(key: str, value: Any) -> Callable[[dict], dict]:
+    return lambda d: {**d, key: value}
+
+
+def _drop(key: str) -> Callable[[dict], dict]:
+    return lambda d: {k: v for k, v in d.items() if k != key}
+
+
+# ---------------------------------------------------------------------------------------- CRL: rules.json
+
+
+def _rules_folder(folder: Path) -> Path:
+    from crl.rules import Rule, RuleSet
+
+    formula = ("and", (("var", 0), ("not", ("var", 1))))
+    rules = RuleSet(["dots", "streaks", "veil"], ["benign", "malignant"], np.array([0.1, -0.1]),
+                    [Rule(formula, 0, np.array([-0.5, 0.5]), 0.3, "dots & ~streaks", 2)])
+    rules.save(folder)
+    return folder
+
+
+def _rule(edit: Callable[[dict], None]) -> Callable[[dict], dict]:
+    def apply(d: dict) -> dict:
+        edit(d["rules"][0])
+        return d
+    return apply
+
+
+#: (edit of rules.json, what the message says): the probe's seven edits (U12) and more of the class
+RULES = {
+    "rules-a-list": (lambda d: [1, 2, 3], "expected a JSON object with 'concept_names'"),
+    "rules-no-rules": (_drop("rules"), "no 'rules'"),
+    "rules-weight-a-word": (_rule(lambda r: r["weights"].update(malignant="big")),
+                            "'rules'[0]['weights']['malignant'] is \"big\"; expected a finite number"),
+    "rules-formula-exec": (_rule(lambda r: r.update(formula=["exec", "import os"])),
+                           "kind one of const, var, not, and, or"),
+    "rules-var-99": (_rule(lambda r: r.update(formula=["var", 99])), "a concept index in [0, 2]"),
+    "rules-three-class-names": (lambda d: {**d, "class_names": ["benign", "malignant", "other"]},
+                                "'bias' is [0.1, -0.1]; expected a list of 3 numbers"),
+    "rules-short-bias": (_set("bias", [0.1]), "expected a list of 2 numbers"),
+    "rules-weight-nan": (_rule(lambda r: r["weights"].update(benign=float("nan"))), "a finite number"),
+    "rules-support-above-one": (_rule(lambda r: r.update(support=1.5)), "a fraction in [0, 1]"),
+    "rules-weights-of-other-classes": (_rule(lambda r: r.update(weights={"a": 1.0})), "one weight per class"),
+    "rules-duplicate-concepts": (_set("concept_names", ["dots", "dots", "veil"]), "names that differ"),
+    "rules-not-json": ("{\"rules\": [", "not valid JSON"),
+    "rules-empty-file": ("", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RULES))
+def test_a_tampered_rules_json_names_the_file_and_the_value(tmp_path, case):
+    from crl.rules import load_rules
+
+    edit, message = RULES[case]
+    folder = _rules_folder(tmp_path)
+    _edit_json(folder / "rules.json", edit)
+    with pytest.raises(CheckpointError) as info:
+        load_rules(folder)
+    text = str(info.value)
+    assert str(folder / "rules.json") in text and message in text, f"{case}: {text}"
+
+
+def test_rules_json_as_written_loads_with_its_text_rendered_from_the_formula(tmp_path):
+    from crl.rules import load_rules
+
+    folder = _rules_folder(tmp_path)
+    _edit_json(folder / "rules.json", _rule(lambda r: r.update(rule="benign always")))  # an edited text
+    rules = load_rules(folder)
+    assert rules.rules[0].text == "dots & ~streaks" and rules.rules[0].length == 2
+    assert rules.predict(np.array([[1, 0, 0], [0, 0, 0]])).tolist() == [1, 0]
+
+
+# ------------------------------------------------------------- neuron-concepts: cbm, sae, names, cavs, selection
+
+
+def _cbm_folder(folder: Path) -> Path:
+    from neuron_concepts import ConceptBottleneck
+    from neuron_concepts.bottleneck import save_cbm
+
+    rng = np.random.default_rng(0)
+    cbm = ConceptBottleneck(rng.normal(size=(6, 5)), n_nonzero=2, C=1.0,
+                            concept_names=[f"c{i}" for i in range(6)], class_names=["benign", "malignant"])
+    cbm.fit(rng.normal(size=(40, 5)), np.arange(40) % 2)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_cbm(cbm, folder, latents=[0, 3, 5, 7, 9, 11], sources=["annotations"] * 6)
+    return folder
+
+
+#: (edit of cbm.json, what the message says), read with an SAE of 32 latents and the model's two classes (U15, U16)
+CBM = {
+    "cbm-latent-999999": (lambda d: {**d, "latents": [999999, *d["latents"][1:]]}, "in [0, 31] (the SAE's latents)"),
+    "cbm-latent-a-word": (lambda d: {**d, "latents": ["abc", *d["latents"][1:]]}, "6 latent indices"),
+    "cbm-one-class-name": (_set("class_names", ["benign"]), "2 class names"),
+    "cbm-classes-of-another-model": (_set("class_names", ["malignant", "benign"]),
+                                     "the model's classes ['benign', 'malignant']"),
+    "cbm-concept-names-cut-short": (lambda d: {**d, "concept_names": d["concept_names"][:3]}, "6 names"),
+    "cbm-the-word-hello": ('"hello"', "expected a JSON object"),
+    "cbm-no-latents": (_drop("latents"), "no 'latents'"),
+    "cbm-unknown-task": (_set("task", "regression"), "binary, multiclass, multilabel or ordinal"),
+    "cbm-n-nonzero-zero": (_set("n_nonzero", 0), "an integer >= 1"),
+    "cbm-not-json": ("{", "expected"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CBM))
+def test_a_tampered_cbm_json_names_the_file_and_the_value(tmp_path, case):
+    from neuron_concepts.bottleneck import load_cbm
+
+    edit, message = CBM[case]
+    folder = _cbm_folder(tmp_path / "cbm")
+    _edit_json(folder / "cbm.json", edit)
+    with pytest.raises(REFUSED) as info:
+        load_cbm(folder, n_latents=32, class_names=["benign", "malignant"])
+    text = str(info.value)
+    assert str(folder / "cbm.json") in text and message in text, f"{case}: {text}"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_cbm_weights_holding_nan_or_infinity_are_refused(tmp_path, value):
+    from neuron_concepts.bottleneck import load_cbm
+
+    folder = _cbm_folder(tmp_path / "cbm")
+    _poison(folder / "cbm.safetensors", "W", value)
+    with pytest.raises(CheckpointError, match=r"cbm\.safetensors: tensor 'W' holds 1 NaN or infinite"):
+        load_cbm(folder)
+
+
+def test_a_pickle_in_place_of_cbm_safetensors_is_refused_without_running_it(tmp_path):
+    from neuron_concepts.bottleneck import load_cbm
+
+    folder = _cbm_folder(tmp_path / "cbm")
+    marker = _write_pickle(folder / "cbm.safetensors")
+    with pytest.raises(CheckpointError, match=r"cbm\.safetensors: cannot read .*expected a safetensors file"):
+        load_cbm(folder)
+    assert not marker.exists()
+
+
+def test_cbm_as_written_loads(tmp_path):
+    from neuron_concepts.bottleneck import load_cbm
+
+    cbm = load_cbm(_cbm_folder(tmp_path / "cbm"), n_latents=32, class_names=["benign", "malignant"])
+    assert cbm.latents == [0, 3, 5, 7, 9, 11] and cbm.class_names == ["benign", "malignant"]
+
+
+def _sae_folder(folder: Path) -> Path:
+    from neuron_concepts import SparseAutoencoder
+    from neuron_concepts.sae import save_sae
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_sae(SparseAutoencoder(5, 10), folder)
+    return folder
+
+
+SAE = {
+    "sae-kind-gelu": (lambda f: _edit_json(f / "sae.json", _set("kind", "gelu")), "sae.json: not the settings"),
+    "sae-unknown-key": (lambda f: _edit_json(f / "sae.json", _set("evil", 1)), "sae.json: not the settings"),
+    "sae-nan-weights": (lambda f: _poison(f / "sae.safetensors", "W_enc"), "tensor 'W_enc' holds 1 NaN"),
+    "sae-other-width": (lambda f: _edit_json(f / "sae.json", _set("d_in", 7)), "do not fit the autoencoder"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAE))
+def test_a_damaged_sae_names_the_file(tmp_path, case):
+    from neuron_concepts.sae import load_sae
+
+    damage, message = SAE[case]
+    folder = _sae_folder(tmp_path / "sae")
+    damage(folder)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_sae(folder)
+
+
+def _names_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "names.json").write_text(json.dumps([
+        {"latent": k, "name": f"concept {k}", "source": "annotations", "score": 0.9, "details": {}}
+        for k in (1, 4, 6)]))
+    return folder
+
+
+def _entry(i: int, **changes: Any) -> Callable[[list], list]:
+    def apply(records: list) -> list:
+        records[i] = {**records[i], **changes}
+        return records
+    return apply
+
+
+#: (edit of names.json, what the message says), read for an SAE of 32 latents (U19)
+NAMES = {
+    "names-an-object": (lambda d: {"a": 1}, "the file is {\"a\": 1}; expected a list of records"),
+    "names-latent-1e9": (_entry(0, latent=1_000_000_000), "in [0, 31] (the SAE has 32 latents)"),
+    "names-latent-negative": (_entry(1, latent=-5), "entry 1 'latent' is -5"),
+    "names-latent-twice": (_entry(2, latent=1), "each latent named once"),
+    "names-no-name": (lambda d: [{k: v for k, v in r.items() if k != "name"} for r in d], "entry 0 has no 'name'"),
+    "names-score-a-word": (_entry(0, score="high"), "a finite number or null"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NAMES))
+def test_a_tampered_names_json_names_the_file_and_the_entry(tmp_path, case):
+    from neuron_concepts.folders import load_names
+
+    edit, message = NAMES[case]
+    folder = _names_folder(tmp_path / "name")
+    _edit_json(folder / "names.json", edit)
+    with pytest.raises(CheckpointError) as info:
+        load_names(folder, n_latents=32)
+    text = str(info.value)
+    assert str(folder / "names.json") in text and message in text, f"{case}: {text}"
+
+
+def _cavs_folder(folder: Path) -> Path:
+    from safetensors.numpy import save_file as save_numpy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    latents = np.array([1, 4, 6, 8, 9], dtype=np.int64)
+    save_numpy({"cavs": np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32), "latents": latents},
+               str(folder / "cavs.safetensors"))
+    (folder / "cavs.json").write_text(json.dumps([{"latent": int(k), "name": f"n{k}", "source": "annotations"}
+                                                  for k in latents]))
+    return folder
+
+
+CAVS = {
+    "cavs-cut-to-three": (lambda f: _edit_json(f / "cavs.json", lambda d: d[:3]),
+                          "cavs.json: 3 entries; expected one per vector of cavs.safetensors (5)"),
+    "cavs-other-latent": (lambda f: _edit_json(f / "cavs.json", _entry(2, latent=7)), "expected latent 6"),
+    "cavs-nan-vector": (lambda f: _poison(f / "cavs.safetensors", "cavs"), "tensor 'cavs' holds 1 NaN"),
+    "cavs-json-a-number": (lambda f: _edit_json(f / "cavs.json", "3"), "expected a list of records"),
+    "cavs-pickle": (lambda f: _write_pickle(f / "cavs.safetensors"), "expected a safetensors file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CAVS))
+def test_damaged_cavs_name_the_file(tmp_path, case):
+    from neuron_concepts.folders import load_cavs
+
+    damage, message = CAVS[case]
+    folder = _cavs_folder(tmp_path / "cav")
+    damage(folder)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_cavs(folder)
+    assert not (folder / "PWNED").exists()
+
+
+@pytest.mark.parametrize("selection, message", [
+    ([{"cav_index": 5, "name": "n"}], "an index into the cav stage's 5 vectors"),
+    ([{"cav_index": "0", "name": "n"}], "entry 0 'cav_index' is \"0\""),
+    ([], "at least one selected concept"),
+])
+def test_a_tampered_selection_json_names_the_entry(tmp_path, selection, message):
+    from neuron_concepts.folders import load_selection
+
+    (tmp_path / "selection.json").write_text(json.dumps(selection))
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_selection(tmp_path, n_cavs=5)
+
+
+def test_a_failed_stage_leaves_no_half_folder_and_the_pipeline_keeps_its_record(tmp_path):
+    """U19's class through the mechanism every stage function uses (`settled_stages`)."""
+    from neuron_concepts.config import NeuronConceptsConfig
+    from neuron_concepts.folders import PIPELINE_FILE, record_stage, settled_stages, start_stage
+
+    pipeline = tmp_path / "pipeline"
+    (pipeline / "cav").mkdir(parents=True)
+    (pipeline / "name").mkdir()
+    record_stage(pipeline, "cav", pipeline / "cav")
+    before = json.loads((pipeline / PIPELINE_FILE).read_text())
+
+    @settled_stages
+    def failing_stage(parent: Path) -> Path:
+        start_stage("cav", parent, NeuronConceptsConfig(), pipeline)
+        raise IndexError("latent 1000000000 is out of range")
+
+    with pytest.raises(IndexError):
+        failing_stage(pipeline / "name")
+    assert sorted(p.name for p in pipeline.iterdir()) == ["cav", "name", PIPELINE_FILE]
+    assert json.loads((pipeline / PIPELINE_FILE).read_text())["stages"] == before["stages"]
+
+
+# ------------------------------------------------------------------------------------ dae-cf: boundary.json
+
+
+def _boundary_file(path: Path) -> Path:
+    from dae_counterfactual import LatentBoundary
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(40, 4))
+    grades = (z[:, 0] > 0).astype(int) * 2
+    return LatentBoundary().fit(z, grades).save(path)
+
+
+#: (edit of boundary.json, what the message says) (U21, U22)
+BOUNDARY = {
+    "boundary-coef-cut-short": (lambda d: {**d, "coef": d["coef"][:2]}, "'mean' is"),
+    "boundary-other-format": (_set("format", "something-else"), "not a latent boundary file"),
+    "boundary-coef-all-zero": (lambda d: {**d, "coef": [0.0] * len(d["coef"])}, "not all zeros"),
+    "boundary-coef-nan": (lambda d: {**d, "coef": [float("nan"), *d["coef"][1:]]},
+                          "'coef'[0] is NaN; expected a finite number"),
+    "boundary-scale-zero": (lambda d: {**d, "scale": [0.0, *d["scale"][1:]]}, "a standard deviation > 0"),
+    "boundary-slope-infinite": (_set("slope", float("inf")), "'slope' is Infinity; expected a finite number"),
+    "boundary-unknown-param": (lambda d: {**d, "params": {**d["params"], "evil": 1}}, "the settings of"),
+    "boundary-a-list": ("[1, 2]", "not a latent boundary file"),
+    "boundary-not-json": ("{", "not valid JSON"),
+    "boundary-no-coef": (_drop("coef"), "no 'coef'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOUNDARY))
+def test_a_tampered_boundary_json_names_the_file_not_the_latents(tmp_path, case):
+    from dae_counterfactual import LatentBoundary
+
+    edit, message = BOUNDARY[case]
+    path = _boundary_file(tmp_path / "boundary.json")
+    _edit_json(path, edit)
+    with pytest.raises(CheckpointError) as info:
+        LatentBoundary.load(path)
+    text = str(info.value)
+    assert str(path) in text and message in text and "latents must be finite" not in text, f"{case}: {text}"
+
+
+# ----------------------------------------------------------------------------- NaN weights in any checkpoint
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_weights_holding_nan_or_infinity_are_refused_naming_file_and_tensor(tmp_path, value):
+    """U11's class in core: every method's model.safetensors is read through `load_weights` -> `read_tensors`."""
+    from medimg_core.checkpoint import load_weights
+
+    model = torch.nn.Linear(3, 2)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text("{}")
+    _poison(folder / "model.safetensors", "bias", value)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'bias' holds 1 NaN or infinite value"):
+        load_weights(torch.nn.Linear(3, 2), folder)
+    with pytest.raises(CheckpointError, match="expected finite weights"):
+        read_tensors(folder / "model.safetensors", "weights")
