@@ -67,7 +67,7 @@ from medimg_core.estimator import Estimator, NotFittedError, with_transform
 from medimg_core.experiment import fit_run
 from medimg_core.explain import resolve_target
 from medimg_core.pretrained import read_checkpoint_config
-from medimg_core.runs import create_run_dir, peak_memory_mb
+from medimg_core.runs import RunFolderError, create_run_dir, peak_memory_mb
 from medimg_core.training import show_progress
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -218,7 +218,7 @@ class CounterfactualExplainer(Estimator):
 
 def _output_folder(explainer: CounterfactualExplainer, out: str | Path | None, default: str, name: str) -> Path:
     if out is None and explainer.run_ is None:
-        raise ValueError(f"{explainer.checkpoint_} is a checkpoint folder outside a run: give --out")
+        raise RunFolderError(f"{explainer.checkpoint_} is a checkpoint folder outside a run: give --out")
     return create_run_dir(Path(out) if out else Path(explainer.run_) / default, name)
 
 

@@ -35,6 +35,7 @@ from medimg_core.checkpoint import CheckpointError, find_checkpoint, load_weight
 from medimg_core.config import config_from_dict, config_to_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms
+from medimg_core.runs import RunFolderError
 
 #: the latent boundary's file inside a checkpoint folder (and, in runs written before it moved there, the run)
 BOUNDARY_FILE = "boundary.json"
@@ -148,7 +149,7 @@ def load_dae(path: str | Path, device: str | torch.device = "cpu", checkpoint: s
 
 def require_run_dir(run: LoadedRun, what: str) -> Path:
     if run.run_dir is None:
-        raise ValueError(f"{what} needs a run folder (with checkpoints/), not a checkpoint folder")
+        raise RunFolderError(f"{what} needs a run folder (with checkpoints/), not a checkpoint folder")
     return run.run_dir
 
 
@@ -209,7 +210,7 @@ def load_latents(run_dir: str | Path, split: str) -> dict[str, Any]:
     """The latents `save_latents` wrote: {"z": (N, D), "targets": (N,), "ids": [N]}."""
     path = latents_path(run_dir, split)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no latents for split {split!r}; run `dae-cf encode {run_dir}` first")
+        raise RunFolderError(f"{path}: no latents for split {split!r}; run `dae-cf encode {run_dir}` first")
     tensors = load_file(str(path))
     meta = json.loads(path.with_suffix(".json").read_text())
     return {"z": tensors["z"].numpy(), "targets": tensors["targets"].numpy(), "ids": meta["ids"]}
