@@ -318,8 +318,8 @@ def cav_stage(name_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
     vectors, kept, records = concept_vectors(H.numpy().astype(np.float64), A, latents, cfg.cav, cfg.seed,
                                              _progress(cfg))
     if not kept:
-        raise RuntimeError(f"cav: no latent has {cfg.cav.min_positives} active train images and a name; nothing "
-                           "to build concepts from (lower cav.min_positives or check the SAE)")
+        raise ConfigError(f"cav.min_positives {cfg.cav.min_positives}: no latent has that many active train images "
+                          "and a name; nothing to build concepts from (lower cav.min_positives or check the SAE)")
     save_numpy({"cavs": vectors.astype(np.float32), "latents": np.asarray(kept, dtype=np.int64)},
                str(folder / "cavs.safetensors"))
     for r in records:
