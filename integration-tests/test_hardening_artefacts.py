@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from medimg_core.checkpoint import CheckpointError, read_tensors
 from medimg_core.runs import RunFolderError
+from medimg_core.synthetic import generate
 
 #: what a clean refusal of a damaged artefact may be (all printed by the CLIs without a traceback)
 REFUSED = (CheckpointError, RunFolderError)
@@ -411,3 +414,202 @@ def test_weights_holding_nan_or_infinity_are_refused_naming_file_and_tensor(tmp_
         load_weights(torch.nn.Linear(3, 2), folder)
     with pytest.raises(CheckpointError, match="expected finite weights"):
         read_tensors(folder / "model.safetensors", "weights")
+
+
+# ------------------------------------------------------------------- through the commands, on tiny real runs
+
+CRL_TINY = ["--config", "synthetic-cpu", "--device", "cpu", "--model.backbone", "test_resnet", "--data.image_size",
+            "32", "--train.epochs", "1", "--bootstrap", "20", "--model.logic_layers", "[16, 16]", "--no-progress"]
+NC_TINY = ["--config", "synth-derm-cpu", "--device", "cpu", "--model.backbone", "test_resnet", "--data.image_size",
+           "32", "--train.epochs", "1", "--train.batch_size", "16", "--train.num_workers", "0", "--sae.expansion", "2",
+           "--sae.batch_size", "32", "--sae.epochs", "4", "--sae.eval_every", "2", "--naming.figures", "2",
+           "--naming.top_n", "6", "--cav.top_n", "10", "--cav.n_negative", "20", "--select.k", "8",
+           "--cbm.n_nonzero", "4", "--cbm.c_search_steps", "1", "--bootstrap", "20", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    return generate("synth-derm", n=80, out=tmp_path_factory.mktemp("synth") / "synth-derm", seed=0, size=32)
+
+
+@pytest.fixture(scope="module")
+def crl_run(synth_root, tmp_path_factory) -> Path:
+    from crl.cli import main
+
+    out = tmp_path_factory.mktemp("crl-runs")
+    result = CliRunner().invoke(main, ["train", "--root", str(synth_root), "--out", str(out), *CRL_TINY])
+    assert result.exit_code == 0, result.output
+    return next(p for p in out.iterdir() if p.is_dir())
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy, symlinks=True)
+    return copy
+
+
+def _with_rule(formula: Any) -> Callable[[dict], dict]:
+    """rules.json with one more rule of this formula (a tiny run may have learned none)."""
+    def apply(d: dict) -> dict:
+        rule = {"rule": "x", "layer": 0, "weights": {c: 0.5 for c in d["class_names"]}, "support": 0.5, "length": 1,
+                "formula": formula}
+        return {**d, "rules": [*d["rules"], rule]}
+    return apply
+
+
+def _rules_files(run: Path) -> list[Path]:
+    return list(run.rglob("rules.json"))
+
+
+#: (damage to a copy of the CRL run, the command after the run folder, what the output names) (U11-U13, U28)
+CRL_CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
+    "explain-rules-var-99": (lambda run: [_edit_json(p, _with_rule(["var", 99])) for p in _rules_files(run)],
+                             ["explain"], "a concept index in [0, 5]"),
+    "explain-rules-formula-exec": (lambda run: [_edit_json(p, _with_rule(["exec", "import os"]))
+                                                for p in _rules_files(run)], ["explain"], "kind one of const"),
+    "explain-rules-of-another-model": (
+        lambda run: [_edit_json(p, lambda d: {**d, "concept_names": list(reversed(d["concept_names"]))})
+                     for p in _rules_files(run)], ["explain"], "expected the model's ['irregular_border'"),
+    "rules-a-list": (lambda run: [_edit_json(p, "[1, 2, 3]") for p in _rules_files(run)], ["rules"],
+                     "the file is [1, 2, 3]; expected a JSON object"),
+    "rules-json-a-list": (lambda run: [_edit_json(p, "[1, 2, 3]") for p in _rules_files(run)], ["rules", "--json"],
+                          "the file is [1, 2, 3]"),
+    "explain-nan-weights": (lambda run: [_poison(p) for p in run.rglob("model.safetensors")], ["explain"],
+                            "NaN or infinite value"),
+    "explain-pickle-weights": (lambda run: [_write_pickle(p) for p in run.rglob("model.safetensors")], ["explain"],
+                               "expected a safetensors file"),
+    "explain-another-kind": (lambda run: [_edit_json(p, _set("kind", "cipl")) for p in
+                                          run.glob("checkpoints/*/config.json")], ["explain"], "kind 'cipl'"),
+    "explain-an-empty-folder": (lambda run: [shutil.rmtree(p) if p.is_dir() else p.unlink()
+                                             for p in list(run.iterdir())], ["explain"], ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRL_CASES))
+def test_crl_commands_on_a_damaged_run_fail_cleanly(tmp_path, crl_run, synth_root, case):
+    from crl.cli import main
+
+    damage, command, message = CRL_CASES[case]
+    run = _copy(crl_run, tmp_path)
+    damage(run)
+    image = str(synth_root / "images" / "derm_00001.png")
+    args = [*command, str(run), *([image] if command[0] == "explain" else [])]
+    output = _clean(CliRunner().invoke(main, args))
+    assert str(run) in output and message in output, output
+    assert not (tmp_path / "PWNED").exists() and not any(run.rglob("PWNED"))
+
+
+def test_crl_evaluate_on_classes_in_another_order_fails_cleanly(tmp_path, crl_run, synth_root):
+    """U30: the check was right but ended in a traceback."""
+    from crl.cli import main
+
+    root = tmp_path / "classorder"
+    shutil.copytree(synth_root, root)
+    _edit_json(root / "dataset.json", _set("class_names", ["malignant", "benign"]))
+    output = _clean(CliRunner().invoke(main, ["evaluate", str(crl_run), "--dataset", "csv", "--root", str(root),
+                                              "--device", "cpu", "--no-progress"]))
+    assert "csv classes ['malignant', 'benign'] differ from the model's ['benign', 'malignant']" in output
+
+
+@pytest.fixture(scope="module")
+def nc_pipeline(synth_root, tmp_path_factory) -> Path:
+    from neuron_concepts.cli import main
+
+    out = tmp_path_factory.mktemp("nc-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDIMG_HOME", str(out.parent / "nc-home"))
+        result = CliRunner().invoke(main, ["run", "--root", str(synth_root), "--out", str(out), *NC_TINY])
+    assert result.exit_code == 0, result.output
+    return next(p for p in out.iterdir() if p.is_dir())
+
+
+def _all(run: Path, name: str, damage: Callable[[Path], Any]) -> None:
+    found = list(run.rglob(name))
+    assert found, f"no {name} in {run}"
+    for p in found:
+        damage(p)
+
+
+#: (damage to a copy of the pipeline, the stage folder explained, what the output names) (U15-U17, U28)
+NC_EXPLAIN: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    "cbm-latent-999999": (lambda run: _all(run, "cbm.json", lambda p: _edit_json(
+        p, lambda d: {**d, "latents": [999999, *d["latents"][1:]]})), "cbm", "(the SAE's latents)"),
+    "cbm-latent-a-word": (lambda run: _all(run, "cbm.json", lambda p: _edit_json(
+        p, lambda d: {**d, "latents": ["abc", *d["latents"][1:]]})), "cbm", "'latents' is [\"abc\""),
+    "cbm-one-class-name": (lambda run: _all(run, "cbm.json", lambda p: _edit_json(p, _set("class_names", ["benign"]))),
+                           "cbm", "expected 2 class names"),
+    "cbm-the-word-hello": (lambda run: _all(run, "cbm.json", lambda p: _edit_json(p, '"hello"')), "cbm",
+                           "expected a JSON object"),
+    "cbm-concept-names-cut-short": (lambda run: _all(run, "cbm.json", lambda p: _edit_json(
+        p, lambda d: {**d, "concept_names": d["concept_names"][:2]})), "cbm", "'concept_names' is"),
+    "cbm-pickle": (lambda run: _all(run, "cbm.safetensors", _write_pickle), "cbm", "expected a safetensors file"),
+    "sae-nan": (lambda run: _all(run, "sae.safetensors", _poison), "cbm", "NaN or infinite"),
+    "the-pipeline-folder": (lambda run: None, ".", ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NC_EXPLAIN))
+def test_neuron_concepts_explain_on_a_damaged_pipeline_fails_cleanly(tmp_path, nc_pipeline, synth_root, case):
+    from neuron_concepts.cli import main
+
+    damage, stage, message = NC_EXPLAIN[case]
+    run = _copy(nc_pipeline, tmp_path)
+    damage(run)
+    result = CliRunner().invoke(main, ["explain", str(run / stage), str(synth_root / "images" / "derm_00001.png"),
+                                       "--device", "cpu"])
+    if case == "the-pipeline-folder" and result.exit_code == 0:  # a pipeline folder may stand for its checkpoint
+        assert "prediction:" in result.output, result.output
+        return
+    output = _clean(result)
+    assert message in output and str(run) in output, output
+    assert not any(run.rglob("PWNED"))
+
+
+#: (damage, the command on the copy, the stage folder that must not appear, what the output says) (U18, U19: no
+#: half stage folders)
+NC_STAGES: dict[str, tuple[Callable[[Path], None], list[str], str, str]] = {
+    "cav-names-an-object": (lambda run: _edit_json(run / "name" / "names.json", '{"a": 1}'), ["cav", "name"],
+                            "cav-2", "expected a list of records"),
+    "cav-names-latent-1e9": (lambda run: _edit_json(run / "name" / "names.json", _entry(0, latent=10**9)),
+                             ["cav", "name"], "cav-2", "the SAE has"),
+    "cav-names-latent-negative": (lambda run: _edit_json(run / "name" / "names.json", _entry(0, latent=-5)),
+                                  ["cav", "name"], "cav-2", "'latent' is -5"),
+    "select-cavs-cut-to-three": (lambda run: _edit_json(run / "cav" / "cavs.json", lambda d: d[:3]),
+                                 ["select", "cav"], "select-2", "3 entries; expected one per vector"),
+    "cav-stage-parent-etc": (lambda run: _edit_json(run / "name" / "stage.json",
+                                                    _set("parent", "../../../../../../../../etc")),
+                             ["cav", "name"], "cav-2", "neither a neuron-concepts stage folder"),
+    "cav-fails-after-its-folder-started": (lambda run: None, ["cav", "name", "--cav.min_positives", "100000"], "cav-2",
+                                           "cav.min_positives 100000"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NC_STAGES))
+def test_a_neuron_concepts_stage_that_fails_leaves_no_half_folder(tmp_path, nc_pipeline, case):
+    from neuron_concepts.cli import main
+
+    damage, (command, stage, *extra), absent, message = NC_STAGES[case]
+    run = _copy(nc_pipeline, tmp_path)
+    damage(run)
+    before = sorted(p.name for p in run.iterdir())
+    record = json.loads((run / "pipeline.json").read_text())
+    output = _clean(CliRunner().invoke(main, [command, str(run / stage), *extra, "--no-progress"]))
+    assert message in output, output
+    assert not (run / absent).exists() and sorted(p.name for p in run.iterdir()) == before
+    assert json.loads((run / "pipeline.json").read_text()) == record
+
+
+def test_iis_score_with_refused_backbone_weights_leaves_no_folder(tmp_path, synth_root):
+    """U5: the error was clean, but card.json, config.yaml and log.txt were left in a new run folder."""
+    from iis.cli import main
+
+    evil = tmp_path / "evil" / "torch_iis.pth"
+    evil.parent.mkdir()
+    marker = _write_pickle(evil)
+    out = tmp_path / "runs"
+    output = _clean(CliRunner().invoke(main, ["score", "--config", "synth-derm-cpu", "--root", str(synth_root),
+                                              "--out", str(out), "--backbone", f"test_resnet:{evil}", "--device",
+                                              "cpu", "--no-progress", "--data.image_size", "32"]))
+    assert "refused" in output and str(evil) in output, output
+    assert not marker.exists()
+    assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
