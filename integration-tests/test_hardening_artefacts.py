@@ -613,3 +613,91 @@ def test_iis_score_with_refused_backbone_weights_leaves_no_folder(tmp_path, synt
     assert "refused" in output and str(evil) in output, output
     assert not marker.exists()
     assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))
+
+
+#: (the command line's module, its explain command and options) given the CRL run (U28)
+OTHER_METHODS = {
+    "cipl-reason": ("cipl.cli", ["reason"], []),
+    "cipl-evaluate": ("cipl.cli", ["evaluate"], []),
+    "dae-cf-counterfactual": ("dae_counterfactual.cli", ["counterfactual"], ["--grades", "1"]),
+    "iis-explain": ("iis.cli", ["explain"], []),
+    "neuron-concepts-explain": ("neuron_concepts.cli", ["explain"], []),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_METHODS))
+def test_another_methods_run_is_named_not_a_traceback(tmp_path, crl_run, synth_root, case):
+    """U28: `cipl reason <crl run>`, `dae-cf counterfactual <crl run>`, ...: the messages were good, as tracebacks."""
+    import importlib
+
+    module, command, options = OTHER_METHODS[case]
+    main = importlib.import_module(module).main
+    image = [] if command == ["evaluate"] else [str(synth_root / "images" / "derm_00001.png")]
+    result = CliRunner().invoke(main, [*command, str(crl_run), *image, *options, "--device", "cpu"])
+    output = _clean(result)
+    assert str(crl_run) in output, output
+    assert re.search(r"kind|not a|no scored|neither", output), output
+
+
+#: a tiny DAE for 16 px images (as the package's tests train it), 1 epoch
+DAE_TINY = ["--config", "synth-grade-cpu", "--device", "cpu", "--model.base_channels", "8", "--model.channel_mult",
+            "[1, 2]", "--model.num_res_blocks", "1", "--model.attention_resolutions", "[8]", "--model.groups", "4",
+            "--model.time_embed_dim", "null", "--model.z_dim", "16", "--model.encoder_channel_mult", "[1, 2]",
+            "--model.encoder_num_res_blocks", "1", "--model.encoder_attention_resolutions", "[]", "--data.image_size",
+            "16", "--train.epochs", "1", "--train.batch_size", "8", "--diffusion.encode_steps", "2",
+            "--diffusion.render_steps", "2", "--recon_images", "2", "--bootstrap", "20", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def dae_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(a tiny DAE run with its boundary fitted, one of its images)."""
+    from dae_counterfactual.cli import main
+
+    tmp = tmp_path_factory.mktemp("dae")
+    data = generate("synth-grade", n=60, out=tmp / "data", seed=0, size=32)
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--root", str(data), "--out", str(tmp / "runs"), *DAE_TINY])
+    assert result.exit_code == 0, result.output
+    run = next((tmp / "runs").iterdir())
+    for args in (["encode", str(run), "--no-progress"], ["fit-boundary", str(run), "--bootstrap", "20"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    return run, next((data / "images").iterdir())
+
+
+#: (damage to a copy of the DAE run's boundary.json, what the output says) (U21, U22)
+DAE_BOUNDARY = {
+    "coef-cut-short": (lambda d: {**d, "coef": d["coef"][:3]}, "'mean' is"),
+    "wrong-format": (_set("format", "other"), "not a latent boundary file"),
+    "coef-all-zero": (lambda d: {**d, "coef": [0.0] * len(d["coef"])}, "not all zeros"),
+    "coef-one-nan": (lambda d: {**d, "coef": [*d["coef"][:-1], float("nan")]}, "is NaN; expected a finite number"),
+    "another-models-size": (lambda d: {**d, **{k: d[k] + d[k] for k in ("coef", "mean", "scale")}},
+                            "'coef' has 32 dimensions; expected the model's 16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAE_BOUNDARY))
+def test_dae_counterfactual_with_a_damaged_boundary_blames_the_boundary(tmp_path, dae_run, case):
+    from dae_counterfactual.cli import main
+
+    run, image = dae_run
+    edit, message = DAE_BOUNDARY[case]
+    copy = _copy(run, tmp_path)
+    _all(copy, "boundary.json", lambda p: _edit_json(p, edit))
+    output = _clean(CliRunner().invoke(main, ["counterfactual", str(copy), str(image), "--grades", "1", "--device",
+                                              "cpu", "--no-progress"]))
+    assert "boundary.json" in output and message in output and "latents must be finite" not in output, output
+
+
+def test_dae_counterfactual_reads_images_as_the_other_methods_do(tmp_path, dae_run):
+    """E8: a text file named .png was a ValueError traceback in dae-cf only."""
+    from dae_counterfactual.cli import main
+
+    run, image = dae_run
+    fake = tmp_path / "notimage.png"
+    fake.write_text("not an image")
+    out = tmp_path / "cf"
+    output = _clean(CliRunner().invoke(main, ["counterfactual", str(run), str(image), str(fake), "--grades", "1",
+                                              "--device", "cpu", "--no-progress", "--out", str(out)]))
+    assert f"{fake}: not an image (expected PNG, JPEG, BMP or TIFF)" in output, output
+    assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))  # nothing half-written
