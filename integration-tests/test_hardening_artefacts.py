@@ -701,3 +701,32 @@ def test_dae_counterfactual_reads_images_as_the_other_methods_do(tmp_path, dae_r
                                               "--device", "cpu", "--no-progress", "--out", str(out)]))
     assert f"{fake}: not an image (expected PNG, JPEG, BMP or TIFF)" in output, output
     assert not out.exists() or not any(out.iterdir()), sorted(out.rglob("*"))  # nothing half-written
+
+
+IIS_SMALL = ["--device", "cpu", "--no-progress", "--elements.images_per_class", "2", "--elements.slic_segments", "[10]",
+             "--num-concepts", "12", "--sweep.ratios", "[0.0, 0.5]", "--sweep.lrs", "[0.1]", "--sweep.epochs", "2",
+             "--sweep.batch_size", "32", "--bootstrap", "20", "--data.image_size", "32"]
+
+
+def test_an_iis_run_scored_with_relative_weights_explains_from_another_directory(tmp_path, synth_root, monkeypatch):
+    """U26: backbone.json kept the relative weights path, and `iis explain` from elsewhere failed naming an option
+    explain does not have; the run's heads checkpoint now holds the backbone's weights."""
+    from iis.cli import main
+    from medimg_core.models import create_backbone
+
+    monkeypatch.setenv("MEDIMG_HOME", str(tmp_path / "home"))
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "weights").mkdir(parents=True)
+    elsewhere.mkdir()
+    torch.manual_seed(7)
+    save_file(create_backbone("test_resnet").model.state_dict(), str(work / "weights" / "other.safetensors"))
+    monkeypatch.chdir(work)
+    result = CliRunner().invoke(main, ["score", "--config", "synth-derm-cpu", "--root", str(synth_root), "--out",
+                                       "runs", "--backbone", "test_resnet:weights/other.safetensors", *IIS_SMALL])
+    assert result.exit_code == 0, result.output
+    run = next((work / "runs").iterdir()).resolve()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(main, ["explain", str(run), str(synth_root / "images" / "derm_00001.png"),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "prediction" in result.output.lower(), result.output
