@@ -23,7 +23,6 @@ the push folder when it is at hand, else drawn again from the training image the
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ import torch
 
 from cipl.maps import FeatureGrid, feature_grid, naive_grid, upsample_numpy
 from cipl.model import CIPL
-from medimg_core.checkpoint import CheckpointError, write_json
+from medimg_core.checkpoint import CheckpointError, read_tensors, write_json
 from medimg_core.runs import RunFolderError, read_json_object
 
 #: the push index in a checkpoint folder (see PushIndex)
@@ -317,11 +316,13 @@ def write_prototype_images(directory: Path, index: int, image: np.ndarray, upsam
 
 def load_push(directory: str | Path) -> dict[str, Any]:
     """A push folder's records (prototypes.json) plus its prototype vectors and self-activation maps."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
-    info = json.loads((directory / "prototypes.json").read_text())
-    tensors = load_file(str(directory / "prototypes.safetensors"))
+    info = read_json_object(directory / "prototypes.json", "the push folder's prototype records")
+    tensors = read_tensors(directory / "prototypes.safetensors", "the pushed prototype vectors")
+    missing = sorted({"prototypes", "activation_maps"} - set(tensors))
+    if missing:
+        raise PushIndexError(f"{directory / 'prototypes.safetensors'}: no {missing}; expected prototypes and "
+                             "activation_maps")
     return {**info, "vectors": tensors["prototypes"], "activation_maps": tensors["activation_maps"],
             "directory": directory}
 

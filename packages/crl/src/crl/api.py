@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -29,7 +28,7 @@ from crl.explain import Explanation, explain_concepts
 from crl.model import CRL
 from crl.rules import RuleSet, RulesFileError, load_rules
 from crl.train import FROZEN_BACKBONE, KIND, CRLRecipe, build_model
-from medimg_core.checkpoint import CheckpointError, load_weights, write_extra_file, write_json
+from medimg_core.checkpoint import CheckpointError, load_weights, read_tensors, write_extra_file, write_json
 from medimg_core.config import ConfigError, config_from_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.data.errors import DatasetError
@@ -81,10 +80,11 @@ def build_from_checkpoint(folder: Path, config: dict[str, Any]) -> CRL:
                 f"{folder}: this features-mode CRL checkpoint has no {FROZEN_BACKBONE} (checkpoints written before "
                 "it moved into the checkpoint folder keep it in their run folder): load the run folder instead, or "
                 f"copy RUN/{FROZEN_BACKBONE} into {folder}")
+        state = read_tensors(frozen, "the frozen backbone")
         try:
-            backbone.load_state_dict(load_file(str(frozen)))
-        except Exception as exc:  # safetensors raises several types on corrupt files; torch on missing keys
-            raise CheckpointError(f"{frozen}: cannot load the frozen backbone ({exc})") from None
+            backbone.load_state_dict(state)
+        except RuntimeError as exc:  # missing keys, other shapes
+            raise CheckpointError(f"{frozen}: the frozen backbone does not fit the model ({exc})") from None
         model.backbone = backbone
     return model.eval()
 

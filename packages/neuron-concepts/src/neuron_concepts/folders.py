@@ -324,7 +324,7 @@ def load_features(encode_dir: str | Path) -> dict[str, Any]:
     head = encode_dir / "head.safetensors"
     if not head.is_file():
         raise RunFolderError(f"{head}: not found (the opaque model's linear head, written by the encode stage)")
-    out["head"] = load_file(str(head))
+    out["head"] = read_tensors(head, "the opaque model's linear head")
     return out
 
 
