@@ -689,6 +689,16 @@ def test_dae_counterfactual_with_a_damaged_boundary_blames_the_boundary(tmp_path
     assert "boundary.json" in output and message in output and "latents must be finite" not in output, output
 
 
+def test_dae_fit_boundary_on_latents_holding_nan_names_the_file(tmp_path, dae_run):
+    from dae_counterfactual.cli import main
+
+    run, _ = dae_run
+    copy = _copy(run, tmp_path)
+    _all(copy, "train.safetensors", lambda p: _poison(p, "z"))
+    output = _clean(CliRunner().invoke(main, ["fit-boundary", str(copy), "--bootstrap", "20"]))
+    assert "train.safetensors: tensor 'z' holds 1 NaN" in output, output
+
+
 def test_dae_counterfactual_reads_images_as_the_other_methods_do(tmp_path, dae_run):
     """E8: a text file named .png was a ValueError traceback in dae-cf only."""
     from dae_counterfactual.cli import main
@@ -708,25 +718,61 @@ IIS_SMALL = ["--device", "cpu", "--no-progress", "--elements.images_per_class", 
              "--sweep.batch_size", "32", "--bootstrap", "20", "--data.image_size", "32"]
 
 
-def test_an_iis_run_scored_with_relative_weights_explains_from_another_directory(tmp_path, synth_root, monkeypatch):
-    """U26: backbone.json kept the relative weights path, and `iis explain` from elsewhere failed naming an option
-    explain does not have; the run's heads checkpoint now holds the backbone's weights."""
+@pytest.fixture(scope="module")
+def iis_run(synth_root, tmp_path_factory) -> Path:
+    """An IIS run scored from its own working directory with a relative weights path (U26's setting)."""
+    import os
+
     from iis.cli import main
     from medimg_core.models import create_backbone
 
-    monkeypatch.setenv("MEDIMG_HOME", str(tmp_path / "home"))
-    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
-    (work / "weights").mkdir(parents=True)
-    elsewhere.mkdir()
+    work = tmp_path_factory.mktemp("iis-work")
+    (work / "weights").mkdir()
     torch.manual_seed(7)
     save_file(create_backbone("test_resnet").model.state_dict(), str(work / "weights" / "other.safetensors"))
-    monkeypatch.chdir(work)
-    result = CliRunner().invoke(main, ["score", "--config", "synth-derm-cpu", "--root", str(synth_root), "--out",
-                                       "runs", "--backbone", "test_resnet:weights/other.safetensors", *IIS_SMALL])
-    assert result.exit_code == 0, result.output
-    run = next((work / "runs").iterdir()).resolve()
-    monkeypatch.chdir(elsewhere)
-    result = CliRunner().invoke(main, ["explain", str(run), str(synth_root / "images" / "derm_00001.png"),
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDIMG_HOME", str(work / "home"))
+        mp.chdir(work)
+        result = CliRunner().invoke(main, ["score", "--config", "synth-derm-cpu", "--root", str(synth_root), "--out",
+                                           "runs", "--backbone", "test_resnet:weights/other.safetensors",
+                                           *IIS_SMALL])
+        assert result.exit_code == 0, result.output
+        run = next((work / "runs").iterdir()).resolve()
+    assert os.path.isabs(run)
+    return run
+
+
+def test_an_iis_run_scored_with_relative_weights_explains_from_another_directory(tmp_path, iis_run, synth_root,
+                                                                                monkeypatch):
+    """U26: backbone.json kept the relative weights path, and `iis explain` from elsewhere failed naming an option
+    explain does not have; the run's heads checkpoint now holds the backbone's weights."""
+    from iis.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["explain", str(iis_run), str(synth_root / "images" / "derm_00001.png"),
                                        "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "prediction" in result.output.lower(), result.output
+
+
+#: (damage to a copy of the IIS run, what the output names)
+IIS_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "heads-nan": (lambda run: _all(run, "model.safetensors", _poison), "model.safetensors: tensor"),
+    "library-nan": (lambda run: _all(run, "library.safetensors", _poison), "library.safetensors: tensor"),
+    "library-json-no-kind": (lambda run: _all(run, "library.json", lambda p: _edit_json(p, _drop("kind"))),
+                             "do not make a concept library (KeyError: 'kind')"),
+    "backbone-json-a-list": (lambda run: _all(run, "backbone.json", lambda p: _edit_json(p, "[1]")),
+                             "backbone.json: cannot read the backbone record (TypeError: expected a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IIS_DAMAGE))
+def test_iis_explain_on_a_damaged_run_names_the_file(tmp_path, iis_run, synth_root, case):
+    from iis.cli import main
+
+    damage, message = IIS_DAMAGE[case]
+    run = _copy(iis_run, tmp_path)
+    damage(run)
+    output = _clean(CliRunner().invoke(main, ["explain", str(run), str(synth_root / "images" / "derm_00001.png"),
+                                              "--device", "cpu"]))
+    assert str(run) in output and message in output, output
