@@ -121,7 +121,7 @@ CLASSES = [
      r"test_(cbm_weights|weights)_holding_nan|test_a_pickle_in_place_of_cbm",
      "refused naming the file and the tensor (any model.safetensors, through `load_weights`); a pickle never runs"),
     ("the methods' commands on damaged, foreign or moved runs (crl, neuron-concepts, cipl, iis, dae-cf)",
-     r"test_crl_|test_neuron_concepts_explain|test_another_methods_run|test_dae_counterfactual_|test_an_iis_run",
+     r"test_crl_|test_neuron_concepts_explain|test_another_methods_run|test_dae_|test_an_iis_run|test_iis_explain",
      "exit status 1 naming the file, value or the run's kind and no traceback; images read as the other methods "
      "read them; an IIS run explains from another working directory"),
     ("failed method stages and scorings (neuron-concepts stages, iis score)",
