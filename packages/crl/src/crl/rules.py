@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from crl.model import CRL
-from medimg_core.checkpoint import CheckpointError
+from medimg_core.checkpoint import CheckpointError, bad_value
 
 # a formula: ("const", bool) | ("var", k) | ("not", f) | ("and", (f, ...)) | ("or", (f, ...))
 Formula = tuple
@@ -328,16 +328,7 @@ _KINDS = ("const", "var", "not", "and", "or")
 
 
 def _fail(source: str, where: str, value: Any, expected: str) -> NoReturn:
-    shown = json.dumps(value)[:80] if _is_json(value) else repr(value)[:80]
-    raise RulesFileError(f"{source}: {where} is {shown}; expected {expected}")
-
-
-def _is_json(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+    raise RulesFileError(str(bad_value(source, where, value, expected)))
 
 
 def _number(source: str, where: str, value: Any) -> float:
