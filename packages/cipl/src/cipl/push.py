@@ -318,6 +318,7 @@ def load_push(directory: str | Path) -> dict[str, Any]:
     """A push folder's records (prototypes.json) plus its prototype vectors and self-activation maps."""
     directory = Path(directory)
     info = read_json_object(directory / "prototypes.json", "the push folder's prototype records")
+    PushIndex.from_dict(info, directory, str(directory / "prototypes.json"))  # checked: grid, image_size, records
     tensors = read_tensors(directory / "prototypes.safetensors", "the pushed prototype vectors")
     missing = sorted({"prototypes", "activation_maps"} - set(tensors))
     if missing:
