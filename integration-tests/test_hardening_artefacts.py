@@ -776,3 +776,51 @@ def test_iis_explain_on_a_damaged_run_names_the_file(tmp_path, iis_run, synth_ro
     output = _clean(CliRunner().invoke(main, ["explain", str(run), str(synth_root / "images" / "derm_00001.png"),
                                               "--device", "cpu"]))
     assert str(run) in output and message in output, output
+
+
+CIPL_TINY = ["--config", "synth-cxr-cpu", "--device", "cpu", "--model.backbone", "test_resnet", "--model.output_stride",
+             "8", "--data.image_size", "32", "--train.epochs", "2", "--train.batch_size", "8",
+             "--model.prototypes_per_class", "2", "--model.prototype_dim", "16", "--model.reduce_dim", "16",
+             "--schedule.warm_epochs", "1", "--schedule.push_epochs", "[1, 2]", "--schedule.last_layer_epochs", "1",
+             "--bootstrap", "20", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cipl_run(tmp_path_factory) -> Path:
+    from cipl.cli import main
+
+    tmp = tmp_path_factory.mktemp("cipl")
+    data = generate("synth-cxr", n=90, out=tmp / "data", seed=0, size=32)
+    result = CliRunner().invoke(main, ["train", "--root", str(data), "--out", str(tmp / "runs"), *CIPL_TINY])
+    assert result.exit_code == 0, result.output
+    return next((tmp / "runs").iterdir())
+
+
+def test_cipl_evaluate_on_a_dataset_of_other_classes_fails_cleanly(cipl_run, synth_root):
+    """U30: `cipl evaluate` of a chest X-ray model on the skin data: the check was right, as a traceback."""
+    from cipl.cli import main
+
+    output = _clean(CliRunner().invoke(main, ["evaluate", str(cipl_run), "--dataset", "csv", "--root",
+                                              str(synth_root), "--device", "cpu", "--no-progress"]))
+    assert "csv classes ['benign', 'malignant'] differ from the model's" in output, output
+
+
+@pytest.mark.parametrize("file, damage, message", [
+    ("prototypes.json", lambda path: _edit_json(path, "[1]"), "expected a JSON object"),
+    ("prototypes.json", lambda path: _edit_json(path, _drop("grid")), "missing ['grid']"),
+    ("prototypes.safetensors", lambda path: _poison(path, "prototypes"), "NaN or infinite"),
+    ("prototypes.safetensors", _write_pickle, "expected a safetensors file"),
+], ids=["prototypes-json-a-list", "prototypes-json-no-grid", "prototypes-nan", "prototypes-pickle"])
+def test_a_damaged_cipl_push_folder_names_the_file(tmp_path, cipl_run, file, damage, message):
+    """A push folder read on its own (`load_push`; `PushIndex.from_folder` reads prototypes.json only); a
+    checkpoint keeps its own copy of the push index."""
+    from cipl.push import PushIndex, load_push
+
+    run = _copy(cipl_run, tmp_path)
+    folder = sorted((run / "prototypes").iterdir())[-1]
+    damage(folder / file)
+    for read in (load_push, PushIndex.from_folder) if file == "prototypes.json" else (load_push,):
+        with pytest.raises(REFUSED) as info:
+            read(folder)
+        assert str(folder / file) in str(info.value) and message in str(info.value), str(info.value)
+    assert not (folder / "PWNED").exists()
