@@ -113,15 +113,16 @@ CLASSES = [
     ("method inputs (NaN or constant features, one class, wrong shapes)", r"test_hardening_methods",
      "a `ValueError` naming the array, the row or column and what was expected"),
     ("method artefact files edited or cut short (rules.json, cbm.json, sae.json, names.json, cavs, selection.json, "
-     "boundary.json)",
-     r"test_a_tampered_|test_damaged_cavs|test_a_damaged_sae|test_cbm_as_written|test_rules_json_as_written",
+     "boundary.json, a push folder's prototypes)",
+     r"test_a_tampered_|test_damaged_cavs|test_a_damaged_(sae|cipl_push)|test_cbm_as_written"
+     r"|test_rules_json_as_written",
      "a `CheckpointError` naming the file, the key or entry, the value found and what was expected; files as "
      "written still load"),
     ("NaN or infinite weights and pickles in a method's safetensors",
      r"test_(cbm_weights|weights)_holding_nan|test_a_pickle_in_place_of_cbm",
      "refused naming the file and the tensor (any model.safetensors, through `load_weights`); a pickle never runs"),
     ("the methods' commands on damaged, foreign or moved runs (crl, neuron-concepts, cipl, iis, dae-cf)",
-     r"test_crl_|test_neuron_concepts_explain|test_another_methods_run|test_dae_|test_an_iis_run|test_iis_explain",
+     r"test_(crl|cipl|dae|iis_explain)_|test_neuron_concepts_explain|test_another_methods_run|test_an_iis_run",
      "exit status 1 naming the file, value or the run's kind and no traceback; images read as the other methods "
      "read them; an IIS run explains from another working directory"),
     ("failed method stages and scorings (neuron-concepts stages, iis score)",
