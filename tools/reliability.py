@@ -22,6 +22,7 @@ TESTS = [
     "integration-tests/test_hardening_data.py",
     "integration-tests/test_hardening_faults.py",
     "integration-tests/test_hardening_methods.py",
+    "integration-tests/test_hardening_artefacts.py",
     "integration-tests/test_hardening_runs.py",
     "packages/medimg-core/tests/test_backbones.py::test_pickled_object_is_refused_and_never_run",
     "packages/medimg-core/tests/test_training.py::test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run",
@@ -111,6 +112,22 @@ CLASSES = [
      "reported before training and nothing left behind; previous checkpoint kept; resume matches"),
     ("method inputs (NaN or constant features, one class, wrong shapes)", r"test_hardening_methods",
      "a `ValueError` naming the array, the row or column and what was expected"),
+    ("method artefact files edited or cut short (rules.json, cbm.json, sae.json, names.json, cavs, selection.json, "
+     "boundary.json, a push folder's prototypes)",
+     r"test_a_tampered_|test_damaged_cavs|test_a_damaged_(sae|cipl_push)|test_cbm_as_written"
+     r"|test_rules_json_as_written",
+     "a `CheckpointError` naming the file, the key or entry, the value found and what was expected; files as "
+     "written still load"),
+    ("NaN or infinite weights and pickles in a method's safetensors",
+     r"test_(cbm_weights|weights)_holding_nan|test_a_pickle_in_place_of_cbm",
+     "refused naming the file and the tensor (any model.safetensors, through `load_weights`); a pickle never runs"),
+    ("the methods' commands on damaged, foreign or moved runs (crl, neuron-concepts, cipl, iis, dae-cf)",
+     r"test_(crl|cipl|dae|iis_explain)_|test_neuron_concepts_explain|test_another_methods_run|test_an_iis_run",
+     "exit status 1 naming the file, value or the run's kind and no traceback; images read as the other methods "
+     "read them; an IIS run explains from another working directory"),
+    ("failed method stages and scorings (neuron-concepts stages, iis score)",
+     r"test_a_failed_stage|test_a_neuron_concepts_stage|test_iis_score_with_refused",
+     "no half stage or run folder left; pipeline.json records the earlier stage again; exit status 1, no traceback"),
 ]
 
 

@@ -38,11 +38,13 @@ from cipl.run import KIND, build_model, checkpoint_path, load_cipl, load_split, 
 from cipl.train import CIPLRecipe
 from medimg_core.checkpoint import load_weights, save_checkpoint
 from medimg_core.data import MedicalImageDataset, load_dataset
+from medimg_core.data.errors import DatasetError
 from medimg_core.estimator import Estimator
 from medimg_core.experiment import fit_run
 from medimg_core.explain import resolve_target
 from medimg_core.metrics import metrics_with_ci
 from medimg_core.pretrained import checkpoint_config, read_checkpoint_config
+from medimg_core.runs import RunFolderError
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -172,7 +174,8 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
     opts = cfg.data.options if dataset is None and options is None else (options or {})
     ds = load_dataset(name, data_root, split, transform=model.preprocess_.eval_transform(), **opts)
     if list(ds.card.class_names) != list(card.class_names):
-        raise ValueError(f"{name} classes {list(ds.card.class_names)} differ from the model's {list(card.class_names)}")
+        raise DatasetError(f"{name} classes {list(ds.card.class_names)} differ from the model's "
+                           f"{list(card.class_names)}; evaluate on a dataset with the model's classes, in its order")
     batch = cfg.train.eval_batch_size or cfg.train.batch_size
     out = predict(student, ds, device, batch, progress)
     task = output_task(labels)
@@ -200,8 +203,8 @@ def push_run(run_dir: str | Path, checkpoint: str = "best", split: str | None = 
     prototypes/push-<checkpoint>-<split>/."""
     model = CIPLClassifier.from_pretrained(checkpoint_path(run_dir, checkpoint))
     if model.run_ is None:
-        raise ValueError(f"{run_dir}: `cipl push` writes into a run folder (checkpoints/, prototypes/); this is a "
-                         "checkpoint folder outside a run")
+        raise RunFolderError(f"{run_dir}: `cipl push` writes into a run folder (checkpoints/, prototypes/); this is a "
+                             "checkpoint folder outside a run")
     run = Path(model.run_)
     cfg, labels = model.cfg_, model.labels_
     split_name = split or cfg.data.train_split

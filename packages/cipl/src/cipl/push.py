@@ -23,7 +23,6 @@ the push folder when it is at hand, else drawn again from the training image the
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ import torch
 
 from cipl.maps import FeatureGrid, feature_grid, naive_grid, upsample_numpy
 from cipl.model import CIPL
-from medimg_core.checkpoint import write_json
+from medimg_core.checkpoint import CheckpointError, read_tensors, write_json
 from medimg_core.runs import RunFolderError, read_json_object
 
 #: the push index in a checkpoint folder (see PushIndex)
@@ -44,6 +43,11 @@ PUSH_INDEX_FILE = "push_index.json"
 CONTOUR_LEVEL = 0.65
 #: percentile of the self-activation that delimits the high-activation patch
 PATCH_PERCENTILE = 95.0
+
+
+class PushIndexError(CheckpointError, ValueError):
+    """prototypes.json of a push folder is malformed; the message names the file and the entry. A CheckpointError
+    (the commands print it without a traceback) and, as before, a ValueError."""
 
 
 @dataclass
@@ -312,11 +316,14 @@ def write_prototype_images(directory: Path, index: int, image: np.ndarray, upsam
 
 def load_push(directory: str | Path) -> dict[str, Any]:
     """A push folder's records (prototypes.json) plus its prototype vectors and self-activation maps."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
-    info = json.loads((directory / "prototypes.json").read_text())
-    tensors = load_file(str(directory / "prototypes.safetensors"))
+    info = read_json_object(directory / "prototypes.json", "the push folder's prototype records")
+    PushIndex.from_dict(info, directory, str(directory / "prototypes.json"))  # checked: grid, image_size, records
+    tensors = read_tensors(directory / "prototypes.safetensors", "the pushed prototype vectors")
+    missing = sorted({"prototypes", "activation_maps"} - set(tensors))
+    if missing:
+        raise PushIndexError(f"{directory / 'prototypes.safetensors'}: no {missing}; expected prototypes and "
+                             "activation_maps")
     return {**info, "vectors": tensors["prototypes"], "activation_maps": tensors["activation_maps"],
             "directory": directory}
 
@@ -366,22 +373,22 @@ class PushIndex:
 
     @classmethod
     def from_dict(cls, data: Any, folder: Path | None = None, where: str = "push index") -> PushIndex:
-        """From `to_dict()` output or a push folder's prototypes.json; a missing or ill-typed entry is a ValueError
+        """From `to_dict()` output or a push folder's prototypes.json; a missing or ill-typed entry is a PushIndexError
         naming `where` and the entry."""
         if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a JSON object, found {type(data).__name__}")
+            raise PushIndexError(f"{where}: expected a JSON object, found {type(data).__name__}")
         missing = [k for k in ("grid", "image_size", "prototypes") if k not in data]
         if missing:
-            raise ValueError(f"{where}: missing {missing} (expected grid, image_size and prototypes)")
+            raise PushIndexError(f"{where}: missing {missing} (expected grid, image_size and prototypes)")
         records = data["prototypes"]
         if not isinstance(records, list) or not all(isinstance(r, dict) and "index" in r and "source_id" in r
                                                     for r in records):
-            raise ValueError(f"{where}: prototypes must be a list of records with index and source_id")
+            raise PushIndexError(f"{where}: prototypes must be a list of records with index and source_id")
         try:
             grid = tuple(int(v) for v in data["grid"])
             image_size = tuple(int(v) for v in data["image_size"])
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: grid and image_size must be pairs of integers, got {data['grid']!r} and "
+            raise PushIndexError(f"{where}: grid and image_size must be pairs of integers, got {data['grid']!r} and "
                              f"{data['image_size']!r}") from None
         epoch = data.get("epoch")
         return cls(grid, image_size, dict(data.get("stats") or {}), records, data.get("directory"),

@@ -20,18 +20,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from crl.config import CRLConfig
 from crl.explain import Explanation, explain_concepts
 from crl.model import CRL
-from crl.rules import RuleSet, load_rules
+from crl.rules import RuleSet, RulesFileError, load_rules
 from crl.train import FROZEN_BACKBONE, KIND, CRLRecipe, build_model
-from medimg_core.checkpoint import CheckpointError, load_weights, write_extra_file, write_json
+from medimg_core.checkpoint import CheckpointError, load_weights, read_tensors, write_extra_file, write_json
 from medimg_core.config import ConfigError, config_from_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
+from medimg_core.data.errors import DatasetError
 from medimg_core.estimator import Estimator
 from medimg_core.experiment import fit_run
 from medimg_core.metrics import concept_metrics, metrics_with_ci
@@ -80,10 +80,11 @@ def build_from_checkpoint(folder: Path, config: dict[str, Any]) -> CRL:
                 f"{folder}: this features-mode CRL checkpoint has no {FROZEN_BACKBONE} (checkpoints written before "
                 "it moved into the checkpoint folder keep it in their run folder): load the run folder instead, or "
                 f"copy RUN/{FROZEN_BACKBONE} into {folder}")
+        state = read_tensors(frozen, "the frozen backbone")
         try:
-            backbone.load_state_dict(load_file(str(frozen)))
-        except Exception as exc:  # safetensors raises several types on corrupt files; torch on missing keys
-            raise CheckpointError(f"{frozen}: cannot load the frozen backbone ({exc})") from None
+            backbone.load_state_dict(state)
+        except RuntimeError as exc:  # missing keys, other shapes
+            raise CheckpointError(f"{frozen}: the frozen backbone does not fit the model ({exc})") from None
         model.backbone = backbone
     return model.eval()
 
@@ -98,12 +99,23 @@ def load_crl(path: str | Path) -> tuple[CRL, dict[str, Any]]:
 
 def load_rules_of(path: str | Path) -> RuleSet:
     """The rules of a run or checkpoint folder (checkpoint folder first, then, for older runs, the run folder)."""
-    folder, _ = read_checkpoint_config(path, KIND)
+    folder, config = read_checkpoint_config(path, KIND)
     found = artefact_path(folder, "rules.json")
     if found is None:
         raise CheckpointError(f"{folder}: no rules.json in this checkpoint folder or its run folder (the rules are "
                               "read out after training: did the training finish?)")
-    return load_rules(found)
+    rules = load_rules(found)
+    check_rules_fit(rules, found, DatasetCard.from_dict(config["card"]))
+    return rules
+
+
+def check_rules_fit(rules: RuleSet, path: Path, card: DatasetCard) -> None:
+    """The rules of `path` must speak of the model's concepts and classes, in its order; else a RulesFileError."""
+    for key, found, expected in (("concept_names", rules.concept_names, list(card.concept_names)),
+                                 ("class_names", rules.class_names, list(card.class_names))):
+        if list(found) != expected:
+            raise RulesFileError(f"{path}: '{key}' is {found}; expected the model's {expected} (config.json of "
+                                 "the checkpoint), in that order")
 
 
 class ConceptRuleLearner(Estimator):
@@ -130,6 +142,8 @@ class ConceptRuleLearner(Estimator):
         self.model_ = build_from_checkpoint(folder, config).to(self.device_)
         rules = artefact_path(folder, "rules.json")
         self.rules_ = load_rules(rules) if rules is not None else None
+        if self.rules_ is not None:
+            check_rules_fit(self.rules_, rules, self.card_)
 
     def _write_pretrained(self, folder: Path) -> None:
         """The checkpoint's inference files, plus what older run folders kept outside it (the frozen backbone, the
@@ -195,9 +209,11 @@ def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "tes
     card = estimator.card_
     ds = load_dataset(dataset, root, split, transform=estimator.preprocess_.eval_transform(), **(options or {}))
     if list(ds.card.class_names) != list(card.class_names):
-        raise ValueError(f"{dataset} classes {list(ds.card.class_names)} differ from the model's {list(card.class_names)}")
+        raise DatasetError(f"{dataset} classes {list(ds.card.class_names)} differ from the model's "
+                           f"{list(card.class_names)}; evaluate on a dataset with the model's classes, in its order")
     if ds.card.num_concepts not in (0, card.num_concepts):
-        raise ValueError(f"{dataset} has {ds.card.num_concepts} concepts; the model predicts {card.num_concepts}")
+        raise DatasetError(f"{dataset} has {ds.card.num_concepts} concepts; the model predicts {card.num_concepts} "
+                           f"({list(card.concept_names)})")
     scores, concepts, truth, targets = [], [], [], []
     for batch in tqdm(DataLoader(ds, batch_size=64), desc=f"evaluating {dataset}/{split}", unit="batch",
                       disable=not progress, leave=False):

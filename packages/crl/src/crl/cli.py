@@ -126,7 +126,7 @@ def split(dataset: str, root: str, n_folds: int, seed: int, split_file: Path) ->
 
     if split_file.exists():
         raise click.ClickException(f"{split_file} exists; split files are never overwritten (delete it first)")
-    ds = load_dataset(dataset, root, "train", n_folds=n_folds, seed=seed, split_file=split_file, fold=0)
+    ds = load_dataset(dataset, root, "train", n_folds=n_folds, seed=seed, split_file=str(split_file), fold=0)
     folds = json.loads(split_file.read_text())["folds"]
     click.echo(f"wrote {split_file}: {len(folds)} images in {n_folds} folds ({ds.card.name})")
 

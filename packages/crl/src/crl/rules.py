@@ -16,16 +16,18 @@ Two pruning modes:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
 from crl.model import CRL
+from medimg_core.checkpoint import CheckpointError, bad_value
 
 # a formula: ("const", bool) | ("var", k) | ("not", f) | ("and", (f, ...)) | ("or", (f, ...))
 Formula = tuple
@@ -170,15 +172,10 @@ class RuleSet:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RuleSet:
-        classes = data["class_names"]
-        rules = [
-            Rule(formula=_from_jsonable(r["formula"]), layer=r["layer"],
-                 weights=np.array([r["weights"][c] for c in classes]), support=r["support"], text=r["rule"],
-                 length=r["length"])
-            for r in data["rules"]
-        ]
-        return cls(data["concept_names"], classes, np.array(data["bias"]), rules, data.get("pruning", "support"))
+    def from_json(cls, data: Any, source: str | Path = "rules.json") -> RuleSet:
+        """The rule set of a parsed rules.json; anything malformed is a `RulesFileError` naming `source`, the
+        key and the value found, and what was expected (the file may have been edited by hand)."""
+        return _parse_rules(data, str(source))
 
     def save(self, directory: str | Path) -> tuple[Path, Path]:
         """rules.json (machine-readable) and rules.txt (sorted by importance per class), atomically."""
@@ -214,14 +211,6 @@ def _to_jsonable(f: Formula) -> Any:
     if f[0] == "not":
         return ["not", _to_jsonable(f[1])]
     return [f[0], [_to_jsonable(c) for c in f[1]]]
-
-
-def _from_jsonable(f: Any) -> Formula:
-    if f[0] in ("const", "var"):
-        return (f[0], f[1])
-    if f[0] == "not":
-        return ("not", _from_jsonable(f[1]))
-    return (f[0], tuple(_from_jsonable(c) for c in f[1]))
 
 
 @torch.no_grad()
@@ -315,7 +304,107 @@ def extract_rules(
 
 
 def load_rules(path: str | Path) -> RuleSet:
+    """The rule set of a rules.json file (or of the rules.json in a folder), checked (`RuleSet.from_json`)."""
     path = Path(path)
     if path.is_dir():
         path = path / "rules.json"
-    return RuleSet.from_json(json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RulesFileError(f"{path}: not found (the learned rules)") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise RulesFileError(f"{path}: not valid JSON ({exc}); expected the learned rules written by CRL") from None
+    return RuleSet.from_json(data, path)
+
+
+# --------------------------------------------------------------------------- rules.json, checked
+
+
+class RulesFileError(CheckpointError):
+    """rules.json is malformed: the message names the file, the key and value, and what was expected."""
+
+
+_KINDS = ("const", "var", "not", "and", "or")
+
+
+def _fail(source: str, where: str, value: Any, expected: str) -> NoReturn:
+    raise RulesFileError(str(bad_value(source, where, value, expected)))
+
+
+def _number(source: str, where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(source, where, value, "a finite number")
+    return float(value)
+
+
+def _names(source: str, key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        _fail(source, f"'{key}'", value, "a non-empty list of names")
+    if len(set(value)) != len(value):
+        _fail(source, f"'{key}'", value, "names that differ")
+    return list(value)
+
+
+def _formula(source: str, where: str, f: Any, n_concepts: int, depth: int = 0) -> Formula:
+    """A formula of rules.json checked: known operators only, concept indices in range."""
+    if depth > 64:
+        _fail(source, where, "...", "a formula nested at most 64 deep")
+    if not isinstance(f, list) or len(f) != 2 or f[0] not in _KINDS:
+        _fail(source, where, f, f"a formula [kind, argument] with kind one of {', '.join(_KINDS)}")
+    kind, arg = f
+    if kind == "const":
+        if not isinstance(arg, bool):
+            _fail(source, where, f, '["const", true or false]')
+        return ("const", arg)
+    if kind == "var":
+        if isinstance(arg, bool) or not isinstance(arg, int) or not 0 <= arg < n_concepts:
+            _fail(source, where, f, f'["var", k] with k a concept index in [0, {n_concepts - 1}]')
+        return ("var", arg)
+    if kind == "not":
+        return ("not", _formula(source, where, arg, n_concepts, depth + 1))
+    if not isinstance(arg, list) or not arg:
+        _fail(source, where, f, f'["{kind}", [formula, ...]] with at least one formula')
+    return (kind, tuple(_formula(source, where, c, n_concepts, depth + 1) for c in arg))
+
+
+def _parse_rules(data: Any, source: str) -> RuleSet:
+    if not isinstance(data, dict):
+        _fail(source, "the file", data, "a JSON object with 'concept_names', 'class_names', 'bias' and 'rules'")
+    missing = [k for k in ("concept_names", "class_names", "bias", "rules") if k not in data]
+    if missing:
+        raise RulesFileError(f"{source}: no {', '.join(repr(k) for k in missing)}; expected the keys 'concept_names', "
+                             f"'class_names', 'bias' and 'rules' (found {sorted(data)[:10]})")
+    concepts = _names(source, "concept_names", data["concept_names"])
+    classes = _names(source, "class_names", data["class_names"])
+    bias = data["bias"]
+    if not isinstance(bias, list) or len(bias) != len(classes):
+        _fail(source, "'bias'", bias, f"a list of {len(classes)} numbers, one per class {classes}")
+    bias_arr = np.array([_number(source, f"'bias'[{c}]", b) for c, b in enumerate(bias)])
+    pruning = data.get("pruning", "support")
+    if pruning not in ("support", "logical"):
+        _fail(source, "'pruning'", pruning, "'support' or 'logical'")
+    if not isinstance(data["rules"], list):
+        _fail(source, "'rules'", data["rules"], "a list of rules")
+    rules = []
+    for i, r in enumerate(data["rules"]):
+        at = f"'rules'[{i}]"
+        if not isinstance(r, dict):
+            _fail(source, at, r, "an object with 'formula', 'weights', 'layer', 'support'")
+        lacking = [k for k in ("formula", "weights", "layer", "support") if k not in r]
+        if lacking:
+            raise RulesFileError(f"{source}: {at} has no {', '.join(repr(k) for k in lacking)}")
+        formula = _formula(source, f"{at}['formula']", r["formula"], len(concepts))
+        weights = r["weights"]
+        if not isinstance(weights, dict) or sorted(weights) != sorted(classes):
+            _fail(source, f"{at}['weights']", weights, f"one weight per class {classes}")
+        w = np.array([_number(source, f"{at}['weights'][{c!r}]", weights[c]) for c in classes])
+        layer = r["layer"]
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+            _fail(source, f"{at}['layer']", layer, "an integer >= 0")
+        support = _number(source, f"{at}['support']", r["support"])
+        if not 0.0 <= support <= 1.0:
+            _fail(source, f"{at}['support']", r["support"], "a fraction in [0, 1]")
+        text = _render(formula, concepts)  # rendered from the formula: an edited 'rule' text cannot mislead
+        rules.append(Rule(formula=formula, layer=layer, weights=w, support=support, text=text,
+                          length=_count_literals(formula)))
+    return RuleSet(concepts, classes, bias_arr, rules, pruning)

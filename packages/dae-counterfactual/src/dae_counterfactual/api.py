@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dae_counterfactual.boundary import LatentBoundary
+from dae_counterfactual.boundary import BoundaryFileError, LatentBoundary
 from dae_counterfactual.config import KIND, DAEConfig, check_config
 from dae_counterfactual.evaluate import (
     ImageOracle,
@@ -67,7 +67,7 @@ from medimg_core.estimator import Estimator, NotFittedError, with_transform
 from medimg_core.experiment import fit_run
 from medimg_core.explain import resolve_target
 from medimg_core.pretrained import read_checkpoint_config
-from medimg_core.runs import create_run_dir, peak_memory_mb
+from medimg_core.runs import RunFolderError, create_run_dir, peak_memory_mb
 from medimg_core.training import show_progress
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -125,6 +125,11 @@ class CounterfactualExplainer(Estimator):
         # run-level file never stands in for a checkpoint it was not fitted on
         path = find_boundary(folder, self.run_ if "format" not in config else None)
         self.boundary_: LatentBoundary | None = None if path is None else LatentBoundary.load(path)
+        z_dim = self.dae_config_.model.z_dim
+        if self.boundary_ is not None and self.boundary_.n_features_in_ != z_dim:
+            raise BoundaryFileError(f"{path}: 'coef' has {self.boundary_.n_features_in_} dimensions; expected the "
+                                    f"model's {z_dim} latent dimensions (the boundary belongs to another model: run "
+                                    "`dae-cf fit-boundary RUN` again)")
         boundary_cfg = self.boundary_ if self.boundary_ is not None else self.dae_config_.boundary
         k = boundary_cfg.positive_min_grade
         names = self.card_.class_names
@@ -213,7 +218,7 @@ class CounterfactualExplainer(Estimator):
 
 def _output_folder(explainer: CounterfactualExplainer, out: str | Path | None, default: str, name: str) -> Path:
     if out is None and explainer.run_ is None:
-        raise ValueError(f"{explainer.checkpoint_} is a checkpoint folder outside a run: give --out")
+        raise RunFolderError(f"{explainer.checkpoint_} is a checkpoint folder outside a run: give --out")
     return create_run_dir(Path(out) if out else Path(explainer.run_) / default, name)
 
 

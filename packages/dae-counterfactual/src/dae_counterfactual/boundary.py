@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from medimg_core.checkpoint import write_json
+from medimg_core.checkpoint import CheckpointError, bad_value, write_json
 
 FORMAT = "dae-counterfactual/latent-boundary"
 
@@ -208,18 +208,36 @@ class LatentBoundary(BaseEstimator):
                 "mean": self.mean_.tolist(), "scale": self.scale_.tolist(), "calibration_r2": self.calibration_}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "boundary") -> LatentBoundary:
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{source}: not a latent boundary file (format {data.get('format')!r}, expected {FORMAT!r})")
-        obj = cls(**data["params"])
-        obj.coef_ = np.asarray(data["coef"], dtype=np.float64)
+    def from_dict(cls, data: Any, source: str = "boundary") -> LatentBoundary:
+        """The boundary of a parsed boundary.json, checked: anything malformed, non-finite or degenerate is a
+        `BoundaryFileError` naming `source`, the key and value, and what was expected."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise BoundaryFileError(f"{source}: not a latent boundary file (format {found!r}, expected {FORMAT!r})")
+        lacking = [k for k in ("params", "coef", "intercept", "slope", "offset", "mean", "scale") if k not in data]
+        if lacking:
+            raise BoundaryFileError(f"{source}: no {', '.join(repr(k) for k in lacking)}; expected a boundary "
+                                    "written by `dae-cf fit-boundary`")
+        params = data["params"]
+        if not isinstance(params, dict):
+            raise _bad(source, "'params'", params, "an object of the boundary's settings")
+        try:
+            obj = cls(**params)
+        except TypeError as exc:
+            raise _bad(source, "'params'", params, f"the settings of LatentBoundary ({exc})") from None
+        obj.coef_ = _vector(source, "coef", data["coef"])
         obj.n_features_in_ = obj.coef_.shape[0]
-        obj.intercept_, obj.slope_, obj.offset_ = float(data["intercept"]), float(data["slope"]), float(data["offset"])
-        obj.mean_ = np.asarray(data["mean"], dtype=np.float64)
-        obj.scale_ = np.asarray(data["scale"], dtype=np.float64)
-        obj.calibration_ = float("nan") if data.get("calibration_r2") is None else float(data["calibration_r2"])
-        if obj.mean_.shape != obj.coef_.shape or obj.scale_.shape != obj.coef_.shape:
-            raise ValueError(f"{source}: coef, mean and scale differ in length")
+        if not np.any(obj.coef_):
+            raise _bad(source, "'coef'", data["coef"], "a normal vector that is not all zeros (a zero vector has no "
+                       "direction to edit along)")
+        obj.mean_ = _vector(source, "mean", data["mean"], obj.n_features_in_)
+        obj.scale_ = _vector(source, "scale", data["scale"], obj.n_features_in_)
+        if np.any(obj.scale_ <= 0):
+            i = int(np.flatnonzero(obj.scale_ <= 0)[0])
+            raise _bad(source, f"'scale'[{i}]", float(obj.scale_[i]), "a standard deviation > 0")
+        obj.intercept_, obj.slope_, obj.offset_ = (_finite(source, k, data[k]) for k in ("intercept", "slope", "offset"))
+        r2 = data.get("calibration_r2")
+        obj.calibration_ = float("nan") if r2 is None else _finite(source, "calibration_r2", r2)
         return obj
 
     def save(self, path: str | Path) -> Path:
@@ -232,5 +250,36 @@ class LatentBoundary(BaseEstimator):
     def load(cls, path: str | Path) -> LatentBoundary:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no boundary here; run `dae-cf fit-boundary RUN` first")
-        return cls.from_dict(json.loads(path.read_text()), str(path))
+            raise BoundaryFileError(f"{path}: no boundary here; run `dae-cf fit-boundary RUN` first")
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BoundaryFileError(f"{path}: not valid JSON ({exc}); expected a latent boundary file") from None
+        return cls.from_dict(data, str(path))
+
+
+class BoundaryFileError(CheckpointError, ValueError):
+    """boundary.json is missing or malformed; the message names the file, the key and value, and what was
+    expected. A CheckpointError (the commands print it without a traceback) and, as before, a ValueError."""
+
+
+def _bad(source: str, where: str, value: Any, expected: str) -> BoundaryFileError:
+    return BoundaryFileError(str(bad_value(source, where, value, expected)))
+
+
+def _finite(source: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise _bad(source, f"'{key}'", value, "a finite number")
+    return float(value)
+
+
+def _vector(source: str, key: str, value: Any, length: int | None = None) -> np.ndarray:
+    """A list of finite numbers (of `length` when given) as float64."""
+    want = f"a list of {length} finite numbers (one per latent dimension, as 'coef')" if length else \
+        "a non-empty list of finite numbers (one per latent dimension)"
+    if not isinstance(value, list) or not value or (length is not None and len(value) != length):
+        raise _bad(source, f"'{key}'", value, want)
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise _bad(source, f"'{key}'[{i}]", v, "a finite number")
+    return np.asarray(value, dtype=np.float64)

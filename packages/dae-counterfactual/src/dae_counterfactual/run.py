@@ -15,7 +15,6 @@ preprocessing (rebuilt from the config), and their boundary sits in the run fold
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -31,10 +30,18 @@ from dae_counterfactual.boundary import LatentBoundary
 from dae_counterfactual.config import KIND, DAEConfig
 from dae_counterfactual.model import DiffusionAutoencoder
 from medimg_core import pretrained
-from medimg_core.checkpoint import CheckpointError, find_checkpoint, load_weights, save_checkpoint, write_json
+from medimg_core.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_weights,
+    read_tensors,
+    save_checkpoint,
+    write_json,
+)
 from medimg_core.config import config_from_dict, config_to_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms
+from medimg_core.runs import RunFolderError, read_json_object
 
 #: the latent boundary's file inside a checkpoint folder (and, in runs written before it moved there, the run)
 BOUNDARY_FILE = "boundary.json"
@@ -148,7 +155,7 @@ def load_dae(path: str | Path, device: str | torch.device = "cpu", checkpoint: s
 
 def require_run_dir(run: LoadedRun, what: str) -> Path:
     if run.run_dir is None:
-        raise ValueError(f"{what} needs a run folder (with checkpoints/), not a checkpoint folder")
+        raise RunFolderError(f"{what} needs a run folder (with checkpoints/), not a checkpoint folder")
     return run.run_dir
 
 
@@ -209,7 +216,7 @@ def load_latents(run_dir: str | Path, split: str) -> dict[str, Any]:
     """The latents `save_latents` wrote: {"z": (N, D), "targets": (N,), "ids": [N]}."""
     path = latents_path(run_dir, split)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no latents for split {split!r}; run `dae-cf encode {run_dir}` first")
-    tensors = load_file(str(path))
-    meta = json.loads(path.with_suffix(".json").read_text())
+        raise RunFolderError(f"{path}: no latents for split {split!r}; run `dae-cf encode {run_dir}` first")
+    tensors = read_tensors(path, "the encoded latents")
+    meta = read_json_object(path.with_suffix(".json"), "the ids of the encoded latents")
     return {"z": tensors["z"].numpy(), "targets": tensors["targets"].numpy(), "ids": meta["ids"]}

@@ -12,7 +12,6 @@ backbone's concept head at one sparsity (see `InterpretabilityScore`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from medimg_core.config import ConfigError, config_from_dict
 from medimg_core.data import load_dataset
 from medimg_core.estimator import Estimator
 from medimg_core.experiment import Splits
-from medimg_core.runs import Run, read_json_object
+from medimg_core.runs import Run, RunFolderError, read_json_object
 
 __all__ = ["InterpretabilityScore", "explain_image", "selection_split"]
 
@@ -61,15 +60,16 @@ def _pick_backbone(run_dir: Path, backbone: int | str | None) -> Path:
     """The folder of one scored backbone of a run: by index or label (None: the first)."""
     folders = backbone_dirs(run_dir)
     if not folders:
-        raise FileNotFoundError(f"{run_dir}: no scored backbone found; is it a finished `iis score` run folder?")
+        raise RunFolderError(f"{run_dir}: no scored backbone found; is it a finished `iis score` run folder?")
     if backbone is None:
         return folders[0]
-    labels = [json.loads((f / "backbone.json").read_text())["label"] for f in folders]
+    labels = [read_json_object(f / "backbone.json", "the scored backbone's name and weights").get("label")
+              for f in folders]
     if str(backbone).isdigit() and int(backbone) < len(folders):
         return folders[int(backbone)]
     if backbone in labels:
         return folders[labels.index(backbone)]
-    raise ValueError(f"backbone {backbone!r} is not in {run_dir}; it scored {labels} (or give an index)")
+    raise ConfigError(f"--backbone {backbone!r} is not in {run_dir}; it scored {labels} (or give an index)")
 
 
 def _locate(path: Path, backbone: int | str | None) -> tuple[Path, Run | None]:

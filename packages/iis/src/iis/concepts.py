@@ -21,7 +21,6 @@ elements to M concepts: `iis.model.End2EndHead`), and Text (`iis.text`).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -310,17 +309,22 @@ class ConceptLibrary:
 
     @classmethod
     def load(cls, folder: str | Path) -> ConceptLibrary:
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         for name in ("library.safetensors", "library.json"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name}: not found; is {folder} a concept library folder?")
-        tensors = load_file(str(folder / "library.safetensors"))
-        meta = json.loads((folder / "library.json").read_text())
-        return cls(kind=meta["kind"], vectors=tensors["vectors"], num_concepts=int(meta["num_concepts"]),
-                   names=list(meta["names"]), members=[list(m) for m in meta.get("members", [])],
-                   mean=tensors.get("mean"), std=tensors.get("std"), extra=dict(meta.get("extra", {})))
+        from medimg_core.checkpoint import CheckpointError, read_tensors
+        from medimg_core.runs import read_json_object
+
+        tensors = read_tensors(folder / "library.safetensors", "the concept library's vectors")
+        meta = read_json_object(folder / "library.json", "the concept library's settings")
+        try:
+            return cls(kind=meta["kind"], vectors=tensors["vectors"], num_concepts=int(meta["num_concepts"]),
+                       names=list(meta["names"]), members=[list(m) for m in meta.get("members", [])],
+                       mean=tensors.get("mean"), std=tensors.get("std"), extra=dict(meta.get("extra", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{folder}: library.json and library.safetensors do not make a concept library "
+                                  f"({type(exc).__name__}: {exc}); expected the files `iis` writes") from None
 
 
 def _unit(features: torch.Tensor) -> torch.Tensor:

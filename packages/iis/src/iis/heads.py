@@ -32,12 +32,13 @@ from safetensors.torch import load_file
 from iis.concepts import ConceptLibrary, concept_elements
 from iis.config import IISConfig
 from iis.model import ConceptHead
-from medimg_core.checkpoint import CheckpointError, save_checkpoint
+from medimg_core.checkpoint import CheckpointError, read_tensors, save_checkpoint
 from medimg_core.config import ConfigError, config_to_dict, load_config
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.preprocess import DataConfig, Preprocess
 from medimg_core.models.specs import LoadedBackbone, backbone_files, load_backbone, restore_backbone
 from medimg_core.pretrained import CHECKPOINT_FORMAT, checkpoint_config
+from medimg_core.runs import read_json_object
 
 __all__ = ["KIND", "PICTURE_SIZE", "ScoredBackbone", "head_state", "old_layout_config"]
 
@@ -49,7 +50,7 @@ PICTURES_FILE = "concept_pictures.safetensors"
 
 def head_state(heads_dir: str | Path, key: str) -> dict[str, torch.Tensor]:
     """The state dict of one saved head ("s0.9" or "probe") of a heads checkpoint folder (either format)."""
-    flat = load_file(str(Path(heads_dir) / "model.safetensors"))
+    flat = read_tensors(Path(heads_dir) / "model.safetensors", "the IIS heads")
     state = {k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == key}
     if not state:
         keys = sorted({k.split("/", 1)[0] for k in flat})
@@ -58,10 +59,7 @@ def head_state(heads_dir: str | Path, key: str) -> dict[str, torch.Tensor]:
 
 
 def _heads(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
-    try:
-        flat = load_file(str(folder / "model.safetensors"))
-    except Exception as exc:  # safetensors raises several types on missing or corrupt files
-        raise CheckpointError(f"{folder / 'model.safetensors'}: cannot read the heads ({exc})") from None
+    flat = read_tensors(folder / "model.safetensors", "the IIS heads")
     out: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in flat.items():
         head, _, name = key.partition("/")
@@ -210,9 +208,9 @@ def old_layout_config(heads: str | Path) -> dict[str, Any]:
         cfg = load_config(IISConfig, run_dir / "config.yaml")
     except ConfigError as exc:
         raise CheckpointError(f"{run_dir / 'config.yaml'}: does not fit this iis version's config ({exc})") from None
-    old = json.loads((heads / "config.json").read_text())
-    info = json.loads((backbone_dir / "backbone.json").read_text())
-    card = json.loads((run_dir / "card.json").read_text())
+    old = read_json_object(heads / "config.json", "the heads' settings")
+    info = read_json_object(backbone_dir / "backbone.json", "the scored backbone's name and weights")
+    card = read_json_object(run_dir / "card.json", "the dataset card of the scored run")
     preprocess = Preprocess.from_config(DataConfig(image_size=int(info["image_size"]), normalize=info["normalize"]),
                                         None, int(info["in_chans"]))
     score = {}

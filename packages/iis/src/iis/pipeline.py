@@ -53,7 +53,7 @@ from medimg_core.experiment import Splits
 from medimg_core.features import FeatureCache
 from medimg_core.figures import PAPER_RC, image_grid, save_figure
 from medimg_core.models.specs import LoadedBackbone, load_backbone, parse_backbone_spec
-from medimg_core.runs import Run, peak_memory_mb, prepare_run, slug
+from medimg_core.runs import Run, peak_memory_mb, prepare_run, setup_logging, slug
 from medimg_core.training import show_progress
 
 # head_state lives in iis.heads; it stays importable from here, where iis 0.1 had it
@@ -284,6 +284,19 @@ def _link_best(run: Run, heads: Path) -> None:
         shutil.copytree(heads, best)
 
 
+def _settle_failed_score(run: Run, exc: BaseException, resumed: bool) -> None:
+    """What a scoring that failed leaves behind: nothing, when it was a new run that scored no backbone yet (its
+    config, card and log alone would look like a run); else the folder, kept for `iis score --resume`."""
+    first = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__).splitlines()[0]
+    if not resumed and not any((d / "result.json").is_file() for d in backbone_dirs(run.path)):
+        setup_logging(None)  # close log.txt before the folder goes
+        shutil.rmtree(run.path, ignore_errors=True)
+        log.error("the scoring failed before any backbone was scored; its folder %s was removed (%s)", run.path,
+                  first)
+        return
+    log.error("the scoring failed (%s); its folder %s is kept and can be continued with --resume", first, run.path)
+
+
 def run_score(cfg: IISConfig, resume_dir: str | Path | None = None, splits: Splits | None = None,
               command: Sequence[str] | None = None, split_roles: dict[str, str] | None = None) -> Run:
     """Score every backbone of `cfg.backbones` on one dataset and concept-library recipe; return the run folder.
@@ -303,72 +316,76 @@ def run_score(cfg: IISConfig, resume_dir: str | Path | None = None, splits: Spli
         ctx.text_scores()  # a bad concept list or backend fails before any feature is extracted
     label = "-vs-".join(dict.fromkeys(s.name for s in specs))
     run = prepare_run(cfg, f"iis-{cfg.library.kind}", ctx.card.name, label, DistInfo(), resume_dir)
-    write_json(run / "card.json", ctx.card.to_dict())
-    entries, correct = [], []
-    with run.lock():
-        for i, spec in enumerate(specs):
-            folder = run / "backbones" / f"{i}-{slug(spec.label)}"
-            if resume_dir is not None and (folder / "result.json").is_file():
-                log.info("%s: already scored in %s; kept", spec.label, folder)
-                entries.append(json.loads((folder / "result.json").read_text()))
-                correct.append(load_file(str(folder / "correct.safetensors"))["correct"].numpy())
-                continue
-            timings: dict[str, float] = {}
-            t0 = time.perf_counter()
-            loaded = load_backbone(spec, ctx.in_chans, cfg.seed)
-            transform = _transform(cfg, loaded)
-            timings["load_backbone_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            feats = _features(cfg, loaded, ctx.datasets, transform, device)
-            timings["features_s"] = time.perf_counter() - t0
-            library, report, lib_times = _library(ctx, loaded, transform, feats)
-            timings.update(lib_times)
-            log.info("%s: %d concepts (%s); sweeping %d ratios x %d lrs", spec.label, library.num_concepts,
-                     library.kind, len(cfg.sweep.ratios), len(cfg.sweep.lrs))
-            result = score_representation(feats["train"], feats["val"], feats["test"], library, sweep=cfg.sweep,
-                                          multilabel=ctx.multilabel, num_outputs=ctx.card.num_classes, seed=cfg.seed,
-                                          device=device, n_boot=cfg.bootstrap, tau=cfg.library.gumbel_tau,
-                                          progress=show_progress(cfg.progress))
-            timings["sweep_s"] = result.wall_time_s
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / "backbone.json", {**loaded.to_dict(), "image_size": loaded.image_size or cfg.data.image_size,
-                                                  "normalize": loaded.input_normalize(cfg.data.normalize),
-                                                  "seed": cfg.seed})
-            _scored(cfg, ctx, loaded, library, result).save(folder / "heads")
-            _save_tensors(folder / "correct.safetensors",
-                          {"correct": torch.from_numpy(result.correct.astype(np.float32))})
-            _figure_concepts(library, ctx.elements, run.figures_dir / f"concepts-{i}.png", spec.label)
-            entry = {"label": spec.label, "spec": str(spec), "backbone": loaded.to_dict(), "library": report,
-                     "result": result.to_dict(), "timings": {**timings, "total_s": sum(timings.values())},
-                     "cached_features": {k: bool(v.get("cached")) for k, v in feats.items()}}
-            write_json(folder / "result.json", entry)
-            entries.append(entry)
-            correct.append(result.correct)
-            log.info("%s: IIS %.4f [%.4f, %.4f], probe test accuracy %.4f", spec.label, result.iis, *result.iis_ci,
-                     result.probe["test_accuracy"])
-        _link_best(run, backbone_dirs(run)[0] / "heads")
-        if ctx.elements is not None:
-            write_json(run / "elements.json", {"config_digest": cfg.elements.digest(),
-                                               "elements": [e.to_dict() for e in ctx.elements.elements]})
-        if ctx.text is not None:
-            write_json(run / "text_concepts.json", {"backend": ctx.text["backend"],
-                                                    "concept_list": ctx.text["concepts"].path,
-                                                    "phrases": ctx.text["concepts"].phrases,
-                                                    "per_backbone": {e["label"]: e["library"] for e in entries}})
-        ratios = [float(s) for s in cfg.sweep.ratios]
-        comparison = _comparison(entries, correct, ratios, cfg.bootstrap, cfg.seed)
-        title = f"{ctx.card.name}: {cfg.library.kind} concepts (M = {entries[0]['result']['num_concepts']})"
-        _figure_arr(entries, run.figures_dir / "arr.png", title)
-        _write_table(run.path, entries, comparison)
-        run.write_metrics({
-            "method": "iis", "dataset": ctx.card.name, "backbone": " vs ".join(e["label"] for e in entries),
-            "library": cfg.library.kind, "ratios": ratios,
-            "lrs": list(cfg.sweep.lrs), "backbones": entries, "comparison": comparison,
-            "shared_timings": ctx.timings, "wall_time_s": time.perf_counter() - start,
-            "peak_memory_mb": peak_memory_mb(), "device": str(device),
-            "sizes": {k: len(v) for k, v in ctx.datasets.items()}, "split_roles": split_roles or SPLIT_ROLES,
-            "command": " ".join(command if command is not None else sys.argv),
-        })
+    try:
+        write_json(run / "card.json", ctx.card.to_dict())
+        entries, correct = [], []
+        with run.lock():
+            for i, spec in enumerate(specs):
+                folder = run / "backbones" / f"{i}-{slug(spec.label)}"
+                if resume_dir is not None and (folder / "result.json").is_file():
+                    log.info("%s: already scored in %s; kept", spec.label, folder)
+                    entries.append(json.loads((folder / "result.json").read_text()))
+                    correct.append(load_file(str(folder / "correct.safetensors"))["correct"].numpy())
+                    continue
+                timings: dict[str, float] = {}
+                t0 = time.perf_counter()
+                loaded = load_backbone(spec, ctx.in_chans, cfg.seed)
+                transform = _transform(cfg, loaded)
+                timings["load_backbone_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                feats = _features(cfg, loaded, ctx.datasets, transform, device)
+                timings["features_s"] = time.perf_counter() - t0
+                library, report, lib_times = _library(ctx, loaded, transform, feats)
+                timings.update(lib_times)
+                log.info("%s: %d concepts (%s); sweeping %d ratios x %d lrs", spec.label, library.num_concepts,
+                         library.kind, len(cfg.sweep.ratios), len(cfg.sweep.lrs))
+                result = score_representation(feats["train"], feats["val"], feats["test"], library, sweep=cfg.sweep,
+                                              multilabel=ctx.multilabel, num_outputs=ctx.card.num_classes, seed=cfg.seed,
+                                              device=device, n_boot=cfg.bootstrap, tau=cfg.library.gumbel_tau,
+                                              progress=show_progress(cfg.progress))
+                timings["sweep_s"] = result.wall_time_s
+                folder.mkdir(parents=True, exist_ok=True)
+                write_json(folder / "backbone.json", {**loaded.to_dict(), "image_size": loaded.image_size or cfg.data.image_size,
+                                                      "normalize": loaded.input_normalize(cfg.data.normalize),
+                                                      "seed": cfg.seed})
+                _scored(cfg, ctx, loaded, library, result).save(folder / "heads")
+                _save_tensors(folder / "correct.safetensors",
+                              {"correct": torch.from_numpy(result.correct.astype(np.float32))})
+                _figure_concepts(library, ctx.elements, run.figures_dir / f"concepts-{i}.png", spec.label)
+                entry = {"label": spec.label, "spec": str(spec), "backbone": loaded.to_dict(), "library": report,
+                         "result": result.to_dict(), "timings": {**timings, "total_s": sum(timings.values())},
+                         "cached_features": {k: bool(v.get("cached")) for k, v in feats.items()}}
+                write_json(folder / "result.json", entry)
+                entries.append(entry)
+                correct.append(result.correct)
+                log.info("%s: IIS %.4f [%.4f, %.4f], probe test accuracy %.4f", spec.label, result.iis, *result.iis_ci,
+                         result.probe["test_accuracy"])
+            _link_best(run, backbone_dirs(run)[0] / "heads")
+            if ctx.elements is not None:
+                write_json(run / "elements.json", {"config_digest": cfg.elements.digest(),
+                                                   "elements": [e.to_dict() for e in ctx.elements.elements]})
+            if ctx.text is not None:
+                write_json(run / "text_concepts.json", {"backend": ctx.text["backend"],
+                                                        "concept_list": ctx.text["concepts"].path,
+                                                        "phrases": ctx.text["concepts"].phrases,
+                                                        "per_backbone": {e["label"]: e["library"] for e in entries}})
+            ratios = [float(s) for s in cfg.sweep.ratios]
+            comparison = _comparison(entries, correct, ratios, cfg.bootstrap, cfg.seed)
+            title = f"{ctx.card.name}: {cfg.library.kind} concepts (M = {entries[0]['result']['num_concepts']})"
+            _figure_arr(entries, run.figures_dir / "arr.png", title)
+            _write_table(run.path, entries, comparison)
+            run.write_metrics({
+                "method": "iis", "dataset": ctx.card.name, "backbone": " vs ".join(e["label"] for e in entries),
+                "library": cfg.library.kind, "ratios": ratios,
+                "lrs": list(cfg.sweep.lrs), "backbones": entries, "comparison": comparison,
+                "shared_timings": ctx.timings, "wall_time_s": time.perf_counter() - start,
+                "peak_memory_mb": peak_memory_mb(), "device": str(device),
+                "sizes": {k: len(v) for k, v in ctx.datasets.items()}, "split_roles": split_roles or SPLIT_ROLES,
+                "command": " ".join(command if command is not None else sys.argv),
+            })
+    except BaseException as exc:
+        _settle_failed_score(run, exc, resumed=resume_dir is not None)
+        raise
     return run
 
 
@@ -383,25 +400,29 @@ def extract_concepts(cfg: IISConfig) -> Run:
     ctx = _Context(cfg, load_splits(cfg), device)
     if cfg.library.kind == "text":
         ctx.text_scores()
+    loaded = load_backbone(spec, ctx.in_chans, cfg.seed)  # refused or missing weights: before any folder
     run = prepare_run(cfg, f"iis-concepts-{cfg.library.kind}", ctx.card.name, spec.name, DistInfo())
-    loaded = load_backbone(spec, ctx.in_chans, cfg.seed)
-    transform = _transform(cfg, loaded)
-    needed = ("train", "val") if cfg.library.kind == "text" else ("train",)
-    datasets = {k: ctx.datasets[k] for k in needed}
-    feats = _features(cfg, loaded, datasets, transform, device)
-    library, report, timings = _library(ctx, loaded, transform, feats)
-    library.save(run / "library")
-    write_json(run / "backbone.json", loaded.to_dict())
-    if ctx.elements is not None:
-        write_json(run / "elements.json", {"config_digest": cfg.elements.digest(),
-                                           "elements": [e.to_dict() for e in ctx.elements.elements]})
-    figure = _figure_concepts(library, ctx.elements, run.figures_dir / "concepts.png", spec.label)
-    run.write_metrics({
-        "method": "iis-extract-concepts", "dataset": ctx.card.name, "backbone": loaded.to_dict(),
-        "library": {"kind": library.kind, "num_concepts": library.num_concepts, **report},
-        "timings": {**ctx.timings, **timings}, "wall_time_s": time.perf_counter() - start,
-        "peak_memory_mb": peak_memory_mb(), "device": str(device), "sizes": {k: len(v) for k, v in datasets.items()},
-        "figure": str(figure) if figure else None, "command": " ".join(sys.argv)})
+    try:
+        transform = _transform(cfg, loaded)
+        needed = ("train", "val") if cfg.library.kind == "text" else ("train",)
+        datasets = {k: ctx.datasets[k] for k in needed}
+        feats = _features(cfg, loaded, datasets, transform, device)
+        library, report, timings = _library(ctx, loaded, transform, feats)
+        library.save(run / "library")
+        write_json(run / "backbone.json", loaded.to_dict())
+        if ctx.elements is not None:
+            write_json(run / "elements.json", {"config_digest": cfg.elements.digest(),
+                                               "elements": [e.to_dict() for e in ctx.elements.elements]})
+        figure = _figure_concepts(library, ctx.elements, run.figures_dir / "concepts.png", spec.label)
+        run.write_metrics({
+            "method": "iis-extract-concepts", "dataset": ctx.card.name, "backbone": loaded.to_dict(),
+            "library": {"kind": library.kind, "num_concepts": library.num_concepts, **report},
+            "timings": {**ctx.timings, **timings}, "wall_time_s": time.perf_counter() - start,
+            "peak_memory_mb": peak_memory_mb(), "device": str(device), "sizes": {k: len(v) for k, v in datasets.items()},
+            "figure": str(figure) if figure else None, "command": " ".join(sys.argv)})
+    except BaseException as exc:
+        _settle_failed_score(run, exc, resumed=False)  # no backbone scored here: the folder goes
+        raise
     return run
 
 

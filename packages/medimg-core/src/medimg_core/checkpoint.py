@@ -37,6 +37,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not fit the model."""
 
 
+def bad_value(path: str | Path, where: str, value: Any, expected: str) -> CheckpointError:
+    """The error for a method's artefact file (rules.json, cbm.json, names.json, boundary.json, ...) holding a
+    value it cannot use: names the file, the key (`where`), the value found (shortened) and what was expected."""
+    try:
+        shown = json.dumps(value)
+    except (TypeError, ValueError):
+        shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return CheckpointError(f"{path}: {where} is {shown}; expected {expected}")
+
+
 def state_dict_to_cpu(module_or_state: torch.nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A contiguous CPU copy of a state dict (shared tensors are copied apart, as safetensors wants)."""
     state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
@@ -271,10 +283,7 @@ def load_weights(model: torch.nn.Module, directory: str | Path, file: str = "mod
                  strict: bool = True) -> torch.nn.Module:
     """Load weights saved by `save_checkpoint` into `model` (safetensors only: nothing is unpickled)."""
     path = find_checkpoint(directory) / file
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises several types on corrupt files
-        raise CheckpointError(f"{path}: cannot read weights ({exc})") from None
+    state = read_tensors(path, "weights")
     try:
         result = model.load_state_dict(state, strict=strict)
     except RuntimeError as exc:  # missing or unexpected keys, tensors of another shape
@@ -286,6 +295,27 @@ def load_weights(model: torch.nn.Module, directory: str | Path, file: str = "mod
         raise CheckpointError(f"{path}: keys do not fit the model (missing {result.missing_keys[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]})")
     return model
+
+
+def read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (nothing is unpickled), every floating-point one finite: a missing,
+    corrupt or foreign file (a pickle renamed .safetensors), or a tensor holding NaN or infinity, is a
+    CheckpointError naming the file (and the tensor), so that no damaged weights give a confident answer."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found ({what})")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types on corrupt files
+        raise CheckpointError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc}); expected a safetensors "
+                              "file") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{path}: tensor {name!r} holds {bad} NaN or infinite value(s) of {tensor.numel()} "
+                                  f"({what}); expected finite weights: the file is damaged or comes from a training "
+                                  "that diverged")
+    return tensors
 
 
 def load_training_state(

@@ -111,8 +111,8 @@ class ConceptsFromNeurons(Estimator):
             self.model_, self.sae_, self.cbm_ = read_checkpoint(folder, config)
         else:  # a cbm stage folder of the older layout (see _from_stage_folders)
             chain = stage_chain(folder)
-            self.model_, self.sae_, self.cbm_ = load_baseline(chain["opaque"])[0], load_sae(chain["sae"]), \
-                load_cbm(folder)
+            self.model_, self.sae_ = load_baseline(chain["opaque"])[0], load_sae(chain["sae"])
+            self.cbm_ = load_cbm(folder, self.sae_.n_latents, (config.get("card") or {}).get("class_names"))
         self.model_.to(self.device_).eval()
 
     def _write_pretrained(self, folder: Path) -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, orthogonal_mp_gram
 from sklearn.multiclass import OneVsRestClassifier
 
-from medimg_core.checkpoint import write_json
+from medimg_core.checkpoint import CheckpointError, bad_value, read_tensors, write_json
 from medimg_core.runs import read_json_object
 
 
@@ -327,17 +327,64 @@ def save_cbm(cbm: ConceptBottleneck, folder: Path, latents: Sequence[int], sourc
     write_json(folder / "cbm.json", cbm_meta(cbm, latents, sources))
 
 
-def load_cbm(folder: str | Path) -> ConceptBottleneck:
+def load_cbm(folder: str | Path, n_latents: int | None = None,
+             class_names: Sequence[str] | None = None) -> ConceptBottleneck:
     """The fitted concept bottleneck saved in `folder` (a cbm stage folder or a checkpoint folder); its
-    `latents` and `sources` attributes list each concept's SAE latent and where its name came from."""
+    `latents` and `sources` attributes list each concept's SAE latent and where its name came from.
+
+    Both files are checked against each other (and against the SAE's `n_latents` and the model's `class_names`
+    when given): a value that does not fit is a CheckpointError naming the file, the key and what was expected."""
     folder = Path(folder)
-    meta = read_json_object(folder / "cbm.json", "the concept bottleneck's settings (cbm.json)")
-    path = folder / "cbm.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (the concept bottleneck's weights)")
-    t = load_file(str(path))
+    path = folder / "cbm.json"
+    meta = read_json_object(path, "the concept bottleneck's settings (cbm.json)")
+    t = {k: v.numpy() for k, v in read_tensors(folder / "cbm.safetensors", "the concept bottleneck's weights").items()}
+    missing = sorted({"concepts", "W", "b", "classes"} - set(t))
+    if missing or t["concepts"].ndim != 2 or t["W"].ndim != 2 or t["b"].ndim != 1:
+        shapes = {k: list(v.shape) for k, v in t.items()}
+        raise CheckpointError(f"{folder / 'cbm.safetensors'}: holds {shapes}; expected concepts (K, d), W (C, F), "
+                              "b (C,) and classes")
+    n_concepts = len(t["concepts"])
+    if t["W"].shape[0] != len(t["b"]) or t["W"].shape[1] not in (n_concepts, t["concepts"].shape[1]):
+        raise CheckpointError(f"{folder / 'cbm.safetensors'}: W {list(t['W'].shape)} and b {list(t['b'].shape)} do "
+                              f"not fit {n_concepts} concepts of {t['concepts'].shape[1]} dimensions")
+    lacking = [k for k in ("task", "class_names", "concept_names", "latents", "C", "n_nonzero", "fit_intercept",
+                           "features") if k not in meta]
+    if lacking:
+        raise CheckpointError(f"{path}: no {', '.join(repr(k) for k in lacking)} (found {sorted(meta)[:10]})")
+    if meta["task"] not in ("binary", "multiclass", "multilabel", "ordinal"):
+        raise bad_value(path, "'task'", meta["task"], "binary, multiclass, multilabel or ordinal")
+    if meta["features"] not in ("reconstruction", "coefficients"):
+        raise bad_value(path, "'features'", meta["features"], "reconstruction or coefficients")
+    if not isinstance(meta["fit_intercept"], bool):
+        raise bad_value(path, "'fit_intercept'", meta["fit_intercept"], "true or false")
+    if not _is_count(meta["n_nonzero"]):
+        raise bad_value(path, "'n_nonzero'", meta["n_nonzero"], "an integer >= 1")
+    if isinstance(meta["C"], bool) or not isinstance(meta["C"], (int, float)) or not np.isfinite(meta["C"]) \
+            or meta["C"] <= 0:
+        raise bad_value(path, "'C'", meta["C"], "a finite number > 0")
+    names = meta["concept_names"]
+    if not isinstance(names, list) or len(names) != n_concepts or not all(isinstance(n, str) for n in names):
+        raise bad_value(path, "'concept_names'", names, f"{n_concepts} names, one per concept vector of "
+                        "cbm.safetensors")
+    latents = meta["latents"]
+    top = "" if n_latents is None else f" in [0, {n_latents - 1}] (the SAE's latents)"
+    if not isinstance(latents, list) or len(latents) != n_concepts or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 0 and (n_latents is None or k < n_latents)
+            for k in latents):
+        raise bad_value(path, "'latents'", latents, f"{n_concepts} latent indices{top or ' >= 0'}, one per concept")
+    classes = meta["class_names"]
+    n_classes = len(t["classes"])
+    if not isinstance(classes, list) or len(classes) != n_classes or not all(isinstance(c, str) for c in classes):
+        raise bad_value(path, "'class_names'", classes, f"{n_classes} class names (the classifier's classes in "
+                        "cbm.safetensors)")
+    if class_names is not None and list(classes) != list(class_names):
+        raise bad_value(path, "'class_names'", classes, f"the model's classes {list(class_names)}, in that order")
     cbm = ConceptBottleneck(t["concepts"], n_nonzero=meta["n_nonzero"], fit_intercept=meta["fit_intercept"],
                             features=meta["features"], C=meta["C"], task=meta["task"],
-                            concept_names=meta["concept_names"], class_names=meta["class_names"])
-    cbm.latents, cbm.sources = meta["latents"], meta.get("sources") or []
+                            concept_names=names, class_names=classes)
+    cbm.latents, cbm.sources = latents, meta.get("sources") or []
     return cbm.load_state(t["W"], t["b"], t["classes"], meta["C"])
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

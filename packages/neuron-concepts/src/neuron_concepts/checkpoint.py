@@ -97,7 +97,9 @@ def read_checkpoint(folder: Path, config: dict[str, Any]) -> tuple[ImageClassifi
     except KeyError as exc:
         raise CheckpointError(f"{folder / 'config.json'}: no {exc} (the opaque model's architecture)") from None
     load_weights(model, folder)
-    return model.eval(), load_sae(folder), load_cbm(folder)
+    sae = load_sae(folder)
+    card = config.get("card") or {}
+    return model.eval(), sae, load_cbm(folder, sae.n_latents, card.get("class_names"))
 
 
 def model_card(config: dict[str, Any], card: DatasetCard, preprocess: Preprocess, sae: SparseAutoencoder,

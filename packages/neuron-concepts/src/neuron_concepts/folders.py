@@ -14,18 +14,22 @@ and no reader re-runs an earlier stage.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
+import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
-from medimg_core.checkpoint import write_json
+from medimg_core.checkpoint import CheckpointError, bad_value, read_tensors, write_json
 from medimg_core.config import load_config, save_config
 from medimg_core.data import DatasetCard
 from medimg_core.runs import (
@@ -43,6 +47,16 @@ STAGE_FILE = "stage.json"
 PIPELINE_FILE = "pipeline.json"
 FEATURES_FILE = "features.json"
 METHOD = "neuron-concepts"
+
+log = logging.getLogger(__name__)
+
+
+class StageFolderError(RunFolderError, ValueError):
+    """A folder given for a stage is not one (or not of that stage), or its stage.json links lead out of the
+    pipeline's folders; the commands print it without a traceback. A ValueError as well, as before."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def now() -> str:
@@ -96,13 +110,32 @@ def record_stage(pipeline: Path, stage: str, folder: str | Path) -> None:
     write_json(path, data)
 
 
+@dataclass
+class _Started:
+    """A stage folder being written, and what to undo if its stage fails: the folder, the pipeline's previous
+    record of the stage (None: none), and whether the pipeline folder itself was made for it."""
+
+    folder: Path
+    pipeline: Path
+    stage: str
+    previous: str | None
+    new_pipeline: bool
+
+
+#: the stage folders started and not yet finished (`settled_stages` removes those of a failed stage)
+_STARTED: list[_Started] = []
+
+
 def start_stage(stage: str, parent: Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """A new folder for `stage` reading `parent`, in `pipeline` (default: the parent's pipeline, else a new
     one), with its config, stage.json and log; recorded in pipeline.json."""
     pipeline = pipeline or pipeline_of(parent)
+    made = pipeline is None
     if pipeline is None:
         pipeline = new_pipeline(cfg)
+    previous = recorded_stages(pipeline).get(stage)
     folder = new_stage_dir(pipeline, stage)
+    _STARTED.append(_Started(folder, pipeline, stage, previous, made))
     save_config(cfg, folder / "config.yaml")
     write_json(folder / STAGE_FILE, {"stage": stage, "parent": os.path.relpath(Path(parent).resolve(), folder),
                                      "created": now()})
@@ -115,7 +148,45 @@ def finish_stage(folder: Path, metrics: dict[str, Any], start: float) -> dict[st
     """Write the stage's metrics.json with its wall time (since `start`, a perf_counter) and peak memory."""
     metrics = {**metrics, "wall_time_s": time.perf_counter() - start, "peak_memory_mb": peak_memory_mb()}
     Run(folder).write_metrics(metrics)
+    _STARTED[:] = [s for s in _STARTED if s.folder != folder]
     return metrics
+
+
+def settled_stages(stage_fn: Callable[P, R]) -> Callable[P, R]:
+    """A stage function whose failure leaves no half stage folder (config.yaml, stage.json, a log and no results
+    would look like a finished stage to later commands): every stage folder it started and did not finish is
+    removed, pipeline.json again records the stage's previous folder, and a pipeline folder made for it goes
+    too. The error is raised on, so the command still says what went wrong."""
+
+    @functools.wraps(stage_fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        mark = len(_STARTED)
+        try:
+            return stage_fn(*args, **kwargs)
+        except BaseException as exc:
+            _undo(_STARTED[mark:], exc)
+            del _STARTED[mark:]
+            raise
+
+    return run
+
+
+def _undo(started: list[_Started], exc: BaseException) -> None:
+    first = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__).splitlines()[0]
+    for s in reversed(started):
+        setup_logging(None)  # close the stage's log.txt before its folder goes
+        shutil.rmtree(s.folder, ignore_errors=True)
+        if s.new_pipeline:
+            shutil.rmtree(s.pipeline, ignore_errors=True)
+        elif (s.pipeline / PIPELINE_FILE).is_file():
+            data = read_json_object(s.pipeline / PIPELINE_FILE, "the pipeline's record of its stage folders")
+            stages = data.setdefault("stages", {})
+            if s.previous is None:
+                stages.pop(s.stage, None)
+            else:
+                stages[s.stage] = s.previous
+            write_json(s.pipeline / PIPELINE_FILE, data)
+        log.error("the %s stage failed (%s); its unfinished folder %s was removed", s.stage, first, s.folder)
 
 
 def _stage_meta(folder: Path) -> dict[str, Any]:
@@ -130,20 +201,25 @@ def stage_chain(folder: str | Path) -> dict[str, Path]:
     folder = Path(folder).resolve()
     chain: dict[str, Path] = {}
     seen = 0
+    meta_path_of = ""  # the link followed last, named when it leads nowhere
     while True:
         meta_path = folder / STAGE_FILE
         if not meta_path.is_file():
             if not (folder / "checkpoints").is_dir():
-                raise FileNotFoundError(f"{folder}: neither a neuron-concepts stage folder ({STAGE_FILE}) nor a "
-                                        "baseline run folder (checkpoints/)")
+                raise StageFolderError(f"{folder}: neither a neuron-concepts stage folder ({STAGE_FILE}) nor a "
+                                       "baseline run folder (checkpoints/)" + (f", reached from {meta_path_of}"
+                                                                              if chain else ""))
             chain["opaque"] = folder
             return chain
         meta = _stage_meta(folder)
+        if not isinstance(meta["stage"], str) or not isinstance(meta["parent"], str):
+            raise bad_value(meta_path, "'parent' and 'stage'", [meta["parent"], meta["stage"]], "two strings")
         chain.setdefault(meta["stage"], folder)
+        meta_path_of = f"'parent' {meta['parent']!r} of {meta_path}"
         folder = (folder / meta["parent"]).resolve()
         seen += 1
         if seen > 50:
-            raise RuntimeError(f"{meta_path}: the stage parents form a loop")
+            raise StageFolderError(f"{meta_path}: the stage parents form a loop")
 
 
 def require_stage(folder: str | Path, stage: str) -> Path:
@@ -151,15 +227,15 @@ def require_stage(folder: str | Path, stage: str) -> Path:
     folder = Path(folder)
     if stage == "opaque":
         if not (folder / "checkpoints").is_dir():
-            raise FileNotFoundError(f"{folder}: not a trained baseline run folder (no checkpoints/); train one with "
-                                    "`neuron-concepts train-opaque` or `medimg train-baseline`")
+            raise StageFolderError(f"{folder}: not a trained baseline run folder (no checkpoints/); train one with "
+                                   "`neuron-concepts train-opaque` or `medimg train-baseline`")
         return folder.resolve()
     if not (folder / STAGE_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: not a neuron-concepts stage folder (no {STAGE_FILE}); expected the "
-                                f"output of the `{stage}` stage")
+        raise StageFolderError(f"{folder}: not a neuron-concepts stage folder (no {STAGE_FILE}); expected the "
+                               f"output of the `{stage}` stage")
     found = _stage_meta(folder)["stage"]
     if found != stage:
-        raise ValueError(f"{folder}: this is a '{found}' stage folder; this command reads a '{stage}' folder")
+        raise StageFolderError(f"{folder}: this is a '{found}' stage folder; this command reads a '{stage}' folder")
     return folder.resolve()
 
 
@@ -248,7 +324,7 @@ def load_features(encode_dir: str | Path) -> dict[str, Any]:
     head = encode_dir / "head.safetensors"
     if not head.is_file():
         raise RunFolderError(f"{head}: not found (the opaque model's linear head, written by the encode stage)")
-    out["head"] = load_file(str(head))
+    out["head"] = read_tensors(head, "the opaque model's linear head")
     return out
 
 
@@ -272,21 +348,99 @@ def _cached_features(encode_dir: Path, split: str, info: dict[str, Any],
         ) from None
 
 
-def load_names(name_dir: str | Path) -> dict[int, LatentName]:
-    """{latent: LatentName} of a name stage folder (names.json)."""
-    path = Path(name_dir) / "names.json"
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def read_json_list(path: Path, what: str) -> list[dict[str, Any]]:
+    """A JSON file holding a list of objects (names.json, cavs.json, selection.json); anything else is a
+    CheckpointError naming the file."""
     if not path.is_file():
-        raise RunFolderError(f"{path}: not found (the latent names of a name stage)")
-    records = json.loads(path.read_text())
-    return {int(r["latent"]): LatentName(int(r["latent"]), r["name"], r["source"], r["score"], r.get("details", {}))
-            for r in records}
+        raise RunFolderError(f"{path}: not found ({what})")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); expected {what}") from None
+    if not isinstance(data, list):
+        raise bad_value(path, "the file", data, f"a list of records ({what})")
+    for i, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise bad_value(path, f"entry {i}", record, "an object")
+    return data
 
 
-def load_cavs(cav_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """(cavs (n, d) float64, their latents (n,), per-CAV records) of a cav stage folder."""
+def _field(path: Path, i: int, record: dict[str, Any], key: str, ok: Callable[[Any], bool], expected: str) -> Any:
+    if key not in record:
+        raise CheckpointError(f"{path}: entry {i} has no {key!r} (found {sorted(record)[:8]}); expected {expected}")
+    if not ok(record[key]):
+        raise bad_value(path, f"entry {i} {key!r}", record[key], expected)
+    return record[key]
+
+
+def load_names(name_dir: str | Path, n_latents: int | None = None) -> dict[int, LatentName]:
+    """{latent: LatentName} of a name stage folder (names.json), checked: each entry an object with an integer
+    'latent' (in [0, n_latents) when given, each once), a 'name' and a 'source', a finite 'score' or null."""
+    path = Path(name_dir) / "names.json"
+    records = read_json_list(path, "the latent names of a name stage")
+    names: dict[int, LatentName] = {}
+    top = "" if n_latents is None else f" in [0, {n_latents - 1}] (the SAE has {n_latents} latents)"
+    for i, r in enumerate(records):
+        k = _field(path, i, r, "latent", lambda v: _is_int(v) and v >= 0 and (n_latents is None or v < n_latents),
+                   f"a latent index{top or ' >= 0'}")
+        if k in names:
+            raise bad_value(path, f"entry {i} 'latent'", k, "each latent named once")
+        name = _field(path, i, r, "name", lambda v: isinstance(v, str) and bool(v), "a non-empty name")
+        source = _field(path, i, r, "source", lambda v: isinstance(v, str), "the name's source (a string)")
+        score = r.get("score")
+        if score is not None and not _is_number(score):
+            raise bad_value(path, f"entry {i} 'score'", score, "a finite number or null")
+        details = r.get("details", {})
+        if not isinstance(details, dict):
+            raise bad_value(path, f"entry {i} 'details'", details, "an object")
+        names[k] = LatentName(k, name, source, score, details)
+    return names
+
+
+def load_cavs(cav_dir: str | Path, n_latents: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """(cavs (n, d) float64, their latents (n,), per-CAV records) of a cav stage folder, checked: finite vectors,
+    one record per vector naming the same latent."""
     cav_dir = Path(cav_dir)
     path = cav_dir / "cavs.safetensors"
     if not path.is_file():
         raise RunFolderError(f"{path}: not found (the concept activation vectors of a cav stage)")
-    t = load_numpy(str(path))
-    return t["cavs"].astype(np.float64), t["latents"], json.loads((cav_dir / "cavs.json").read_text())
+    t = {k: v.numpy() for k, v in read_tensors(path, "the concept activation vectors of a cav stage").items()}
+    if set(t) != {"cavs", "latents"} or t["cavs"].ndim != 2 or t["latents"].shape != (len(t["cavs"]),):
+        shapes = {k: list(v.shape) for k, v in t.items()}
+        raise CheckpointError(f"{path}: holds {shapes}; expected 'cavs' (n, d) and 'latents' (n,)")
+    cavs, latents = t["cavs"].astype(np.float64), t["latents"]
+    json_path = cav_dir / "cavs.json"
+    records = read_json_list(json_path, "one record per concept activation vector")
+    if len(records) != len(cavs):
+        raise CheckpointError(f"{json_path}: {len(records)} entries; expected one per vector of {path.name} "
+                              f"({len(cavs)})")
+    for i, r in enumerate(records):
+        _field(json_path, i, r, "latent", lambda v, i=i: _is_int(v) and v == int(latents[i]),
+               f"latent {int(latents[i])}, as in {path.name}")
+        _field(json_path, i, r, "name", lambda v: isinstance(v, str) and bool(v), "a non-empty name")
+        _field(json_path, i, r, "source", lambda v: isinstance(v, str), "the name's source (a string)")
+    if n_latents is not None and len(latents) and not (latents.min() >= 0 and latents.max() < n_latents):
+        raise CheckpointError(f"{path}: latents {latents.min()}..{latents.max()}; expected indices in "
+                              f"[0, {n_latents - 1}]")
+    return cavs, latents, records
+
+
+def load_selection(select_dir: str | Path, n_cavs: int) -> list[dict[str, Any]]:
+    """selection.json of a select stage folder, checked: each entry a 'cav_index' in [0, n_cavs) and a name."""
+    path = Path(select_dir) / "selection.json"
+    records = read_json_list(path, "the selected concepts of a select stage")
+    if not records:
+        raise bad_value(path, "the file", records, "at least one selected concept")
+    for i, r in enumerate(records):
+        _field(path, i, r, "cav_index", lambda v: _is_int(v) and 0 <= v < n_cavs,
+               f"an index into the cav stage's {n_cavs} vectors")
+        _field(path, i, r, "name", lambda v: isinstance(v, str) and bool(v), "a non-empty name")
+    return records

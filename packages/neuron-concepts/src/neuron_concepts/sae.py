@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from medimg_core.checkpoint import state_dict_to_cpu, write_json
+from medimg_core.checkpoint import CheckpointError, read_tensors, state_dict_to_cpu, write_json
 from medimg_core.runs import read_json_object
 from neuron_concepts.config import SAEConfig
 
@@ -343,7 +343,18 @@ def save_sae(sae: SparseAutoencoder, folder: Path) -> None:
 def load_sae(folder: str | Path) -> SparseAutoencoder:
     """The sparse autoencoder saved in `folder` (an sae stage folder or a checkpoint folder), in eval mode."""
     folder = Path(folder)
-    conf = read_json_object(folder / "sae.json", "the sparse autoencoder's settings (sae.json)")
-    sae = SparseAutoencoder(**conf)
-    sae.load_state_dict(load_file(str(folder / "sae.safetensors")))
+    path = folder / "sae.json"
+    conf = read_json_object(path, "the sparse autoencoder's settings (sae.json)")
+    try:
+        sae = SparseAutoencoder(**conf)
+    except (TypeError, ValueError) as exc:  # unknown or missing keys; values out of range
+        raise CheckpointError(f"{path}: not the settings of a sparse autoencoder ({exc}); expected the keys "
+                              "d_in, n_latents, kind, l1, k, auxk_alpha, threshold_momentum") from None
+    weights = folder / "sae.safetensors"
+    state = read_tensors(weights, "the sparse autoencoder's weights")
+    try:
+        sae.load_state_dict(state)
+    except RuntimeError as exc:  # missing keys, other shapes
+        raise CheckpointError(f"{weights}: the weights do not fit the autoencoder of {path.name} "
+                              f"({str(exc).splitlines()[0][:300]})") from None
     return sae.eval()

@@ -60,9 +60,11 @@ from neuron_concepts.folders import (
     load_cavs,
     load_features,
     load_names,
+    load_selection,
     new_pipeline,
     pipeline_of,
     require_stage,
+    settled_stages,
     stage_chain,
     start_stage,
 )
@@ -99,6 +101,7 @@ def _progress(cfg: NeuronConceptsConfig) -> bool:
 # --------------------------------------------------------------------------- 2. encode
 
 
+@settled_stages
 def encode_stage(opaque_run: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None,
                  datasets: Datasets | None = None) -> Path:
     """Pooled penultimate features (exactly the opaque model's head input) of each split, extracted through the
@@ -178,6 +181,7 @@ def encode_stage(opaque_run: str | Path, cfg: NeuronConceptsConfig, pipeline: Pa
 # --------------------------------------------------------------------------- 3. sparse autoencoder
 
 
+@settled_stages
 def train_sae(encode_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """Train the sparse autoencoder on the encoded train features; report R^2, L0 and dead latents per split."""
     start = time.perf_counter()
@@ -221,6 +225,7 @@ def _split_dataset(feats: dict[str, Any], split: str, datasets: Datasets | None)
     return ds
 
 
+@settled_stages
 def name_stage(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None,
                datasets: Datasets | None = None) -> Path:
     """Name every alive latent from the configured sources; per-latent top-image figures; with concept
@@ -297,6 +302,7 @@ def name_stage(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
 # --------------------------------------------------------------------------- 5. CAVs
 
 
+@settled_stages
 def cav_stage(name_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """A concept activation vector for every named latent."""
     start = time.perf_counter()
@@ -304,7 +310,7 @@ def cav_stage(name_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
     chain = stage_chain(name_dir)
     feats = load_features(chain["encode"])
     sae = load_sae(chain["sae"])
-    names = load_names(name_dir)
+    names = load_names(name_dir, sae.n_latents)
     folder = start_stage("cav", name_dir, cfg, pipeline)
     H = feats["train"]["features"]
     A = encode_all(sae, H).numpy()
@@ -312,8 +318,8 @@ def cav_stage(name_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
     vectors, kept, records = concept_vectors(H.numpy().astype(np.float64), A, latents, cfg.cav, cfg.seed,
                                              _progress(cfg))
     if not kept:
-        raise RuntimeError(f"cav: no latent has {cfg.cav.min_positives} active train images and a name; nothing "
-                           "to build concepts from (lower cav.min_positives or check the SAE)")
+        raise ConfigError(f"cav.min_positives {cfg.cav.min_positives}: no latent has that many active train images "
+                          "and a name; nothing to build concepts from (lower cav.min_positives or check the SAE)")
     save_numpy({"cavs": vectors.astype(np.float32), "latents": np.asarray(kept, dtype=np.int64)},
                str(folder / "cavs.safetensors"))
     for r in records:
@@ -329,6 +335,7 @@ def cav_stage(name_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
 # --------------------------------------------------------------------------- 6. selection
 
 
+@settled_stages
 def select_stage(cav_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """Greedy facility-location selection of K concepts over the CAVs (squared cosine similarity),
     optionally mixed with a class-discriminative term; the ranking and the marginal gains."""
@@ -366,6 +373,7 @@ def select_stage(cav_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path 
 # --------------------------------------------------------------------------- 7. concept bottleneck
 
 
+@settled_stages
 def train_cbm(select_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | None = None) -> Path:
     """OMP decomposition of every embedding over the selected CAVs, then logistic regression with C tuned on
     validation; test metrics of the CBM and of the opaque model with 95% bootstrap intervals. Writes the
@@ -377,7 +385,7 @@ def train_cbm(select_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path 
     feats = load_features(chain["encode"])
     card = feats["card"]
     cavs, _latents, _ = load_cavs(chain["cav"])
-    selection = json.loads((select_dir / "selection.json").read_text())
+    selection = load_selection(select_dir, len(cavs))
     splits = [s for s in SPLITS if s in feats]
     held_out = [s for s in ("val", "test") if s in feats]
     if cfg.cbm.C is None and "val" not in feats:

@@ -200,6 +200,9 @@ def restore_backbone(folder: str | Path, name: str = "backbone") -> LoadedBackbo
     path = folder / f"{name}.json"
     try:
         record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise TypeError(f"expected a JSON object with spec, in_chans and weights_fingerprint, found "
+                            f"{type(record).__name__}")
         spec = parse_backbone_spec(record["spec"])
         in_chans, fingerprint = int(record["in_chans"]), str(record["weights_fingerprint"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
