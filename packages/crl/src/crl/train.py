@@ -171,9 +171,7 @@ class CRLRecipe:
 
     def splits_of(self, cfg: CRLConfig, train: MedicalImageDataset, val: MedicalImageDataset | None) -> Splits:
         """Datasets given to `fit`, with this config's transforms (copies: the originals stay as they are)."""
-        train_tf, eval_tf = build_transforms(cfg.data, train.card)
-        return Splits(with_transform(train, train_tf), None if val is None else with_transform(val, eval_tf), None,
-                      train.card)
+        return Splits.with_transforms(cfg.data, train, val)
 
     def build(self, cfg: CRLConfig, splits: Splits, device: Any, dist_info: DistInfo) -> Built:
         card = splits.card

@@ -57,7 +57,6 @@ from dae_counterfactual.run import (  # noqa: F401
 )
 from medimg_core.data import MedicalImageDataset, load_dataset
 from medimg_core.data.preprocess import build_transforms
-from medimg_core.estimator import with_transform
 from medimg_core.experiment import Built, FitContext, Splits, TaskFunctions, fit_run
 from medimg_core.figures import image_grid
 from medimg_core.runs import Run
@@ -121,9 +120,7 @@ class DAERecipe:
 
     def splits_of(self, cfg: DAEConfig, train: MedicalImageDataset, val: MedicalImageDataset | None) -> Splits:
         """Datasets given to `fit`, with this config's transforms (copies: the originals stay as they are)."""
-        train_tf, eval_tf = build_transforms(cfg.data, train.card)
-        return Splits(with_transform(train, train_tf), None if val is None else with_transform(val, eval_tf), None,
-                      train.card)
+        return Splits.with_transforms(cfg.data, train, val)
 
     def build(self, cfg: DAEConfig, splits: Splits, device: Any, dist_info: Any) -> Built:
         resolve_precision(cfg, device)

@@ -31,7 +31,7 @@ from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 # DataConfig and build_transforms live in medimg_core.data.preprocess, parse_pretrained in medimg_core.models,
 # peak_memory_mb in medimg_core.runs; importing them from here keeps older code working.
 from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms
-from medimg_core.estimator import Estimator, with_transform
+from medimg_core.estimator import Estimator
 from medimg_core.experiment import Built, FitContext, RunConfig, Splits, TaskFunctions, fit_run
 from medimg_core.models.backbones import create_backbone, parse_pretrained
 from medimg_core.pretrained import checkpoint_config, read_checkpoint_config
@@ -141,9 +141,7 @@ class BaselineRecipe:
 
     def splits_of(self, cfg: BaselineConfig, train: MedicalImageDataset, val: MedicalImageDataset | None) -> Splits:
         """Datasets given to `fit`, with this config's transforms (copies: the originals stay as they are)."""
-        train_tf, eval_tf = build_transforms(cfg.data, train.card)
-        return Splits(with_transform(train, train_tf), None if val is None else with_transform(val, eval_tf), None,
-                      train.card)
+        return Splits.with_transforms(cfg.data, train, val)
 
     def build(self, cfg: BaselineConfig, splits: Splits, device: Any, dist_info: Any) -> Built:
         card = splits.card

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from medimg_core.checkpoint import CheckpointError, find_checkpoint, load_config_json, load_weights
 from medimg_core.config import FieldError, check_range
 from medimg_core.data.card import DatasetCard
+from medimg_core.data.preprocess import build_transforms
 from medimg_core.distributed import (
     DEVICE_NAMES,
     DeviceError,
@@ -45,6 +46,7 @@ from medimg_core.distributed import (
     seed_everything,
     select_device,
 )
+from medimg_core.estimator import with_transform
 from medimg_core.runs import Run, RunFolderError, peak_memory_mb, prepare_run, setup_logging
 from medimg_core.training import (
     FitResult,
@@ -93,6 +95,14 @@ class Splits:
     test: Dataset | None
     card: DatasetCard
     extra: dict[str, Dataset] = field(default_factory=dict)
+
+    @classmethod
+    def with_transforms(cls, data_cfg: Any, train: Dataset, val: Dataset | None) -> Splits:
+        """The datasets given to `fit`, as copies with the training and evaluation transforms of `data_cfg`
+        (a `DataConfig`); the caller's datasets stay as they are."""
+        train_tf, eval_tf = build_transforms(data_cfg, train.card)
+        return cls(with_transform(train, train_tf), None if val is None else with_transform(val, eval_tf), None,
+                   train.card)
 
     def sizes(self) -> dict[str, int]:
         out = {k: len(v) for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}

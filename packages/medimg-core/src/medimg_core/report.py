@@ -363,12 +363,16 @@ def build_report(run_dir: str | Path, compare: list[str | Path] | tuple = (), ou
         body.append("<h2>Left out</h2><p class='meta'>Symbolic links and other non-regular files are never "
                     "followed or embedded:</p><pre>" + html.escape("\n".join(skipped)) + "</pre>")
 
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+    return _write_page(_page(label, body), Path(out) if out is not None else run_dir / "report.html")
+
+
+def _page(title: str, body: list[str]) -> str:
+    """A whole HTML page: no script, and nothing fetched (images must be data URIs)."""
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'\">"
-            f"<title>{html.escape(label)}</title><style>{STYLE}</style></head><body>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
             + "\n".join(body) + "</body></html>")
-    return _write_page(page, Path(out) if out is not None else run_dir / "report.html")
 
 
 def _write_page(page: str, out: Path) -> Path:
@@ -420,26 +424,9 @@ def build_index(entries: list[IndexEntry], out: str | Path, title: str, intro: l
         body.append(f"<h2>{html.escape(e.title)}</h2>")
         if e.note:
             body.append(f"<p class='meta'>{html.escape(e.note)}</p>")
-        png = _read_regular(Path(e.figure)) if e.figure is not None else None
+        png = RunFolder(Path(e.figure).parent).read_bytes(Path(e.figure).name) if e.figure is not None else None
         if png is not None:
             body.append(_img(png, Path(e.figure).name))
         else:
             body.append(f"<p>No figure{'' if e.figure is None else f' ({html.escape(str(e.figure))} is missing)'}.</p>")
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-            "style-src 'unsafe-inline'\">"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-            + "\n".join(body) + "</body></html>")
-    return _write_page(page, out)
-
-
-def _read_regular(path: Path) -> bytes | None:
-    """The bytes of `path` if it is a regular file reached without following a symbolic link, else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        return f.read()
+    return _write_page(_page(title, body), out)

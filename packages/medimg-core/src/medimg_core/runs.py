@@ -233,14 +233,20 @@ def run_kind(path: str | Path) -> tuple[str, str] | None:
     return None
 
 
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """A JSON file holding an object; missing, malformed or another type is a RunFolderError naming the file."""
+def read_json_file(path: Path, what: str, invalid: type[Exception] = RunFolderError) -> Any:
+    """The parsed content of a JSON file of a run (`what` says what it should hold). A missing file is a
+    RunFolderError, malformed JSON an `invalid` error; both name the file."""
     if not path.is_file():
         raise RunFolderError(f"{path}: not found ({what})")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RunFolderError(f"{path}: not valid JSON ({exc}); expected {what}") from None
+        raise invalid(f"{path}: not valid JSON ({exc}); expected {what}") from None
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file holding an object; missing, malformed or another type is a RunFolderError naming the file."""
+    data = read_json_file(path, what)
     if not isinstance(data, dict):
         raise RunFolderError(f"{path}: expected a JSON object ({what}), found {type(data).__name__}")
     return data

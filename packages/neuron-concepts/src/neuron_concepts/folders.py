@@ -37,6 +37,7 @@ from medimg_core.runs import (
     RunFolderError,
     create_run_dir,
     peak_memory_mb,
+    read_json_file,
     read_json_object,
     setup_logging,
 )
@@ -359,12 +360,7 @@ def _is_number(value: Any) -> bool:
 def read_json_list(path: Path, what: str) -> list[dict[str, Any]]:
     """A JSON file holding a list of objects (names.json, cavs.json, selection.json); anything else is a
     CheckpointError naming the file."""
-    if not path.is_file():
-        raise RunFolderError(f"{path}: not found ({what})")
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); expected {what}") from None
+    data = read_json_file(path, what, invalid=CheckpointError)
     if not isinstance(data, list):
         raise bad_value(path, "the file", data, f"a list of records ({what})")
     for i, record in enumerate(data):
