@@ -2,13 +2,19 @@
 only torch, resolves its dependencies from the package index, imports and answers --help.
 
 Between packages, everything the previous install added is removed again, so a dependency missing from a
-package's metadata cannot hide behind another package's. Takes a few minutes (torch comes from pip's
-local files); set MEDIMG_SKIP_WHEEL_INSTALL=1 to skip it on a machine without a package index.
+package's metadata cannot hide behind another package's. The fresh environment borrows torch, torchvision and
+their own dependencies from the interpreter running the tests (symlinks on a .pth path, read-only to the
+environment's pip: it never uninstalls outside its prefix), because a second torch with its CUDA libraries
+is about 6 GB and filled CI's disk. MEDIMG_WHEEL_TORCH=install installs torch from the package index instead
+(TORCH_PINS; minutes and ~6 GB). Set MEDIMG_SKIP_WHEEL_INSTALL=1 to skip the file on a machine without a
+package index.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,12 +52,52 @@ def wheels(tmp_path_factory):
     return found
 
 
+def _requirement_closure(names: list[str]) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions `names` need, following their unconditional requirements."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in found:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found[key] = dist
+        todo += [re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0] for req in dist.requires or [] if "extra ==" not in req]
+    return found
+
+
+def _share_host_torch(venv_python: Path, shared: Path) -> None:
+    """Make this interpreter's torch and torchvision (with their dependencies) importable in the venv."""
+    shared.mkdir()
+    for key, dist in _requirement_closure(["torch", "torchvision"]).items():
+        if key in {"pip", "setuptools"}:  # the venv has its own
+            continue
+        site = Path(dist.locate_file(""))
+        for top in {f.parts[0] for f in dist.files or []}:
+            if top in {"..", "__pycache__"} or top.endswith(".pth") or (shared / top).exists():
+                continue
+            if (site / top).exists():
+                (shared / top).symlink_to(site / top)
+    purelib = _run([str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                   timeout=300).stdout.strip()
+    (Path(purelib) / "_medimg_host_torch.pth").write_text(f"{shared}\n")
+
+
 @pytest.fixture(scope="module")
 def torch_venv(tmp_path_factory):
-    venv = tmp_path_factory.mktemp("venv") / "env"
+    root = tmp_path_factory.mktemp("venv")
+    venv = root / "env"
     _run([sys.executable, "-m", "venv", str(venv)], timeout=300)
     python = venv / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "-q", *TORCH_PINS], timeout=1800)
+    if os.environ.get("MEDIMG_WHEEL_TORCH") == "install":
+        _run([str(python), "-m", "pip", "install", "-q", *TORCH_PINS], timeout=1800)
+    else:
+        _share_host_torch(python, root / "host-torch")
+    _run([str(python), "-c", "import torch, torchvision"], timeout=300)
     return python
 
 
