@@ -13,6 +13,8 @@ from common import RESULTS, fmt, machine_line
 from render_cipl import mean_sd_text
 
 ARM_LABEL = {"scratch": "from scratch", "imagenet-lite0": "ImageNet (imagenet-lite0)"}
+#: arms of one benchmark only (pretrained.py), not expected of the others
+EXTRA_ARM_LABEL = {"imagenet-lite0-lr3e-4": "ImageNet (imagenet-lite0), lr 3e-4"}
 
 
 def _ms(stat: dict | None, digits: int = 3) -> str:
@@ -29,6 +31,16 @@ def _gb(stat: dict | None) -> str:
 def _load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _label(arm: str) -> str:
+    return ARM_LABEL.get(arm) or EXTRA_ARM_LABEL.get(arm, arm)
+
+
+def _monitor(bench: dict) -> str:
+    """The checkpoint-selection metric of a benchmark's runs (their `monitor`, e.g. val/accuracy)."""
+    monitors = {r.get("monitor") for a in bench["arms"].values() for r in a["runs"].values() if r.get("monitor")}
+    return "/".join(sorted(m.split("/", 1)[-1].replace("_", " ") for m in monitors)) or "value"
 
 
 def _interval(numbers: dict, key: str) -> str:
@@ -51,8 +63,8 @@ def single_command(result: dict) -> list[str]:
         missing = [ARM_LABEL[a] for a in ARM_LABEL if not bench["arms"].get(a, {}).get("runs")]
         lines += [f"### {name}", "",
                   "| arm | backbone | seeds | " + " | ".join(m.replace("_", " ") for m in metrics)
-                  + " | wall time | peak memory |",
-                  "|---|---|---|" + "---|" * len(metrics) + "---|---|"]
+                  + f" | best validation {_monitor(bench)} (selection) | wall time | peak memory |",
+                  "|---|---|---|" + "---|" * len(metrics) + "---|---|---|"]
         for arm, record in bench["arms"].items():
             runs = sorted(record["runs"].values(), key=lambda r: r["seed"])
             if not runs:
@@ -60,9 +72,10 @@ def single_command(result: dict) -> list[str]:
             summ = record["summary"]
             digits = {m: 1 if m == "rules" else 3 for m in metrics}
             wall, mem = summ["wall_time_s"], summ["peak_memory_mb"]
-            lines.append(f"| {ARM_LABEL.get(arm, arm)} | {runs[0]['backbone']} | {record['seeds']} | "
+            best_val = _ms(summ["best_val"]) if summ.get("best_val") else "n/a"
+            lines.append(f"| {_label(arm)} | {runs[0]['backbone']} | {record['seeds']} | "
                          + " | ".join(_ms(summ.get(m), digits[m]) for m in metrics)
-                         + f" | {wall['mean'] / 60:.1f} min | {mem['max'] / 1024:.1f} GB |")
+                         + f" | {best_val} | {wall['mean'] / 60:.1f} min | {mem['max'] / 1024:.1f} GB |")
         lines.append("")
         for arm, record in bench["arms"].items():
             runs = sorted(record["runs"].values(), key=lambda r: r["seed"])
@@ -70,7 +83,7 @@ def single_command(result: dict) -> list[str]:
                 continue
             first = metrics[0]
             per_seed = "; ".join(f"seed {r['seed']} {_interval(r['numbers'], first)}" for r in runs)
-            lines.append(f"- {ARM_LABEL.get(arm, arm)}: `{record['command']}`; test {first.replace('_', ' ')} "
+            lines.append(f"- {_label(arm)}: `{record['command']}`; test {first.replace('_', ' ')} "
                          f"per seed: {per_seed}")
             loaded = [r for r in runs if _under_load(r)]
             if loaded:
