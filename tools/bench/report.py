@@ -84,6 +84,10 @@ def crl_synthetic(result: dict) -> list[str]:
                       f"{rec['combinations_seen']} concept combinations in the data (exact: {rec['exact_on_seen']}), "
                       f"{rec['agreement_all']:.3f} on all {rec['combinations_all']}; top rules: "
                       + "; ".join(f"`{t}`" for t in rec["top_rules"])]
+            if "compact_rule" in rec:
+                lines += [f"  - compact rule: `{rec['compact_rule']}`: same truth table as the generating rule on all "
+                          f"{rec['combinations_all']} combinations: {'yes' if rec['compact_equals_rule'] else 'no'}; "
+                          f"test fidelity {fmt(rec['compact_fidelity_test'])}"]
     return [*lines, ""]
 
 
