@@ -142,7 +142,7 @@ def run_crl(demo: Demo, data: dict[str, Path], shared: dict) -> Step:
                  "crl")
     m = json.loads((step.run / "metrics.json").read_text())
     step.headline = (f"test accuracy {ci_text(m['test'], 'accuracy')}; {m['rules']['count']} rules; concept "
-                     f"macro-F1 {m['test_concepts']['concept_macro_f1']:.3f}")
+                     f"macro-F1 (as published) {m['test_concepts']['concept_macro_f1']:.3f}")
     step.note = f"Same backbone, weights, images and epochs ({EPOCHS}) as the baseline."
     return step
 

@@ -91,6 +91,24 @@ def ci(metrics: dict, key: str) -> str:
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
+#: the concept metrics of medimg_core.metrics.concept_metrics that the CRL tables show
+CONCEPT_KEYS = ("concept_macro_f1", "concept_accuracy", "concept_positive_f1_mean", "concept_accuracy_pooled")
+
+
+def concept_numbers(concepts: dict) -> dict:
+    """The CRL concept metrics of a metrics.json's test_concepts (or a result file's copy), old files included.
+
+    Files written before the published definitions were added (no concept_positive_f1_mean) stored the
+    positive-class F1 mean as concept_macro_f1 and the pooled accuracy as concept_accuracy: those become
+    concept_positive_f1_mean / concept_accuracy_pooled, and the published ones are None (n/a) until rerun.
+    """
+    if "concept_positive_f1_mean" in concepts:
+        return {k: concepts.get(k) for k in CONCEPT_KEYS}
+    return {"concept_macro_f1": None, "concept_accuracy": None,
+            "concept_positive_f1_mean": concepts.get("concept_macro_f1"),
+            "concept_accuracy_pooled": concepts.get("concept_accuracy")}
+
+
 def machine_line(m: dict) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
     return f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB{gpu}; Python {m['python']}, torch {m['torch']}"

@@ -40,7 +40,13 @@ def rule_agreement(run_dir: Path, data_dir: Path) -> dict:
     seen = np.unique(np.concatenate([load_dataset("csv", data_dir, s).concepts for s in ("train", "val", "test")]),
                      axis=0)
     seen_idx = [int("".join(str(int(v)) for v in row), 2) for row in seen]  # truth_table rows are binary counting
-    return {"rule": str(truth), "combinations_all": len(combos), "agreement_all": float((predicted == expected).mean()),
+    compact = {}
+    if rules.compact is not None and rules.compact.method == "exact":  # the class the rule makes true: index 1
+        positive = rules.compact.for_class(rules.class_names[1])
+        compact = {"compact_rule": f"{positive.class_name} <=> {positive.text}",
+                   "compact_equals_rule": bool((positive.evaluate(combos) == expected.astype(bool)).all()),
+                   "compact_fidelity_test": positive.fidelity_test}
+    return {**compact, "rule": str(truth), "combinations_all": len(combos), "agreement_all": float((predicted == expected).mean()),
             "combinations_seen": len(seen_idx),
             "agreement_seen": float((predicted[seen_idx] == expected[seen_idx]).mean()),
             "exact_on_seen": bool((predicted[seen_idx] == expected[seen_idx]).all()),

@@ -23,7 +23,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, ROOT, SHARED, command_line, display, machine, mean_sd, run_command, write_result
+from common import (
+    RESULTS,
+    ROOT,
+    SHARED,
+    command_line,
+    concept_numbers,
+    display,
+    machine,
+    mean_sd,
+    run_command,
+    write_result,
+)
 
 BIN = Path(sys.executable).parent
 MEDMNIST = SHARED / "medmnist"
@@ -45,7 +56,8 @@ BENCHES: dict[str, tuple[list[str], dict[str, list[str]]]] = {
                     "--data.vflip", "true", "--no-progress"],
         "imagenet-lite0": ["medimg", "train-baseline", "--config", "baseline-wbcatt-lite0-cpu", "--root",
                            str(SHARED / "wbcatt"), "--no-progress"]}),
-    "crl/wbcatt": (["accuracy", "balanced_accuracy", "macro_f1", "concept_macro_f1", "concept_accuracy", "rules"], {
+    "crl/wbcatt": (["accuracy", "balanced_accuracy", "macro_f1", "concept_macro_f1", "concept_accuracy",
+                    "concept_positive_f1_mean", "concept_accuracy_pooled", "rules"], {
         "scratch": ["crl", "train", "--config", "wbc-cpu", "--root", str(SHARED / "wbcatt")],
         "imagenet-lite0": ["crl", "train", "--config", "wbc-lite0-cpu", "--root", str(SHARED / "wbcatt")]}),
     "baseline/retinamnist": (["accuracy", "balanced_accuracy", "auroc", "qwk"], {
@@ -89,7 +101,8 @@ def recorded_run(bench: str, arm: str, seed: int) -> Path | None:
 def extract(metrics: dict, names: list[str]) -> dict:
     """The summarised numbers of one run (with intervals where the run has them)."""
     out = {}
-    test, concepts = metrics.get("test", {}), metrics.get("test_concepts", {})
+    test = metrics.get("test", {})
+    concepts = concept_numbers(metrics.get("test_concepts", {}))  # older metrics.json files read as what they hold
     for name in names:
         if name == "rules":
             out[name] = metrics.get("rules", {}).get("count")
@@ -129,9 +142,11 @@ def main() -> None:
                 old = record["runs"].get(str(seed))
                 if old and old.get("command") == display(full) and (ROOT / old["run_dir"] / "metrics.json").is_file():
                     print(f"{name} {arm} seed {seed}: reusing {old['run_dir']}")
-                    if "best_val" not in old:  # recorded before the selection value was
-                        recorded = json.loads((ROOT / old["run_dir"] / "metrics.json").read_text())
-                        old["best_val"], old["monitor"] = recorded.get("best_val"), recorded.get("monitor")
+                    # read again: the summarised metrics may have changed since (e.g. CRL's concept metrics), and runs
+                    # recorded before the selection value was lack best_val
+                    recorded = json.loads((ROOT / old["run_dir"] / "metrics.json").read_text())
+                    old["numbers"] = extract(recorded, metric_names)
+                    old["best_val"], old["monitor"] = recorded.get("best_val"), recorded.get("monitor")
                     continue
                 run_dir, wall, _ = run_command(full, creates_in=out)
                 metrics = json.loads((run_dir / "metrics.json").read_text())

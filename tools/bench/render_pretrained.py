@@ -50,6 +50,18 @@ def _interval(numbers: dict, key: str) -> str:
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
+#: result files written before CRL's published concept metrics stored these under the published names
+_OLD_CONCEPT_LABELS = {"concept_macro_f1": "concept positive f1 mean", "concept_accuracy": "concept accuracy pooled"}
+
+
+def _metric_label(metric: str, metrics: list[str]) -> str:
+    """A column's header: the metric's name, or what an older result file's concept key really holds."""
+    if metric in _OLD_CONCEPT_LABELS and "concept_positive_f1_mean" not in metrics:
+        return _OLD_CONCEPT_LABELS[metric]
+    return {"concept_macro_f1": "concept macro f1 (published)",
+            "concept_accuracy": "concept accuracy (published)"}.get(metric, metric.replace("_", " "))
+
+
 def single_command(result: dict) -> list[str]:
     lines = ["## From scratch against ImageNet weights (imagenet-lite0)", "",
              f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}` "
@@ -62,7 +74,7 @@ def single_command(result: dict) -> list[str]:
         metrics = bench["metrics"]
         missing = [ARM_LABEL[a] for a in ARM_LABEL if not bench["arms"].get(a, {}).get("runs")]
         lines += [f"### {name}", "",
-                  "| arm | backbone | seeds | " + " | ".join(m.replace("_", " ") for m in metrics)
+                  "| arm | backbone | seeds | " + " | ".join(_metric_label(m, metrics) for m in metrics)
                   + f" | best validation {_monitor(bench)} (selection) | wall time | peak memory |",
                   "|---|---|---|" + "---|" * len(metrics) + "---|---|---|"]
         for arm, record in bench["arms"].items():

@@ -45,7 +45,15 @@ def test_train_writes_rules_metrics_and_checkpoints(trained):
     assert {"count", "mean_length", "fidelity_test"} <= set(metrics["rules"])
     assert metrics["rules"]["fidelity_train"] == 1.0  # exact by construction on the patterns it was read from
     assert 0.0 <= metrics["rules"]["fidelity_test"] <= 1.0
-    assert "concept_accuracy" in metrics["test_concepts"] and len(metrics["test"]["accuracy_ci"]) == 2
+    compact = metrics["rules"]["compact"]  # 6 concepts: an exact formula per class, exact on the training patterns
+    assert compact["method"] == "exact" and [c["class"] for c in compact["classes"]] == ["benign", "malignant"]
+    assert all(c["fidelity_train"] == 1.0 and 0.0 <= c["fidelity_test"] <= 1.0 for c in compact["classes"])
+    assert f"malignant <=> {compact['classes'][1]['rule']}" in (run / "rules.txt").read_text()
+    assert json.loads((run / "rules.json").read_text())["compact"] == compact
+    assert len(metrics["test"]["accuracy_ci"]) == 2
+    # the published concept metrics under their names, ours under names that say what they are
+    assert {"concept_macro_f1", "concept_accuracy", "concept_with_positives", "concept_positive_f1_mean",
+            "concept_accuracy_pooled", "concept_macro_f1/streaks"} <= set(metrics["test_concepts"])
 
 
 def test_rules_explain_and_evaluate(trained, tmp_path):
@@ -61,9 +69,14 @@ def test_rules_explain_and_evaluate(trained, tmp_path):
     result = runner.invoke(main, ["explain", str(run), str(image), "--out", str(tmp_path / "e.png")])
     assert result.exit_code == 0, result.output
     assert "prediction:" in result.output and (tmp_path / "e.png").stat().st_size > 1000
+    assert "the network's prediction:" in result.output and "compact rule: " in result.output
     result = runner.invoke(main, ["evaluate", str(run), "--dataset", "csv", "--root", str(data)])
     assert result.exit_code == 0, result.output
-    assert (run / "eval-csv-test.json").is_file()
+    report = json.loads((run / "eval-csv-test.json").read_text())
+    c = report["concepts"]
+    assert f"concepts, as published (mean over the {int(c['concept_with_positives'])} concepts" in result.output
+    assert f"macro-F1 {c['concept_macro_f1']:.4f}" in result.output
+    assert f"positive-class F1 mean {c['concept_positive_f1_mean']:.4f}" in result.output
 
 
 def test_run_folders_of_the_older_layout(trained, tmp_path):

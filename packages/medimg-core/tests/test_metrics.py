@@ -103,12 +103,42 @@ def test_concept_metrics_ignore_unannotated_entries():
     c_true = np.array([[1, nan], [0, 1], [nan, 0], [1, 1]])
     c_score = np.array([[0.9, 0.99], [0.2, 0.7], [0.9, 0.1], [0.4, 0.8]])  # scores under NaN would be wrong
     m = concept_metrics(c_true, c_score, ["a", "b"])
-    assert m["concept_accuracy"] == pytest.approx(5 / 6)  # only (3, a) is wrong
+    assert m["concept_accuracy_pooled"] == pytest.approx(5 / 6)  # only (3, a) is wrong
     assert m["concept_accuracy/a"] == pytest.approx(2 / 3) and m["concept_accuracy/b"] == 1.0
-    assert m["concept_f1/a"] == pytest.approx(2 / 3)
+    assert m["concept_accuracy"] == pytest.approx((2 / 3 + 1) / 2)  # both concepts have a positive
+    assert m["concept_positive_f1/a"] == pytest.approx(2 / 3)
+    assert m["concept_positive_f1_mean"] == pytest.approx(5 / 6)
+    # a: truth (1, 0, 1), predicted (1, 0, 0): positive F1 2/3, negative F1 2/3; b: all right
+    assert m["concept_macro_f1/a"] == pytest.approx(2 / 3) and m["concept_macro_f1/b"] == 1.0
     assert m["concept_macro_f1"] == pytest.approx(5 / 6)
     assert m["concept_auroc/a"] == 1.0 and m["concept_auroc_mean"] == 1.0
     assert m["concept_annotated_fraction"] == pytest.approx(6 / 8)
+
+
+def test_concept_metrics_published_and_ours_on_a_hand_computed_case():
+    """The published definitions (per-concept macro F1 and accuracy, averaged over the concepts with a positive)
+    against ours (positive-class F1 mean, pooled accuracy) where they differ; c has no positive."""
+    c_true = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]], dtype=float)
+    c_pred = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]], dtype=float)
+    m = concept_metrics(c_true, 0.1 + 0.8 * c_pred, ["a", "b", "c"])
+    # a: tp 1, fp 1 -> positive F1 2/3; negatives: 2 right, 1 predicted positive -> negative F1 4/5
+    assert m["concept_macro_f1/a"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert m["concept_positive_f1/a"] == pytest.approx(2 / 3)
+    # c: no positive, one false alarm -> positive F1 0, negative F1 6/7; reported, but skipped by the means
+    assert m["concept_macro_f1/c"] == pytest.approx(3 / 7) and m["concept_accuracy/c"] == pytest.approx(3 / 4)
+    assert m["concept_with_positives"] == 2
+    assert m["concept_macro_f1"] == pytest.approx(((2 / 3 + 4 / 5) / 2 + 1) / 2)  # 0.867
+    assert m["concept_accuracy"] == pytest.approx((3 / 4 + 1) / 2)  # 0.875
+    assert m["concept_positive_f1_mean"] == pytest.approx((2 / 3 + 1 + 0) / 3)  # 0.556
+    assert m["concept_accuracy_pooled"] == pytest.approx(10 / 12)  # 0.833
+    # a concept whose annotated entries hold no positive is skipped too, whatever its unannotated entries
+    c_true[:, 2] = [np.nan, np.nan, 0, 0]
+    m = concept_metrics(c_true, 0.1 + 0.8 * c_pred, ["a", "b", "c"])
+    assert m["concept_with_positives"] == 2 and m["concept_accuracy"] == pytest.approx(0.875)
+    # no concept with a positive: the published means are undefined (NaN), ours are not
+    m = concept_metrics(np.zeros((2, 2)), np.full((2, 2), 0.2))
+    assert math.isnan(m["concept_macro_f1"]) and math.isnan(m["concept_accuracy"])
+    assert m["concept_accuracy_pooled"] == 1.0 and m["concept_with_positives"] == 0
 
 
 def test_concept_metrics_unannotated_or_single_valued_concept_is_nan():

@@ -187,12 +187,15 @@ class ConceptRuleLearner(Estimator):
     def explain(self, x: Any, target: int | str | None = None) -> Explanation:
         """The concepts of one image (a file path, a preprocessed (C, H, W) / (1, C, H, W) tensor or a sample
         dict), the rules that fire on them and their contributions to class `target` (an index or a class name;
-        None: the predicted class). The scores and the prediction are the rule set's."""
+        None: the predicted class). The scores and the prediction are the rule set's; the network's class and
+        probabilities are given next to them (`network_predicted`, `agrees`), since they can differ."""
         rules = self._rules()
         tensor, shown = self.as_input(x)
         out = self._forward(tensor)
         probs = torch.sigmoid(out["concept_logits"].float())[0].cpu().numpy()
-        return explain_concepts(rules, out["concepts"][0].cpu().numpy(), probs, shown, target=target)
+        network = torch.softmax(out["scaled_logits"].float(), dim=1)[0].cpu().numpy()
+        return explain_concepts(rules, out["concepts"][0].cpu().numpy(), probs, shown, target=target,
+                                network_scores=network)
 
 
 def explain_image(run_dir: str | Path, image_path: str | Path, device: str = "cpu") -> Explanation:

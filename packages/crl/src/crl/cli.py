@@ -77,7 +77,10 @@ def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device
                f"macro-F1 {t['macro_f1']:.4f}, AUROC {t.get('auroc', float('nan')):.4f}")
     if "concepts" in result:
         c = result["concepts"]
-        click.echo(f"concepts: accuracy {c['concept_accuracy']:.4f}, macro-F1 {c['concept_macro_f1']:.4f}")
+        click.echo(f"concepts, as published (mean over the {int(c['concept_with_positives'])} concepts with a "
+                   f"positive): accuracy {c['concept_accuracy']:.4f}, macro-F1 {c['concept_macro_f1']:.4f}; "
+                   f"pooled accuracy {c['concept_accuracy_pooled']:.4f}, positive-class F1 mean "
+                   f"{c['concept_positive_f1_mean']:.4f}")
     click.echo(f"wrote {path}")
 
 
@@ -85,8 +88,10 @@ def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print rules.json instead of the readable list.")
 def rules(run_dir: Path, as_json: bool) -> None:
-    """Print the rules learned in RUN_DIR (a run folder, or a checkpoint folder such as RUN/checkpoints/best),
-    sorted by importance per class (run folders of the older layout, with the rules in the run folder only, too)."""
+    """Print the rules learned in RUN_DIR (a run folder, or a checkpoint folder such as RUN/checkpoints/best):
+    first the compact rules (per class a minimal formula, or the shortest faithful prefix of the rules), then every
+    rule sorted by importance per class (run folders of the older layout, with the rules in the run folder only,
+    too)."""
     from crl.api import load_rules_of
 
     learned = load_rules_of(run_dir)
@@ -99,7 +104,8 @@ def rules(run_dir: Path, as_json: bool) -> None:
 @out_option("Figure to write (default RUN_DIR/figures/explain-<image>.png).", dir_okay=False)
 @device_option(from_config=False)
 def explain(run_dir: Path, image: Path, out: Path | None, device: str) -> None:
-    """Explain the prediction for IMAGE: its concepts, the rules that fired and their contributions.
+    """Explain the prediction for IMAGE: its concepts, the rules that fired and their contributions, the compact
+    rule of the class, and the network's own class next to the rule set's (flagged when they differ).
 
     RUN_DIR is a run folder or a checkpoint folder."""
     from crl.api import ConceptRuleLearner

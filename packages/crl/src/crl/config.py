@@ -39,15 +39,27 @@ class CRLLossConfig:
 
 
 @dataclass
+class CRLCompactConfig:
+    """The compact rules (`crl.compact`): an exact minimal formula per class up to `exact_max_concepts` concepts
+    (at most 18), else the smallest prefix of the rules by importance that agrees with the network on at least
+    `prefix_fidelity` of the training images."""
+
+    exact_max_concepts: int = 16
+    prefix_fidelity: float = 0.95
+
+
+@dataclass
 class CRLConfig(RunConfig):
     """A CRL training: data, model, loss, training and optimiser sections, the backbone's own learning rate and
-    weight decay, the mode ("end2end": the backbone trains; "features": a frozen backbone's cached features)
-    and how rules are pruned ("support" as published, or "logical"; see `crl.rules`). The run keys (seed,
-    device, out, name, bootstrap) come from RunConfig; the paper's seed 3 stays the default."""
+    weight decay, the mode ("end2end": the backbone trains; "features": a frozen backbone's cached features),
+    how rules are pruned ("support" as published, or "logical"; see `crl.rules`) and how they are condensed
+    (`compact`, see `crl.compact`). The run keys (seed, device, out, name, bootstrap) come from RunConfig; the
+    paper's seed 3 stays the default."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(image_size=224, vflip=True, rotation=15.0))
     model: CRLModelConfig = field(default_factory=CRLModelConfig)
     loss: CRLLossConfig = field(default_factory=CRLLossConfig)
+    compact: CRLCompactConfig = field(default_factory=CRLCompactConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=300, batch_size=64))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=5e-4, weight_decay=0.0,
                                                                    scheduler="cosine"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from crl.rules import RuleSet
+from crl.rules import RuleSet, _evaluate
 from medimg_core.explain import jsonable, resolve_target
 
 #: how many fired rules the figure shows when top_k is None
@@ -27,6 +27,10 @@ class Explanation:
 
     Implements `medimg_core.explain.Explanation`: `predicted` is the class with the highest rule score,
     `target` the class whose rule contributions are shown (default: the predicted class).
+    `network_scores` (C,) are the network's class probabilities and `network_predicted` its class (None when
+    only the rules were given): under support pruning the rule set can disagree with the network on a concept
+    pattern unseen in training, and the text, the figure and the dict then show both. `compact` holds, per
+    class, the compact rule (`crl.compact`, exact mode) and whether it holds for these concepts.
     """
 
     image: np.ndarray  # (H, W, 3) float in [0, 1], as the model saw it (before normalisation)
@@ -40,9 +44,25 @@ class Explanation:
     contributions: np.ndarray  # (R_fired, C)
     bias: np.ndarray  # (C,)
     target: int | None = None  # the class explained; None: the predicted class
+    network_scores: np.ndarray | None = None  # (C,) the network's class probabilities
+    network_predicted: int | None = None
+    compact: dict[str, dict[str, Any]] | None = None  # class -> {"rule": text, "holds": bool}
 
     def __post_init__(self) -> None:
         self.target = resolve_target(self.target, self.predicted, self.class_names)
+        if self.network_scores is not None and self.network_predicted is None:
+            self.network_predicted = int(np.argmax(self.network_scores))
+
+    @property
+    def agrees(self) -> bool | None:
+        """Whether the rule set's class is the network's (None when the network's is not known)."""
+        return None if self.network_predicted is None else self.network_predicted == self.predicted
+
+    def _disagreement(self) -> str:
+        return (f"the rule set's class ({self.class_names[self.predicted]}) differs from the network's "
+                f"({self.class_names[self.network_predicted]}): the network's is the model's prediction; the rules "
+                "below explain the rule set's (pruned rules can fire differently on a concept pattern not seen in "
+                "training)")
 
     def _order(self, top_k: int | None) -> np.ndarray:
         """Indices of the fired rules by |contribution to target|, at most top_k of them (None: all)."""
@@ -52,14 +72,25 @@ class Explanation:
         return order if top_k is None else order[:max(int(top_k), 0)]
 
     def to_text(self, top_k: int | None = None) -> str:
-        """The prediction with every class score, the concepts present, and the fired rules by their contribution
-        to the target class (the `top_k` largest; None: all), then the target's bias."""
+        """The rule set's prediction with every class score, the network's with its probabilities (and a warning
+        when they differ), the target's compact rule, the concepts present, and the fired rules by their
+        contribution to the target class (the `top_k` largest; None: all), then the target's bias."""
         c = self.target
-        lines = [f"prediction: {self.class_names[self.predicted]} (scores: "
-                 + ", ".join(f"{n} {s:+.3f}" for n, s in zip(self.class_names, self.scores, strict=True)) + ")",
-                 "concepts present: " + (", ".join(n for n, v in zip(self.concept_names, self.concepts, strict=True)
-                                                   if v > 0.5) or "none"),
-                 f"rules that fired ({len(self.fired_rules)}), contribution to {self.class_names[c]}:"]
+        lines = [f"prediction: {self.class_names[self.predicted]} (the rule set's scores: "
+                 + ", ".join(f"{n} {s:+.3f}" for n, s in zip(self.class_names, self.scores, strict=True)) + ")"]
+        if self.network_predicted is not None:
+            lines.append(f"the network's prediction: {self.class_names[self.network_predicted]} (probabilities: "
+                         + ", ".join(f"{n} {s:.3f}" for n, s in zip(self.class_names, self.network_scores,
+                                                                      strict=True)) + ")")
+            if not self.agrees:
+                lines.append("WARNING: " + self._disagreement())
+        if self.compact and self.class_names[c] in self.compact:
+            entry = self.compact[self.class_names[c]]
+            lines.append(f"compact rule: {self.class_names[c]} <=> {entry['rule']} "
+                         f"({'holds' if entry['holds'] else 'does not hold'} for these concepts)")
+        present = [n for n, v in zip(self.concept_names, self.concepts, strict=True) if v > 0.5]
+        lines += ["concepts present: " + (", ".join(present) or "none"),
+                  f"rules that fired ({len(self.fired_rules)}), contribution to {self.class_names[c]}:"]
         order = self._order(top_k)
         for i in order:
             lines.append(f"  {self.contributions[i, c]:+.3f}  {self.fired_rules[i]}")
@@ -79,7 +110,11 @@ class Explanation:
         top_k = FIGURE_TOP_K if top_k is None else top_k
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [1, 1.3, 1.8]})
         axes[0].imshow(self.image)
-        axes[0].set_title(f"prediction: {self.class_names[self.predicted]}", fontsize=10)
+        title = f"prediction: {self.class_names[self.predicted]}"
+        if self.network_predicted is not None and not self.agrees:
+            title = (f"rules: {self.class_names[self.predicted]}, "
+                     f"network: {self.class_names[self.network_predicted]} (differ)")
+        axes[0].set_title(title, fontsize=10, color="k" if self.agrees is not False else "#d55e00")
         axes[0].axis("off")
         y = np.arange(len(self.concept_names))
         colours = ["#d55e00" if v > 0.5 else "#999999" for v in self.concepts]
@@ -106,10 +141,16 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable: classes, scores, prediction and target, concepts with their probabilities, and every
-        fired rule with its contribution to each class (the image is left out)."""
+        fired rule with its contribution to each class (the image is left out); the network's class and
+        probabilities and whether the rule set agrees with it (None where the network's is not known); the compact
+        rules and whether each holds."""
         return jsonable({
             "method": "crl", "class_names": self.class_names, "predicted": self.predicted, "target": self.target,
             "scores": dict(zip(self.class_names, self.scores, strict=True)),
+            "network_predicted": self.network_predicted,
+            "network_scores": None if self.network_scores is None
+            else dict(zip(self.class_names, self.network_scores, strict=True)),
+            "rules_agree_with_network": self.agrees, "compact_rules": self.compact,
             "bias": dict(zip(self.class_names, self.bias, strict=True)),
             "concepts": [{"name": n, "present": bool(v > 0.5), "probability": p}
                          for n, v, p in zip(self.concept_names, self.concepts, self.concept_probs, strict=True)],
@@ -119,10 +160,12 @@ class Explanation:
 
 
 def explain_concepts(rules: RuleSet, concepts: np.ndarray, concept_probs: np.ndarray | None = None,
-                     image: np.ndarray | None = None, target: int | str | None = None) -> Explanation:
+                     image: np.ndarray | None = None, target: int | str | None = None,
+                     network_scores: np.ndarray | None = None) -> Explanation:
     """The explanation of one binary concept vector (K,) under `rules`; `concept_probs` (K,) are the concept
     head's probabilities (default: the binary concepts), `image` (H, W, 3) the picture, `target` the class whose
-    contributions are shown (an index or a class name; None: the predicted class)."""
+    contributions are shown (an index or a class name; None: the predicted class), `network_scores` (C,) the
+    network's class probabilities for the same image (shown next to the rule set's, flagged when they differ)."""
     concepts = np.asarray(concepts, dtype=np.float32).reshape(1, -1)
     if concepts.shape[1] != len(rules.concept_names):
         raise ValueError(f"the rule set reads {len(rules.concept_names)} concepts, got a vector of "
@@ -130,6 +173,15 @@ def explain_concepts(rules: RuleSet, concepts: np.ndarray, concept_probs: np.nda
     fired = rules.fired(concepts)[0]
     fired_rules = [r for r, f in zip(rules.rules, fired, strict=True) if f]
     scores = rules.scores(concepts)[0]
+    compact = None
+    if rules.compact is not None and rules.compact.method == "exact":
+        compact = {c.class_name: {"rule": c.text, "holds": bool(_evaluate(c.formula, concepts)[0])}
+                   for c in rules.compact.classes}
+    if network_scores is not None:
+        network_scores = np.asarray(network_scores, dtype=np.float64).reshape(-1)
+        if len(network_scores) != len(rules.class_names):
+            raise ValueError(f"network_scores has {len(network_scores)} values; the rule set has "
+                             f"{len(rules.class_names)} classes {list(rules.class_names)}")
     return Explanation(
         image=image if image is not None else np.zeros((8, 8, 3)),
         concept_names=list(rules.concept_names),
@@ -137,5 +189,5 @@ def explain_concepts(rules: RuleSet, concepts: np.ndarray, concept_probs: np.nda
         concepts=concepts[0], class_names=list(rules.class_names), scores=scores, predicted=int(scores.argmax()),
         fired_rules=[r.text for r in fired_rules],
         contributions=np.array([r.weights for r in fired_rules]).reshape(len(fired_rules), len(rules.class_names)),
-        bias=rules.bias, target=target,
+        bias=rules.bias, target=target, network_scores=network_scores, compact=compact,
     )

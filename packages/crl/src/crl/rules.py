@@ -121,6 +121,7 @@ class RuleSet:
     bias: np.ndarray  # (C,)
     rules: list[Rule] = field(default_factory=list)
     pruning: str = "support"
+    compact: Any = None  # crl.compact.CompactRules: set after training (it needs the training concepts)
 
     def scores(self, concepts: np.ndarray) -> np.ndarray:
         """(N, K) binary concepts -> (N, C) class scores of the rule set alone."""
@@ -157,7 +158,7 @@ class RuleSet:
         return float(np.abs(rule.weights).max())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "concept_names": self.concept_names,
             "class_names": self.class_names,
             "bias": self.bias.tolist(),
@@ -170,6 +171,9 @@ class RuleSet:
                 for r in self.rules
             ],
         }
+        if self.compact is not None:
+            out["compact"] = self.compact.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: Any, source: str | Path = "rules.json") -> RuleSet:
@@ -194,6 +198,8 @@ class RuleSet:
         lines = [f"{len(self.rules)} rules over {len(self.concept_names)} concepts "
                  f"(mean length {self.mean_length:.2f} literals; pruning: {self.pruning})",
                  "score(class) = bias + sum of the weights of the rules that fire; the highest score wins", ""]
+        if self.compact is not None:
+            lines += self.compact.to_text(self)
         for c, name in enumerate(self.class_names):
             lines.append(f"== {name} (bias {self.bias[c]:+.3f}) ==")
             ranked = sorted(self.rules, key=lambda r: -abs(r.weights[c]))
@@ -407,4 +413,9 @@ def _parse_rules(data: Any, source: str) -> RuleSet:
         text = _render(formula, concepts)  # rendered from the formula: an edited 'rule' text cannot mislead
         rules.append(Rule(formula=formula, layer=layer, weights=w, support=support, text=text,
                           length=_count_literals(formula)))
-    return RuleSet(concepts, classes, bias_arr, rules, pruning)
+    compact = None
+    if data.get("compact") is not None:
+        from crl.compact import parse_compact
+
+        compact = parse_compact(source, data["compact"], concepts, classes)
+    return RuleSet(concepts, classes, bias_arr, rules, pruning, compact)

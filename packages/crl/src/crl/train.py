@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from crl.compact import compact_rules
 from crl.config import CRLConfig, CRLLossConfig, CRLModelConfig
 from crl.model import CRL
 from crl.rules import concepts_of, extract_rules
@@ -210,21 +211,27 @@ class CRLRecipe:
 
     def report(self, ctx: FitContext) -> dict[str, Any]:
         """Read the rules out of the best model on the non-augmented training set, write them into the run folder
-        and into checkpoints/best; the rule set's fidelity to the network and the concept metrics on test."""
+        and into checkpoints/best, with their compact form (`crl.compact`); the rule set's fidelity to the network and
+        the concept metrics on test."""
         cfg, card = ctx.cfg, ctx.splits.card
         model = ctx.trainer.eval_model.cpu().eval()
         loader = DataLoader(ctx.built.state["rules_set"], batch_size=cfg.train.eval_batch_size or cfg.train.batch_size)
         train_concepts = concepts_of(model, loader)
         rules = extract_rules(model, train_concepts, list(card.concept_names), list(card.class_names),
                               cfg.rule_pruning)
+        network_train = model.predict_from_concepts(torch.from_numpy(train_concepts)).argmax(1).numpy()
+        test = ctx.test_outputs
+        rules.compact = compact_rules(
+            rules, train_concepts, network_train, None if test is None else test["concepts_pred"],
+            None if test is None else test["scores"].argmax(1), cfg.compact.exact_max_concepts,
+            cfg.compact.prefix_fidelity)
         rules.save(ctx.run)
         rules.save(ctx.run.checkpoint("best"))
-        network_train = model.predict_from_concepts(torch.from_numpy(train_concepts)).argmax(1).numpy()
         summary: dict[str, Any] = {"count": len(rules.rules), "mean_length": rules.mean_length,
                                    "pruning": rules.pruning,
                                    "fidelity_train": float((rules.predict(train_concepts) == network_train).mean())}
+        summary["compact"] = rules.compact.to_json()
         out: dict[str, Any] = {"mode": cfg.mode}
-        test = ctx.test_outputs
         if test is not None:
             out["test_concepts"] = concept_metrics(test["concepts_true"], test["concept_scores"],
                                                    list(card.concept_names))

@@ -258,10 +258,23 @@ def concept_metrics(
     """Concept prediction metrics over the annotated entries only.
 
     c_true: (N, K) 0/1 with NaN where a concept is not annotated; c_score: (N, K) probabilities.
-    A concept is predicted present when its score is > threshold. Keys: concept_accuracy (micro over
-    annotated entries), concept_macro_f1, concept_auroc_mean (over concepts with both values
-    annotated), concept_annotated_fraction, and per concept concept_accuracy/<name>,
-    concept_f1/<name>, concept_auroc/<name> (NaN when undefined).
+    A concept is predicted present when its score is > threshold.
+
+    As published by CRL (Gao et al., MICCAI 2025; `compute_concept_metric` in the official obiyoag/crl
+    metrics.py), averaged per concept over the concepts with at least one annotated positive (the others are
+    skipped): concept_macro_f1 (per concept, the mean of the positive-class and negative-class F1, i.e.
+    scikit-learn's average="macro"; a class absent from both truth and prediction is left out, one absent from the
+    truth only scores 0) and concept_accuracy (the mean of the per-concept accuracies). concept_with_positives
+    is how many concepts these means cover.
+
+    Ours, named for what they are: concept_positive_f1_mean (the positive-class F1 per concept, NaN where the
+    concept has no annotated positive and none predicted, averaged over the others) and concept_accuracy_pooled
+    (one accuracy over every annotated entry of every concept, concepts without positives included).
+
+    Also concept_auroc_mean (over concepts with both values annotated), concept_annotated_fraction, and per
+    concept concept_accuracy/<name>, concept_macro_f1/<name>, concept_positive_f1/<name>, concept_auroc/<name>
+    (NaN when undefined; the per-concept values are given for every annotated concept, also those the published
+    means skip).
     """
     t = to_numpy(c_true).astype(np.float64)
     s = to_numpy(c_score).astype(np.float64)
@@ -279,27 +292,34 @@ def concept_metrics(
     _check_binary_values(t[annotated], "c_true (annotated entries)")
     names = _check_names(concept_names, t.shape[1], "concept", "concept")
     pred = s > threshold
-    per_acc, per_f1, per_auc = [], [], []
+    per_acc, per_macro, per_pos, per_auc = [], [], [], []
+    has_positive = np.zeros(t.shape[1], dtype=bool)
     with _quiet():
         for k in range(t.shape[1]):
             m = annotated[:, k]
             if not m.any():
-                per_acc.append(math.nan)
-                per_f1.append(math.nan)
-                per_auc.append(math.nan)
+                for values in (per_acc, per_macro, per_pos, per_auc):
+                    values.append(math.nan)
                 continue
             tk, pk = t[m, k].astype(np.int64), pred[m, k].astype(np.int64)
+            has_positive[k] = bool(tk.any())
             per_acc.append(float(accuracy_score(tk, pk)))
-            per_f1.append(float(f1_score(tk, pk, zero_division=np.nan)))
+            per_macro.append(float(f1_score(tk, pk, average="macro", zero_division=0.0)))
+            per_pos.append(float(f1_score(tk, pk, zero_division=np.nan)))
             per_auc.append(_auroc(tk, s[m, k]))
+        published = np.flatnonzero(has_positive)
         out = {
-            "concept_accuracy": (float(accuracy_score(t[annotated].astype(np.int64), pred[annotated]))
-                                 if annotated.any() else math.nan),
-            "concept_macro_f1": _nanmean(per_f1),
+            "concept_macro_f1": _nanmean([per_macro[k] for k in published]),
+            "concept_accuracy": _nanmean([per_acc[k] for k in published]),
+            "concept_with_positives": float(len(published)),
+            "concept_positive_f1_mean": _nanmean(per_pos),
+            "concept_accuracy_pooled": (float(accuracy_score(t[annotated].astype(np.int64), pred[annotated]))
+                                        if annotated.any() else math.nan),
             "concept_auroc_mean": _nanmean(per_auc),
             "concept_annotated_fraction": float(annotated.mean()),
         }
-    for prefix, values in (("concept_accuracy", per_acc), ("concept_f1", per_f1), ("concept_auroc", per_auc)):
+    for prefix, values in (("concept_accuracy", per_acc), ("concept_macro_f1", per_macro),
+                           ("concept_positive_f1", per_pos), ("concept_auroc", per_auc)):
         out.update({f"{prefix}/{name}": value for name, value in zip(names, values, strict=True)})
     return out
 
