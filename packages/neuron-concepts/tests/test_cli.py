@@ -72,6 +72,7 @@ def test_run_writes_every_stage(pipeline):
     for r in names:  # named at or above the floor; unnamed below it, with the candidate it missed
         assert r["source"] in ("gt-attribute", "none")
         assert (r["score"] >= floor) if r["source"] == "gt-attribute" else (r["score"] is None or r["score"] < floor)
+        assert r["source"] != "none" or r["name"] == f"latent {r['latent']}"
     assert naming["named"] + naming["unnamed"] == naming["alive"] == len(names)
     assert naming["named"] == sum(r["source"] != "none" for r in names)
     sweep = {row["floor"]: row for row in naming["floor_sweep_val"]}

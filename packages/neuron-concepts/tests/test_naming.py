@@ -68,6 +68,9 @@ def test_annotation_naming_recovers_planted_concepts():
     floorless = name_latents(A, ["annotations"], concepts=c, concept_names=names, min_auroc=0.0)
     assert floorless[1].source == "gt-attribute" and floorless[1].name == result[1].details["candidate"]
     assert floorless[1].score == result[1].score
+    shifted = name_latents(np.concatenate([np.zeros((len(A), 2)), A], axis=1), ["annotations"], concepts=c,
+                           concept_names=names)  # two dead latents first: the noise latent is latent 3
+    assert shifted[3].source == "none" and shifted[3].name == "latent 3" and shifted[2].name == "a"
     strict = name_latents(A, ["annotations"], concepts=c, concept_names=names, min_auroc=0.999)
     assert {k for k, v in strict.items() if v.source != "none"} == {k for k in (0, 2, 3) if result[k].score >= 0.999}
     plain = name_latents(A, ["annotations"], concepts=c, concept_names=names, negations=False)

@@ -573,7 +573,8 @@ def name_latents(
                                  "(use vocabulary, file or backend)")
             found = name_from_annotations(auroc_matrix(A[:, todo], np.asarray(concepts)), concept_names,
                                           range(len(todo)), negations, min_auroc)
-            add({todo[i]: LatentName(todo[i], v.name, v.source, v.score, v.details) for i, v in found.items()})
+            add({todo[i]: LatentName(todo[i], v.name if v.source != "none" else f"latent {todo[i]}", v.source,
+                                     v.score, v.details) for i, v in found.items()})
         elif source == "vocabulary":
             if not vocabulary:
                 raise ValueError("naming source 'vocabulary' needs a vocabulary file (naming.vocabulary)")
