@@ -81,7 +81,7 @@ def test_neuron_concepts_pipeline_explain_report(synth_data, runs_root, e2e, mon
                 "--train.batch_size", "16", "--sae.expansion", "2", "--sae.batch_size", "32", "--sae.epochs", "10",
                 "--naming.figures", "3", "--cav.top_n", "10", "--cav.n_negative", "20", "--select.k", "12",
                 "--cbm.n_nonzero", "4", "--cbm.c_search_steps", "1", "--bootstrap", "20", "--no-progress",
-                "--device", "cpu", "--seed", "0")
+                "--naming.min_auroc", "0.6", "--device", "cpu", "--seed", "0")
     folder = next(out.iterdir())
     summary = json.loads((folder / "metrics.json").read_text())
     assert 0 <= summary["cbm_test"]["accuracy"] <= 1 and 0 <= summary["opaque_test"]["accuracy"] <= 1

@@ -159,10 +159,10 @@ def run_neuron_concepts(demo: Demo, data: dict[str, Path], shared: dict) -> Step
                                            "--device", "cpu"], "neuron-concepts")
     cbm = json.loads((step.run / "cbm" / "metrics.json").read_text())
     name = json.loads((step.run / "name" / "metrics.json").read_text())
-    named = sum(row["named_correctly"] for row in name["concept_matching"])
+    named = name["concepts_named_confirmed_test"]
     step.headline = (f"bottleneck test accuracy {ci_text(cbm['test'], 'accuracy')} (baseline "
-                     f"{cbm['opaque_test']['accuracy']:.3f}); {named} of {len(name['concept_matching'])} "
-                     "annotated concepts named correctly")
+                     f"{cbm['opaque_test']['accuracy']:.3f}); {named} of {len(name['concept_naming_test'])} "
+                     f"annotated concepts named on train (AUROC >= {name['min_auroc']}) and holding on test")
     step.note = "Dissects the baseline run above: no training of its own besides the SAE and the bottleneck."
     return step
 

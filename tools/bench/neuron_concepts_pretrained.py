@@ -33,13 +33,16 @@ RESULT = "neuron_concepts_pretrained"
 
 
 def score(pipeline: Path, relevant: list[str] | None) -> dict:
-    """Per concept: best train latent's test AUROC and whether its name is right; counts at 0.8 / 0.9."""
+    """Per concept: best train latent's test AUROC and whether a latent named after it on train (above the naming
+    floor) holds on test; counts at 0.8 / 0.9."""
     summary = json.loads((pipeline / "metrics.json").read_text())
     naming = json.loads((pipeline / "name" / "metrics.json").read_text())
     rows = naming["concept_matching"]
     focus = [r for r in rows if relevant is None or r["concept"] in relevant]
+    naming_check = {r["concept"]: r for r in naming["concept_naming_test"]}
     out = {"concepts": {r["concept"]: {"latent": r.get("best_latent"), "test_auroc": r.get("test_auroc"),
-                                       "named_correctly": r.get("named_correctly")} for r in rows},
+                                       "name_confirmed": naming_check[r["concept"]]["confirmed"]} for r in rows},
+           "named_confirmed": sorted(r["concept"] for r in focus if naming_check[r["concept"]]["confirmed"]),
            "scored": [r["concept"] for r in focus],
            "matched_0.9": sorted(r["concept"] for r in focus if (r.get("test_auroc") or 0) >= 0.9),
            "matched_0.8": sorted(r["concept"] for r in focus if (r.get("test_auroc") or 0) >= 0.8),

@@ -1,6 +1,6 @@
 """Concepts from Neurons on synth-derm (ground-truth concepts and rule known): does the SAE of an opaque model
-find the concepts the label depends on, does annotation-based naming recover their names, and how close is the
-concept bottleneck to the opaque model?
+find the concepts the label depends on, do annotation names chosen on train (above the naming floor) hold on
+test, and how close is the concept bottleneck to the opaque model?
 
     python tools/bench/neuron_concepts_synth_derm.py [--n 2000] [--out runs/bench-neuron-concepts] [--pipeline DIR]
 
@@ -100,16 +100,22 @@ def diagnostics(pipeline: Path, sae_dir: Path) -> dict:
 
 
 def matching_of(name_dir: Path, relevant: list[str]) -> dict:
+    """Per concept: the train-best latent (matching) and the naming check (names chosen on train, above the naming
+    floor, checked on test: `name_confirmed`); the counts over the label-relevant concepts."""
     m = json.loads((name_dir / "metrics.json").read_text())
     rows = m["concept_matching"]
+    naming = {r["concept"]: r for r in m["concept_naming_test"]}
     for r in rows:
         r["label_relevant"] = r["concept"] in relevant
+        n = naming[r["concept"]]
+        r.update(named_latent=n["latent"], named_latent_test_auroc=n["check_auroc"], latents_named=n["latents_named"],
+                 name_confirmed=n["confirmed"])
     rel_rows = [r for r in rows if r["label_relevant"]]
-    return {"rows": rows, "alive": m["alive"],
+    return {"rows": rows, "alive": m["alive"], "named": m["named"], "min_auroc": m["min_auroc"],
             "relevant_matched_0.9": sum((r["test_auroc"] or 0) >= 0.9 for r in rel_rows),
             "relevant_count": len(rel_rows),
-            "naming_accuracy_relevant": float(np.mean([r["named_correctly"] for r in rel_rows])),
-            "naming_accuracy_all": m["naming_accuracy"]}
+            "relevant_named_confirmed": sum(r["name_confirmed"] for r in rel_rows),
+            "named_confirmed_all": m["concepts_named_confirmed_test"]}
 
 
 def main() -> None:
@@ -177,8 +183,9 @@ def main() -> None:
         "pca_variance_ratio": diag["pca_variance_ratio"],
         "best_single_feature_test_auroc": diag["best_single_feature_test_auroc"],
         "relevant_matched_0.9": result_main["relevant_matched_0.9"], "relevant_count": result_main["relevant_count"],
-        "naming_accuracy_relevant": result_main["naming_accuracy_relevant"],
-        "naming_accuracy_all": result_main["naming_accuracy_all"],
+        "relevant_named_confirmed": result_main["relevant_named_confirmed"],
+        "named_confirmed_all": result_main["named_confirmed_all"],
+        "min_auroc": result_main["min_auroc"], "named": result_main["named"],
         "opaque_test": opaque, "cbm_test": cbm, "accuracy_gap": gap, "within_3_points": bool(gap <= 0.03),
         "cbm": summary["cbm"], "sae": summary["sae"], "alive": summary["naming"]["alive"],
         "cavs": summary["cavs"], "selected": summary["selected"],

@@ -36,6 +36,50 @@ def _accuracy(result: dict) -> list[str]:
             f"reconstruction scores {fmt(cbm['opaque_head_on_reconstruction_accuracy_test'])}.", ""]
 
 
+def _new(result: dict) -> bool:
+    """Results written since names are checked on a held-out split (older ones hold the circular measure)."""
+    return "relevant_named_confirmed" in result or "named_confirmed" in result
+
+
+_NAME_COLUMN = {True: "named on train, holds on test", False: "train-best latent's name is the concept (circular)"}
+_NAME_SUMMARY = {True: "relevant: named, holds on test", False: "circular naming measure (relevant)"}
+
+
+def _name_cell(row: dict) -> str:
+    if "name_confirmed" in row:
+        if row["named_latent"] is None:
+            return "no latent named so"
+        return (f"{'yes' if row['name_confirmed'] else 'no'} (#{row['named_latent']}, "
+                f"{_auroc(row['named_latent_test_auroc'])})")
+    return "yes" if row.get("named_correctly") else "no"
+
+
+def _name_summary(result: dict) -> str:
+    if "relevant_named_confirmed" in result:
+        return f"{result['relevant_named_confirmed']}/{result['relevant_count']}"
+    return f"{result['naming_accuracy_relevant']:.2f}"
+
+
+def naming_sentence(result: dict) -> str:
+    """The naming result in words: names chosen on train above the naming floor, checked on test; an older result
+    file holds only the circular measure, which is said for what it is."""
+    if "relevant_named_confirmed" in result:
+        return (f"label-relevant concepts with a name chosen on train (naming floor: train AUROC >= "
+                f"{result['min_auroc']}) whose latent also reaches that floor on test: **{result['relevant_named_confirmed']} "
+                f"of {result['relevant_count']}** (all {len(result['concepts'])} concepts: {result['named_confirmed_all']}; "
+                f"{result['named']} of {result['alive']} alive latents named).")
+    if "named_confirmed" in result:
+        return (f"concepts with a name chosen on train (naming floor: train AUROC >= {result['min_auroc']}) whose "
+                f"latent also reaches that floor on test: **{result['named_confirmed']} of {result['n_concepts']}** "
+                f"({result['named']} of {result['alive']} alive latents named);")
+    if "naming_accuracy_relevant" in result:
+        return (f"this result file predates the held-out naming check: it holds only the circular measure (does the "
+                f"latent with the best train AUROC for a concept carry that concept's name, itself the argmax of the same "
+                f"train AUROC): {result['naming_accuracy_relevant']:.2f} of the label-relevant concepts.")
+    return (f"this result file predates the held-out naming check: it holds only the circular measure (the train-best "
+            f"latent's name is the concept) {result['naming_accuracy']:.2f};")
+
+
 def synth_derm(result: dict) -> list[str]:
     lines = _header(result, "neuron-concepts (Concepts from Neurons) on synth-derm")
     lines += [f"Data: `{result['data']}`; label rule `{result['rule']}` (label-relevant: "
@@ -48,18 +92,17 @@ def synth_derm(result: dict) -> list[str]:
               "Per ground-truth concept: the latent whose activation predicts it best on train (AUROC), scored on "
               "test; its annotation-based name; and, as a ceiling, the test AUROC of a supervised linear probe on "
               "the opaque model's features.", "",
-              "| concept | label-relevant | best latent | train AUROC | test AUROC | >= 0.9 | name | named correctly "
+              f"| concept | label-relevant | best latent | train AUROC | test AUROC | >= 0.9 | its name | {_NAME_COLUMN[_new(result)]} "
               "| best test AUROC of any latent | linear-probe test AUROC |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["concepts"]:
         lines.append(f"| {r['concept']} | {'yes' if r['label_relevant'] else 'no'} | {r['best_latent']} | "
                      f"{_auroc(r['train_auroc'])} | {_auroc(r['test_auroc'])} | "
                      f"{'yes' if (r['test_auroc'] or 0) >= 0.9 else 'no'} | {r['name']} | "
-                     f"{'yes' if r['named_correctly'] else 'no'} | {_auroc(r['best_test_auroc_any'])} | "
+                     f"{_name_cell(r)} | {_auroc(r['best_test_auroc_any'])} | "
                      f"{_auroc(r['probe_test_auroc'])} |")
     lines += ["", f"Label-relevant concepts matched at AUROC >= 0.9: **{result['relevant_matched_0.9']} of "
-              f"{result['relevant_count']}**; naming accuracy (label-relevant concepts whose best latent carries "
-              f"their name): **{result['naming_accuracy_relevant']:.2f}** (all {len(result['concepts'])} concepts: {result['naming_accuracy_all']:.2f}).",
+              f"{result['relevant_count']}**; {naming_sentence(result)}",
               "", "Best latent per term of the rule (train-chosen, test AUROC): "
               + "; ".join(f"`{t['term']}` latent {t['best_latent']} {t['test_auroc']:.3f}" for t in result["rule_terms"])
               + ".", ""]
@@ -68,21 +111,19 @@ def synth_derm(result: dict) -> list[str]:
                   "in that term (test AUROC of the term's indicator): "
                   + "; ".join(f"{name} {t['test_auroc']:.3f} (`{t['term']}`)"
                               for name, ts in result["term_indicator_test_auroc"].items() for t in ts)
-                  + ". A concept that the label needs only together with another has no direction of its own in a "
-                  "representation trained on the label alone, and its best latent lands near this value.", ""]
+                  + ".", ""]
     lines += ["SAE variants on the same cached features (`train-sae` and `name` rerun alone):", "",
               "| SAE | test R^2 | L0 | dead | fit time | " + " | ".join(r["concept"] for r in result["concepts"])
-              + " | relevant >= 0.9 | naming acc. (relevant) |",
+              + f" | relevant >= 0.9 | {_NAME_SUMMARY[_new(result)]} |",
               "|---|---|---|---|---|" + "---|" * len(result["concepts"]) + "---|---|",
               f"| ReLU + L1 (default) | {fmt(s['test_r2'])} | {s['l0']:.0f} | {100 * s['dead_fraction']:.0f}% | "
               f"{s['fit_time_s']:.0f} s | " + " | ".join(_auroc(r["test_auroc"]) for r in result["concepts"])
-              + f" | {result['relevant_matched_0.9']}/{result['relevant_count']} | "
-              f"{result['naming_accuracy_relevant']:.2f} |"]
+              + f" | {result['relevant_matched_0.9']}/{result['relevant_count']} | {_name_summary(result)} |"]
     for v in result["variants"]:
         lines.append(f"| {v['label']} | {fmt(v['sae']['r2'])} | {v['sae']['l0']:.0f} | "
                      f"{100 * v['sae']['dead_fraction']:.0f}% | {v['fit_time_s']:.0f} s | "
                      + " | ".join(_auroc(r["test_auroc"]) for r in v["rows"])
-                     + f" | {v['relevant_matched_0.9']}/{v['relevant_count']} | {v['naming_accuracy_relevant']:.2f} |")
+                     + f" | {v['relevant_matched_0.9']}/{v['relevant_count']} | {_name_summary(v)} |")
     if "pca_variance_ratio" in result:
         pca, single = result["pca_variance_ratio"], result["best_single_feature_test_auroc"]
         lines += ["", f"The opaque model's features: the first two principal components hold "
@@ -101,7 +142,7 @@ def wbcatt(result: dict) -> list[str]:
     s, r = result["sae"], result["sae_resampling"]
     lines += [f"Concepts matched by some latent at test AUROC >= 0.8 (latent chosen on train): "
               f"**{result['matched_test_auroc_0.8']} of {result['n_concepts']}** (>= 0.9: "
-              f"{result['matched_test_auroc_0.9']}); naming accuracy {result['naming_accuracy']:.2f}; "
+              f"{result['matched_test_auroc_0.9']}); {naming_sentence(result)} "
               f"{result['alive']} alive latents, {result['cavs']} CAVs, {result['selected']} selected.", "",
               "| SAE | train R^2 | test R^2 | L0 (test) | dead (train) | fit time |", "|---|---|---|---|---|---|",
               f"| ReLU + L1 ({s['n_latents']} latents) | {fmt(s['r2'])} | {fmt(s['test']['r2'])} | "

@@ -16,7 +16,9 @@ TINY = ["--device", "cpu", "--model.backbone", "test_resnet", "--data.image_size
         "--train.batch_size", "16", "--train.num_workers", "0", "--sae.expansion", "2", "--sae.batch_size", "32",
         "--sae.epochs", "10", "--sae.eval_every", "5", "--naming.figures", "5", "--naming.top_n", "6",
         "--cav.top_n", "10", "--cav.n_negative", "20", "--select.k", "12", "--cbm.n_nonzero", "4",
-        "--cbm.c_search_steps", "1", "--bootstrap", "20", "--no-progress"]
+        "--cbm.c_search_steps", "1", "--bootstrap", "20", "--no-progress",
+        # a 1-epoch model on 56 images: few latents reach the default naming floor (0.8); enough reach 0.6
+        "--naming.min_auroc", "0.6"]
 
 
 def test_help_and_version():
@@ -64,9 +66,31 @@ def test_run_writes_every_stage(pipeline):
     sae = json.loads((folder / "sae" / "metrics.json").read_text())
     assert {"r2", "l0", "dead_fraction"} <= set(sae["train"])
     names = json.loads((folder / "name" / "names.json").read_text())
-    assert names and all(r["source"] == "gt-attribute" for r in names)
-    matching = json.loads((folder / "name" / "metrics.json").read_text())["concept_matching"]
+    naming = json.loads((folder / "name" / "metrics.json").read_text())
+    floor = naming["min_auroc"]
+    assert any(r["source"] == "gt-attribute" for r in names)
+    for r in names:  # named at or above the floor; unnamed below it, with the candidate it missed
+        assert r["source"] in ("gt-attribute", "none")
+        assert (r["score"] >= floor) if r["source"] == "gt-attribute" else (r["score"] is None or r["score"] < floor)
+        assert r["source"] != "none" or r["name"] == f"latent {r['latent']}"
+    assert naming["named"] + naming["unnamed"] == naming["alive"] == len(names)
+    assert naming["named"] == sum(r["source"] != "none" for r in names)
+    sweep = {row["floor"]: row for row in naming["floor_sweep_val"]}
+    assert sweep[0.5]["named"] >= sweep[floor]["named"] == naming["named"] >= sweep[0.95]["named"]
+    checked = naming["concept_naming_test"]
+    assert [r["concept"] for r in checked] == list(json.loads((folder / "encode" / "features.json").read_text())
+                                                    ["card"]["concept_names"])
+    assert naming["concepts_named_confirmed_test"] == sum(r["confirmed"] for r in checked)
+    assert naming["label_relevant"] == ["irregular_border", "blue_white_veil", "streaks"]
+    assert naming["relevant_named_confirmed_test"] <= naming["concepts_named_confirmed_test"]
+    assert "naming_accuracy" not in naming  # the circular measure is gone
+    cavs = json.loads((folder / "cav" / "cavs.json").read_text())
+    assert {c["latent"] for c in cavs} <= {r["latent"] for r in names if r["source"] != "none"}
+    matching = naming["concept_matching"]
     assert [r["concept"] for r in matching][:2] == ["irregular_border", "blue_white_veil"]
+    assert "named_correctly" not in matching[0]
+    table = (folder / "cbm" / "concepts.md").read_text()
+    assert "naming score" in table and table.count("| gt-attribute |") == 12 and floor == 0.6
     selection = json.loads((folder / "select" / "selection.json").read_text())
     assert len(selection) == 12 and all(np.diff([s["gain"] for s in selection]) <= 1e-9)
     encoded = json.loads((folder / "encode" / "features.json").read_text())["splits"]
@@ -130,11 +154,24 @@ def test_stages_rerun_alone_and_explain(pipeline, tmp_path):
                                   "--class", "malignant"])
     assert result.exit_code == 0, result.output
     assert "logit of 'malignant'" in result.output and (tmp_path / "e.png").stat().st_size > 1000
+    assert "coefficient" in result.output and "naming score" in result.output and "(gt-attribute)" in result.output
     # the text's decomposition adds up
     from neuron_concepts.api import explain_image
+    from neuron_concepts.train import load_cbm
 
     e = explain_image(folder / "cbm", image)
     assert e.contributions.sum() + e.residual == pytest.approx(e.logit, abs=1e-9)
+    # each contribution is the image's coefficient times the concept's class weight: its sign is shown
+    cbm = load_cbm(folder / "cbm")
+    np.testing.assert_allclose(e.coefficients * cbm.concept_weights()[e.target], e.contributions, atol=1e-9)
+    selection = json.loads((folder / "select" / "selection.json").read_text())
+    assert e.naming_scores == [s["score"] for s in selection] == cbm.naming_scores
+    for i in e.top(3):
+        line = next(t for t in e.to_text().splitlines() if e.concept_names[i] in t)
+        assert f"coefficient {e.coefficients[i]:+.3f}" in line and f"naming score {e.naming_scores[i]:.3f}" in line
+        assert ("against" in line) == (e.coefficients[i] < 0)
+    entry = e.to_dict()["concepts"][0]
+    assert {"coefficient", "naming_score", "naming_source"} <= set(entry) and entry["naming_source"] == "gt-attribute"
     # a stage refuses the wrong kind of folder, in one line
     result = runner.invoke(main, ["cav", str(folder / "sae")])
     assert result.exit_code == 1 and "this is a 'sae' stage folder" in result.output
@@ -182,6 +219,40 @@ def test_a_stage_with_out_starts_a_new_pipeline(pipeline, tmp_path):
     (branch,) = (tmp_path / "branch").iterdir()
     assert json.loads((branch / "pipeline.json").read_text())["stages"] == {"select": "select"}
     assert json.loads((branch / "select" / "metrics.json").read_text())["k"] == 4
+
+
+def test_run_checks_its_naming_sources_before_training(tmp_path, monkeypatch):
+    """A naming source that cannot work fails `run` before the opaque model trains (not after the SAE), with the
+    error the name stage gives, and leaves no pipeline folder behind."""
+    import neuron_concepts.pipeline as pipeline_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the opaque model trained before the naming sources were checked")
+
+    monkeypatch.setattr(pipeline_module, "train_opaque", no_training)
+    data = generate("synth-derm", n=20, out=tmp_path / "data", seed=0, size=32)
+    out = tmp_path / "runs"
+    cases = {("--naming.sources", "file", "--naming.names_file", str(tmp_path / "names.json")):
+             "naming.names_file: " + str(tmp_path / "names.json") + ": names file not found",
+             ("--naming.sources", "vocabulary"): "none is usable here",
+             ("--naming.sources", "vocabulary", "--naming.vocabulary", str(tmp_path / "v.txt"), "--naming.reports",
+              str(tmp_path / "r.csv")): "vocabulary file not found",
+             ("--naming.sources", "annotations", "--naming.min_auroc", "2"): "naming.min_auroc 2"}
+    for args, message in cases.items():
+        result = CliRunner().invoke(main, ["run", "--config", "synth-derm-cpu", "--root", str(data), "--out", str(out),
+                                           *TINY, *args])
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+        assert not out.exists() or not any(out.iterdir()), args  # no pipeline folder, no trained model
+    # the same check on a dataset without concept annotations, read from its card
+    plain = generate("synth-derm", n=20, out=tmp_path / "plain", seed=0, size=32)
+    dataset = json.loads((plain / "dataset.json").read_text())
+    del dataset["concept_columns"], dataset["mask_columns"]
+    (plain / "dataset.json").write_text(json.dumps(dataset))
+    result = CliRunner().invoke(main, ["run", "--config", "synth-derm-cpu", "--root", str(plain), "--out", str(out),
+                                       *TINY])
+    assert result.exit_code == 1 and "none is usable here" in result.output, result.output
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_run_needs_a_root(tmp_path):

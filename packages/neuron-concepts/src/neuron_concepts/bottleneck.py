@@ -120,7 +120,8 @@ class ConceptBottleneck:
                  features: Literal["reconstruction", "coefficients"] = "reconstruction", C: float | None = None,
                  task: Literal["binary", "multiclass", "multilabel", "ordinal"] = "multiclass",
                  c_grid: Sequence[float] = C_GRID, c_search_steps: int = 8, max_iter: int = 1000,
-                 concept_names: Sequence[str] | None = None, class_names: Sequence[str] | None = None):
+                 concept_names: Sequence[str] | None = None, class_names: Sequence[str] | None = None,
+                 naming_scores: Sequence[float | None] | None = None):
         self.concepts = np.asarray(concepts, dtype=np.float64)
         if self.concepts.ndim != 2:
             raise ValueError(f"ConceptBottleneck: concepts must be (K, d), got shape {self.concepts.shape}")
@@ -131,6 +132,8 @@ class ConceptBottleneck:
         self.c_grid, self.c_search_steps, self.max_iter = tuple(c_grid), int(c_search_steps), int(max_iter)
         self.concept_names = list(concept_names) if concept_names is not None else None
         self.class_names = list(class_names) if class_names is not None else None
+        #: (K,) each concept's naming score (train AUROC of an annotation name, a vocabulary z-score...), None unknown
+        self.naming_scores = list(naming_scores) if naming_scores is not None else None
         self.search_: list[dict[str, float]] = []
 
     # -- the bottleneck --------------------------------------------------------------------------
@@ -311,7 +314,8 @@ class ConceptBottleneck:
 def cbm_meta(cbm: ConceptBottleneck, latents: Sequence[int], sources: Sequence[str]) -> dict[str, Any]:
     """What cbm.json holds: the settings, class and concept names, and each concept's SAE latent and name source."""
     return {"task": cbm.task, "class_names": cbm.class_names, "concept_names": cbm.concept_names,
-            "latents": [int(k) for k in latents], "sources": list(sources), "C": cbm.C_,
+            "latents": [int(k) for k in latents], "sources": list(sources), "naming_scores": cbm.naming_scores,
+            "C": cbm.C_,
             "n_nonzero": cbm.n_nonzero, "fit_intercept": cbm.fit_intercept, "features": cbm.features,
             "c_search": cbm.search_}
 
@@ -379,9 +383,13 @@ def load_cbm(folder: str | Path, n_latents: int | None = None,
                         "cbm.safetensors)")
     if class_names is not None and list(classes) != list(class_names):
         raise bad_value(path, "'class_names'", classes, f"the model's classes {list(class_names)}, in that order")
+    scores = meta.get("naming_scores")  # absent before naming scores were kept
+    if scores is not None and (not isinstance(scores, list) or len(scores) != n_concepts or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)) for v in scores)):
+        raise bad_value(path, "'naming_scores'", scores, f"{n_concepts} finite numbers or nulls, one per concept")
     cbm = ConceptBottleneck(t["concepts"], n_nonzero=meta["n_nonzero"], fit_intercept=meta["fit_intercept"],
                             features=meta["features"], C=meta["C"], task=meta["task"],
-                            concept_names=names, class_names=classes)
+                            concept_names=names, class_names=classes, naming_scores=scores)
     cbm.latents, cbm.sources = latents, meta.get("sources") or []
     return cbm.load_state(t["W"], t["b"], t["classes"], meta["C"])
 

@@ -67,7 +67,8 @@ def concept_vectors(H: np.ndarray, A: np.ndarray, latents: list[int], cav: CAVCo
 def concept_matching(A_train: np.ndarray, c_train: np.ndarray, A_test: np.ndarray, c_test: np.ndarray,
                      concept_names: list[str], names: dict[int, LatentName]) -> list[dict[str, Any]]:
     """Per annotated concept: the latent whose activation predicts it best on train (AUROC), that latent's
-    test AUROC, its name and whether the name is the concept; also the best test AUROC of any latent."""
+    test AUROC and its name (whatever it is: how names fare is `neuron_concepts.naming.concept_naming`); also the
+    best test AUROC of any latent (chosen on test: a ceiling, not a result)."""
     train = auroc_matrix(A_train, c_train)
     test = auroc_matrix(A_test, c_test)
     rows = []
@@ -75,7 +76,7 @@ def concept_matching(A_train: np.ndarray, c_train: np.ndarray, A_test: np.ndarra
         col = np.where(np.isnan(train[:, c]), -np.inf, train[:, c])
         if not np.isfinite(col).any():
             rows.append({"concept": concept, "best_latent": None, "train_auroc": None, "test_auroc": None,
-                         "name": None, "named_correctly": False, "best_test_auroc_any": None})
+                         "name": None, "best_test_auroc_any": None})
             continue
         k = int(np.argmax(col))
         latent_name = names.get(k)
@@ -83,6 +84,5 @@ def concept_matching(A_train: np.ndarray, c_train: np.ndarray, A_test: np.ndarra
         rows.append({"concept": concept, "best_latent": k, "train_auroc": float(train[k, c]),
                      "test_auroc": None if np.isnan(test[k, c]) else float(test[k, c]),
                      "name": latent_name.name if latent_name else None,
-                     "named_correctly": bool(latent_name is not None and latent_name.name == concept),
                      "best_test_auroc_any": None if np.isnan(test_col).all() else float(np.nanmax(test_col))})
     return rows

@@ -50,12 +50,17 @@ class SAEConfig:
     eval_every: int = 10  # epochs between validation R^2 / L0 in the history
 
 
+#: the naming floor of annotation names (naming.min_auroc): chosen on validation, see the package README
+DEFAULT_MIN_AUROC = 0.8
+
+
 @dataclass
 class NamingConfig:
     """Where latent names come from (tried in order; see neuron_concepts.naming)."""
 
     sources: tuple[str, ...] = ("annotations",)
     negations: bool = True  # annotations: allow "no <concept>"
+    min_auroc: float = DEFAULT_MIN_AUROC  # annotations: the smallest train AUROC that names a latent
     top_n: int = 16  # top-activating images per latent (figures, reports, backend)
     vocabulary: str | None = None  # a file of clinical terms, one per line
     reports: str | None = None  # a CSV with an id column and a report column

@@ -2,6 +2,8 @@
 
 logit(class) = sum_k contribution_k + residual, contribution_k = w_k (W_class . c_k) where w is the image's
 sparse code over the selected concept vectors c_k; residual = the decomposition intercept's term + bias.
+The coefficient w_k can be negative: the image then holds the concept's opposite, so "+12.3 no streaks" with
+w_k < 0 speaks for streaks. The text, figure and dict show w_k's sign and each concept's naming score.
 
     e = explain_tensor(model, cbm, x, shown)       # x (1, C, H, W) preprocessed; model: the opaque classifier
     e.to_text(top_k=5); e.figure("e.png"); e.to_dict()
@@ -44,6 +46,30 @@ class Explanation:
     contributions: np.ndarray  # (K,) to the target class's logit
     residual: float
     logit: float
+    coefficients: np.ndarray | None = None  # (K,) the image's decomposition coefficients w_k (sign: for / against)
+    naming_scores: list[float | None] | None = None  # (K,) each concept's naming score (None: unknown)
+    naming_sources: list[str] | None = None  # (K,) where each name came from
+
+    def naming_score(self, i: int) -> float | None:
+        """Concept i's naming score, None when unknown."""
+        return self.naming_scores[i] if self.naming_scores and i < len(self.naming_scores) else None
+
+    def naming_source(self, i: int) -> str | None:
+        """Where concept i's name came from, None when unknown."""
+        return self.naming_sources[i] if self.naming_sources and i < len(self.naming_sources) else None
+
+    def concept_note(self, i: int) -> str:
+        """What sits beside concept i's name: its coefficient (and "against" when negative) and naming score."""
+        bits = []
+        if self.coefficients is not None:
+            w = float(self.coefficients[i])
+            bits.append(f"coefficient {w:+.3f}" + (" (against: the image holds the opposite)" if w < 0 else ""))
+        source, score = self.naming_source(i), self.naming_score(i)
+        if score is not None:
+            bits.append(f"naming score {score:.3f}" + (f" ({source})" if source else ""))
+        elif source:
+            bits.append(f"named by {source}")
+        return "; ".join(bits)
 
     @property
     def explained(self) -> int:
@@ -63,15 +89,17 @@ class Explanation:
                  f"{self.probabilities[self.predicted]:.3f}); opaque model: {self.class_names[self.opaque_predicted]}",
                  f"logit of '{self.class_names[c]}' = {self.logit:+.3f} = sum of concept contributions "
                  f"{self.contributions.sum():+.3f} + residual {self.residual:+.3f}",
-                 f"top concepts ({int((self.contributions != 0).sum())} active):"]
+                 f"top concepts ({int((self.contributions != 0).sum())} active; contribution = coefficient x the "
+                 "concept's class weight):"]
         for i in self.top(top_k):
-            lines.append(f"  {self.contributions[i]:+.3f}  {self.concept_names[i]}")
+            note = self.concept_note(i)
+            lines.append(f"  {self.contributions[i]:+.3f}  {self.concept_names[i]}" + (f"  [{note}]" if note else ""))
         return "\n".join(lines)
 
     def figure(self, path: str | Path, top_k: int | None = None, *, k: int | None = None) -> Path:
         """The image beside a bar chart of the top_k contributions and the residual; one PNG at `path`."""
         idx = self.top(_top_k(top_k, k))
-        labels = [self.concept_names[i] for i in idx] + ["residual (intercept + bias)"]
+        labels = [self._label(i) for i in idx] + ["residual (intercept + bias)"]
         vals = np.concatenate([self.contributions[idx], [self.residual]])
         fig, axes = plt.subplots(1, 2, figsize=(10, 0.9 + 0.32 * max(len(vals), 6)),
                                  gridspec_kw={"width_ratios": [1, 2.2]})
@@ -84,7 +112,7 @@ class Explanation:
         colours = [POSITIVE_COLOUR if v >= 0 else NEGATIVE_COLOUR for v in vals]
         colours[-1] = "0.6"
         axes[1].barh(y, vals, color=colours, height=0.7)
-        axes[1].set_yticks(y, [s if len(s) < 50 else s[:47] + "..." for s in labels], fontsize=8)
+        axes[1].set_yticks(y, [s if len(s) < 70 else s[:67] + "..." for s in labels], fontsize=8)
         axes[1].invert_yaxis()
         axes[1].axvline(0, color="0.3", lw=0.8)
         span = float(np.abs(vals).max()) or 1.0
@@ -93,10 +121,19 @@ class Explanation:
                          ha="left" if v >= 0 else "right", fontsize=7)
         axes[1].set_xlim(min(0.0, vals.min()) - 0.2 * span, max(0.0, vals.max()) + 0.2 * span)
         axes[1].set_xlabel(f"contribution to the logit of '{self.class_names[self.target]}' "
-                           f"(total {self.logit:+.2f})", fontsize=8)
+                           f"(total {self.logit:+.2f}); w: the image's coefficient (< 0: against the concept)",
+                           fontsize=8)
         axes[1].set_title(f"top {len(idx)} concepts", fontsize=9)
         fig.tight_layout()
         return save_figure(fig, path)
+
+    def _label(self, i: int) -> str:
+        """Concept i's name in the figure, with its coefficient and naming score."""
+        bits = [] if self.coefficients is None else [f"w {float(self.coefficients[i]):+.2f}"]
+        score = self.naming_score(i)
+        if score is not None:
+            bits.append(f"name {score:.2f}")
+        return self.concept_names[i] + (f" [{', '.join(bits)}]" if bits else "")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable: the classes, probabilities, the decomposed logit and every active concept's
@@ -107,7 +144,10 @@ class Explanation:
             "probabilities": {n: p for n, p in zip(self.class_names, self.probabilities, strict=True)},
             "predicted": self.predicted, "target": self.target, "opaque_predicted": self.opaque_predicted,
             "logit": self.logit, "residual": self.residual, "contributions_sum": float(self.contributions.sum()),
-            "concepts": [{"name": self.concept_names[i], "contribution": self.contributions[i]} for i in active],
+            "concepts": [{"name": self.concept_names[i], "contribution": self.contributions[i],
+                          "coefficient": None if self.coefficients is None else self.coefficients[i],
+                          "naming_score": self.naming_score(i), "naming_source": self.naming_source(i)}
+                         for i in active],
         })
 
 
@@ -151,9 +191,12 @@ def explain_tensor(model: ImageClassifier, cbm: ConceptBottleneck, x: torch.Tens
     predicted = int(np.argmax(proba))
     explained = resolve_class(target, class_names)
     contrib = cbm.contributions(H, None if explained is None else explained)
+    coef, _ = cbm.decompose(H)
     latents = getattr(cbm, "latents", None) or list(range(len(cbm.concepts)))
     names = [f"{n} (#{k})" for n, k in zip(cbm.concept_names or [], latents, strict=False)]
+    sources = getattr(cbm, "sources", None) or None
     return Explanation(image=image, class_names=class_names, probabilities=proba, predicted=predicted,
                        target=int(contrib.classes[0]), opaque_predicted=int(np.argmax(opaque_logits)),
                        concept_names=names, contributions=contrib.values[0], residual=float(contrib.residual[0]),
-                       logit=float(contrib.logits[0]))
+                       logit=float(contrib.logits[0]), coefficients=coef[0], naming_scores=cbm.naming_scores,
+                       naming_sources=list(sources) if sources else None)

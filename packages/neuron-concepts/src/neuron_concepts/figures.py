@@ -102,7 +102,8 @@ def top_images_figure(latents: list[int | None], names: dict[int, LatentName], A
         rows = [int(i) for i in top[k][:per_row]]
         for j, i in enumerate(rows):
             imgs.append(images(i))
-            captions.append((f"#{k} {names[k].name}"[:28] + "\n" if j == 0 else "\n") + f"a={A[i, k]:.2f}")
+            score = "" if names[k].score is None else f" {names[k].score:.2f}"
+            captions.append((f"#{k} {names[k].name}"[:24] + score + "\n" if j == 0 else "\n") + f"a={A[i, k]:.2f}")
         for _ in range(per_row - len(rows)):
             imgs.append(np.ones((8, 8, 3)))
             captions.append("")

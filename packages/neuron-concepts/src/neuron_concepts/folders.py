@@ -423,6 +423,8 @@ def load_cavs(cav_dir: str | Path, n_latents: int | None = None) -> tuple[np.nda
                f"latent {int(latents[i])}, as in {path.name}")
         _field(json_path, i, r, "name", lambda v: isinstance(v, str) and bool(v), "a non-empty name")
         _field(json_path, i, r, "source", lambda v: isinstance(v, str), "the name's source (a string)")
+        if r.get("score") is not None and not _is_number(r["score"]):
+            raise bad_value(json_path, f"entry {i} 'score'", r["score"], "the naming score: a finite number or null")
     if n_latents is not None and len(latents) and not (latents.min() >= 0 and latents.max() < n_latents):
         raise CheckpointError(f"{path}: latents {latents.min()}..{latents.max()}; expected indices in "
                               f"[0, {n_latents - 1}]")
@@ -439,4 +441,6 @@ def load_selection(select_dir: str | Path, n_cavs: int) -> list[dict[str, Any]]:
         _field(path, i, r, "cav_index", lambda v: _is_int(v) and 0 <= v < n_cavs,
                f"an index into the cav stage's {n_cavs} vectors")
         _field(path, i, r, "name", lambda v: isinstance(v, str) and bool(v), "a non-empty name")
+        if r.get("score") is not None and not _is_number(r["score"]):
+            raise bad_value(path, f"entry {i} 'score'", r["score"], "the naming score: a finite number or null")
     return records

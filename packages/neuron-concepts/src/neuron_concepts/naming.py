@@ -4,7 +4,9 @@ Sources (tried in the configured order; the first that names a latent wins):
 
 - ``annotations`` (source ``gt-attribute``): the annotated concept the latent's activation predicts best,
   by AUROC (network-dissection style); with ``negations`` a latent active where a concept is absent may be
-  named ``no <concept>`` (score 1 - AUROC).
+  named ``no <concept>`` (score 1 - AUROC). Only a score of at least ``min_auroc`` (the naming floor) names
+  the latent; below it the latent stays unnamed (its best candidate is recorded in ``details``) and the next
+  source may name it.
 - ``vocabulary`` (``vocab-enrichment``): the user's clinical terms ranked by how over-represented they are
   in the reports of the latent's top-activating images against the other images (smoothed log-odds
   ratio z-score); the name is the most enriched term when its z-score passes `min_z`.
@@ -12,7 +14,13 @@ Sources (tried in the configured order; the first that names a latent wins):
 - ``backend`` (``backend:<id>``): a `NamingBackend` (a local vision-language or language model, or the
   mock in tests) given the top-activating images, their reports and the vocabulary.
 
-A latent no source names is called ``latent <k>`` (source ``none``).
+A latent no source names is unnamed: called ``latent <k>``, source ``none`` (with the best annotation candidate's
+score when one was below the floor); unnamed latents get no concept activation vector (``cav.named_only``), so
+they stay out of the named bottleneck.
+
+`floor_sweep` and `concept_naming` measure naming on a split other than the one the names were chosen on (see
+their docstrings): the first is what the default floor was chosen from, on validation; the second checks
+train-chosen names against test annotations.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from medimg_core.config import ConfigError
+from neuron_concepts.config import DEFAULT_MIN_AUROC, NamingConfig
 
 log = logging.getLogger("medimg")
 
@@ -88,29 +99,133 @@ def auroc_matrix(activations: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def best_annotation(aurocs: np.ndarray, negations: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best annotated concept of every latent: (concept index (m,), negated (m,) bool, score (m,)).
+
+    aurocs (m, C) as from `auroc_matrix`; the score is the AUROC, or 1 - AUROC for a negated name ("no <concept>",
+    only with `negations`, and only when strictly better). A row without any defined AUROC gets index -1 and a NaN
+    score.
+    """
+    M = np.asarray(aurocs, dtype=np.float64)
+    m = M.shape[0]
+    if M.size == 0:
+        return np.full(m, -1), np.zeros(m, dtype=bool), np.full(m, np.nan)
+    defined = ~np.isnan(M).all(axis=1)
+    pos = np.where(np.isnan(M), -np.inf, M)
+    c = pos.argmax(axis=1)
+    score = pos[np.arange(m), c]
+    negated = np.zeros(m, dtype=bool)
+    if negations:
+        neg = np.where(np.isnan(M), -np.inf, 1 - M)
+        cn = neg.argmax(axis=1)
+        better = neg[np.arange(m), cn] > score
+        c, score, negated = np.where(better, cn, c), np.where(better, neg[np.arange(m), cn], score), better
+    return np.where(defined, c, -1), negated & defined, np.where(defined, score, np.nan)
+
+
 def name_from_annotations(aurocs: np.ndarray, concept_names: Sequence[str], latents: Sequence[int],
-                          negations: bool = True) -> dict[int, LatentName]:
-    """Each latent named by its best-matching annotated concept (highest AUROC, or 1 - AUROC as 'no ...')."""
+                          negations: bool = True, min_auroc: float = DEFAULT_MIN_AUROC) -> dict[int, LatentName]:
+    """Each latent named by its best-matching annotated concept (highest AUROC, or 1 - AUROC as 'no ...') when
+    that score is at least `min_auroc`; a latent below the floor gets an unnamed entry (source "none", name
+    "latent <k>", its best candidate's score, the candidate in details)."""
     names: dict[int, LatentName] = {}
     if aurocs.size == 0 or np.isnan(aurocs).all():
         return names
+    index, negated, scores = best_annotation(aurocs, negations)
     for k in latents:
-        row = aurocs[k]
-        if np.isnan(row).all():
+        c = int(index[k])
+        if c < 0:
             continue
-        pos = np.where(np.isnan(row), -np.inf, row)
-        c = int(np.argmax(pos))
-        score, negated = float(pos[c]), False
-        if negations:
-            neg = np.where(np.isnan(row), -np.inf, 1 - row)
-            cn = int(np.argmax(neg))
-            if neg[cn] > score:
-                c, score, negated = cn, float(neg[cn]), True
-        name = f"no {concept_names[c]}" if negated else str(concept_names[c])
-        names[int(k)] = LatentName(int(k), name, "gt-attribute", score,
-                                   {"concept": str(concept_names[c]), "negated": negated,
-                                    "auroc": float(row[c])})
+        score = float(scores[k])
+        name = f"no {concept_names[c]}" if negated[k] else str(concept_names[c])
+        details = {"concept": str(concept_names[c]), "negated": bool(negated[k]), "auroc": float(aurocs[k, c])}
+        if score >= min_auroc:
+            names[int(k)] = LatentName(int(k), name, "gt-attribute", score, details)
+        else:
+            names[int(k)] = LatentName(int(k), f"latent {int(k)}", "none", score,
+                                       {**details, "candidate": name, "min_auroc": float(min_auroc)})
     return names
+
+
+def _plain(name: str) -> str:
+    return " ".join(str(name).lower().replace("_", " ").split())
+
+
+def concept_of(name: str, concept_names: Sequence[str]) -> tuple[int, bool] | None:
+    """(concept index, negated) when a latent's name is an annotated concept or "no <concept>" (case, spaces and
+    underscores aside), else None: how a name from any source is checked against the annotations."""
+    plain = _plain(name)
+    for j, concept in enumerate(concept_names):
+        if plain == _plain(concept):
+            return j, False
+        if plain == "no " + _plain(concept):
+            return j, True
+    return None
+
+
+#: the floors `floor_sweep` reports by default
+FLOORS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def floor_sweep(aurocs_fit: np.ndarray, aurocs_check: np.ndarray, negations: bool = True,
+                floors: Sequence[float] = FLOORS) -> list[dict[str, Any]]:
+    """What each naming floor does, names chosen on one split (`aurocs_fit`) and checked on another
+    (`aurocs_check`, same latents and concepts; e.g. train and validation).
+
+    Per floor t: `named` (latents whose best annotation score on the fit split is >= t), `same_best` (of these,
+    those whose best annotation on the check split is the same name), `holding` (those whose name scores >= t
+    on the check split too) and the two fractions of `named`. Latents without a defined AUROC are left out.
+    """
+    c_fit, neg_fit, s_fit = best_annotation(aurocs_fit, negations)
+    c_chk, neg_chk, _ = best_annotation(aurocs_check, negations)
+    ok = c_fit >= 0
+    A = np.asarray(aurocs_check, dtype=np.float64)
+    raw = np.full(len(c_fit), np.nan)
+    raw[ok] = A[np.flatnonzero(ok), c_fit[ok]]
+    s_chk = np.where(neg_fit, 1 - raw, raw)
+    same = (c_fit == c_chk) & (neg_fit == neg_chk) & ok
+    rows = []
+    for t in floors:
+        named = ok & (s_fit >= t)
+        n = int(named.sum())
+        same_n, hold_n = int((named & same).sum()), int((named & (np.nan_to_num(s_chk, nan=-1) >= t)).sum())
+        rows.append({"floor": float(t), "named": n, "same_best": same_n, "holding": hold_n,
+                     "same_best_fraction": same_n / n if n else None, "holding_fraction": hold_n / n if n else None})
+    return rows
+
+
+def concept_naming(names: dict[int, LatentName], concept_names: Sequence[str], aurocs_fit: np.ndarray,
+                   aurocs_check: np.ndarray, floor: float) -> list[dict[str, Any]]:
+    """Per annotated concept, how its name fares: names chosen on one split, checked on another.
+
+    names: {latent: LatentName} (any source); aurocs_fit / aurocs_check (m, C): every latent's AUROC for every
+    concept on the split the names were chosen on (train) and on a held-out split (test). For concept c:
+    `latents_named` (named latents whose name is c), `latents_named_negated` ("no c"); among the first, the one
+    with the highest fit-split AUROC for c (`latent`, `fit_auroc`), its held-out AUROC (`check_auroc`) and
+    `confirmed`: a latent carries the name c and its held-out AUROC for c is >= `floor`. Unlike asking whether the
+    best latent's name is c, nothing here is chosen on the split it is scored on.
+    """
+    rows = []
+    for j, concept in enumerate(concept_names):
+        pos, neg = [], []
+        for k, v in names.items():
+            if v.source == "none":
+                continue
+            match = concept_of(v.name, concept_names)
+            if match is not None and match[0] == j:
+                (neg if match[1] else pos).append(k)
+        row: dict[str, Any] = {"concept": str(concept), "latents_named": len(pos), "latents_named_negated": len(neg),
+                               "latent": None, "name_source": None, "fit_auroc": None, "check_auroc": None,
+                               "confirmed": False}
+        fit = [(aurocs_fit[k, j], k) for k in pos if not np.isnan(aurocs_fit[k, j])]
+        if fit:
+            _, k = max(fit, key=lambda t: (t[0], -t[1]))
+            check = aurocs_check[k, j]
+            row.update(latent=int(k), name_source=names[k].source, fit_auroc=float(aurocs_fit[k, j]),
+                       check_auroc=None if np.isnan(check) else float(check),
+                       confirmed=bool(not np.isnan(check) and check >= floor))
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- vocabulary enrichment
@@ -354,6 +469,45 @@ def make_backend(spec: str, device: str = "cpu") -> NamingBackend:
 # --------------------------------------------------------------------------- all sources
 
 
+def check_sources(nc: NamingConfig, num_concepts: int) -> list[str]:
+    """The naming sources of `nc` that can name latents here (in order), checked without naming anything: the
+    files they name are read and the backend spec parsed, so `neuron-concepts run` fails on them before it trains
+    anything, with the error the name stage gives (it calls this too): a ConfigError naming the config key when no
+    source is usable, a vocabulary, reports or names file is missing or malformed, or the backend spec is bad.
+
+    num_concepts: the dataset's annotated concepts (0: the annotations source is skipped)."""
+    unknown = [s for s in nc.sources if s not in SOURCES]
+    if unknown:
+        raise ConfigError(f"naming.sources: unknown source(s) {unknown}; expected some of {list(SOURCES)}")
+    if not 0.0 <= float(nc.min_auroc) <= 1.0:
+        raise ConfigError(f"naming.min_auroc {nc.min_auroc}: expected an AUROC in [0, 1]")
+    usable = {"annotations": num_concepts > 0, "vocabulary": bool(nc.vocabulary and nc.reports),
+              "file": bool(nc.names_file), "backend": bool(nc.backend)}
+    sources = [s for s in nc.sources if usable[s]]
+    if not sources:
+        raise ConfigError(f"naming.sources {list(nc.sources)}: none is usable here; annotations need a dataset with "
+                          "concept annotations, vocabulary needs naming.vocabulary and naming.reports, file needs "
+                          "naming.names_file, backend needs naming.backend (mock, clip:/path or text:/path)")
+    checks: list[tuple[str, Callable[[], Any]]] = []
+    if "vocabulary" in sources:
+        checks += [("naming.vocabulary", lambda: read_vocabulary(nc.vocabulary)),
+                   ("naming.reports", lambda: read_reports(nc.reports, nc.report_id_column, nc.report_column))]
+    if "file" in sources:
+        checks.append(("naming.names_file", lambda: read_names_file(nc.names_file)))
+    if "backend" in sources:
+        kind, _, path = nc.backend.partition(":")
+        if not (kind == "mock" or (kind in ("clip", "text") and path)):
+            checks.append(("naming.backend", lambda: make_backend(nc.backend)))  # names the expected specs
+        else:  # the library and the local folder; the model itself is loaded when naming
+            checks.append(("naming.backend", lambda: kind == "mock" or _require_transformers(path)))
+    for key, check in checks:
+        try:
+            check()
+        except (OSError, ImportError, ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    return sources
+
+
 def top_activating(activations: np.ndarray, n: int) -> np.ndarray:
     """(m, n) row indices of each latent's n largest activations, largest first (ties: lower row first)."""
     A = np.asarray(activations)
@@ -374,6 +528,7 @@ def name_latents(
     reports: Sequence[str | None] | None = None,
     min_z: float = 1.96,
     names: dict[int, str] | None = None,
+    min_auroc: float = DEFAULT_MIN_AUROC,
     backend: NamingBackend | None = None,
     images: Callable[[int], np.ndarray] | None = None,
     n_reference: int = 16,
@@ -384,7 +539,8 @@ def name_latents(
     """Name every alive latent.
 
     activations (N, m): latent activations of N images; alive (m,) bool (default: active at least once).
-    concepts (N, K) 0/1 with NaN = unannotated, and concept_names, for "annotations"; vocabulary and
+    concepts (N, K) 0/1 with NaN = unannotated, and concept_names, for "annotations" (a latent whose best
+    AUROC is below `min_auroc` is not named by it: see `name_from_annotations`); vocabulary and
     reports (N,) aligned with the rows (None where an image has no report) for "vocabulary"; names
     {latent: name} for "file"; backend and images(row) -> uint8 image for "backend".
     Returns {latent: LatentName} for every alive latent (source "none" where nothing named it).
@@ -403,11 +559,12 @@ def name_latents(
     result: dict[int, LatentName] = {}
 
     def add(found: dict[int, LatentName]) -> None:
-        for k, v in found.items():
-            result.setdefault(k, v)
+        for k, v in found.items():  # a name replaces an unnamed entry (below a floor), never another name
+            if k not in result or (result[k].source == "none" and v.source != "none"):
+                result[k] = v
 
     for source in sources:
-        todo = [k for k in latents if k not in result]
+        todo = [k for k in latents if k not in result or result[k].source == "none"]
         if not todo:
             break
         if source == "annotations":
@@ -415,8 +572,9 @@ def name_latents(
                 raise ValueError("naming source 'annotations' needs concept annotations; this dataset has none "
                                  "(use vocabulary, file or backend)")
             found = name_from_annotations(auroc_matrix(A[:, todo], np.asarray(concepts)), concept_names,
-                                          range(len(todo)), negations)
-            add({todo[i]: LatentName(todo[i], v.name, v.source, v.score, v.details) for i, v in found.items()})
+                                          range(len(todo)), negations, min_auroc)
+            add({todo[i]: LatentName(todo[i], v.name if v.source != "none" else f"latent {todo[i]}", v.source,
+                                     v.score, v.details) for i, v in found.items()})
         elif source == "vocabulary":
             if not vocabulary:
                 raise ValueError("naming source 'vocabulary' needs a vocabulary file (naming.vocabulary)")

@@ -18,6 +18,8 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from medimg_core.checkpoint import write_json
+from medimg_core.config import ConfigError
+from medimg_core.data import DatasetCard, load_dataset
 from medimg_core.pretrained import read_checkpoint_config
 from medimg_core.runs import peak_memory_mb
 from neuron_concepts.config import NeuronConceptsConfig
@@ -29,6 +31,7 @@ from neuron_concepts.folders import (
     record_stage,
     require_stage,
 )
+from neuron_concepts.naming import check_sources
 from neuron_concepts.opaque import resume_opaque, train_opaque
 from neuron_concepts.stages import cav_stage, encode_stage, name_stage, select_stage, train_cbm, train_sae
 
@@ -54,6 +57,8 @@ def run_pipeline(cfg: NeuronConceptsConfig, opaque_run: str | Path | None = None
     (`ConceptsFromNeurons.fit`); `command` is what the opaque run's metrics.json records as its command."""
     start = time.perf_counter()
     times: dict[str, float] = {}
+    if resume is None:  # the naming sources, before anything trains (the name stage would fail after the SAE)
+        check_sources(cfg.naming, _card(cfg, opaque_run, datasets).num_concepts)
     if resume is not None:
         if datasets is not None:
             raise ValueError("run_pipeline: resume continues a pipeline on its own data; datasets cannot be given")
@@ -95,6 +100,21 @@ def run_pipeline(cfg: NeuronConceptsConfig, opaque_run: str | Path | None = None
     return pipeline
 
 
+def _card(cfg: NeuronConceptsConfig, opaque_run: str | Path | None,
+          datasets: Mapping[str, Dataset | None] | None) -> DatasetCard:
+    """The card of the data a new pipeline will name latents on: the given train dataset's, the opaque run's, or
+    that of cfg.data's dataset (its train split, read without training anything)."""
+    if datasets is not None:
+        return datasets["train"].card
+    if opaque_run is not None:
+        _, conf = read_checkpoint_config(require_stage(opaque_run, "opaque"))
+        return DatasetCard.from_dict(conf["card"])
+    data = cfg.data
+    if not data.root:
+        raise ConfigError("data.root is required: the dataset folder (--root)")
+    return load_dataset(data.dataset, data.root, data.train_split, **data.options).card
+
+
 def pipeline_summary(folders: dict[str, Path]) -> dict[str, Any]:
     """The headline numbers of every stage, from their metrics.json."""
     def read(stage: str) -> dict[str, Any]:
@@ -109,9 +129,10 @@ def pipeline_summary(folders: dict[str, Path]) -> dict[str, Any]:
         "sae": {k: sae.get("train", {}).get(k) for k in ("r2", "l0", "dead_fraction", "alive")}
         | {"test_r2": sae.get("test", {}).get("r2"), "n_latents": sae.get("n_latents"),
            "fit_time_s": sae.get("fit_time_s"), "resampling": sae.get("resampling")},
-        "naming": {k: nm.get(k) for k in ("alive", "sources", "distinct_names", "naming_accuracy",
-                                          "matched_test_auroc_0.8", "matched_test_auroc_0.9")},
-        "concept_matching": nm.get("concept_matching"),
+        "naming": {k: nm.get(k) for k in ("alive", "named", "unnamed", "min_auroc", "sources", "distinct_names",
+                                          "matched_test_auroc_0.8", "matched_test_auroc_0.9",
+                                          "concepts_named_confirmed_test", "relevant_named_confirmed_test")},
+        "concept_matching": nm.get("concept_matching"), "concept_naming_test": nm.get("concept_naming_test"),
         "cavs": cv.get("cavs"), "selected": sel.get("k"), "select_time_s": sel.get("select_time_s"),
         "cbm": {k: cbm.get(k) for k in ("C", "n_nonzero", "features", "decomposition_r2_test",
                                         "fidelity_to_opaque_test", "opaque_head_on_reconstruction_accuracy_test")},

@@ -69,6 +69,10 @@ from neuron_concepts.folders import (
     start_stage,
 )
 from neuron_concepts.naming import (
+    auroc_matrix,
+    check_sources,
+    concept_naming,
+    floor_sweep,
     make_backend,
     name_latents,
     read_names_file,
@@ -238,13 +242,7 @@ def name_stage(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
     card = feats["card"]
     sae = load_sae(sae_dir)
     nc = cfg.naming
-    usable = {"annotations": card.num_concepts > 0, "vocabulary": bool(nc.vocabulary and nc.reports),
-              "file": bool(nc.names_file), "backend": bool(nc.backend)}
-    sources = [s for s in nc.sources if usable.get(s, True)]  # unknown names fail in name_latents
-    if not sources:
-        raise ConfigError(f"naming.sources {list(nc.sources)}: none is usable here; annotations need a dataset with "
-                          "concept annotations, vocabulary needs naming.vocabulary and naming.reports, file needs "
-                          "naming.names_file, backend needs naming.backend (mock, clip:/path or text:/path)")
+    sources = check_sources(nc, card.num_concepts)
     skipped = [s for s in nc.sources if s not in sources]
     if skipped:
         log.info("naming: skipping sources %s (not configured or no annotations)", skipped)
@@ -264,6 +262,7 @@ def name_stage(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
         concepts=concepts if card.num_concepts else None, concept_names=list(card.concept_names),
         negations=nc.negations, vocabulary=read_vocabulary(nc.vocabulary) if nc.vocabulary else None,
         reports=reports, min_z=nc.min_z, names=read_names_file(nc.names_file) if nc.names_file else None,
+        min_auroc=nc.min_auroc,
         backend=make_backend(nc.backend, str(_device(cfg))) if nc.backend else None, images=images,
         top_n=nc.top_n, seed=cfg.seed, progress=_progress(cfg))
     top = top_activating(A, nc.top_n)
@@ -278,24 +277,40 @@ def name_stage(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
     counts: dict[str, int] = {}
     for v in names.values():
         counts[v.source] = counts.get(v.source, 0) + 1
+    named = [v for v in names.values() if v.source != "none"]
     metrics: dict[str, Any] = {"stage": "name", "n_latents": int(A.shape[1]), "alive": int(alive.sum()),
-                               "sources_used": sources, "sources": counts,
-                               "distinct_names": len({v.name for v in names.values()})}
-    if card.num_concepts and "test" in feats:  # matched on train, scored on test (a fit in Python may have none)
-        A_test = encode_all(sae, feats["test"]["features"]).numpy()
-        matching = concept_matching(A, concepts, A_test, feats["test"]["concepts"].numpy(), list(card.concept_names),
-                                    names)
-        metrics["concept_matching"] = matching
-        metrics["matched_test_auroc_0.8"] = sum(1 for r in matching if (r["test_auroc"] or 0) >= 0.8)
-        metrics["matched_test_auroc_0.9"] = sum(1 for r in matching if (r["test_auroc"] or 0) >= 0.9)
-        metrics["naming_accuracy"] = float(np.mean([r["named_correctly"] for r in matching])) if matching else None
+                               "sources_used": sources, "sources": counts, "named": len(named),
+                               "unnamed": len(names) - len(named), "min_auroc": nc.min_auroc,
+                               "distinct_names": len({v.name for v in named})}
+    if card.num_concepts:
+        concept_names = list(card.concept_names)
+        auroc_train = auroc_matrix(A, concepts)
+        if "val" in feats:  # what each floor would do: names chosen on train, checked on validation
+            A_val = encode_all(sae, feats["val"]["features"]).numpy()
+            auroc_val = auroc_matrix(A_val, feats["val"]["concepts"].numpy())
+            live = np.flatnonzero(alive)
+            metrics["floor_sweep_val"] = floor_sweep(auroc_train[live], auroc_val[live], nc.negations)
+        if "test" in feats:  # chosen on train, scored on test (a fit in Python may have no test split)
+            A_test = encode_all(sae, feats["test"]["features"]).numpy()
+            auroc_test = auroc_matrix(A_test, feats["test"]["concepts"].numpy())
+            matching = concept_matching(A, concepts, A_test, feats["test"]["concepts"].numpy(), concept_names, names)
+            metrics["concept_matching"] = matching
+            metrics["matched_test_auroc_0.8"] = sum(1 for r in matching if (r["test_auroc"] or 0) >= 0.8)
+            metrics["matched_test_auroc_0.9"] = sum(1 for r in matching if (r["test_auroc"] or 0) >= 0.9)
+            rows = concept_naming(names, concept_names, auroc_train, auroc_test, nc.min_auroc)
+            metrics["concept_naming_test"] = rows
+            metrics["concepts_named_confirmed_test"] = sum(r["confirmed"] for r in rows)
+            relevant = (card.extra or {}).get("rule_variables")  # a synthetic set's label rule: what the label needs
+            if isinstance(relevant, list) and relevant:
+                metrics["label_relevant"] = list(relevant)
+                metrics["relevant_named_confirmed_test"] = sum(r["confirmed"] for r in rows if r["concept"] in relevant)
     order = sorted(names, key=lambda k: -(names[k].score or 0.0))
     limit = len(order) if nc.figures is None else max(0, nc.figures)
     latent_mosaics(order[:limit], names, A, top, images, folder / "latents", nc.thumb_size)
     highlight = [r["best_latent"] for r in metrics.get("concept_matching", [])] or order[:6]
     top_images_figure(highlight[:8], names, A, top, images, folder / "figures" / "top_latents.png")
     finish_stage(folder, metrics, start)
-    log.info("naming: %d alive latents named (%s)", metrics["alive"], counts)
+    log.info("naming: %d of %d alive latents named (%s)", metrics["named"], metrics["alive"], counts)
     return folder
 
 
@@ -315,6 +330,13 @@ def cav_stage(name_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
     H = feats["train"]["features"]
     A = encode_all(sae, H).numpy()
     latents = [k for k, v in names.items() if v.source != "none" or not cfg.cav.named_only]
+    if not latents:
+        best = max((v.score for v in names.values() if v.score is not None), default=None)
+        raise ConfigError(f"cav: no latent of {name_dir} has a name, so there is nothing to build named concepts from"
+                          + (f" (the best annotation score, {best:.3f}, is below the name stage's naming.min_auroc)"
+                             if best is not None else "")
+                          + "; rerun `neuron-concepts name` with another source or a lower --naming.min_auroc, or "
+                          "set cav.named_only false to build concepts from unnamed latents")
     vectors, kept, records = concept_vectors(H.numpy().astype(np.float64), A, latents, cfg.cav, cfg.seed,
                                              _progress(cfg))
     if not kept:
@@ -358,7 +380,7 @@ def select_stage(cav_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path 
     select_s = time.perf_counter() - t0
     value = facility_value(squared_cosine_similarity(cavs), ranking, modular)
     selection = [{"rank": i, "cav_index": int(j), "latent": int(latents[j]), "name": records[j]["name"],
-                  "source": records[j]["source"], "gain": float(g)}
+                  "source": records[j]["source"], "score": records[j].get("score"), "gain": float(g)}
                  for i, (j, g) in enumerate(zip(ranking, gains, strict=True))]
     write_json(folder / "selection.json", selection)
     marginal_gains_figure(gains, folder / "figures" / "marginal_gains.png")
@@ -400,7 +422,8 @@ def train_cbm(select_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path 
     t0 = time.perf_counter()
     cbm = ConceptBottleneck(D, n_nonzero=cc.n_nonzero, fit_intercept=cc.fit_intercept, features=cc.features, C=cc.C,
                             task=card.task, c_search_steps=cc.c_search_steps, max_iter=cc.max_iter,
-                            concept_names=concept_names, class_names=list(card.class_names))
+                            concept_names=concept_names, class_names=list(card.class_names),
+                            naming_scores=[s.get("score") for s in selection])
     cbm.fit(H["train"], y["train"], H.get("val"), y.get("val"))
     fit_s = time.perf_counter() - t0
     latents, sources = [s["latent"] for s in selection], [s["source"] for s in selection]
@@ -434,9 +457,12 @@ def train_cbm(select_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path 
     contrib = cbm.contributions(H[shown])
     importance = np.abs(contrib.values).mean(0)
     top = np.argsort(-importance)[:20]
-    concept_bar_chart([f"{concept_names[i]} (#{selection[i]['latent']})" for i in top], importance[top],
-                      folder / "figures" / "concept_importance.png",
+    scores = [s.get("score") for s in selection]
+    concept_bar_chart([f"{concept_names[i]} (#{selection[i]['latent']}; {_score_text(scores[i], sources[i])})"
+                       for i in top], importance[top], folder / "figures" / "concept_importance.png",
                       title=f"mean |contribution| to the predicted class logit ({shown})", xlabel="mean |contribution|")
+    coef_shown, _ = cbm.decompose(H[shown])
+    write_concepts_table(folder / "concepts.md", selection, importance, coef_shown, shown)
     if card.task != "multilabel":
         confusion_matrix_figure(y[shown], cbm.predict(H[shown]), list(card.class_names),
                                 folder / "figures" / f"confusion_{shown}.png")
@@ -454,6 +480,7 @@ def train_cbm(select_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path 
         metrics.update({f"{k}_test": test[k] for k in ("decomposition_r2", "mean_nonzero", "fidelity_to_opaque",
                                                         "opaque_head_on_reconstruction_accuracy")})
     metrics["top_concepts"] = [{"name": concept_names[i], "latent": selection[i]["latent"],
+                                "source": sources[i], "naming_score": scores[i],
                                 "mean_abs_contribution": float(importance[i])} for i in top]
     metrics.update(sizes={s: len(H[s]) for s in splits}, device=str(_device(cfg)))
     write_model_checkpoint(folder, chain, cfg, cbm, latents, sources)
@@ -462,6 +489,31 @@ def train_cbm(select_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path 
         log.info("CBM: test accuracy %.4f (opaque %.4f); C %.3g", metrics["test"]["accuracy"],
                  metrics["opaque_test"]["accuracy"], cbm.C_)
     return folder
+
+
+def _score_text(score: float | None, source: str) -> str:
+    """A concept's naming score as shown beside its name: "gt-attribute 0.912", "external" (no score)."""
+    return source if score is None else f"{source} {score:.3f}"
+
+
+def write_concepts_table(path: Path, selection: list[dict[str, Any]], importance: np.ndarray, coef: np.ndarray,
+                         split: str) -> None:
+    """concepts.md of a cbm stage (shown by `medimg report`): every selected concept with its latent, name, the
+    name's source and score, its mean |contribution| on `split`, and how often its coefficient is positive or
+    negative there (a negative coefficient means the image lies on the concept's opposite side).
+
+    importance (K,); coef (N, K) the decomposition coefficients of the split's images."""
+    lines = [f"# Selected concepts ({len(selection)})", "",
+             f"Naming score: the name's score from its source (gt-attribute: train AUROC of the latent for the named "
+             f"concept; vocab-enrichment: z-score). Coefficients on {split} ({len(coef)} images): a positive one adds "
+             "the concept's direction to the image's decomposition, a negative one its opposite.", "",
+             "| rank | latent | name | source | naming score | mean abs contribution | coef > 0 | coef < 0 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, s in enumerate(selection):
+        score = "" if s.get("score") is None else f"{s['score']:.3f}"
+        lines.append(f"| {i + 1} | {s['latent']} | {s['name']} | {s['source']} | {score} | {importance[i]:.4g} | "
+                     f"{int((coef[:, i] > 0).sum())} | {int((coef[:, i] < 0).sum())} |")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def write_model_checkpoint(cbm_dir: Path, chain: dict[str, Path], cfg: NeuronConceptsConfig, cbm: ConceptBottleneck,
