@@ -219,3 +219,54 @@ def test_metrics_with_ci_default_keys(task):
         assert isinstance(out[key], float) and len(out[f"{key}_ci"]) == 2
     with pytest.raises(ValueError, match="unknown key"):
         metrics_with_ci(task, y, s, keys=("nope",), n_boot=5)
+
+
+# --------------------------------------------------------------------------- bootstrap by group (patient)
+
+
+def _clustered(n_patients: int = 30, per_patient: int = 8, seed: int = 0):
+    """Images of one patient share their value: the rows are far from independent."""
+    rng = np.random.default_rng(seed)
+    patient_value = rng.normal(size=n_patients)
+    x = np.repeat(patient_value, per_patient) + 0.01 * rng.normal(size=n_patients * per_patient)
+    groups = np.repeat([f"p{i:03d}" for i in range(n_patients)], per_patient)
+    return x, groups
+
+
+def test_grouped_bootstrap_is_wider_on_clustered_data():
+    x, groups = _clustered()
+    point, low, high = bootstrap_ci(np.mean, x, n_boot=400, seed=0)
+    g_point, g_low, g_high = bootstrap_ci(np.mean, x, n_boot=400, seed=0, groups=groups)
+    assert g_point == point
+    # 8 near-copies per patient: the honest interval is about sqrt(8) ~ 2.8 times the per-image one
+    assert (g_high - g_low) > 2 * (high - low)
+    assert g_low < point < g_high
+
+
+def test_grouped_bootstrap_with_singleton_groups_is_the_plain_one():
+    y, s = _data("multilabel", 50, seed=3)
+    plain = metrics_with_ci("multilabel", y, s, n_boot=40, seed=2)
+    single = metrics_with_ci("multilabel", y, s, n_boot=40, seed=2, groups=[f"{i:03d}" for i in range(50)])
+    assert single.pop("bootstrap")["n_groups"] == 50 and "resampled" not in plain.pop("bootstrap")
+    assert single == plain  # each image its own group: the same draws, the same intervals
+
+
+def test_grouped_metrics_with_ci_agrees_with_grouped_bootstrap_ci():
+    y, s = _data("ordinal", 60, seed=2)
+    groups = np.arange(60) // 4  # 15 patients of 4 images
+    out = metrics_with_ci("ordinal", y, s, keys=("accuracy", "qwk", "spearman"), n_boot=30, seed=1, groups=groups)
+    assert out["bootstrap"]["resampled"] == "groups" and out["bootstrap"]["n_groups"] == 15
+    for key in ("accuracy", "qwk", "spearman"):  # vectorised (accuracy, qwk) and per-resample (spearman) paths
+        ref = bootstrap_ci(lambda a, b, k=key: classification_metrics("ordinal", a, b)[k], y, s, n_boot=30, seed=1,
+                           groups=groups)
+        assert (out[key], *out[f"{key}_ci"]) == pytest.approx(ref)
+    plain = metrics_with_ci("ordinal", y, s, keys=("accuracy",), n_boot=30, seed=1)
+    assert plain["accuracy_ci"] != out["accuracy_ci"]
+
+
+def test_grouped_bootstrap_refuses_bad_groups():
+    x = np.arange(6.0)
+    with pytest.raises(ValueError, match="one label per sample"):
+        bootstrap_ci(np.mean, x, groups=["a", "b"])
+    with pytest.raises(ValueError, match=r"groups\[2\] is missing"):
+        bootstrap_ci(np.mean, x, groups=["a", "a", None, "b", "b", "c"])

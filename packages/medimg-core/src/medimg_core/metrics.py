@@ -315,6 +315,32 @@ def _index_chunks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
         yield rng.integers(0, n, size=(min(rows, n_boot - start), n))
 
 
+def group_ids(groups: Any, n: int) -> np.ndarray:
+    """Group labels (N,) (patient ids, any hashable values) -> int ids (N,) in [0, G); refuses a length other
+    than `n` and missing labels (None, NaN, empty), naming the first."""
+    values = np.asarray(groups, dtype=object)
+    if values.ndim != 1 or len(values) != n:
+        raise ValueError(f"groups must be one label per sample: {n} samples, got shape {values.shape}")
+    for i, g in enumerate(values):
+        if g is None or (isinstance(g, float) and math.isnan(g)) or (isinstance(g, str) and not g.strip()):
+            raise ValueError(f"groups[{i}] is missing ({g!r}); every sample needs its group (e.g. patient id)")
+    return np.unique(values.astype(str), return_inverse=True)[1].reshape(-1)
+
+
+def _group_count_chunks(ids: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Resampling counts (rows, N) of a grouped bootstrap, in chunks: each resample draws G groups with
+    replacement (G = the number of groups in `ids` (N,)) and every sample counts as often as its group was drawn."""
+    rng = np.random.default_rng(seed)
+    n_groups = int(ids.max()) + 1
+    rows = max(1, _CHUNK_ELEMENTS // max(n_groups, len(ids)))
+    for start in range(0, n_boot, rows):
+        b = min(rows, n_boot - start)
+        draws = rng.integers(0, n_groups, size=(b, n_groups))
+        counts = np.bincount((draws + n_groups * np.arange(b)[:, None]).ravel(),
+                             minlength=b * n_groups).reshape(b, n_groups)
+        yield counts[:, ids]
+
+
 def _percentile_interval(values: Sequence[float] | np.ndarray, alpha: float) -> tuple[float, float]:
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
@@ -337,13 +363,16 @@ def bootstrap_ci(
     alpha: float = 0.05,
     seed: int = 0,
     return_skipped: bool = False,
+    groups: Any = None,
 ) -> tuple[float, float, float] | tuple[float, float, float, int]:
     """Percentile bootstrap: (point, low, high) of `metric_fn(*arrays)` at level 1 - alpha.
 
     arrays: aligned along their first axis (N, ...); rows are resampled with replacement by a
-    numpy Generator seeded with `seed`. Resamples whose metric is NaN/inf or raises ValueError
-    (undefined, for example one class only) are skipped and counted; `return_skipped=True` adds that
-    count as a fourth value. With no valid resample the interval is (NaN, NaN).
+    numpy Generator seeded with `seed`. `groups` (N,) (e.g. patient ids): resample the groups instead, each
+    drawn group bringing all its rows (a cluster bootstrap: rows of one patient are not independent, and
+    resampling them one by one makes the interval too narrow). Resamples whose metric is NaN/inf or raises
+    ValueError (undefined, for example one class only) are skipped and counted; `return_skipped=True` adds
+    that count as a fourth value. With no valid resample the interval is (NaN, NaN).
     """
     _check_bootstrap_args(n_boot, alpha)
     if not arrays:
@@ -359,7 +388,7 @@ def bootstrap_ci(
     values: list[float] = []
     skipped, last_error = 0, None
     with _quiet():
-        for chunk in _index_chunks(n, n_boot, seed):
+        for chunk in _resample_indices(n, n_boot, seed, groups):
             for idx in chunk:
                 try:
                     value = float(metric_fn(*(a[idx] for a in arrays)))
@@ -376,6 +405,17 @@ def bootstrap_ci(
                 f" (last error: {last_error})" if last_error else "")
     low, high = _percentile_interval(values, alpha)
     return (point, low, high, skipped) if return_skipped else (point, low, high)
+
+
+def _resample_indices(n: int, n_boot: int, seed: int, groups: Any = None) -> Iterator[Sequence[np.ndarray]]:
+    """Chunks of resample index arrays: rows resampled (`_index_chunks`), or with `groups` whole groups
+    (`_group_count_chunks`; a resample's length is then the number of rows its groups hold)."""
+    if groups is None:
+        yield from _index_chunks(n, n_boot, seed)
+        return
+    rows = np.arange(n)
+    for counts in _group_count_chunks(group_ids(groups, n), n_boot, seed):
+        yield [np.repeat(rows, c) for c in counts]
 
 
 def _group_sum(weights: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -496,12 +536,15 @@ def metrics_with_ci(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    groups: Any = None,
 ) -> dict[str, Any]:
     """`classification_metrics` plus percentile bootstrap intervals of the headline `keys`.
 
     Returns every point metric `{key: value}`, with `key + "_ci": [low, high]` after each key of
     `keys` (default `HEADLINE_KEYS[task]`), and `"bootstrap": {"n_boot", "alpha", "seed",
     "n_samples", "skipped": {key: count}}` (resamples where a metric was undefined).
+    `groups` (N,) (e.g. patient ids): resample groups, not samples (see `bootstrap_ci`); "bootstrap" then
+    also says `"resampled": "groups"` and `"n_groups"`.
     """
     _check_bootstrap_args(n_boot, alpha)
     y, s, names = _validate(task, y_true, y_score, class_names)
@@ -514,14 +557,20 @@ def metrics_with_ci(
     slow = [k for k in keys if k not in fast]
     samples: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     n = y.shape[0]
-    for chunk in _index_chunks(n, n_boot, seed):
-        if fast:
+    ids = None if groups is None else group_ids(groups, n)
+    chunks = _index_chunks(n, n_boot, seed) if ids is None else _group_count_chunks(ids, n_boot, seed)
+    for chunk in chunks:
+        if ids is None:
             counts = np.bincount((chunk + n * np.arange(len(chunk))[:, None]).ravel(),
-                                 minlength=len(chunk) * n).reshape(len(chunk), n)
+                                 minlength=len(chunk) * n).reshape(len(chunk), n) if fast else None
+            indices: Sequence[np.ndarray] = chunk
+        else:
+            counts, indices = chunk, [np.repeat(np.arange(n), c) for c in chunk] if slow else []
+        if fast:
             for k, v in _weighted_metrics(task, y, s, names, counts, fast).items():
                 samples[k].append(v)
         if slow:
-            rows = [classification_metrics(task, y[idx], s[idx], names) for idx in chunk]
+            rows = [classification_metrics(task, y[idx], s[idx], names) for idx in indices]
             for k in slow:
                 samples[k].append(np.array([r[k] for r in rows], dtype=np.float64))
     out: dict[str, Any] = {}
@@ -536,4 +585,6 @@ def metrics_with_ci(
     if any(count > n_boot // 10 for count in skipped.values()):
         log.warning("bootstrap: undefined resamples skipped per metric: %s of %d", skipped, n_boot)
     out["bootstrap"] = {"n_boot": n_boot, "alpha": alpha, "seed": seed, "n_samples": int(n), "skipped": skipped}
+    if ids is not None:
+        out["bootstrap"].update(resampled="groups", n_groups=int(ids.max()) + 1)
     return out
