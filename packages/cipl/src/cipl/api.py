@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cipl.config import CIPLConfig
-from cipl.evaluate import localisation_metrics, predict, prototype_placement
+from cipl.evaluate import box_localisation_metrics, localisation_metrics, predict, prototype_placement
 from cipl.explain import Reasoning, gallery_figures, gallery_overview, reason_tensor
 from cipl.push import (
     PUSH_INDEX_FILE,
@@ -40,7 +40,7 @@ from medimg_core.checkpoint import load_weights, save_checkpoint
 from medimg_core.data import MedicalImageDataset, load_dataset
 from medimg_core.data.errors import DatasetError
 from medimg_core.estimator import Estimator
-from medimg_core.experiment import fit_run
+from medimg_core.experiment import fit_run, sample_groups
 from medimg_core.explain import resolve_target
 from medimg_core.metrics import metrics_with_ci
 from medimg_core.pretrained import checkpoint_config, read_checkpoint_config
@@ -165,8 +165,9 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
                  options: dict | None = None, device: str = "cpu", n_boot: int = 1000, checkpoint: str = "best",
                  seed: int = 0, map_step: int | None = None, progress: bool = False) -> dict[str, Any]:
     """`cipl evaluate`: a run's checkpoint on a split of its own data (default) or of another dataset with the same
-    classes: metrics with intervals, localisation where the data have masks, and (on its own data) where the push
-    put the prototypes."""
+    classes: metrics with intervals (over patients where the data have patient ids), localisation where the data
+    have masks, the ChestX-ray8 box protocol where they have boxes (`box_localisation`), and (on its own data) where
+    the push put the prototypes."""
     model = CIPLClassifier.from_pretrained(checkpoint_path(run_dir, checkpoint))
     cfg, card, labels, student = model.cfg_, model.card_, model.labels_, model.model_
     name = dataset or cfg.data.dataset
@@ -182,9 +183,13 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
     target = out["target"] if labels.multilabel else out["target"].astype(np.int64)
     result: dict[str, Any] = {"dataset": name, "split": split, "n": len(ds), "task": task,
                               "test": metrics_with_ci(task, target, out["scores"], list(labels.output_names),
-                                                      n_boot=n_boot, seed=seed)}
+                                                      n_boot=n_boot, seed=seed, groups=sample_groups(ds))}
     loc = localisation_metrics(student, ds, device, batch, cfg.iou_threshold, n_boot=n_boot, seed=seed,
                                kind=cfg.localisation_map, map_step=map_step, progress=progress)
+    boxes = box_localisation_metrics(student, ds, device, batch, cfg.iou_threshold, n_boot=n_boot, seed=seed,
+                                     kind=cfg.localisation_map, map_step=map_step, progress=progress)
+    if boxes is not None:
+        result["box_localisation"] = boxes
     if loc is not None:
         result["localisation"] = loc
         index = model.push_index_ if dataset is None and root is None else None

@@ -113,7 +113,9 @@ def push(run_dir: Path, checkpoint: str, split: str | None, device: str, seed: i
 def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, seed, bootstrap, map_step, out,
              progress) -> None:
     """Evaluate RUN_DIR's model on a split: per-class AUROC, mean AUROC, best-threshold F1 and accuracy with
-    95% intervals; pointing game and mask IoU where the data have masks. Writes
+    95% intervals (over patients where the data have patient ids); pointing game and mask IoU where the data have
+    masks; on ChestX-ray14 with BBox_List_2017 the box protocol (accuracy at T(IoBB), T(IoU), pointing game in the
+    box, key box_localisation). Writes
     RUN_DIR/eval-<dataset>-<split>.json (or --out)."""
     from cipl.api import evaluate_run
     from medimg_core.checkpoint import write_json
@@ -133,6 +135,11 @@ def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, s
     else:
         click.echo(f"{result['dataset']}/{split} (n={result['n']}): accuracy {t['accuracy']:.4f} {t['accuracy_ci']}, "
                    f"AUROC {t.get('auroc', float('nan')):.4f}")
+    boxes = result.get("box_localisation")
+    if boxes and boxes.get("n_boxes"):
+        click.echo(f"boxes ({boxes['n_boxes']} on {boxes['n_images']} images): pointing game "
+                   f"{boxes['pointing_game']:.3f} {boxes['pointing_game_ci']}, accuracy at IoBB > 0.5 "
+                   f"{boxes['iobb_acc@0.5']:.3f} {boxes['iobb_acc@0.5_ci']}, at IoU > 0.5 {boxes['iou_acc@0.5']:.3f}")
     loc = result.get("localisation")
     if loc and loc.get("n"):
         click.echo(f"localisation: pointing game {loc['pointing_game']:.3f}, IoU {loc['iou_mean']:.3f} "
