@@ -100,6 +100,37 @@ def _best_f1(target: np.ndarray, score: np.ndarray) -> float:
     return float(f1.max())
 
 
+def _best_f1_threshold(target: np.ndarray, score: np.ndarray) -> float:
+    """The score threshold (predict positive at score >= it) of the best F1 on the precision-recall curve;
+    0.5 (the package's decision threshold) for a label without positives."""
+    target = np.asarray(target).astype(bool)
+    if not target.any():
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(target, score)
+    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def best_f1_thresholds(y_true: Any, y_score: Any) -> np.ndarray:
+    """Per label, the threshold that maximises F1 on these multilabel data: (L,) floats, a label predicted
+    present at score >= its threshold; 0.5 for a label without positives. Choose them on a validation split
+    and pass them to `classification_metrics` / `metrics_with_ci` (`val_thresholds`) for the test split.
+
+    y_true: (N, L) 0/1; y_score: (N, L) probabilities."""
+    y, s, _ = _validate("multilabel", y_true, y_score, None)
+    with _quiet():
+        return np.array([_best_f1_threshold(y[:, k], s[:, k]) for k in range(y.shape[1])], dtype=np.float64)
+
+
+def _check_thresholds(thresholds: Any, n_labels: int) -> np.ndarray:
+    arr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if arr.shape != (n_labels,) or not np.isfinite(arr).all():
+        raise ValueError(f"val_thresholds must be {n_labels} finite values (one per label), got {thresholds!r}")
+    return arr
+
+
 def _check_names(names: Sequence[str] | None, count: int, what: str, default: str) -> list[str]:
     if names is None:
         return [f"{default}_{k}" for k in range(count)]
@@ -192,7 +223,7 @@ def _validate(
 
 
 def classification_metrics(
-    task: str, y_true: Any, y_score: Any, class_names: Sequence[str] | None = None
+    task: str, y_true: Any, y_score: Any, class_names: Sequence[str] | None = None, val_thresholds: Any = None
 ) -> dict[str, float]:
     """Metrics of a classifier for a DatasetCard task.
 
@@ -205,13 +236,25 @@ def classification_metrics(
     - multiclass, ordinal: auroc (one-vs-rest macro over classes present) and auroc/<class>;
     - ordinal also: mae (argmax grade), qwk (quadratic kappa), spearman (true grade vs expected grade);
     - multilabel: accuracy and balanced_accuracy are means over labels at 0.5, auroc/<label>,
-      auroc_mean, f1_best_mean (mean over labels of the best F1 over thresholds).
+      auroc_mean; with `val_thresholds` (L,) (per-label thresholds chosen on a validation split,
+      `best_f1_thresholds`) also f1_val_threshold_mean (the mean over labels of the F1 at those
+      thresholds) and, beside it, f1_test_tuned_mean (the mean over labels of the best F1 over the
+      thresholds of the evaluated data themselves: what CIPL's released code reports as mean F1; an
+      optimistic number, since the threshold is chosen on the data it is scored on).
     Undefined values (an AUROC with one class) are NaN.
     """
     y, s, names = _validate(task, y_true, y_score, class_names)
+    if val_thresholds is not None and task != "multilabel":
+        raise ValueError(f"val_thresholds apply to multilabel tasks only, not {task!r}")
     with _quiet():
         if task == "multilabel":
-            return _multilabel_metrics(y, s, names)
+            out = _multilabel_metrics(y, s, names)
+            if val_thresholds is not None:
+                thr = _check_thresholds(val_thresholds, y.shape[1])
+                per = f1_score(y, (s >= thr).astype(np.int64), average=None, zero_division=np.nan)
+                out["f1_val_threshold_mean"] = _nanmean(per)
+                out["f1_test_tuned_mean"] = _nanmean([_best_f1(y[:, k], s[:, k]) for k in range(y.shape[1])])
+            return out
         return _single_label_metrics(task, y, s, names)
 
 
@@ -248,7 +291,6 @@ def _multilabel_metrics(y: np.ndarray, s: np.ndarray, names: list[str]) -> dict[
     per_label = [_auroc(y[:, k], s[:, k]) for k in labels]
     out.update({f"auroc/{name}": value for name, value in zip(names, per_label, strict=True)})
     out["auroc_mean"] = _nanmean(per_label)
-    out["f1_best_mean"] = _nanmean([_best_f1(y[:, k], s[:, k]) for k in labels])
     return out
 
 
@@ -460,19 +502,20 @@ def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarra
         return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
 
 
-def _vectorised_keys(task: str, names: list[str]) -> set[str]:
+def _vectorised_keys(task: str, names: list[str], val_thresholds: bool = False) -> set[str]:
     keys = {"accuracy", "balanced_accuracy", "macro_f1"}
     if task == "binary":
         return keys | {"auroc"}
     keys |= {f"auroc/{name}" for name in names}
     if task == "multilabel":
-        return keys | {"auroc_mean"}
+        return keys | {"auroc_mean"} | ({"f1_val_threshold_mean"} if val_thresholds else set())
     keys.add("auroc")
     return keys | {"mae", "qwk"} if task == "ordinal" else keys
 
 
 def _weighted_metrics(
-    task: str, y: np.ndarray, s: np.ndarray, names: list[str], counts: np.ndarray, keys: set[str]
+    task: str, y: np.ndarray, s: np.ndarray, names: list[str], counts: np.ndarray, keys: set[str],
+    val_thresholds: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The `keys` (from `_vectorised_keys`) of each resample given as counts (B, N) -> {key: (B,)}."""
     w = counts.astype(np.float64)
@@ -492,6 +535,10 @@ def _weighted_metrics(
         bal = np.nanmean(np.stack([recall_neg, recall_pos]), axis=0)  # a label always has one class
         out["balanced_accuracy"] = bal.mean(axis=1)
         out["macro_f1"] = _rows_nanmean(_f1_from_counts(tp, fp, fn))
+        if "f1_val_threshold_mean" in keys:
+            at = s >= val_thresholds
+            cms = np.stack([_group_sum(w, yb[:, k] * 2 + at[:, k], 4) for k in range(n_labels)], axis=1)
+            out["f1_val_threshold_mean"] = _rows_nanmean(_f1_from_counts(cms[..., 3], cms[..., 1], cms[..., 2]))
         if want_auroc:
             per = np.stack([_weighted_auroc(y[:, k], s[:, k], w) for k in range(n_labels)], axis=1)
             out["auroc_mean"] = _rows_nanmean(per)
@@ -537,6 +584,7 @@ def metrics_with_ci(
     alpha: float = 0.05,
     seed: int = 0,
     groups: Any = None,
+    val_thresholds: Any = None,
 ) -> dict[str, Any]:
     """`classification_metrics` plus percentile bootstrap intervals of the headline `keys`.
 
@@ -544,16 +592,23 @@ def metrics_with_ci(
     `keys` (default `HEADLINE_KEYS[task]`), and `"bootstrap": {"n_boot", "alpha", "seed",
     "n_samples", "skipped": {key: count}}` (resamples where a metric was undefined).
     `groups` (N,) (e.g. patient ids): resample groups, not samples (see `bootstrap_ci`); "bootstrap" then
-    also says `"resampled": "groups"` and `"n_groups"`.
+    also says `"resampled": "groups"` and `"n_groups"`. `val_thresholds` (multilabel, (L,), chosen on a
+    validation split by `best_f1_thresholds`): adds f1_val_threshold_mean (with an interval by default) and
+    f1_test_tuned_mean (point only: re-tuning the thresholds on every resample is not done), and the
+    thresholds as `"val_thresholds": {label: value}`.
     """
     _check_bootstrap_args(n_boot, alpha)
     y, s, names = _validate(task, y_true, y_score, class_names)
-    point = classification_metrics(task, y, s, names)
+    point = classification_metrics(task, y, s, names, val_thresholds)
+    thresholds = None if val_thresholds is None else _check_thresholds(val_thresholds, y.shape[1])
+    default_keys = keys is None
     keys = list(HEADLINE_KEYS[task] if keys is None else keys)
+    if default_keys and thresholds is not None:
+        keys.append("f1_val_threshold_mean")
     unknown = [k for k in keys if k not in point]
     if unknown:
         raise ValueError(f"metrics_with_ci: unknown key(s) {unknown} for task {task!r}; available: {sorted(point)}")
-    fast = set(keys) & _vectorised_keys(task, names)
+    fast = set(keys) & _vectorised_keys(task, names, thresholds is not None)
     slow = [k for k in keys if k not in fast]
     samples: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     n = y.shape[0]
@@ -567,10 +622,10 @@ def metrics_with_ci(
         else:
             counts, indices = chunk, [np.repeat(np.arange(n), c) for c in chunk] if slow else []
         if fast:
-            for k, v in _weighted_metrics(task, y, s, names, counts, fast).items():
+            for k, v in _weighted_metrics(task, y, s, names, counts, fast, thresholds).items():
                 samples[k].append(v)
         if slow:
-            rows = [classification_metrics(task, y[idx], s[idx], names) for idx in indices]
+            rows = [classification_metrics(task, y[idx], s[idx], names, thresholds) for idx in indices]
             for k in slow:
                 samples[k].append(np.array([r[k] for r in rows], dtype=np.float64))
     out: dict[str, Any] = {}
@@ -587,4 +642,6 @@ def metrics_with_ci(
     out["bootstrap"] = {"n_boot": n_boot, "alpha": alpha, "seed": seed, "n_samples": int(n), "skipped": skipped}
     if ids is not None:
         out["bootstrap"].update(resampled="groups", n_groups=int(ids.max()) + 1)
+    if thresholds is not None:
+        out["val_thresholds"] = {name: float(v) for name, v in zip(names, thresholds, strict=True)}
     return out
