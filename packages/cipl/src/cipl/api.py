@@ -217,7 +217,7 @@ def _val_thresholds(model: CIPLClassifier, device: str, batch: int, progress: bo
     try:
         val = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split,
                            transform=model.preprocess_.eval_transform(), **cfg.data.options)
-    except (DatasetError, OSError, ValueError) as exc:
+    except (DatasetError, OSError, ValueError, TypeError) as exc:
         return None, (f"the run's validation split ({cfg.data.dataset} {cfg.data.val_split!r} at {cfg.data.root}) "
                       f"cannot be read: {exc}")
     out = predict(model.model_, val, device, batch, progress)
