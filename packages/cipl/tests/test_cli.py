@@ -52,7 +52,9 @@ def test_train_writes_metrics_prototypes_and_figures(trained):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["monitor"] == "val/pushed_auroc_mean"
     assert metrics["classes"][-1] == "No Finding" and len(metrics["outputs"]) == 5
-    assert {"auroc_mean", "auroc_mean_ci", "f1_best_mean", "accuracy"} <= set(metrics["test"])
+    assert {"auroc_mean", "auroc_mean_ci", "f1_val_threshold_mean", "f1_val_threshold_mean_ci", "f1_test_tuned_mean",
+            "val_thresholds", "accuracy"} <= set(metrics["test"])
+    assert "f1_best_mean" not in metrics["test"] and "f1_test_tuned_mean_ci" not in metrics["test"]
     assert "auroc/nodule" in metrics["test"]
     loc = metrics["test_localisation"]
     assert "all_present/pointing_game" in loc and 0 <= loc["all_present/iou_mean"] <= 1
@@ -78,6 +80,10 @@ def test_evaluate_reason_gallery_push(trained, tmp_path):
     report = json.loads((run / "eval-csv-test.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     assert report["test"]["auroc_mean"] == pytest.approx(metrics["test"]["auroc_mean"], abs=1e-6)
+    # the F1 thresholds come from the run's own validation split, as at the end of training
+    assert report["test"]["val_thresholds"] == pytest.approx(metrics["test"]["val_thresholds"], abs=1e-6)
+    assert report["test"]["f1_val_threshold_mean"] == pytest.approx(metrics["test"]["f1_val_threshold_mean"], abs=1e-6)
+    assert "mean F1 at thresholds chosen on validation" in result.output
     assert "localisation" in report
     assert report["prototype_placement"] == metrics["prototype_placement"]
     image = sorted((data / "images").iterdir())[0]

@@ -12,6 +12,7 @@ from medimg_core.metrics import (
     _index_chunks,
     _vectorised_keys,
     _weighted_metrics,
+    best_f1_thresholds,
     bootstrap_ci,
     classification_metrics,
     concept_metrics,
@@ -93,7 +94,7 @@ def test_multilabel_hand_computed():
     assert math.isnan(m["auroc/y"])  # all zeros
     assert m["auroc/z"] == pytest.approx(1.0)  # positives .6 .4 .9 vs negative .3
     assert m["auroc_mean"] == pytest.approx(1.0)
-    assert m["f1_best_mean"] == pytest.approx(1.0)  # x and z separable, y has no positives (skipped)
+    assert "f1_test_tuned_mean" not in m and "f1_best_mean" not in m  # only beside a validation-threshold F1
     # F1: x 1; y tp 0 fp 1 -> 0; z tp 2 fn 1 -> 0.8
     assert m["macro_f1"] == pytest.approx((1 + 0 + 0.8) / 3)
 
@@ -249,3 +250,99 @@ def test_metrics_with_ci_default_keys(task):
         assert isinstance(out[key], float) and len(out[f"{key}_ci"]) == 2
     with pytest.raises(ValueError, match="unknown key"):
         metrics_with_ci(task, y, s, keys=("nope",), n_boot=5)
+
+
+# --------------------------------------------------------------------------- bootstrap by group (patient)
+
+
+def _clustered(n_patients: int = 30, per_patient: int = 8, seed: int = 0):
+    """Images of one patient share their value: the rows are far from independent."""
+    rng = np.random.default_rng(seed)
+    patient_value = rng.normal(size=n_patients)
+    x = np.repeat(patient_value, per_patient) + 0.01 * rng.normal(size=n_patients * per_patient)
+    groups = np.repeat([f"p{i:03d}" for i in range(n_patients)], per_patient)
+    return x, groups
+
+
+def test_grouped_bootstrap_is_wider_on_clustered_data():
+    x, groups = _clustered()
+    point, low, high = bootstrap_ci(np.mean, x, n_boot=400, seed=0)
+    g_point, g_low, g_high = bootstrap_ci(np.mean, x, n_boot=400, seed=0, groups=groups)
+    assert g_point == point
+    # 8 near-copies per patient: the honest interval is about sqrt(8) ~ 2.8 times the per-image one
+    assert (g_high - g_low) > 2 * (high - low)
+    assert g_low < point < g_high
+
+
+def test_grouped_bootstrap_with_singleton_groups_is_the_plain_one():
+    y, s = _data("multilabel", 50, seed=3)
+    plain = metrics_with_ci("multilabel", y, s, n_boot=40, seed=2)
+    single = metrics_with_ci("multilabel", y, s, n_boot=40, seed=2, groups=[f"{i:03d}" for i in range(50)])
+    assert single.pop("bootstrap")["n_groups"] == 50 and "resampled" not in plain.pop("bootstrap")
+    assert single == plain  # each image its own group: the same draws, the same intervals
+
+
+def test_grouped_metrics_with_ci_agrees_with_grouped_bootstrap_ci():
+    y, s = _data("ordinal", 60, seed=2)
+    groups = np.arange(60) // 4  # 15 patients of 4 images
+    out = metrics_with_ci("ordinal", y, s, keys=("accuracy", "qwk", "spearman"), n_boot=30, seed=1, groups=groups)
+    assert out["bootstrap"]["resampled"] == "groups" and out["bootstrap"]["n_groups"] == 15
+    for key in ("accuracy", "qwk", "spearman"):  # vectorised (accuracy, qwk) and per-resample (spearman) paths
+        ref = bootstrap_ci(lambda a, b, k=key: classification_metrics("ordinal", a, b)[k], y, s, n_boot=30, seed=1,
+                           groups=groups)
+        assert (out[key], *out[f"{key}_ci"]) == pytest.approx(ref)
+    plain = metrics_with_ci("ordinal", y, s, keys=("accuracy",), n_boot=30, seed=1)
+    assert plain["accuracy_ci"] != out["accuracy_ci"]
+
+
+def test_grouped_bootstrap_refuses_bad_groups():
+    x = np.arange(6.0)
+    with pytest.raises(ValueError, match="one label per sample"):
+        bootstrap_ci(np.mean, x, groups=["a", "b"])
+    with pytest.raises(ValueError, match=r"groups\[2\] is missing"):
+        bootstrap_ci(np.mean, x, groups=["a", "a", None, "b", "b", "c"])
+
+
+# --------------------------------------------------------------------------- F1 at validation thresholds
+
+
+def test_f1_at_validation_thresholds_by_hand():
+    # validation: x separable between 0.5 and 0.7 -> threshold 0.7 (the lowest positive score); z's best F1 is
+    # at 0.4 (tp 3, fp 1: F1 6/7, against 0.8 at 0.6); y has no positive -> 0.5
+    y_val = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]])
+    s_val = np.array([[0.9, 0.2, 0.6], [0.5, 0.1, 0.4], [0.7, 0.7, 0.3], [0.2, 0.4, 0.9], [0.1, 0.1, 0.5]])
+    thr = best_f1_thresholds(y_val, s_val)
+    assert thr.tolist() == [0.7, 0.5, 0.4]
+    # test: x at 0.7: tp 1 (0.8), fn 1 (0.6) -> F1 2/3; y at 0.5: fp 1 (0.6), no positive -> 0;
+    # z at 0.4: tp 2 (0.4, 0.9), fp 1 (0.45), fn 0 -> 4/5
+    y = np.array([[1, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]])
+    s = np.array([[0.8, 0.6, 0.4], [0.6, 0.1, 0.2], [0.1, 0.3, 0.9], [0.3, 0.2, 0.45]])
+    m = classification_metrics("multilabel", y, s, ["x", "y", "z"], val_thresholds=thr)
+    assert m["f1_val_threshold_mean"] == pytest.approx((2 / 3 + 0 + 4 / 5) / 3)
+    # tuned on the test data themselves: x 1 (at 0.6); z 0.8 (at 0.4: tp 2, fp 1; at 0.45: 0.5; at 0.9: 2/3);
+    # y has no positive (skipped)
+    assert m["f1_test_tuned_mean"] == pytest.approx((1 + 0.8) / 2)
+    with pytest.raises(ValueError, match="3 finite values"):
+        classification_metrics("multilabel", y, s, val_thresholds=[0.5, 0.5])
+    with pytest.raises(ValueError, match="multilabel tasks only"):
+        classification_metrics("binary", Y_BIN, P_BIN, val_thresholds=[0.5])
+
+
+def test_val_threshold_f1_interval_matches_sklearn_on_every_resample():
+    y, s = _data("multilabel", 40, seed=4)
+    y_val, s_val = _data("multilabel", 40, seed=5)
+    thr = best_f1_thresholds(y_val, s_val)
+    names = ["class_0", "class_1", "class_2"]
+    keys = _vectorised_keys("multilabel", names, True)
+    assert "f1_val_threshold_mean" in keys
+    for chunk in _index_chunks(len(y), 20, seed=3):
+        counts = np.stack([np.bincount(idx, minlength=len(y)) for idx in chunk])
+        fast = _weighted_metrics("multilabel", y, s, names, counts, keys, thr)
+        for row, idx in enumerate(chunk):
+            ref = classification_metrics("multilabel", y[idx], s[idx], val_thresholds=thr)
+            assert fast["f1_val_threshold_mean"][row] == pytest.approx(ref["f1_val_threshold_mean"], nan_ok=True)
+    out = metrics_with_ci("multilabel", y, s, names, n_boot=30, val_thresholds=thr)
+    low, high = out["f1_val_threshold_mean_ci"]
+    assert low <= out["f1_val_threshold_mean"] <= high and "f1_test_tuned_mean_ci" not in out
+    assert out["f1_test_tuned_mean"] >= out["f1_val_threshold_mean"]
+    assert out["val_thresholds"] == dict(zip(names, thr.tolist(), strict=True))

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cipl.config import CIPLConfig
-from cipl.evaluate import localisation_metrics, predict, prototype_placement
+from cipl.evaluate import box_localisation_metrics, localisation_metrics, predict, prototype_placement
 from cipl.explain import Reasoning, gallery_figures, gallery_overview, reason_tensor
 from cipl.push import (
     PUSH_INDEX_FILE,
@@ -40,9 +40,9 @@ from medimg_core.checkpoint import load_weights, save_checkpoint
 from medimg_core.data import MedicalImageDataset, load_dataset
 from medimg_core.data.errors import DatasetError
 from medimg_core.estimator import Estimator
-from medimg_core.experiment import fit_run
+from medimg_core.experiment import fit_run, sample_groups
 from medimg_core.explain import resolve_target
-from medimg_core.metrics import metrics_with_ci
+from medimg_core.metrics import best_f1_thresholds, metrics_with_ci
 from medimg_core.pretrained import checkpoint_config, read_checkpoint_config
 from medimg_core.runs import RunFolderError
 
@@ -165,8 +165,11 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
                  options: dict | None = None, device: str = "cpu", n_boot: int = 1000, checkpoint: str = "best",
                  seed: int = 0, map_step: int | None = None, progress: bool = False) -> dict[str, Any]:
     """`cipl evaluate`: a run's checkpoint on a split of its own data (default) or of another dataset with the same
-    classes: metrics with intervals, localisation where the data have masks, and (on its own data) where the push
-    put the prototypes."""
+    classes: metrics with intervals (over patients where the data have patient ids; multi-label F1 at per-finding
+    thresholds chosen on the run's own validation split, `f1_val_threshold_mean`, beside the test-tuned
+    `f1_test_tuned_mean`, the released code's mean F1), localisation where the data
+    have masks, the ChestX-ray8 box protocol where they have boxes (`box_localisation`), and (on its own data) where
+    the push put the prototypes."""
     model = CIPLClassifier.from_pretrained(checkpoint_path(run_dir, checkpoint))
     cfg, card, labels, student = model.cfg_, model.card_, model.labels_, model.model_
     name = dataset or cfg.data.dataset
@@ -180,11 +183,21 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
     out = predict(student, ds, device, batch, progress)
     task = output_task(labels)
     target = out["target"] if labels.multilabel else out["target"].astype(np.int64)
+    thresholds, unavailable = None, None
+    if labels.multilabel and not (dataset is None and split == cfg.data.val_split):
+        thresholds, unavailable = _val_thresholds(model, device, batch, progress)
     result: dict[str, Any] = {"dataset": name, "split": split, "n": len(ds), "task": task,
                               "test": metrics_with_ci(task, target, out["scores"], list(labels.output_names),
-                                                      n_boot=n_boot, seed=seed)}
+                                                      n_boot=n_boot, seed=seed, groups=sample_groups(ds),
+                                                      val_thresholds=thresholds)}
+    if unavailable:
+        result["test"]["f1_val_threshold_unavailable"] = unavailable
     loc = localisation_metrics(student, ds, device, batch, cfg.iou_threshold, n_boot=n_boot, seed=seed,
                                kind=cfg.localisation_map, map_step=map_step, progress=progress)
+    boxes = box_localisation_metrics(student, ds, device, batch, cfg.iou_threshold, n_boot=n_boot, seed=seed,
+                                     kind=cfg.localisation_map, map_step=map_step, progress=progress)
+    if boxes is not None:
+        result["box_localisation"] = boxes
     if loc is not None:
         result["localisation"] = loc
         index = model.push_index_ if dataset is None and root is None else None
@@ -194,6 +207,21 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
             if placement is not None:
                 result["prototype_placement"] = placement
     return result
+
+
+def _val_thresholds(model: CIPLClassifier, device: str, batch: int, progress: bool
+                   ) -> tuple[np.ndarray | None, str | None]:
+    """Per-finding thresholds of the best F1 on the run's own validation split (`best_f1_thresholds`), or None and
+    why when that split cannot be read (e.g. a checkpoint evaluated away from its training data)."""
+    cfg = model.cfg_
+    try:
+        val = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split,
+                           transform=model.preprocess_.eval_transform(), **cfg.data.options)
+    except (DatasetError, OSError, ValueError, TypeError) as exc:
+        return None, (f"the run's validation split ({cfg.data.dataset} {cfg.data.val_split!r} at {cfg.data.root}) "
+                      f"cannot be read: {exc}")
+    out = predict(model.model_, val, device, batch, progress)
+    return best_f1_thresholds(out["target"], out["scores"]), None
 
 
 def push_run(run_dir: str | Path, checkpoint: str = "best", split: str | None = None, device: str = "cpu",

@@ -112,8 +112,10 @@ def push(run_dir: Path, checkpoint: str, split: str | None, device: str, seed: i
 @progress_option()
 def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, seed, bootstrap, map_step, out,
              progress) -> None:
-    """Evaluate RUN_DIR's model on a split: per-class AUROC, mean AUROC, best-threshold F1 and accuracy with
-    95% intervals; pointing game and mask IoU where the data have masks. Writes
+    """Evaluate RUN_DIR's model on a split: per-class AUROC, mean AUROC, accuracy and (multi-label) the mean F1 at
+    thresholds chosen on the run's validation split, beside the F1 tuned on the split itself, with 95% intervals (over patients where the data have patient ids); pointing game and mask IoU where the data have
+    masks; on ChestX-ray14 with BBox_List_2017 the box protocol (accuracy at T(IoBB), T(IoU), pointing game in the
+    box, key box_localisation). Writes
     RUN_DIR/eval-<dataset>-<split>.json (or --out)."""
     from cipl.api import evaluate_run
     from medimg_core.checkpoint import write_json
@@ -129,10 +131,21 @@ def evaluate(run_dir: Path, dataset, root, split, options, checkpoint, device, s
     t = result["test"]
     if result["task"] == "multilabel":
         click.echo(f"{result['dataset']}/{split} (n={result['n']}): mean AUROC {t['auroc_mean']:.4f} "
-                   f"{t['auroc_mean_ci']}, mean best-threshold F1 {t['f1_best_mean']:.4f}, accuracy {t['accuracy']:.4f}")
+                   f"{t['auroc_mean_ci']}, accuracy at 0.5 {t['accuracy']:.4f}")
+        if "f1_val_threshold_mean" in t:
+            click.echo(f"mean F1 at thresholds chosen on validation {t['f1_val_threshold_mean']:.4f} "
+                       f"{t['f1_val_threshold_mean_ci']}; tuned on this split itself (the released code's mean F1, "
+                       f"optimistic) {t['f1_test_tuned_mean']:.4f}")
+        elif "f1_val_threshold_unavailable" in t:
+            click.echo(f"no F1 at validation thresholds: {t['f1_val_threshold_unavailable']}")
     else:
         click.echo(f"{result['dataset']}/{split} (n={result['n']}): accuracy {t['accuracy']:.4f} {t['accuracy_ci']}, "
                    f"AUROC {t.get('auroc', float('nan')):.4f}")
+    boxes = result.get("box_localisation")
+    if boxes and boxes.get("n_boxes"):
+        click.echo(f"boxes ({boxes['n_boxes']} on {boxes['n_images']} images): pointing game "
+                   f"{boxes['pointing_game']:.3f} {boxes['pointing_game_ci']}, accuracy at IoBB > 0.5 "
+                   f"{boxes['iobb_acc@0.5']:.3f} {boxes['iobb_acc@0.5_ci']}, at IoU > 0.5 {boxes['iou_acc@0.5']:.3f}")
     loc = result.get("localisation")
     if loc and loc.get("n"):
         click.echo(f"localisation: pointing game {loc['pointing_game']:.3f}, IoU {loc['iou_mean']:.3f} "

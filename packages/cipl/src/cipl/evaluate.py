@@ -1,5 +1,6 @@
 """Evaluation of a trained CIPL: classification metrics with intervals and, where the data carry
-per-finding masks (synth-cxr), CIPL's interpretability metrics.
+per-finding masks (synth-cxr), CIPL's interpretability metrics; where they carry boxes (ChestX-ray14's
+BBox_List_2017), the ChestX-ray8 box protocol (`box_localisation_metrics`).
 
 Localisation (per image and finding that is present and detected, i.e. probability > 0.5):
 - the class map (h, w) is the class's prototype similarity maps summed with their last-layer weights (the
@@ -88,12 +89,13 @@ def cell_hit(peak: tuple[int, int], mask: torch.Tensor, grid: FeatureGrid) -> bo
     return _cell_box_overlaps((int(rows[peak[0]]), int(cols[peak[1]])), rows, cols, mask)
 
 
-def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> list[float] | None:
-    """The 95% percentile bootstrap interval of the mean of `values` (N,) (medimg_core.metrics.bootstrap_ci);
-    None for fewer than two values or no resamples."""
-    if len(values) < 2 or n_boot < 1:
+def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int, groups: list[str] | None = None
+                    ) -> list[float] | None:
+    """The 95% percentile bootstrap interval of the mean of `values` (N,) (medimg_core.metrics.bootstrap_ci),
+    resampling `groups` (N,) (patients) when given; None for fewer than two values (groups) or no resamples."""
+    if len(values) < 2 or n_boot < 1 or (groups is not None and len(set(groups)) < 2):
         return None
-    return list(bootstrap_ci(np.mean, values, n_boot=n_boot, seed=seed)[1:])
+    return list(bootstrap_ci(np.mean, values, n_boot=n_boot, seed=seed, groups=groups)[1:])
 
 
 @torch.no_grad()
@@ -184,6 +186,82 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
     result.update(map=kind, map_step=map_step, iou_threshold=iou_threshold, detect_threshold=detect_threshold,
                   grid_origin_px=list(grid.origin), grid_step_px=list(grid.step))
     return result
+
+
+@torch.no_grad()
+def box_localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.device = "cpu", batch_size: int = 64,
+                             map_threshold: float = 0.5, n_boot: int = 1000, seed: int = 0, kind: str = "weighted",
+                             map_step: int | None = None, progress: bool = False) -> dict[str, Any] | None:
+    """The ChestX-ray8 box protocol (`medimg_core.localisation`) on the boxed images of `dataset`: for every
+    ground-truth box of a finding the model has, the finding's class map (`kind`, upsampled to the input size on
+    the feature grid) against the box rescaled from the released 1024-pixel frame to the model's input (the
+    evaluation transform resizes the whole image: no crop). Every box counts, whether the finding was detected
+    or not (the standard protocol; `detected` per finding is reported beside it).
+
+    Returns None when the dataset has no boxes (`dataset.boxes`, e.g. ChestX-ray14 with BBox_List_2017), else
+    {"n_boxes", "n_images", "n_patients", "pointing_game", "iobb_acc@T" (T in 0.1 ... 0.9), "iou_acc@T" (T in
+    0.1 ... 0.7), "iobb_mean", "iou_mean", "detected_fraction" (of the boxes whose finding scored > 0.5), each
+    with "_ci" (95% bootstrap over patients where the dataset has patient ids, else over images), per finding
+    "<metric>/<finding>" and "n_boxes/<finding>", and what was used: "map", "map_threshold", "map_step",
+    "box_frame_px", "input_px", "resampled", "skipped_findings"}."""
+    from medimg_core.localisation import IOBB_THRESHOLDS, IOU_THRESHOLDS, box_accuracies, score_box
+
+    if not callable(getattr(dataset, "boxes", None)):
+        return None
+    boxed = [i for i in range(len(dataset)) if dataset.boxes(i)]
+    if not boxed:
+        return None
+    names = list(model.labels.class_names)
+    model = model.to(device).eval()
+    groups = getattr(dataset, "groups", None)
+    rows: list[tuple[str, str, bool, float, float, bool]] = []  # (finding, group, hit, iobb, iou, detected)
+    skipped: dict[str, int] = {}
+    grid = None
+    input_hw: tuple[int, int] | None = None
+    loader = DataLoader(torch.utils.data.Subset(dataset, boxed), batch_size=batch_size, shuffle=False)
+    position = 0
+    for batch in tqdm(loader, desc="evaluate: boxes", unit="batch", disable=not progress, leave=False):
+        x = batch["image"].to(device)
+        input_hw = tuple(x.shape[-2:])
+        if grid is None:
+            grid = feature_grid(model, input_hw, x.shape[1])
+        maps = class_maps(model, x, input_hw, kind, grid, map_step).float().cpu().numpy()
+        probs = model.predict_proba(x).float().cpu().numpy()
+        for i in range(len(x)):
+            index = boxed[position]
+            position += 1
+            group = str(groups[index]) if groups is not None else str(dataset.ids[index])
+            for finding, box in dataset.boxes(index, input_hw):
+                if finding not in names or finding not in model.labels.output_names:
+                    skipped[finding] = skipped.get(finding, 0) + 1
+                    continue
+                scored = score_box(maps[i, names.index(finding)], box, map_threshold)
+                detected = bool(probs[i, list(model.labels.output_names).index(finding)] > 0.5)
+                rows.append((finding, group, scored["hit"], scored["iobb"], scored["iou"], detected))
+    out: dict[str, Any] = {"n_boxes": len(rows), "n_images": len(boxed),
+                           "n_patients": len({r[1] for r in rows}) if groups is not None else None}
+    if rows:
+        def summarise(sel: list[tuple[str, str, bool, float, float, bool]], suffix: str, with_ci: bool) -> None:
+            iobb = np.array([r[3] for r in sel])
+            iou = np.array([r[4] for r in sel])
+            values = {"pointing_game": np.array([r[2] for r in sel], dtype=np.float64), "iobb_mean": iobb,
+                      "iou_mean": iou, **box_accuracies(iobb, iou, IOBB_THRESHOLDS, IOU_THRESHOLDS),
+                      "detected_fraction": np.array([r[5] for r in sel], dtype=np.float64)}
+            group_of = [r[1] for r in sel]
+            for key, v in values.items():
+                out[f"{key}{suffix}"] = float(v.mean())
+                if with_ci:
+                    out[f"{key}_ci"] = _bootstrap_mean(v, n_boot, seed, group_of)
+
+        summarise(rows, "", True)
+        for finding in dict.fromkeys(r[0] for r in rows):
+            part = [r for r in rows if r[0] == finding]
+            out[f"n_boxes/{finding}"] = len(part)
+            summarise(part, f"/{finding}", False)
+    out.update(map=kind, map_threshold=map_threshold, map_step=map_step, box_frame_px=1024,
+               input_px=list(input_hw) if input_hw else None,
+               resampled="patients" if groups is not None else "images", skipped_findings=skipped)
+    return out
 
 
 #: keys of a localisation result that describe it rather than measure one map kind

@@ -41,7 +41,7 @@ from cipl.config import (  # noqa: F401
     default_monitor,
 )
 from cipl.data import PairDataset
-from cipl.evaluate import localisation_metrics, prototype_placement
+from cipl.evaluate import box_localisation_metrics, localisation_metrics, prototype_placement
 from cipl.explain import gallery_figures
 from cipl.losses import (
     classification_loss,
@@ -372,7 +372,8 @@ class CIPLRecipe:
                      pretrained_source=pretrained_source_of(model.student.backbone), state={"labels": labels})
 
     def report(self, ctx: FitContext) -> dict[str, Any]:
-        """task, classes and outputs; localisation on the test split where the data have masks; the best checkpoint's
+        """task, classes and outputs; localisation on the test split where the data have masks, the box protocol where
+        they have boxes (ChestX-ray14); the best checkpoint's
         push folder, where its prototypes sit (prototype_placement) and the gallery."""
         cfg: CIPLConfig = ctx.cfg
         labels: LabelSpace = ctx.built.state["labels"]
@@ -386,6 +387,12 @@ class CIPLRecipe:
                                        kind=cfg.localisation_map)
             if loc is not None:
                 out["test_localisation"] = loc
+        if ctx.splits.test is not None:
+            boxes = box_localisation_metrics(student, ctx.splits.test, device=ctx.device, map_threshold=cfg.iou_threshold,
+                                             batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
+                                             n_boot=cfg.bootstrap, seed=cfg.seed, kind=cfg.localisation_map)
+            if boxes is not None:
+                out["test_box_localisation"] = boxes
         index = PushIndex.read(ctx.run.checkpoint("best"), ctx.run)
         if index is not None and index.folder is not None:
             out["prototypes"] = index.directory

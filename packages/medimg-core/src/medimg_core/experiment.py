@@ -6,8 +6,8 @@
 `fit_run` owns what every training shares, in this order: distributed set-up, device, seeding, the data
 (`recipe.load_data`), the model and everything the Trainer needs (`recipe.build`, which refuses unusable data
 and configs before anything is written), the run folder (locked while it trains), the Trainer and its
-resume, reloading the best checkpoint, test predictions and their metrics with bootstrap intervals, the common
-keys of metrics.json, the method's own report (`recipe.report`), the training curves, and the distributed
+resume, reloading the best checkpoint, test predictions and their metrics with bootstrap intervals (resampling
+patients where the test set has groups: `sample_groups`), the common keys of metrics.json, the method's own report (`recipe.report`), the training curves, and the distributed
 clean-up (in a `finally`). Everything that can be refused is refused before the run folder exists (the config's
 numbers when it loads, the device, the data, the model and its weights, a training set smaller than one batch,
 a resume of another method's run); a training that fails later is settled by `settle_failed_run`: no folder left
@@ -189,7 +189,7 @@ def fit_run(recipe: Recipe, cfg: Any, resume_dir: str | Path | None = None, spli
     """Train `recipe` with `cfg` (a config inheriting RunConfig, with `train` and `optim` sections) and
     return its run folder. `splits` replaces `recipe.load_data(cfg)` (an estimator fitted on given datasets);
     `resume_dir` continues a run from its last checkpoint (a folder without one is refused)."""
-    from medimg_core.metrics import metrics_with_ci
+    from medimg_core.metrics import best_f1_thresholds, metrics_with_ci
 
     start = time.perf_counter()
     if resume_dir is not None:
@@ -220,13 +220,19 @@ def fit_run(recipe: Recipe, cfg: Any, resume_dir: str | Path | None = None, spli
             result = trainer.fit(resume=resume_dir is not None)
             load_weights(trainer.eval_model, trainer.checkpoint_dir / "best")
             test_outputs = trainer.predict(test_set) if test_set is not None and built.output_task else None
+            multilabel = built.output_task == "multilabel"
+            # multi-label F1 at per-label thresholds chosen on validation (best_f1_thresholds), never on test
+            val_outputs = trainer.predict(val_set) if multilabel and test_outputs is not None and val_set is not None \
+                else None
             if dist_info.is_main:
                 test_metrics = None
                 if test_outputs is not None:
-                    multilabel = built.output_task == "multilabel"
                     target = test_outputs["target"] if multilabel else test_outputs["target"].astype(np.int64)
+                    thresholds = None if val_outputs is None else best_f1_thresholds(val_outputs["target"],
+                                                                                     val_outputs["scores"])
                     test_metrics = metrics_with_ci(built.output_task, target, test_outputs["scores"],
-                                                   list(built.output_names or []), n_boot=cfg.bootstrap, seed=cfg.seed)
+                                                   list(built.output_names or []), n_boot=cfg.bootstrap, seed=cfg.seed,
+                                                   groups=sample_groups(test_set), val_thresholds=thresholds)
                 ctx = FitContext(cfg, run, splits, built, trainer, result, test_outputs, test_metrics, device,
                                  dist_info, start)
                 final: dict[str, Any] = {
@@ -255,6 +261,13 @@ def fit_run(recipe: Recipe, cfg: Any, resume_dir: str | Path | None = None, spli
     finally:
         cleanup_distributed()
     return run
+
+
+def sample_groups(dataset: Any) -> list[str] | None:
+    """The dataset's groups (patient ids, e.g. NIH's `Patient ID`; one per sample, in order) when it has them, for
+    bootstrap intervals that resample patients rather than images; None otherwise."""
+    groups = getattr(dataset, "groups", None)
+    return list(groups) if groups is not None and len(groups) == len(dataset) else None
 
 
 def settle_failed_run(run: Run, exc: BaseException, resumed: bool = False) -> str:

@@ -100,6 +100,37 @@ def _best_f1(target: np.ndarray, score: np.ndarray) -> float:
     return float(f1.max())
 
 
+def _best_f1_threshold(target: np.ndarray, score: np.ndarray) -> float:
+    """The score threshold (predict positive at score >= it) of the best F1 on the precision-recall curve;
+    0.5 (the package's decision threshold) for a label without positives."""
+    target = np.asarray(target).astype(bool)
+    if not target.any():
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(target, score)
+    precision, recall = precision[:-1], recall[:-1]  # the last point (recall 0) has no threshold
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def best_f1_thresholds(y_true: Any, y_score: Any) -> np.ndarray:
+    """Per label, the threshold that maximises F1 on these multilabel data: (L,) floats, a label predicted
+    present at score >= its threshold; 0.5 for a label without positives. Choose them on a validation split
+    and pass them to `classification_metrics` / `metrics_with_ci` (`val_thresholds`) for the test split.
+
+    y_true: (N, L) 0/1; y_score: (N, L) probabilities."""
+    y, s, _ = _validate("multilabel", y_true, y_score, None)
+    with _quiet():
+        return np.array([_best_f1_threshold(y[:, k], s[:, k]) for k in range(y.shape[1])], dtype=np.float64)
+
+
+def _check_thresholds(thresholds: Any, n_labels: int) -> np.ndarray:
+    arr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if arr.shape != (n_labels,) or not np.isfinite(arr).all():
+        raise ValueError(f"val_thresholds must be {n_labels} finite values (one per label), got {thresholds!r}")
+    return arr
+
+
 def _check_names(names: Sequence[str] | None, count: int, what: str, default: str) -> list[str]:
     if names is None:
         return [f"{default}_{k}" for k in range(count)]
@@ -192,7 +223,7 @@ def _validate(
 
 
 def classification_metrics(
-    task: str, y_true: Any, y_score: Any, class_names: Sequence[str] | None = None
+    task: str, y_true: Any, y_score: Any, class_names: Sequence[str] | None = None, val_thresholds: Any = None
 ) -> dict[str, float]:
     """Metrics of a classifier for a DatasetCard task.
 
@@ -205,13 +236,25 @@ def classification_metrics(
     - multiclass, ordinal: auroc (one-vs-rest macro over classes present) and auroc/<class>;
     - ordinal also: mae (argmax grade), qwk (quadratic kappa), spearman (true grade vs expected grade);
     - multilabel: accuracy and balanced_accuracy are means over labels at 0.5, auroc/<label>,
-      auroc_mean, f1_best_mean (mean over labels of the best F1 over thresholds).
+      auroc_mean; with `val_thresholds` (L,) (per-label thresholds chosen on a validation split,
+      `best_f1_thresholds`) also f1_val_threshold_mean (the mean over labels of the F1 at those
+      thresholds) and, beside it, f1_test_tuned_mean (the mean over labels of the best F1 over the
+      thresholds of the evaluated data themselves: what CIPL's released code reports as mean F1; an
+      optimistic number, since the threshold is chosen on the data it is scored on).
     Undefined values (an AUROC with one class) are NaN.
     """
     y, s, names = _validate(task, y_true, y_score, class_names)
+    if val_thresholds is not None and task != "multilabel":
+        raise ValueError(f"val_thresholds apply to multilabel tasks only, not {task!r}")
     with _quiet():
         if task == "multilabel":
-            return _multilabel_metrics(y, s, names)
+            out = _multilabel_metrics(y, s, names)
+            if val_thresholds is not None:
+                thr = _check_thresholds(val_thresholds, y.shape[1])
+                per = f1_score(y, (s >= thr).astype(np.int64), average=None, zero_division=np.nan)
+                out["f1_val_threshold_mean"] = _nanmean(per)
+                out["f1_test_tuned_mean"] = _nanmean([_best_f1(y[:, k], s[:, k]) for k in range(y.shape[1])])
+            return out
         return _single_label_metrics(task, y, s, names)
 
 
@@ -248,7 +291,6 @@ def _multilabel_metrics(y: np.ndarray, s: np.ndarray, names: list[str]) -> dict[
     per_label = [_auroc(y[:, k], s[:, k]) for k in labels]
     out.update({f"auroc/{name}": value for name, value in zip(names, per_label, strict=True)})
     out["auroc_mean"] = _nanmean(per_label)
-    out["f1_best_mean"] = _nanmean([_best_f1(y[:, k], s[:, k]) for k in labels])
     return out
 
 
@@ -335,6 +377,32 @@ def _index_chunks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
         yield rng.integers(0, n, size=(min(rows, n_boot - start), n))
 
 
+def group_ids(groups: Any, n: int) -> np.ndarray:
+    """Group labels (N,) (patient ids, any hashable values) -> int ids (N,) in [0, G); refuses a length other
+    than `n` and missing labels (None, NaN, empty), naming the first."""
+    values = np.asarray(groups, dtype=object)
+    if values.ndim != 1 or len(values) != n:
+        raise ValueError(f"groups must be one label per sample: {n} samples, got shape {values.shape}")
+    for i, g in enumerate(values):
+        if g is None or (isinstance(g, float) and math.isnan(g)) or (isinstance(g, str) and not g.strip()):
+            raise ValueError(f"groups[{i}] is missing ({g!r}); every sample needs its group (e.g. patient id)")
+    return np.unique(values.astype(str), return_inverse=True)[1].reshape(-1)
+
+
+def _group_count_chunks(ids: np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Resampling counts (rows, N) of a grouped bootstrap, in chunks: each resample draws G groups with
+    replacement (G = the number of groups in `ids` (N,)) and every sample counts as often as its group was drawn."""
+    rng = np.random.default_rng(seed)
+    n_groups = int(ids.max()) + 1
+    rows = max(1, _CHUNK_ELEMENTS // max(n_groups, len(ids)))
+    for start in range(0, n_boot, rows):
+        b = min(rows, n_boot - start)
+        draws = rng.integers(0, n_groups, size=(b, n_groups))
+        counts = np.bincount((draws + n_groups * np.arange(b)[:, None]).ravel(),
+                             minlength=b * n_groups).reshape(b, n_groups)
+        yield counts[:, ids]
+
+
 def _percentile_interval(values: Sequence[float] | np.ndarray, alpha: float) -> tuple[float, float]:
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
@@ -357,13 +425,16 @@ def bootstrap_ci(
     alpha: float = 0.05,
     seed: int = 0,
     return_skipped: bool = False,
+    groups: Any = None,
 ) -> tuple[float, float, float] | tuple[float, float, float, int]:
     """Percentile bootstrap: (point, low, high) of `metric_fn(*arrays)` at level 1 - alpha.
 
     arrays: aligned along their first axis (N, ...); rows are resampled with replacement by a
-    numpy Generator seeded with `seed`. Resamples whose metric is NaN/inf or raises ValueError
-    (undefined, for example one class only) are skipped and counted; `return_skipped=True` adds that
-    count as a fourth value. With no valid resample the interval is (NaN, NaN).
+    numpy Generator seeded with `seed`. `groups` (N,) (e.g. patient ids): resample the groups instead, each
+    drawn group bringing all its rows (a cluster bootstrap: rows of one patient are not independent, and
+    resampling them one by one makes the interval too narrow). Resamples whose metric is NaN/inf or raises
+    ValueError (undefined, for example one class only) are skipped and counted; `return_skipped=True` adds
+    that count as a fourth value. With no valid resample the interval is (NaN, NaN).
     """
     _check_bootstrap_args(n_boot, alpha)
     if not arrays:
@@ -379,7 +450,7 @@ def bootstrap_ci(
     values: list[float] = []
     skipped, last_error = 0, None
     with _quiet():
-        for chunk in _index_chunks(n, n_boot, seed):
+        for chunk in _resample_indices(n, n_boot, seed, groups):
             for idx in chunk:
                 try:
                     value = float(metric_fn(*(a[idx] for a in arrays)))
@@ -396,6 +467,17 @@ def bootstrap_ci(
                 f" (last error: {last_error})" if last_error else "")
     low, high = _percentile_interval(values, alpha)
     return (point, low, high, skipped) if return_skipped else (point, low, high)
+
+
+def _resample_indices(n: int, n_boot: int, seed: int, groups: Any = None) -> Iterator[Sequence[np.ndarray]]:
+    """Chunks of resample index arrays: rows resampled (`_index_chunks`), or with `groups` whole groups
+    (`_group_count_chunks`; a resample's length is then the number of rows its groups hold)."""
+    if groups is None:
+        yield from _index_chunks(n, n_boot, seed)
+        return
+    rows = np.arange(n)
+    for counts in _group_count_chunks(group_ids(groups, n), n_boot, seed):
+        yield [np.repeat(rows, c) for c in counts]
 
 
 def _group_sum(weights: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -440,19 +522,20 @@ def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarra
         return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
 
 
-def _vectorised_keys(task: str, names: list[str]) -> set[str]:
+def _vectorised_keys(task: str, names: list[str], val_thresholds: bool = False) -> set[str]:
     keys = {"accuracy", "balanced_accuracy", "macro_f1"}
     if task == "binary":
         return keys | {"auroc"}
     keys |= {f"auroc/{name}" for name in names}
     if task == "multilabel":
-        return keys | {"auroc_mean"}
+        return keys | {"auroc_mean"} | ({"f1_val_threshold_mean"} if val_thresholds else set())
     keys.add("auroc")
     return keys | {"mae", "qwk"} if task == "ordinal" else keys
 
 
 def _weighted_metrics(
-    task: str, y: np.ndarray, s: np.ndarray, names: list[str], counts: np.ndarray, keys: set[str]
+    task: str, y: np.ndarray, s: np.ndarray, names: list[str], counts: np.ndarray, keys: set[str],
+    val_thresholds: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The `keys` (from `_vectorised_keys`) of each resample given as counts (B, N) -> {key: (B,)}."""
     w = counts.astype(np.float64)
@@ -472,6 +555,10 @@ def _weighted_metrics(
         bal = np.nanmean(np.stack([recall_neg, recall_pos]), axis=0)  # a label always has one class
         out["balanced_accuracy"] = bal.mean(axis=1)
         out["macro_f1"] = _rows_nanmean(_f1_from_counts(tp, fp, fn))
+        if "f1_val_threshold_mean" in keys:
+            at = s >= val_thresholds
+            cms = np.stack([_group_sum(w, yb[:, k] * 2 + at[:, k], 4) for k in range(n_labels)], axis=1)
+            out["f1_val_threshold_mean"] = _rows_nanmean(_f1_from_counts(cms[..., 3], cms[..., 1], cms[..., 2]))
         if want_auroc:
             per = np.stack([_weighted_auroc(y[:, k], s[:, k], w) for k in range(n_labels)], axis=1)
             out["auroc_mean"] = _rows_nanmean(per)
@@ -516,32 +603,49 @@ def metrics_with_ci(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    groups: Any = None,
+    val_thresholds: Any = None,
 ) -> dict[str, Any]:
     """`classification_metrics` plus percentile bootstrap intervals of the headline `keys`.
 
     Returns every point metric `{key: value}`, with `key + "_ci": [low, high]` after each key of
     `keys` (default `HEADLINE_KEYS[task]`), and `"bootstrap": {"n_boot", "alpha", "seed",
     "n_samples", "skipped": {key: count}}` (resamples where a metric was undefined).
+    `groups` (N,) (e.g. patient ids): resample groups, not samples (see `bootstrap_ci`); "bootstrap" then
+    also says `"resampled": "groups"` and `"n_groups"`. `val_thresholds` (multilabel, (L,), chosen on a
+    validation split by `best_f1_thresholds`): adds f1_val_threshold_mean (with an interval by default) and
+    f1_test_tuned_mean (point only: re-tuning the thresholds on every resample is not done), and the
+    thresholds as `"val_thresholds": {label: value}`.
     """
     _check_bootstrap_args(n_boot, alpha)
     y, s, names = _validate(task, y_true, y_score, class_names)
-    point = classification_metrics(task, y, s, names)
+    point = classification_metrics(task, y, s, names, val_thresholds)
+    thresholds = None if val_thresholds is None else _check_thresholds(val_thresholds, y.shape[1])
+    default_keys = keys is None
     keys = list(HEADLINE_KEYS[task] if keys is None else keys)
+    if default_keys and thresholds is not None:
+        keys.append("f1_val_threshold_mean")
     unknown = [k for k in keys if k not in point]
     if unknown:
         raise ValueError(f"metrics_with_ci: unknown key(s) {unknown} for task {task!r}; available: {sorted(point)}")
-    fast = set(keys) & _vectorised_keys(task, names)
+    fast = set(keys) & _vectorised_keys(task, names, thresholds is not None)
     slow = [k for k in keys if k not in fast]
     samples: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     n = y.shape[0]
-    for chunk in _index_chunks(n, n_boot, seed):
-        if fast:
+    ids = None if groups is None else group_ids(groups, n)
+    chunks = _index_chunks(n, n_boot, seed) if ids is None else _group_count_chunks(ids, n_boot, seed)
+    for chunk in chunks:
+        if ids is None:
             counts = np.bincount((chunk + n * np.arange(len(chunk))[:, None]).ravel(),
-                                 minlength=len(chunk) * n).reshape(len(chunk), n)
-            for k, v in _weighted_metrics(task, y, s, names, counts, fast).items():
+                                 minlength=len(chunk) * n).reshape(len(chunk), n) if fast else None
+            indices: Sequence[np.ndarray] = chunk
+        else:
+            counts, indices = chunk, [np.repeat(np.arange(n), c) for c in chunk] if slow else []
+        if fast:
+            for k, v in _weighted_metrics(task, y, s, names, counts, fast, thresholds).items():
                 samples[k].append(v)
         if slow:
-            rows = [classification_metrics(task, y[idx], s[idx], names) for idx in chunk]
+            rows = [classification_metrics(task, y[idx], s[idx], names, thresholds) for idx in indices]
             for k in slow:
                 samples[k].append(np.array([r[k] for r in rows], dtype=np.float64))
     out: dict[str, Any] = {}
@@ -556,4 +660,8 @@ def metrics_with_ci(
     if any(count > n_boot // 10 for count in skipped.values()):
         log.warning("bootstrap: undefined resamples skipped per metric: %s of %d", skipped, n_boot)
     out["bootstrap"] = {"n_boot": n_boot, "alpha": alpha, "seed": seed, "n_samples": int(n), "skipped": skipped}
+    if ids is not None:
+        out["bootstrap"].update(resampled="groups", n_groups=int(ids.max()) + 1)
+    if thresholds is not None:
+        out["val_thresholds"] = {name: float(v) for name, v in zip(names, thresholds, strict=True)}
     return out

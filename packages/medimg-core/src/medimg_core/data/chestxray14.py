@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from medimg_core.data.base import FileDataset, SampleTable, collect_missing_files, empty_concepts
 from medimg_core.data.card import DatasetCard
@@ -47,15 +46,43 @@ def read_lists(root: Path) -> tuple[set[str], set[str]] | None:
     return train_val, test
 
 
+#: the box table's spelling of findings that the label table spells otherwise
+BOX_FINDING_NAMES = {"Infiltrate": "Infiltration"}
+#: the released PNGs are 1024 x 1024; BBox_List_2017's coordinates are in their pixels
+BOX_FRAME_PX = (1024, 1024)
+
+
 def read_bboxes(root: Path) -> dict[str, list[tuple[str, float, float, float, float]]]:
-    """Image id -> [(finding, x, y, w, h)] from BBox_List_2017 (in original-image pixels), if present."""
+    """Image id -> [(finding, x, y, w, h)] from BBox_List_2017 (pixels of the 1024 x 1024 released images,
+    `BOX_FRAME_PX`), if present. Findings are named as in the label table (`Infiltrate` -> `Infiltration`); a row
+    with an unknown finding or a box that is not finite, positive and inside the frame is refused, naming it."""
     for name in BBOX_TABLES:
         path = root / name
         if path.is_file():
-            frame = pd.read_csv(path)
+            frame = read_table_file(path)
+            log = ProblemLog()
+            if len(frame.columns) < 6 or list(frame.columns[:2]) != ["Image Index", "Finding Label"]:
+                raise DatasetError(f"{path}: expected the columns 'Image Index, Finding Label, Bbox [x, y, w, h]' "
+                                   f"(six values a row), got {list(frame.columns)}")
             out: dict[str, list] = {}
-            for row in frame.itertuples(index=False):
-                out.setdefault(str(row[0]), []).append((str(row[1]), *map(float, row[2:6])))
+            for r, row in enumerate(frame.itertuples(index=False)):
+                finding = BOX_FINDING_NAMES.get(str(row[1]).strip(), str(row[1]).strip())
+                if finding not in FINDINGS:
+                    log.add(path, f"unknown finding {row[1]!r}; expected one of {[*FINDINGS, *BOX_FINDING_NAMES]}",
+                            row=r + ROW_OFFSET, column="Finding Label")
+                    continue
+                try:
+                    x, y, w, h = (float(v) for v in row[2:6])
+                except (TypeError, ValueError):
+                    x = y = w = h = float("nan")
+                if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0 and x >= 0 and y >= 0
+                        and x + w <= BOX_FRAME_PX[1] + 1 and y + h <= BOX_FRAME_PX[0] + 1):
+                    log.add(path, f"box {tuple(row[2:6])} is not x, y >= 0, w, h > 0 inside the "
+                                  f"{BOX_FRAME_PX[1]} x {BOX_FRAME_PX[0]} image", row=r + ROW_OFFSET,
+                            column="Bbox [x,y,w,h]")
+                    continue
+                out.setdefault(str(row[0]).strip(), []).append((finding, x, y, w, h))
+            log.raise_if_any("chestxray14: cannot read the box table")
             return out
     return {}
 
@@ -68,6 +95,9 @@ class ChestXray14(FileDataset):
     `test_list.txt` and the image folders (`images/`, or `images_001/images/` ... as the archives
     unpack). Test = the official test list. Validation is carved from train_val, grouped by patient
     (`val_fraction`, `seed`), and written to a split file: checkpoints are never selected on the test list.
+
+    Boxes: where `BBox_List_2017.csv[.gz]` is in the root, `boxes(i, size)` gives image i's boxes (984 boxes of 8
+    findings over 880 images in the NIH release) in the pixels of the image resized to `size`.
 
     Options: `views` (e.g. `["PA"]`); `missing_images="error"|"drop"` (drop rows whose image is not on
     disk, counted in `table.extra`); `official_split=False` to split by patient with a seed when the
@@ -163,6 +193,21 @@ class ChestXray14(FileDataset):
             groups=[patients[r] for r in rows],
             extra=extra,
         )
+
+    def boxes(self, index: int, size: tuple[int, int] | None = None,
+              crop: tuple[float, float, float, float] | None = None) -> list[tuple[str, tuple[float, ...]]]:
+        """Image `index`'s ground-truth boxes [(finding, (x0, y0, x1, y1))] in the pixels of the whole image resized
+        to `size` (H, W) (default: the released 1024 x 1024), after an optional `crop` (top, left, height, width in
+        1024-pixel coordinates); boxes cropped away are left out. Empty for an image without boxes."""
+        from medimg_core.localisation import rescale_box
+
+        size = tuple(size) if size is not None else BOX_FRAME_PX
+        out = []
+        for finding, *xywh in self.table.extra.get("bboxes", {}).get(self.table.ids[index], []):
+            box = rescale_box(xywh, BOX_FRAME_PX, size, crop)
+            if box is not None:
+                out.append((finding, box))
+        return out
 
     @staticmethod
     def _assign(root, ids, patients, targets, official_split, val_fraction, test_fraction, seed, split_file,

@@ -164,8 +164,10 @@ def write_medmnist_fixture(path: Path, channels: int = 3, num_classes: int = 5, 
 
 
 def write_chestxray14_fixture(root: Path, n_patients: int = 12, with_lists: bool = True,
-                              gzip: bool = True) -> Path:
-    """ChestX-ray14 as released: Data_Entry_2017_v2020.csv[.gz], the two lists, `images_001/images/*.png`."""
+                              gzip: bool = True, bboxes: Sequence[tuple] | None = None) -> Path:
+    """ChestX-ray14 as released: Data_Entry_2017_v2020.csv[.gz], the two lists, `images_001/images/*.png`;
+    with `bboxes` [(image, finding, x, y, w, h)] (1024-pixel coordinates, findings spelt as the NIH file spells
+    them, e.g. "Infiltrate") also BBox_List_2017.csv, with the official header."""
     import pandas as pd
 
     findings = ["No Finding", "Cardiomegaly", "Effusion|Infiltration", "Nodule", "Mass|Pneumothorax", "No Finding"]
@@ -185,6 +187,10 @@ def write_chestxray14_fixture(root: Path, n_patients: int = 12, with_lists: bool
     if with_lists:
         (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
         (root / "test_list.txt").write_text("\n".join(test) + "\n")
+    if bboxes is not None:
+        lines = ["Image Index,Finding Label,Bbox [x,y,w,h],,,"]  # the released header: three empty columns
+        lines += [",".join(str(v) for v in row) for row in bboxes]
+        (root / "BBox_List_2017.csv").write_text("\n".join(lines) + "\n")
     return root
 
 
