@@ -23,95 +23,36 @@ operations), and the minimum cover of the class's patterns by primes is an integ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
-from crl.rules import Formula, RuleSet, _count_literals, _evaluate, _render, _to_jsonable
+from crl.rules import (  # the compact rules' data classes and parser live with the rules file they belong to
+    EXACT_MAX_CONCEPTS,
+    PREFIX_FIDELITY,
+    CompactClass,
+    CompactRules,
+    Formula,
+    RuleSet,
+    _count_literals,
+    _evaluate,
+    _render,
+    by_importance,
+    parse_compact,
+)
 
-#: defaults of CRLCompactConfig (crl.config)
-EXACT_MAX_CONCEPTS = 16
-PREFIX_FIDELITY = 0.95
-
-
-@dataclass
-class CompactClass:
-    """One class's compact rule: `formula` holds exactly when the rule model predicts the class (exact mode)."""
-
-    class_name: str
-    formula: Formula
-    text: str
-    literals: int
-    terms: int
-    fidelity_train: float
-    fidelity_test: float | None = None
-
-    def evaluate(self, concepts: np.ndarray) -> np.ndarray:
-        """(N, K) binary concepts -> (N,) bool: whether the formula holds."""
-        return _evaluate(self.formula, np.asarray(concepts))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"class": self.class_name, "rule": self.text, "formula": _to_jsonable(self.formula),
-                "literals": self.literals, "terms": self.terms, "fidelity_train": self.fidelity_train,
-                "fidelity_test": self.fidelity_test}
-
-
-@dataclass
-class CompactRules:
-    """The compact view of a rule set: per-class formulas ("exact") or a prefix of the rule list ("prefix").
-
-    Fidelities are agreements with the network's class: per class in exact mode (formula true <=> the network
-    predicts the class), of the argmax in prefix mode; `_train` on the training images the rules were read
-    on, `_test` on held-out test images (None when none were given).
-    """
-
-    method: str  # "exact" | "prefix"
-    classes: list[CompactClass] = field(default_factory=list)  # exact mode
-    prefix_rules: int | None = None  # prefix mode: how many of the rules (by importance) are kept
-    target_fidelity: float | None = None
-    fidelity_train: float | None = None  # prefix mode
-    fidelity_test: float | None = None  # prefix mode
-    exact_max_concepts: int = EXACT_MAX_CONCEPTS
-
-    def for_class(self, name: str) -> CompactClass | None:
-        return next((c for c in self.classes if c.class_name == name), None)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": self.method, "exact_max_concepts": self.exact_max_concepts}
-        if self.method == "exact":
-            out["classes"] = [c.to_json() for c in self.classes]
-        else:
-            out.update(prefix_rules=self.prefix_rules, target_fidelity=self.target_fidelity,
-                       fidelity_train=self.fidelity_train, fidelity_test=self.fidelity_test)
-        return out
-
-    def to_text(self, rules: RuleSet) -> list[str]:
-        """Lines of the compact view (for rules.txt and `crl rules`)."""
-        if self.method == "exact":
-            lines = ["Compact rules: per class, the minimal formula equal to the rule model's decision on every "
-                     "concept pattern seen in training (fidelity: agreement with the network's class)"]
-            for c in self.classes:
-                test = "" if c.fidelity_test is None else f", test {c.fidelity_test:.3f}"
-                lines.append(f"  {c.class_name} <=> {c.text}    [{c.literals} literals; fidelity train "
-                             f"{c.fidelity_train:.3f}{test}]")
-            return [*lines, ""]
-        test = "" if self.fidelity_test is None else f", test {self.fidelity_test:.3f}"
-        lines = [f"Compact rules: {len(rules.concept_names)} concepts (> {self.exact_max_concepts}: no exact "
-                 f"formula); the {self.prefix_rules} most important of {len(rules.rules)} rules reach fidelity "
-                 f"train {self.fidelity_train:.3f}{test} (target {self.target_fidelity:.2f} on train)"]
-        prefix = by_importance(rules)[:self.prefix_rules]
-        for c, name in enumerate(rules.class_names):
-            kept = [r for r in prefix if abs(r.weights[c]) >= 1e-6]
-            lines.append(f"  {name} (bias {rules.bias[c]:+.3f}): "
-                         + ("; ".join(f"{r.weights[c]:+.3f} {r.text}" for r in kept) or "no rule"))
-        return [*lines, ""]
-
-
-def by_importance(rules: RuleSet) -> list:
-    """The rules by importance (largest |weight| over the classes first; ties keep their order)."""
-    return sorted(rules.rules, key=lambda r: -rules.importance(r))
-
+__all__ = [
+    "EXACT_MAX_CONCEPTS",
+    "PREFIX_FIDELITY",
+    "CompactClass",
+    "CompactRules",
+    "Formula",
+    "RuleSet",
+    "by_importance",
+    "compact_rules",
+    "cubes_to_formula",
+    "minimal_sop",
+    "parse_compact",
+    "pattern_codes",
+]
 
 def pattern_codes(concepts: np.ndarray) -> np.ndarray:
     """(N, K) binary concepts -> (N,) int64 codes, bit k = concept k."""
@@ -240,46 +181,3 @@ def compact_rules(rules: RuleSet, train_concepts: np.ndarray, train_predicted: n
         test_fidelity = float((prefix.predict(test_concepts) == test_predicted).mean())
     return CompactRules("prefix", prefix_rules=n, target_fidelity=prefix_fidelity, fidelity_train=fidelity,
                         fidelity_test=test_fidelity, exact_max_concepts=exact_max_concepts)
-
-
-def parse_compact(source: str, data: Any, concept_names: list[str], class_names: list[str]) -> CompactRules:
-    """The "compact" entry of a rules.json, checked; anything malformed is a `RulesFileError` naming `source`."""
-    from crl.rules import _fail, _formula, _number
-
-    def fraction(where: str, value: Any, optional: bool = True) -> float | None:
-        if value is None and optional:
-            return None
-        number = _number(source, where, value)
-        if not 0.0 <= number <= 1.0:
-            _fail(source, where, value, "a fraction in [0, 1]")
-        return number
-
-    if not isinstance(data, dict) or data.get("method") not in ("exact", "prefix"):
-        _fail(source, "'compact'", data, "an object with 'method' 'exact' or 'prefix'")
-    limit = data.get("exact_max_concepts", EXACT_MAX_CONCEPTS)
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        _fail(source, "'compact'['exact_max_concepts']", limit, "an integer")
-    if data["method"] == "prefix":
-        n = data.get("prefix_rules")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            _fail(source, "'compact'['prefix_rules']", n, "an integer >= 0")
-        return CompactRules("prefix", prefix_rules=n,
-                            target_fidelity=fraction("'compact'['target_fidelity']", data.get("target_fidelity")),
-                            fidelity_train=fraction("'compact'['fidelity_train']", data.get("fidelity_train")),
-                            fidelity_test=fraction("'compact'['fidelity_test']", data.get("fidelity_test")),
-                            exact_max_concepts=limit)
-    entries = data.get("classes")
-    if not isinstance(entries, list) or [e.get("class") if isinstance(e, dict) else None for e in entries] \
-            != list(class_names):
-        _fail(source, "'compact'['classes']", entries, f"one entry per class {class_names}, in that order")
-    classes = []
-    for i, e in enumerate(entries):
-        at = f"'compact'['classes'][{i}]"
-        formula = _formula(source, f"{at}['formula']", e.get("formula"), len(concept_names))
-        terms = e.get("terms", 0)
-        if isinstance(terms, bool) or not isinstance(terms, int) or terms < 0:
-            _fail(source, f"{at}['terms']", terms, "an integer >= 0")
-        classes.append(CompactClass(e["class"], formula, _render(formula, concept_names), _count_literals(formula),
-                                    terms, fraction(f"{at}['fidelity_train']", e.get("fidelity_train"), False),
-                                    fraction(f"{at}['fidelity_test']", e.get("fidelity_test"))))
-    return CompactRules("exact", classes=classes, exact_max_concepts=limit)
