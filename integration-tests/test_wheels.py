@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"crl": ("crl", "crl"), "neuron-concepts": ("neuron_concepts", "neuron-concepts"),
@@ -58,7 +59,7 @@ def _requirement_closure(names: list[str]) -> dict[str, importlib.metadata.Distr
     todo = list(names)
     while todo:
         name = todo.pop()
-        key = re.sub(r"[-_.]+", "-", name).lower()
+        key = canonicalize_name(name)
         if key in found:
             continue
         try:
@@ -66,7 +67,10 @@ def _requirement_closure(names: list[str]) -> dict[str, importlib.metadata.Distr
         except importlib.metadata.PackageNotFoundError:
             continue
         found[key] = dist
-        todo += [re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0] for req in dist.requires or [] if "extra ==" not in req]
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
     return found
 
 

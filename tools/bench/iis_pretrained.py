@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,7 +93,8 @@ def main() -> None:
     path = RESULTS / f"{RESULT}.json"
     result = json.loads(path.read_text()) if path.exists() else {"datasets": {}}
     result.setdefault("datasets", {})[args.dataset] = {
-        "seed": args.seed, "trained": trained, "iis_command": display(iis), "iis_wall_time_s": iis_s, **scored}
+        "seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": command_line(),
+        "trained": trained, "iis_command": display(iis), "iis_wall_time_s": iis_s, **scored}
     write_result(RESULT, {"command": command_line(), "datasets": result["datasets"]})
 
 

@@ -64,8 +64,9 @@ def _metric_label(metric: str, metrics: list[str]) -> str:
 
 def single_command(result: dict) -> list[str]:
     lines = ["## From scratch against ImageNet weights (imagenet-lite0)", "",
-             f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}` "
-             "(plus the scripts named in each part below).", "",
+             f"Last written: {result['date']}. Machine: {machine_line(result['machine'])}. Command: "
+             "`python tools/bench/pretrained.py`, run in parts (`--only BENCH --arms ARM --seeds ...`); every run's "
+             "own command, with its seed, is listed under its table (plus the scripts named in each part below).", "",
              "Same data and splits in both arms. *From scratch*: the earlier benchmark's command (resnet18 from random "
              "weights). *ImageNet*: the `*-lite0-cpu` preset, EfficientNet-Lite0 (4.7 M parameters) fine-tuned from "
              "the offline ImageNet weights (`medimg weights`). Numbers: mean ± sd (min-max) over the seeds; every "
@@ -116,7 +117,9 @@ def neuron_concepts() -> list[str]:
     if not result:
         return []
     lines = ["### neuron-concepts: which concepts get a latent of their own", "",
-             f"Date: {result['date']}. Command: `{result['command']}` (one `neuron-concepts run` per arm and seed). "
+             f"Last written: {result['date']}. Command: `python tools/bench/neuron_concepts_pretrained.py --dataset D "
+             "--arms ARM`, one invocation per dataset and arm (one `neuron-concepts run` per arm and seed, listed "
+             "below). "
              "A concept is matched when the latent chosen on train (highest AUROC for it) reaches test AUROC >= 0.9; "
              "the linear probe (logistic regression on the opaque model's pooled features, test AUROC) bounds what "
              "any linear latent could reach.", ""]
@@ -168,11 +171,13 @@ def iis() -> list[str]:
     if not result:
         return []
     lines = ["### IIS of four EfficientNet-Lite0 representations", "",
-             f"Date: {result['date']}. Command: `{result['command']}`. Prototype library (M = 200), the paper's "
+             f"Last written: {result['date']}. Command: `python tools/bench/iis_pretrained.py --dataset D --seed S`, "
+             "one invocation per dataset (its date and seed are given with its table). Prototype library (M = 200), the paper's "
              "sparsity grid; IIS with its bootstrap interval and the difference from the random representation.", ""]
     for dataset, entry in result["datasets"].items():
         trained = entry["trained"]
-        lines += [f"{dataset}:", "",
+        when = f"run {entry['date']}" if entry.get("date") else "date not recorded"
+        lines += [f"{dataset} (seed {entry['seed']}, {when}):", "",
                   "| representation | probe test accuracy | IIS [95% CI] | IIS - random [95% CI] | task test accuracy |",
                   "|---|---|---|---|---|"]
         task = {"scratch (trained on the task)": trained.get("scratch"),
