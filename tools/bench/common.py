@@ -118,6 +118,15 @@ def _subfolders(folder: Path | None) -> set[Path]:
     return {p for p in folder.iterdir() if p.is_dir()} if folder is not None and folder.is_dir() else set()
 
 
+class CommandFailed(SystemExit):
+    """A benchmark command that exited non-zero: stops the benchmark unless caught. `folder` is the one folder it
+    made in `creates_in` (None if it made none or several), `output` the tail of its stderr, `wall` its seconds."""
+
+    def __init__(self, message: str, folder: Path | None, output: str, wall: float) -> None:
+        super().__init__(message)
+        self.folder, self.output, self.wall = folder, output, wall
+
+
 def run_command(cmd: list[str], creates_in: Path | None = None, echo: bool = False
                 ) -> tuple[Path | None, float, str]:
     """Run one command of a benchmark and time it.
@@ -125,7 +134,7 @@ def run_command(cmd: list[str], creates_in: Path | None = None, echo: bool = Fal
     `creates_in`: the folder in which the command makes its output folder (a run's `--out`, a run folder's
     `evaluations/`): the one folder that appears there is returned, so no benchmark reads paths out of stdout.
     Returns (that folder, or None without `creates_in`; wall seconds; stdout). A failing command prints the tail
-    of its output and stops the benchmark; so does a command that made no new folder, or several.
+    of its output and raises CommandFailed, which stops the benchmark unless caught; so does a command that made no new folder, or several.
     """
     print("running:", " ".join(cmd), flush=True)
     before = _subfolders(creates_in)
@@ -134,7 +143,9 @@ def run_command(cmd: list[str], creates_in: Path | None = None, echo: bool = Fal
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-4000:])
-        raise SystemExit(f"command failed: {' '.join(cmd)}")
+        made = sorted(_subfolders(creates_in) - before) if creates_in is not None else []
+        raise CommandFailed(f"command failed: {' '.join(cmd)}", made[0] if len(made) == 1 else None,
+                            proc.stderr[-4000:], wall)
     if echo:
         print(proc.stdout.strip()[-1500:], flush=True)
     if creates_in is None:

@@ -43,7 +43,8 @@ def summary(run_dir: Path) -> dict:
         r = b["result"]
         backbones.append({
             "label": b["label"], "iis": r["iis"], "iis_ci": r["iis_ci"], "iis_val": r["iis_val"],
-            "probe": r["probe"], "num_concepts": r["num_concepts"],
+            "probe": r["probe"], "num_concepts": r["num_concepts"], "bias_only": r.get("bias_only"),
+            "saturated": r.get("saturated"),
             "per_ratio": [{k: p[k] for k in ("ratio", "kept_concepts", "test_accuracy", "arr", "arr_ci", "lr")}
                           for p in r["per_ratio"]],
             "difference": c["difference"], "difference_ci": c["difference_ci"],

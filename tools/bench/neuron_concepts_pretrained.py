@@ -24,7 +24,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, ROOT, SHARED, command_line, display, machine, mean_sd, run_command, write_result
+from common import (
+    RESULTS,
+    ROOT,
+    SHARED,
+    CommandFailed,
+    command_line,
+    display,
+    machine,
+    mean_sd,
+    run_command,
+    write_result,
+)
 from pretrained import recorded_run
 
 PRESETS = {"synth-derm": {"scratch": "synth-derm-cpu", "imagenet-lite0": "synth-derm-lite0-cpu"},
@@ -32,11 +43,17 @@ PRESETS = {"synth-derm": {"scratch": "synth-derm-cpu", "imagenet-lite0": "synth-
 RESULT = "neuron_concepts_pretrained"
 
 
-def score(pipeline: Path, relevant: list[str] | None) -> dict:
+def score(pipeline: Path, relevant: list[str] | None, failure: str | None = None) -> dict:
     """Per concept: best train latent's test AUROC and whether a latent named after it on train (above the naming
-    floor) holds on test; counts at 0.8 / 0.9."""
-    summary = json.loads((pipeline / "metrics.json").read_text())
+    floor) holds on test; counts at 0.8 / 0.9. `failure`: the error of a pipeline that stopped after its name
+    stage (no latent named at the floor): the concept numbers are scored, the CBM's are None."""
     naming = json.loads((pipeline / "name" / "metrics.json").read_text())
+    if failure is None:
+        summary = json.loads((pipeline / "metrics.json").read_text())
+    else:  # the opaque model's test metrics as the encode stage measured them; no bottleneck was built
+        opaque = json.loads((pipeline / "encode" / "metrics.json").read_text())["opaque"]
+        summary = {"opaque_test": opaque["test"], "cbm_test": {"accuracy": None}, "sae": None,
+                   "wall_time_s": None}
     rows = naming["concept_matching"]
     focus = [r for r in rows if relevant is None or r["concept"] in relevant]
     naming_check = {r["concept"]: r for r in naming["concept_naming_test"]}
@@ -50,7 +67,8 @@ def score(pipeline: Path, relevant: list[str] | None) -> dict:
            "opaque_test_accuracy_ci": summary["opaque_test"].get("accuracy_ci"),
            "cbm_test_accuracy": summary["cbm_test"]["accuracy"],
            "cbm_test_accuracy_ci": summary["cbm_test"].get("accuracy_ci"),
-           "alive": naming["alive"], "sae": summary["sae"], "stage_wall_time_s": summary["wall_time_s"]}
+           "alive": naming["alive"], "named": naming.get("named"), "min_auroc": naming.get("min_auroc"),
+           "sae": summary["sae"], "stage_wall_time_s": summary["wall_time_s"], "failure": failure}
     if relevant is not None:
         from neuron_concepts_synth_derm import diagnostics
 
@@ -101,14 +119,23 @@ def main() -> None:
             if old and old["command"] == display(cmd) and (ROOT / old["pipeline"] / "metrics.json").is_file():
                 print(f"{args.dataset} {arm} seed {seed}: reusing {old['pipeline']}")
                 continue
-            pipeline, wall, _ = run_command(cmd, creates_in=out)
-            scored = score(pipeline, relevant)
+            try:
+                pipeline, wall, _ = run_command(cmd, creates_in=out)
+                scored = score(pipeline, relevant)
+            except CommandFailed as failed:  # scored from its name stage when it got that far, else it stops here
+                if failed.folder is None or not (failed.folder / "name" / "metrics.json").is_file():
+                    raise
+                pipeline, wall = failed.folder, failed.wall
+                reason = [line for line in failed.output.splitlines() if line.startswith("Error:")]
+                scored = score(pipeline, relevant, failure=(reason or [failed.output.strip()[-300:]])[-1])
             record["runs"][str(seed)] = {"seed": seed, "command": display(cmd),
                                          "pipeline": str(pipeline.relative_to(ROOT)), "wall_time_s": wall,
                                          "opaque_reused": opaque is not None, "machine": machine(),
                                          "load_average_after": os.getloadavg(), **scored}
+            cbm = scored["cbm_test_accuracy"]
             print(f"{args.dataset} {arm} seed {seed}: matched at 0.9 {scored['matched_0.9']}; opaque "
-                  f"{scored['opaque_test_accuracy']:.4f}, CBM {scored['cbm_test_accuracy']:.4f}; {wall:.0f} s", flush=True)
+                  f"{scored['opaque_test_accuracy']:.4f}, CBM {'not built' if cbm is None else f'{cbm:.4f}'}; "
+                  f"{wall:.0f} s", flush=True)
             summarise(record)
             write_result(RESULT, {"command": command_line(), "datasets": result["datasets"]})
         summarise(record)
@@ -134,6 +161,8 @@ def summarise(record: dict) -> None:
         "matched_0.8": mean_sd([len(r["matched_0.8"]) for r in runs]),
         "opaque_test_accuracy": mean_sd([r["opaque_test_accuracy"] for r in runs]),
         "cbm_test_accuracy": mean_sd([r["cbm_test_accuracy"] for r in runs]),
+        "cbm_not_built": sum(r["cbm_test_accuracy"] is None for r in runs),
+        "named_latents": [r.get("named") for r in runs],
         "wall_time_s": mean_sd([r["wall_time_s"] for r in runs]),
         "peak_memory_mb": mean_sd([r.get("peak_memory_mb") for r in runs]),
         "per_concept_test_auroc": {c: mean_sd([r["concepts"][c]["test_auroc"] for r in runs]) for c in concepts},

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from common import fmt, machine_line
 
+from iis.sweep import SATURATION_IIS
+
 TITLES = {"prototype": "Prototype concepts (M = 200)",
           "text": "Text concepts scored by the ground-truth concept annotations (Label-free CBM projection)",
           "prototype-raw-probe": "Prototype concepts, probe on raw features as in the official code (for comparison)"}
@@ -15,15 +17,31 @@ def _interval(values) -> str:
 
 def _score_table(run: dict) -> list[str]:
     ratios = run["ratios"]
-    lines = ["| backbone | M | probe test acc | " + " | ".join(f"ARR@{s:g}" for s in ratios)
+    lines = ["| backbone | M | probe test acc | bias-only ARR | " + " | ".join(f"ARR@{s:g}" for s in ratios)
              + " | IIS [95% CI] | IIS - first [95% CI] |",
-             "|---|---|---|" + "---|" * len(ratios) + "---|---|"]
+             "|---|---|---|---|" + "---|" * len(ratios) + "---|---|"]
     for b in run["backbones"]:
         diff = "-" if b["difference"] is None else f"{b['difference']:+.3f} {_interval(b['difference_ci'])}"
         lines.append(f"| {b['label']} | {b['num_concepts']} | {fmt(b['probe']['test_accuracy'])} | "
-                     + " | ".join(fmt(p["arr"]) for p in b["per_ratio"])
-                     + f" | **{b['iis']:.3f}** {_interval(b['iis_ci'])} | {diff} |")
+                     f"{bias_only_arr(b)} | " + " | ".join(fmt(p["arr"]) for p in b["per_ratio"])
+                     + f" | **{b['iis']:.3f}**{saturated_mark(b)} {_interval(b['iis_ci'])} | {diff} |")
+    lines += ["", BIAS_ONLY_NOTE]
     return lines
+
+
+#: the legend of the bias-only column and the saturation mark (iis.sweep.SATURATION_IIS)
+BIAS_ONLY_NOTE = ("Bias-only ARR: the test accuracy of always predicting the training split's majority class, over "
+                  "the probe's (n/a: a run from before it was recorded). (saturated): IIS >= "
+                  f"{SATURATION_IIS}, where the score no longer separates representations.")
+
+
+def bias_only_arr(backbone: dict) -> str:
+    bias = (backbone.get("bias_only") or {}).get("arr")
+    return "n/a" if bias is None else fmt(bias)
+
+
+def saturated_mark(backbone: dict) -> str:
+    return " (saturated)" if backbone["iis"] >= SATURATION_IIS else ""
 
 
 def iis_pair(result: dict, library: str) -> str | None:

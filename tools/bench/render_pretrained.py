@@ -11,6 +11,7 @@ import json
 
 from common import RESULTS, fmt, machine_line
 from render_cipl import mean_sd_text
+from render_iis import BIAS_ONLY_NOTE, bias_only_arr, saturated_mark
 
 ARM_LABEL = {"scratch": "from scratch", "imagenet-lite0": "ImageNet (imagenet-lite0)"}
 #: arms of one benchmark only (pretrained.py), not expected of the others
@@ -127,18 +128,23 @@ def neuron_concepts() -> list[str]:
         relevant = entry.get("relevant")
         scope = f"the rule's concepts ({', '.join(relevant)})" if relevant else "all annotated concepts"
         lines += [f"{dataset} (data: `{entry['data']}`), scored over {scope}:", "",
-                  "| arm | preset | seeds | matched at 0.9 (per seed) | matched at 0.8 | opaque test accuracy | "
-                  "CBM test accuracy | wall time | peak memory |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| arm | preset | seeds | matched at 0.9 (per seed) | matched at 0.8 | latents named (per seed) | "
+                  "opaque test accuracy | CBM test accuracy | wall time | peak memory |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for arm, record in entry["arms"].items():
             runs = sorted(record["runs"].values(), key=lambda r: r["seed"])
             if not runs:
                 continue
             summ = record["summary"]
             per_seed = ", ".join(str(len(r["matched_0.9"])) for r in runs)
+            named = ", ".join("?" if r.get("named") is None else str(r["named"]) for r in runs)
+            not_built = sum(r["cbm_test_accuracy"] is None for r in runs)
+            cbm = ("not built" if not_built == len(runs) else _ms(summ["cbm_test_accuracy"])
+                   + (f" ({not_built} of {len(runs)} seeds not built)" if not_built else ""))
             lines.append(f"| {ARM_LABEL.get(arm, arm)} | `{record['preset']}` | {record['seeds']} | "
                          f"{_ms(summ['matched_0.9'], 2)} ({per_seed} of {len(runs[0]['scored'])}) | "
-                         f"{_ms(summ['matched_0.8'], 2)} | {_ms(summ['opaque_test_accuracy'])} | "
-                         f"{_ms(summ['cbm_test_accuracy'])} | {summ['wall_time_s']['mean'] / 60:.1f} min | "
+                         f"{_ms(summ['matched_0.8'], 2)} | {named} | {_ms(summ['opaque_test_accuracy'])} | "
+                         f"{cbm} | {summ['wall_time_s']['mean'] / 60:.1f} min | "
                          f"{_gb(summ.get('peak_memory_mb'))} |")
         missing = [ARM_LABEL[a] for a in ARM_LABEL if not entry["arms"].get(a, {}).get("runs")]
         if missing:
@@ -162,6 +168,10 @@ def neuron_concepts() -> list[str]:
             if record["runs"]:
                 first = min(record["runs"].values(), key=lambda r: r["seed"])
                 lines.append(f"- {ARM_LABEL.get(arm, arm)}: `{first['command']}`")
+                for r in sorted(record["runs"].values(), key=lambda r: r["seed"]):
+                    if r.get("failure"):
+                        lines.append(f"  - seed {r['seed']} stopped after its name stage, so no bottleneck was "
+                                     f"built (the concept numbers above are its name stage's): {r['failure']}")
         lines.append("")
     return lines
 
@@ -178,8 +188,8 @@ def iis() -> list[str]:
         trained = entry["trained"]
         when = f"run {entry['date']}" if entry.get("date") else "date not recorded"
         lines += [f"{dataset} (seed {entry['seed']}, {when}):", "",
-                  "| representation | probe test accuracy | IIS [95% CI] | IIS - random [95% CI] | task test accuracy |",
-                  "|---|---|---|---|---|"]
+                  "| representation | probe test accuracy | bias-only ARR | IIS [95% CI] | IIS - random [95% CI] | "
+                  "task test accuracy |", "|---|---|---|---|---|---|"]
         task = {"scratch (trained on the task)": trained.get("scratch"),
                 "ImageNet, fine-tuned on the task": trained.get("fine-tuned")}
         for i, b in enumerate(entry["backbones"]):
@@ -188,9 +198,10 @@ def iis() -> list[str]:
             t = task.get(b["representation"])
             acc = (f"{t['test_accuracy']:.3f} [{t['test_accuracy_ci'][0]:.3f}, {t['test_accuracy_ci'][1]:.3f}]"
                    if t and t.get("test_accuracy_ci") else "-")
-            lines.append(f"| {b['representation']} | {fmt(b['probe'].get('test_accuracy'))} | {b['iis']:.3f} [{b['iis_ci'][0]:.3f}, "
-                         f"{b['iis_ci'][1]:.3f}] | {diff} | {acc} |")
-        lines += ["", f"- IIS: `{entry['iis_command']}` ({entry['iis_wall_time_s'] / 60:.1f} min, peak memory "
+            lines.append(f"| {b['representation']} | {fmt(b['probe'].get('test_accuracy'))} | {bias_only_arr(b)} | "
+                         f"{b['iis']:.3f}{saturated_mark(b)} [{b['iis_ci'][0]:.3f}, {b['iis_ci'][1]:.3f}] | {diff} | "
+                         f"{acc} |")
+        lines += ["", BIAS_ONLY_NOTE, "", f"- IIS: `{entry['iis_command']}` ({entry['iis_wall_time_s'] / 60:.1f} min, peak memory "
                       f"{entry['peak_memory_mb'] / 1024:.1f} GB)"]
         for kind, t in trained.items():
             note = f", reused from `{t['reused_from']}`" if t.get("reused_from") else ""

@@ -134,6 +134,29 @@ def test_text_library_with_annotations_and_extract_concepts(data, tmp_path):
     assert (lib / "library" / "library.json").is_file() and (lib / "figures" / "concepts.png").is_file()
 
 
+def test_text_libraries_compared_on_common_phrases(data, weights_file, tmp_path):
+    """Two backbones' text libraries are cut to the phrases both kept; the floor and saturation are reported."""
+    args = ["score", "--config", "synth-derm-cpu", "--root", str(data), "--out", str(tmp_path), "--backbone",
+            "test_resnet:random", "--backbone", f"test_resnet:{weights_file}", "--library", "text",
+            "--text-backend", "annotations", "--text.interpretability_cutoff", "0.2", *SMALL]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = next(tmp_path.iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    first, second = (b["library"] for b in metrics["backbones"])
+    assert first["common_phrases"] == second["common_phrases"] and first["final"] == len(first["common_phrases"])
+    assert all(b["result"]["num_concepts"] == first["final"] for b in metrics["backbones"])
+    assert first["final"] <= min(first["own_final"], second["own_final"])
+    assert first["duplicate_filter"]["dropped"]  # the synth-derm list holds negation pairs of one annotation
+    for b in metrics["backbones"]:
+        floor = b["result"]["bias_only"]
+        assert 0 < floor["test_accuracy"] < 1 and floor["arr"] == pytest.approx(
+            floor["test_accuracy"] / b["result"]["probe"]["test_accuracy"])
+    assert "bias-only ARR" in (run / "table.md").read_text()
+    result = CliRunner().invoke(main, ["score", "--resume", str(run), "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0 and (run / "log.txt").read_text().count("already scored") == 2
+
+
 def test_baseline_run_folder_as_weights(data, tmp_path):
     from medimg_core.baseline import BaselineConfig, train_baseline
     from medimg_core.config import load_config

@@ -177,3 +177,42 @@ def test_shipped_concept_lists_name_real_concepts():
             assert not mapped, f"{name} has no concept annotations to map to"
     with pytest.raises(FileNotFoundError, match="neither a file nor a shipped list"):
         find_concept_list("no-such-dataset")
+
+
+def test_score_duplicates_by_hand():
+    from iis.text import score_duplicates
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=50), rng.normal(size=50)
+    scores = np.stack([a, -a, 2 * a + 1, b, a + 0.5 * rng.normal(size=50)], axis=1)
+    scores[:5, 1] = np.nan  # compared on the samples both know
+    kept, dropped = score_duplicates(scores, 0.98)
+    assert kept == [0, 3, 4]
+    assert dropped[1][0] == 0 and dropped[1][1] == pytest.approx(-1.0)
+    assert dropped[2][0] == 0 and dropped[2][1] == pytest.approx(1.0)
+    assert score_duplicates(scores, 0.5)[0] == [0, 3]  # a loose threshold also drops the noisy copy
+    assert score_duplicates(np.stack([np.ones(50), a], axis=1), 0.98)[0] == [0, 1]  # a constant column has no r
+
+
+def test_negation_pair_is_one_concept():
+    rng = np.random.default_rng(1)
+    n, d = 600, 16
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    big = (x @ rng.normal(size=d) > 0).astype(np.float32)
+    other = (x @ rng.normal(size=d) > 0).astype(np.float32)
+    scores = np.stack([big, 1 - big, other], axis=1)  # "large cell", "small cell" (its negation), another
+    cl = ConceptList(["large cell", "small cell", "other"], [("big", False), ("big", True), ("other", False)])
+    xt = torch.from_numpy(x)
+    lib, report = build_text_library(xt[:400], xt[400:], scores[:400], scores[400:], cl,
+                                     TextConfig(proj_steps=200, interpretability_cutoff=0.3), seed=0)
+    assert lib.names == ["large cell", "other"] and lib.extra["targets"] == [["big", False], ["other", False]]
+    assert report["duplicate_filter"]["dropped"]["small cell"]["duplicate_of"] == "large cell"
+    kept_both, _ = build_text_library(xt[:400], xt[400:], scores[:400], scores[400:], cl,
+                                      TextConfig(proj_steps=200, interpretability_cutoff=0.3,
+                                                 dedupe_correlation=None), seed=0)
+    assert kept_both.names == ["large cell", "small cell", "other"]
+    cut = kept_both.subset([2, 0])
+    assert cut.names == ["other", "large cell"] and torch.equal(cut.vectors, kept_both.vectors[[2, 0]])
+    assert torch.equal(cut.mean, kept_both.mean[[2, 0]]) and cut.extra["targets"][0] == ["other", False]
+    with pytest.raises(ValueError, match="outside"):
+        kept_both.subset([3])

@@ -78,3 +78,27 @@ def test_bad_inputs():
         SweepConfig(ratios=(0.1, 0.1))
     with pytest.raises(ValueError, match="outside"):
         SweepConfig(ratios=(0.0, 1.0))
+
+
+def test_bias_only_floor_by_hand():
+    from iis.sweep import SATURATION_IIS, bias_only_baseline
+
+    train = torch.tensor([0, 1, 1, 2, 1])  # majority: class 1
+    test = torch.tensor([1, 0, 1, 2])
+    prediction, correct = bias_only_baseline(train, test, multilabel=False, k=3)
+    assert prediction == [1] and correct.tolist() == [1, 0, 1, 0]
+    labels = torch.tensor([[1, 0], [1, 1], [1, 0]])  # label 0 mostly on, label 1 mostly off
+    prediction, correct = bias_only_baseline(labels, torch.tensor([[1, 0], [0, 0]]), multilabel=True, k=2)
+    assert prediction == [1, 0] and correct.tolist() == [1.0, 0.5]
+    train_d, val_d, test_d = _data(300, 1), _data(100, 2), _data(120, 3)
+    r = score_representation(train_d, val_d, test_d, concepts=torch.randn(20, 12), sweep=SWEEP, n_boot=10,
+                             progress=False)
+    majority = int(torch.bincount(train_d["targets"]).argmax())
+    expected = float((test_d["targets"] == majority).float().mean())
+    assert r.bias_only["test_accuracy"] == pytest.approx(expected)
+    assert r.bias_only["arr"] == pytest.approx(expected / r.probe["test_accuracy"])
+    grid = r.ratios[-1] - r.ratios[0]  # a constant ARR integrates to ARR x the grid's range
+    assert r.bias_only["iis"] == pytest.approx(r.bias_only["arr"] * grid)
+    assert r.bias_only["arr"] < min(r.arr)  # separable classes: every head clears the floor
+    d = r.to_dict()
+    assert d["bias_only"] == r.bias_only and d["saturated"] == (r.iis >= SATURATION_IIS)

@@ -285,6 +285,23 @@ class ConceptLibrary:
             return ConceptHead(self.vectors, num_outputs, ratio, standardize=(self.mean, self.std))
         return ConceptHead(self.vectors, num_outputs, ratio)
 
+    def subset(self, keep: Sequence[int]) -> ConceptLibrary:
+        """The library of concepts `keep` (indices, in that order): the same vectors, names, pictures and (text)
+        training statistics, as if only those had been built. End-to-end libraries share their vectors between
+        concepts and cannot be cut."""
+        if self.kind == "end2end":
+            raise ValueError("an end2end library cannot be cut to a subset of its concepts")
+        index = torch.as_tensor(list(keep), dtype=torch.long)
+        if len(index) == 0 or int(index.min()) < 0 or int(index.max()) >= self.num_concepts:
+            raise ValueError(f"concept indices {list(keep)[:10]} are empty or outside 0..{self.num_concepts - 1}")
+        extra = dict(self.extra)
+        if isinstance(extra.get("targets"), list) and len(extra["targets"]) == self.num_concepts:
+            extra["targets"] = [extra["targets"][i] for i in keep]
+        return ConceptLibrary(self.kind, self.vectors[index], len(index), [self.names[i] for i in keep],
+                              [self.members[i] for i in keep] if self.members else [],
+                              None if self.mean is None else self.mean[index],
+                              None if self.std is None else self.std[index], extra)
+
     def files(self) -> dict[str, Any]:
         """The library as checkpoint extra files: library.safetensors (vectors, mean, std) and library.json."""
         tensors = {"vectors": self.vectors.detach().float().cpu().contiguous()}

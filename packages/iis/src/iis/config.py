@@ -84,6 +84,17 @@ class TextConfig:
     proj_steps: int = 1000
     proj_batch_size: int = 50000
     proj_check_every: int = 50
+    #: ours, not Label-free CBM's: a phrase whose training teacher scores correlate with an earlier phrase's at
+    #: |Pearson r| >= this is dropped as a duplicate (a negation pair such as "large cell" / "small cell" scored
+    #: from one annotation has r = -1, and its two projection rows would be w and -w); null: keep every phrase
+    dedupe_correlation: float | None = 0.98
+    #: with several backbones, score every text library on the phrases that all of them kept (same concepts,
+    #: same size), so that their IIS compare like for like; false: each its own library
+    common_phrases: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dedupe_correlation is not None and not 0.0 < self.dedupe_correlation <= 1.0:
+            raise ValueError(f"text.dedupe_correlation must be in (0, 1] or null, got {self.dedupe_correlation}")
 
 
 @dataclass

@@ -40,7 +40,7 @@ from iis.concepts import ConceptLibrary, Element, ElementDataset, build_visual_l
 from iis.config import IISConfig
 from iis.heads import PICTURE_SIZE, ScoredBackbone, head_state
 from iis.score import bootstrap_iis_difference
-from iis.sweep import IISResult, score_representation
+from iis.sweep import SATURATION_IIS, IISResult, score_representation
 from iis.text import build_text_library, find_concept_list, load_concept_list, make_backend
 from medimg_core.checkpoint import write_json
 from medimg_core.config import ConfigError, config_to_dict
@@ -173,6 +173,36 @@ def _library(ctx: _Context, loaded: LoadedBackbone, transform: Any, feats: dict[
     return library, report, timings
 
 
+def _prepare(cfg: IISConfig, ctx: _Context, spec: Any, device: torch.device
+             ) -> tuple[LoadedBackbone, dict[str, dict[str, Any]], ConceptLibrary, dict[str, Any], dict[str, float]]:
+    """One backbone loaded, its features extracted and its concept library built: (loaded, features, library,
+    library report, timings)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    loaded = load_backbone(spec, ctx.in_chans, cfg.seed)
+    transform = _transform(cfg, loaded)
+    timings["load_backbone_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    feats = _features(cfg, loaded, ctx.datasets, transform, device)
+    timings["features_s"] = time.perf_counter() - t0
+    library, report, lib_times = _library(ctx, loaded, transform, feats)
+    timings.update(lib_times)
+    return loaded, feats, library, report, timings
+
+
+def _common_phrases(prepared: dict[int, tuple], specs: Sequence[Any]) -> list[str]:
+    """The phrases every backbone's text library kept, in the first library's order."""
+    libraries = [prepared[i][2] for i in range(len(specs))]
+    common = [p for p in libraries[0].names if all(p in lib.names for lib in libraries[1:])]
+    if not common:
+        own = "; ".join(f"{spec.label}: {lib.num_concepts}" for spec, lib in zip(specs, libraries, strict=True))
+        raise ConfigError(f"the backbones' text libraries share no phrase ({own} phrases each), so they cannot be "
+                          "compared on the same concepts; pass --text.common_phrases false to score each on its own")
+    log.info("text libraries cut to the %d phrases all %d backbones kept (own sizes: %s)", len(common), len(specs),
+             ", ".join(str(lib.num_concepts) for lib in libraries))
+    return common
+
+
 def backbone_dirs(run_dir: str | Path) -> list[Path]:
     """The per-backbone folders of a run, in the order the backbones were given."""
     folders = [p for p in (Path(run_dir) / "backbones").glob("*") if (p / "backbone.json").is_file()]
@@ -195,7 +225,11 @@ def _figure_arr(entries: list[dict[str, Any]], path: Path, title: str) -> Path:
             ax.plot(s, arr, "o-", color=colour, ms=3.5,
                     label=f"{e['label']}: IIS {e['result']['iis']:.3f} [{lo_ci:.3f}, {hi_ci:.3f}]")
             ax.fill_between(s, lo, hi, color=colour, alpha=0.15, linewidth=0)
+            bias = e["result"].get("bias_only", {}).get("arr")
+            if bias is not None:
+                ax.axhline(bias, color=colour, lw=0.8, ls=":")
         ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
+        ax.plot([], [], color="0.4", lw=0.8, ls=":", label="bias-only (majority class) ARR")
         ax.set_xlabel("sparsity ratio s (fraction of concepts zeroed per image)")
         ax.set_ylabel("accuracy retention ratio (ARR)")
         ax.set_title(title)
@@ -222,14 +256,18 @@ def _figure_concepts(library: ConceptLibrary, elements: ElementDataset | None, p
 
 def _write_table(run_dir: Path, entries: list[dict[str, Any]], comparison: list[dict[str, Any]]) -> None:
     ratios = [r["ratio"] for r in entries[0]["result"]["per_ratio"]]
-    header = ["backbone", "probe test acc", *[f"ARR@{s:g}" for s in ratios], "IIS", "IIS 95% CI", "IIS - first [95% CI]"]
+    header = ["backbone", "M", "probe test acc", "bias-only ARR", *[f"ARR@{s:g}" for s in ratios], "IIS",
+              "IIS 95% CI", "IIS - first [95% CI]"]
     rows = []
     for e, c in zip(entries, comparison, strict=True):
         r = e["result"]
         diff = "" if c["difference"] is None else \
             f"{c['difference']:+.3f} [{c['difference_ci'][0]:+.3f}, {c['difference_ci'][1]:+.3f}]"
-        rows.append([e["label"], f"{r['probe']['test_accuracy']:.4f}",
-                     *[f"{p['arr']:.3f}" for p in r["per_ratio"]], f"{r['iis']:.4f}",
+        bias = r.get("bias_only", {}).get("arr")  # results written before the floor was recorded have none
+        saturated = " (saturated)" if r.get("saturated") else ""
+        rows.append([e["label"], str(r["num_concepts"]), f"{r['probe']['test_accuracy']:.4f}",
+                     "n/a" if bias is None else f"{bias:.3f}",
+                     *[f"{p['arr']:.3f}" for p in r["per_ratio"]], f"{r['iis']:.4f}{saturated}",
                      f"[{r['iis_ci'][0]:.4f}, {r['iis_ci'][1]:.4f}]", diff])
     with (run_dir / "table.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -237,6 +275,8 @@ def _write_table(run_dir: Path, entries: list[dict[str, Any]], comparison: list[
         writer.writerows(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "bias-only ARR: the test accuracy of always predicting the training split's majority class, over "
+              f"the probe's. (saturated): IIS >= {SATURATION_IIS}, where the score no longer separates representations."]
     (run_dir / "table.md").write_text("\n".join(lines) + "\n")
 
 
@@ -320,23 +360,26 @@ def run_score(cfg: IISConfig, resume_dir: str | Path | None = None, splits: Spli
         write_json(run / "card.json", ctx.card.to_dict())
         entries, correct = [], []
         with run.lock():
+            common = None
+            if cfg.library.kind == "text" and cfg.text.common_phrases and len(specs) > 1:
+                # every backbone's text library first, then all of them cut to the phrases they all kept
+                prepared = {i: _prepare(cfg, ctx, spec, device) for i, spec in enumerate(specs)}
+                common = _common_phrases(prepared, specs)
             for i, spec in enumerate(specs):
                 folder = run / "backbones" / f"{i}-{slug(spec.label)}"
                 if resume_dir is not None and (folder / "result.json").is_file():
-                    log.info("%s: already scored in %s; kept", spec.label, folder)
-                    entries.append(json.loads((folder / "result.json").read_text()))
-                    correct.append(load_file(str(folder / "correct.safetensors"))["correct"].numpy())
-                    continue
-                timings: dict[str, float] = {}
-                t0 = time.perf_counter()
-                loaded = load_backbone(spec, ctx.in_chans, cfg.seed)
-                transform = _transform(cfg, loaded)
-                timings["load_backbone_s"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                feats = _features(cfg, loaded, ctx.datasets, transform, device)
-                timings["features_s"] = time.perf_counter() - t0
-                library, report, lib_times = _library(ctx, loaded, transform, feats)
-                timings.update(lib_times)
+                    kept = json.loads((folder / "result.json").read_text())
+                    if common is None or kept["library"].get("common_phrases") == common:
+                        log.info("%s: already scored in %s; kept", spec.label, folder)
+                        entries.append(kept)
+                        correct.append(load_file(str(folder / "correct.safetensors"))["correct"].numpy())
+                        continue
+                    log.info("%s: scored before on other common phrases; scoring again", spec.label)
+                loaded, feats, library, report, timings = (prepared[i] if common is not None
+                                                            else _prepare(cfg, ctx, spec, device))
+                if common is not None:
+                    library = library.subset([library.names.index(p) for p in common])
+                    report = {**report, "own_final": report["final"], "final": len(common), "common_phrases": common}
                 log.info("%s: %d concepts (%s); sweeping %d ratios x %d lrs", spec.label, library.num_concepts,
                          library.kind, len(cfg.sweep.ratios), len(cfg.sweep.lrs))
                 result = score_representation(feats["train"], feats["val"], feats["test"], library, sweep=cfg.sweep,

@@ -3,6 +3,8 @@ then a projection of the backbone's features trained to mimic those scores.
 
     T        = backend.scores(images, phrases)                  (N, M) teacher scores (NaN: unknown)
     filter 1 : keep a phrase when the mean of its top-5 training scores > activation_cutoff (0.25)
+    dedupe   : (ours) drop a phrase whose training scores correlate with an earlier one's at |r| >= 0.98
+               (text.dedupe_correlation; negation pairs scored from one annotation have r = -1)
     W_c      = argmax_W  cos^3(T, x W^T)                        Linear(D -> M', no bias), Adam 1e-3,
                up to 1000 steps on batches of up to 50,000 training samples, validation checked every
                50 steps, stop at the first check that does not improve, keep the best weights
@@ -47,6 +49,7 @@ __all__ = [
     "find_concept_list",
     "load_concept_list",
     "make_backend",
+    "score_duplicates",
     "top5_activation",
 ]
 
@@ -283,6 +286,33 @@ def top5_activation(scores: np.ndarray) -> np.ndarray:
         return np.nan_to_num(np.nanmean(top, axis=0), nan=-np.inf)
 
 
+def score_duplicates(scores: np.ndarray, min_abs_correlation: float) -> tuple[list[int], dict[int, tuple[int, float]]]:
+    """Phrases whose teacher scores duplicate an earlier phrase's, up to sign.
+
+    scores: (N, M) training teacher scores (NaN: unknown; a pair is compared on the samples where both are known).
+    Returns (the columns kept, in order; {dropped column: (the kept column it duplicates, Pearson r)}): a column
+    is dropped when |r| with an earlier kept column is >= `min_abs_correlation`. Constant columns have no r and
+    are kept (the activation filter deals with them).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    known = np.isfinite(scores)
+    kept: list[int] = []
+    dropped: dict[int, tuple[int, float]] = {}
+    for j in range(scores.shape[1]):
+        for i in kept:
+            both = known[:, i] & known[:, j]
+            a, b = scores[both, i], scores[both, j]
+            if both.sum() < 3 or a.std() == 0 or b.std() == 0:
+                continue
+            r = float(np.corrcoef(a, b)[0, 1])
+            if abs(r) >= min_abs_correlation:
+                dropped[j] = (i, r)
+                break
+        else:
+            kept.append(j)
+    return kept, dropped
+
+
 def build_text_library(train_features: torch.Tensor, val_features: torch.Tensor, train_scores: np.ndarray,
                        val_scores: np.ndarray, concepts: ConceptList, cfg: TextConfig, seed: int = 0,
                        device: str | torch.device = "cpu") -> tuple[ConceptLibrary, dict[str, Any]]:
@@ -305,6 +335,13 @@ def build_text_library(train_features: torch.Tensor, val_features: torch.Tensor,
     if not keep:
         raise ValueError(f"every phrase has a mean top-5 teacher score <= {cfg.activation_cutoff} "
                          "(text.activation_cutoff): no text concept left")
+    if cfg.dedupe_correlation is not None:
+        unique, duplicates = score_duplicates(train_scores[:, keep], cfg.dedupe_correlation)
+        report["duplicate_filter"] = {
+            "min_abs_correlation": cfg.dedupe_correlation,
+            "dropped": {concepts.phrases[keep[j]]: {"duplicate_of": concepts.phrases[keep[i]], "correlation": r}
+                        for j, (i, r) in duplicates.items()}}
+        keep = [keep[j] for j in unique]
     concepts = concepts.subset(keep)
     t_train = torch.from_numpy(train_scores[:, keep])
     t_val = torch.from_numpy(val_scores[:, keep])
