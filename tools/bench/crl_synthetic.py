@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, run_command, write_result
+from common import RESULTS, ROOT, command_line, display, run_command, write_result
 
 from crl.rules import load_rules
 from medimg_core.data import load_dataset
@@ -62,7 +63,8 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     bin_dir = Path(sys.executable).parent
-    results = {}
+    previous = RESULTS / "crl_synthetic.json"  # settings not rerun (--only) keep their recorded entry
+    results = json.loads(previous.read_text()).get("runs", {}) if previous.exists() else {}
     settings = {"clean": {}, "spurious": {"spurious": 0.95}}
     for name in args.only:
         data = out / f"synth-derm-{name}"
@@ -79,6 +81,8 @@ def main() -> None:
             "data": f"medimg synth synth-derm --n {args.n} --seed 0"
                     + "".join(f" --{k} {v}" for k, v in settings[name].items()),
             "crl_command": "crl " + " ".join(crl_args).replace(str(out), "runs/bench-crl"),
+            "crl_run": display(crl_run), "baseline_run": display(base_run),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "baseline_command": "medimg " + " ".join(base_args).replace(str(out), "runs/bench-crl"),
             "crl": {k: crl_m[k] for k in ("test", "test_concepts", "rules", "wall_time_s", "peak_memory_mb",
                                           "best_epoch", "epochs_run")},

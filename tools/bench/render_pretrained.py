@@ -99,6 +99,12 @@ def single_command(result: dict) -> list[str]:
             per_seed = "; ".join(f"seed {r['seed']} {_interval(r['numbers'], first)}" for r in runs)
             lines.append(f"- {_label(arm)}: `{record['command']}`; test {first.replace('_', ' ')} "
                          f"per seed: {per_seed}")
+            evaluated = [r for r in runs if r.get("concept_evaluation")]
+            if evaluated:
+                example = evaluated[0]["concept_evaluation"]["command"]
+                lines.append(f"  - published concept metrics of seed(s) {', '.join(str(r['seed']) for r in evaluated)} "
+                             f"(trained before they were computed): `crl evaluate` on the run's best checkpoint and "
+                             f"test split, e.g. `{example}`")
             loaded = [r for r in runs if _under_load(r)]
             if loaded:
                 lines.append(f"- Wall times of seed(s) {', '.join(str(r['seed']) for r in loaded)} were measured "

@@ -113,6 +113,38 @@ def crl_wbcatt(result: dict) -> list[str]:
     return [*lines, ""]
 
 
+def crl_interventions(result: dict) -> list[str]:
+    ks = (0, 1, 2, 4, 8)
+    lines = ["## CRL: concept interventions", "",
+             f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.", "",
+             "Koh et al. (ICML 2020): test accuracy as k of the K concepts are set to their annotated values, in random "
+             f"order (the mean over {result['orders']} orders per run) and per image in order of concept uncertainty "
+             "(predicted probability closest to 0.5 first). CRL's logic layers read the corrected binary concepts; "
+             "the bottleneck is a logistic regression fitted on the training split's predicted concept probabilities "
+             "of the same run. Mean ± sd over the seeds listed.", ""]
+    for setting, entry in result["settings"].items():
+        runs = entry["runs"]
+        k_all = runs[0]["concepts"]
+        shown = [k for k in ks if k < k_all] + [k_all]
+        lines += [f"{setting} (seeds {', '.join(str(r['seed']) for r in runs)}; {runs[0]['n']} test images, "
+                  f"K = {k_all}):", "",
+                  "| model | order | " + " | ".join(f"k = {k}" for k in shown) + " |",
+                  "|---|---|" + "---|" * len(shown)]
+        for model, by_order in entry["summary"].items():
+            for order, curve in by_order.items():
+                cells = []
+                for k in shown:
+                    stat = curve["accuracy"][curve["k"].index(k)]
+                    cells.append(f"{stat['mean']:.3f}" + (f" ± {stat['sd']:.3f}" if stat["n"] > 1 else ""))
+                lines.append(f"| {model} | {order} | " + " | ".join(cells) + " |")
+        figure = f"figures/crl/interventions-{setting.replace('/', '-')}.png"
+        lines += ["", f"- `{runs[0]['command']}` (one per run; {sum(r['wall_time_s'] for r in runs) / 60:.1f} min in "
+                      f"all); figure of seed {runs[0]['seed']}: `docs/{figure}`", "", f"![{setting}]({figure})", ""]
+    if result.get("missing_runs"):
+        lines.append(f"Skipped (run folder gone): {', '.join(result['missing_runs'])}.")
+    return [*lines, ""]
+
+
 def concept_note(numbers: list[dict]) -> str:
     """What the concept columns of the CRL tables are (and why a published column reads n/a)."""
     note = ("- Concept metrics: *published* is the CRL paper's definition (official code: per concept, the macro-F1 "
@@ -125,7 +157,7 @@ def concept_note(numbers: list[dict]) -> str:
 
 
 RENDERERS = {"baselines": baselines, "loop_overhead": loop_overhead, "crl_logic_speed": crl_logic_speed,
-             "crl_synthetic": crl_synthetic, "crl_wbcatt": crl_wbcatt}
+             "crl_synthetic": crl_synthetic, "crl_wbcatt": crl_wbcatt, "crl_interventions": crl_interventions}
 
 
 def _load(name: str) -> dict | None:

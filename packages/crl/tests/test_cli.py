@@ -3,7 +3,9 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import crl
@@ -187,3 +189,28 @@ def test_training_on_cached_frozen_features(tmp_path):
     image = next((data / "images").iterdir())
     result = CliRunner().invoke(main, ["explain", str(run), str(image), "--out", str(tmp_path / "e.png")])
     assert result.exit_code == 0, result.output
+
+
+def test_intervene_writes_curves_for_crl_and_a_bottleneck(trained, tmp_path):
+    _, run = trained
+    result = CliRunner().invoke(main, ["intervene", str(run), "--orders", "2", "--out", str(tmp_path), "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "| CRL | random |" in result.output and "| logistic-regression bottleneck | uncertainty |" in result.output
+    report = json.loads((tmp_path / "interventions-test.json").read_text())
+    assert report["concepts"] and set(report["curves"]) == {"CRL", "logistic-regression bottleneck"}
+    for by_order in report["curves"].values():
+        for curve in by_order.values():
+            assert curve["k"] == list(range(7)) and all(0 <= a <= 1 for a in curve["accuracy"])
+    # with every concept set to its annotation, CRL's logic layers read exactly the annotated concepts
+    from crl.api import ConceptRuleLearner
+    from medimg_core.data import load_dataset
+
+    estimator = ConceptRuleLearner.from_pretrained(run)
+    test = load_dataset("csv", trained[0], "test")
+    truth = np.stack([test[i]["concepts"].numpy() for i in range(len(test))])
+    targets = np.array([int(test[i]["target"]) for i in range(len(test))])
+
+    expected = (estimator.model_.predict_from_concepts(torch.from_numpy(truth > 0.5)).argmax(1).numpy() == targets)
+    assert report["curves"]["CRL"]["random"]["accuracy"][-1] == pytest.approx(float(expected.mean()))
+    assert (tmp_path / "interventions-test.png").stat().st_size > 1000

@@ -86,6 +86,28 @@ def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device
 
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="The split of the run's dataset to intervene on.")
+@click.option("--orders", "n_orders", default=5, show_default=True, type=click.IntRange(1),
+              help="Random orders to average over.")
+@device_option(from_config=False)
+@seed_option("the random orders", from_config=False)
+@out_option("Folder for interventions-<split>.json and its figure (default RUN_DIR, figure in RUN_DIR/figures).")
+@progress_option()
+def intervene(run_dir: Path, split: str, n_orders: int, device: str, seed: int, out: Path | None,
+              progress: bool | None) -> None:
+    """Concept interventions (Koh et al., ICML 2020): test accuracy as k = 0..K concepts are set to their annotated
+    values, in random order (averaged over --orders) and in order of concept uncertainty, for CRL and for a
+    logistic-regression bottleneck on the same predicted concepts."""
+    from crl.intervene import intervene_run, summary_table
+    from medimg_core.training import show_progress
+
+    result = intervene_run(run_dir, split, n_orders, seed, device, show_progress(progress), out)
+    click.echo(summary_table(result))
+    click.echo(f"wrote {Path(out or run_dir) / f'interventions-{split}.json'} and {result['figure']}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print rules.json instead of the readable list.")
 def rules(run_dir: Path, as_json: bool) -> None:
     """Print the rules learned in RUN_DIR (a run folder, or a checkpoint folder such as RUN/checkpoints/best):
