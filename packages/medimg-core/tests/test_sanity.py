@@ -181,6 +181,33 @@ def test_a_gradient_explainer_changes_and_a_constant_explainer_fails():
         passes_model_randomisation(independent_randomisation(model, x, image_intensity, layers=["7"]))
 
 
+
+def test_explanations_that_are_vectors_get_the_rank_correlations():
+    model = small_cnn()
+    x = images(6)
+
+    def penultimate(m, x, classes):  # a concept-score-like explanation: the features the head reads
+        return m[:7](x).detach().numpy()
+
+    def fixed(m, x, classes):  # scores that ignore the model
+        return np.tile(np.arange(5.0), (len(x), 1))
+
+    changes = cascading_randomisation(model, x, penultimate, layers=["3", "2", "0"])
+    same = cascading_randomisation(model, x, fixed)
+    assert set(changes["steps"][0]) >= {"spearman_abs", "spearman"} and "ssim" not in changes["steps"][0]
+    assert changes["steps"][-1]["spearman_abs_mean"] < 0.5 and passes_model_randomisation(changes)
+    assert all(step["spearman_mean"] == pytest.approx(1.0) for step in same["steps"])
+    assert not passes_model_randomisation(same)
+    with pytest.raises(ValueError, match="ssim and hog are computed for maps only"):
+        passes_model_randomisation(same, measure="ssim")
+    with pytest.raises(ValueError, match=r"one score vector per image, \(N = 6, D\)"):
+        cascading_randomisation(model, x, lambda m, x, c: np.zeros((2, 5)), layers=["7"])
+    # by hand: (1, 2, 3) against (1, 3, 2): 1 - 6 * (0 + 1 + 1) / (3 * 8) = 0.5
+    out = explanation_similarity(np.array([[1.0, 2.0, 3.0]]), np.array([[1.0, 3.0, 2.0]]))
+    assert out["spearman"][0] == pytest.approx(0.5) and set(out) == {"spearman_abs", "spearman_abs_mean",
+                                                                     "spearman", "spearman_mean"}
+
+
 def test_randomise_layer_reinitialises_and_bad_input_is_named():
     model = small_cnn()
     bn = model[3]

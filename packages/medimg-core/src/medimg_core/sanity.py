@@ -23,7 +23,9 @@ The similarity measures are theirs (section 3, and their notebooks, github.com/a
 - `hog` (optional, `hog=True`): Spearman rank correlation of the HOG features (skimage.feature.hog,
   `pixels_per_cell=(16, 16)`, as theirs) of the normalised maps; needs maps of at least 48 x 48 pixels.
 
-A Spearman correlation where either map is constant is undefined (NaN); means skip NaN.
+A Spearman correlation where either map is constant is undefined (NaN); means skip NaN. Explanations that are
+not maps (concept scores, prototype similarities: a vector (N, D) per image) are compared by the two Spearman
+correlations alone (ours: the paper randomises saliency maps only), so every explanation type can be checked.
 
 What is ours, not theirs:
 
@@ -64,7 +66,7 @@ from torch import nn
 
 from medimg_core.faithfulness import resolve_targets
 
-#: an explainer: (model, images (N, C, H, W), classes (N,) long) -> maps (N, H, W), numpy or tensor
+#: an explainer: (model, images (N, C, H, W), classes (N,) long) -> maps (N, H, W) or scores (N, D), numpy or tensor
 Explain = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
 
 MEASURES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
@@ -83,8 +85,8 @@ _HOG_MIN_SIDE = 3 * _HOG_CELL  # skimage.feature.hog's default cells_per_block (
 
 def _as_maps(maps: Any, name: str) -> np.ndarray:
     arr = maps.detach().cpu().double().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, dtype=float)
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must be maps (N, H, W), got shape {arr.shape}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name} must be maps (N, H, W) or score vectors (N, D), got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contain NaN or infinite values")
     return arr
@@ -107,10 +109,18 @@ def explanation_similarity(maps_a: Any, maps_b: Any, hog: bool = False) -> dict[
 
     Returns {measure: (N,) per image, measure + "_mean": the mean over images (NaN skipped)} for measure in
     spearman_abs, spearman, ssim (and hog when `hog`). Identical maps score 1 on every measure; a map and its
-    negation score spearman -1, spearman_abs 1 and a negative SSIM."""
+    negation score spearman -1, spearman_abs 1 and a negative SSIM.
+
+    Explanations that are not maps (concept scores, prototype similarities, rule activations: one vector
+    (N, D) per image) get the two rank correlations only; ours, the paper compares maps."""
     a, b = _as_maps(maps_a, "maps_a"), _as_maps(maps_b, "maps_b")
     if a.shape != b.shape:
-        raise ValueError(f"maps_a {a.shape} and maps_b {b.shape} must have the same shape (N, H, W)")
+        raise ValueError(f"maps_a {a.shape} and maps_b {b.shape} must have the same shape (N, H, W) or (N, D)")
+    if a.ndim == 2:
+        if hog:
+            raise ValueError("the HOG similarity needs maps (N, H, W), got score vectors (N, D)")
+        return _summarise({"spearman_abs": [_spearman(np.abs(va), np.abs(vb)) for va, vb in zip(a, b, strict=True)],
+                           "spearman": [_spearman(va, vb) for va, vb in zip(a, b, strict=True)]})
     side = min(a.shape[1:])
     if side < _SSIM_MIN_SIDE:
         raise ValueError(f"SSIM's 11 x 11 window needs maps of at least 11 x 11 pixels, got {a.shape[1:]}; "
@@ -130,6 +140,10 @@ def explanation_similarity(maps_a: Any, maps_b: Any, hog: bool = False) -> dict[
             ha = skimage_hog(ua, pixels_per_cell=(_HOG_CELL, _HOG_CELL))
             hb = skimage_hog(ub, pixels_per_cell=(_HOG_CELL, _HOG_CELL))
             out["hog"].append(_spearman(ha, hb))
+    return _summarise(out)
+
+
+def _summarise(out: Mapping[str, list[float]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, values in out.items():
         arr = np.asarray(values, dtype=np.float64)
@@ -196,10 +210,14 @@ def randomise_layer(module: nn.Module, seed: int, recurse: bool = True) -> None:
 
 def _explain(explain: Explain, model: nn.Module, x: torch.Tensor, classes: torch.Tensor) -> np.ndarray:
     maps = explain(model, x.clone(), classes.clone())
+    for p in model.parameters():  # gradients an explainer left behind are not copied into the next step
+        p.grad = None
     maps = _as_maps(maps, "the explainer's maps")
-    if maps.shape != (x.shape[0], *x.shape[2:]):
+    if maps.ndim == 3 and maps.shape != (x.shape[0], *x.shape[2:]):
         raise ValueError(f"the explainer must return maps (N, H, W) = {(x.shape[0], *x.shape[2:])}, got "
                          f"{maps.shape}; upsample low-resolution maps to the image size")
+    if maps.ndim == 2 and len(maps) != len(x):
+        raise ValueError(f"the explainer must return one score vector per image, (N = {len(x)}, D), got {maps.shape}")
     return maps
 
 
@@ -237,7 +255,8 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, explain: Explain,
                             return_maps: bool = False) -> dict[str, Any]:
     """Adebayo et al.'s cascading model-parameter randomisation of an explainer on images x (N, C, H, W).
 
-    explain(model, x, classes) -> (N, H, W) maps (numpy or tensor); it gets a copy of the model, in eval mode.
+    explain(model, x, classes) -> (N, H, W) maps, or (N, D) score vectors for explanations that are not maps
+    (numpy or tensor); it gets a copy of the model, in eval mode.
     target: the class per image (None: the trained model's prediction), kept at every step. layers: module names
     top down (default `default_layer_order(model)`); step i has layers[0..i] re-initialised. seed: the random
     weights (`randomise_layer`).
@@ -269,7 +288,8 @@ def passes_model_randomisation(result: Mapping[str, Any], threshold: float = RAN
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
     last = result["steps"][-1]
     if f"{measure}_mean" not in last:
-        raise ValueError(f"the result has no {measure!r} (hog is computed only with hog=True)")
+        raise ValueError(f"the result has no {measure!r} (ssim and hog are computed for maps only, hog with "
+                         "hog=True)")
     value = last[f"{measure}_mean"]
     return bool(value < threshold)  # NaN < t is False
 
