@@ -185,3 +185,5 @@ def test_the_model_mode_is_restored_and_bad_input_is_named():
     with pytest.raises(ValueError, match="substrate must be"):
         deletion_insertion(model, x, maps, substrate=torch.zeros(1, 1, 2, 2))
     assert resolve_targets(model.eval(), x, [1]).tolist() == [1]
+    xs = torch.rand(5, 1, 4, 4)
+    assert resolve_targets(model, xs, None, batch_size=2).tolist() == model(xs).argmax(1).tolist()

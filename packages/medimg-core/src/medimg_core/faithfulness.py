@@ -98,11 +98,12 @@ def _probabilities(out: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def resolve_targets(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | np.ndarray | None
-                    ) -> torch.Tensor:
+def resolve_targets(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | np.ndarray | None,
+                    batch_size: int = 64) -> torch.Tensor:
     """The class index to explain per image, (N,) long on x's device: the model's predicted class (argmax of its
-    output on `x`) for None, else `target` (one int for all images or N ints), checked against the output size."""
-    out = model(x)
+    output on `x` (N, C, H, W), `batch_size` images a pass) for None, else `target` (one int for all images or
+    N ints), checked against the number of outputs."""
+    out = torch.cat([model(x[lo:lo + batch_size]) for lo in range(0, len(x), batch_size)])
     if out.ndim != 2:
         raise ValueError(f"the model must return (N, K) scores, got shape {tuple(out.shape)}")
     n, k = out.shape
@@ -178,7 +179,7 @@ def deletion_insertion(
     model.eval()
     try:
         with torch.no_grad():
-            classes = resolve_targets(model, x, target)
+            classes = resolve_targets(model, x, target, batch_size)
             finish = _substrate(x, mode, substrate)
             start = x
             if mode == "insertion":
