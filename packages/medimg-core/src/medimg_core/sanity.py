@@ -40,7 +40,8 @@ What is ours, not theirs:
   type, what a freshly built model gets; for BatchNorm also its running statistics), under a seed derived from
   `seed` and the layer's name, so a layer gets the same random weights in the cascading and the independent
   test; a module without `reset_parameters` has each of its own parameters drawn from a truncated normal with
-  the standard deviation of its trained values (0.02 where that is 0), theirs being a truncated normal.
+  the standard deviation of its trained values (0.02 where that is 0). Theirs re-ran the TensorFlow
+  initialisers of their Inception v3 (truncated normals).
 - The class explained at every step is the one explained on the trained model (`target`, or the trained
   model's prediction), so a change of prediction does not change the question.
 - The model is copied (`copy.deepcopy`) and put in eval mode; the caller's model is never modified.
