@@ -5,7 +5,16 @@ import pytest
 
 from medimg_core.data import ChestXray14
 from medimg_core.data.errors import DatasetError
-from medimg_core.localisation import box_accuracies, box_mask, region_boxes, rescale_box, score_box
+from medimg_core.localisation import (
+    box_accuracies,
+    box_mask,
+    energy_pointing_game,
+    region_boxes,
+    rescale_box,
+    score_box,
+    score_mask,
+    threshold_map,
+)
 from medimg_core.testing import shared_data_dir, write_chestxray14_fixture
 
 
@@ -32,7 +41,9 @@ def test_iobb_iou_and_pointing_game_by_hand():
     heat[3, 4] = 2.0  # the peak, inside the region
     truth = (3.0, 2.0, 8.0, 6.0)  # columns 3-7, rows 2-5: 20 px; intersection rows 2-4 x columns 3-5 = 9 px
     out = score_box(heat, truth, map_threshold=0.4)
-    assert out == {"hit": True, "iobb": pytest.approx(9 / 12), "iou": pytest.approx(9 / (12 + 20 - 9)), "regions": 1}
+    # energy: 13 units in the map (11 px of 1, the peak 2); in the box 8 px of 1 and the peak
+    assert out == {"hit": True, "iobb": pytest.approx(9 / 12), "iou": pytest.approx(9 / (12 + 20 - 9)), "regions": 1,
+                   "energy": pytest.approx(10 / 13)}
     # at 0.75 of the range only the peak is left: a 1 px generated box inside the truth -> IoBB 1, IoU 1/20
     out = score_box(heat, truth, map_threshold=0.75)
     assert out["iobb"] == 1.0 and out["iou"] == pytest.approx(1 / 20)
@@ -40,6 +51,7 @@ def test_iobb_iou_and_pointing_game_by_hand():
     heat[8, 0] = 3.0
     out = score_box(heat, truth, map_threshold=0.3)
     assert out["hit"] is False and out["regions"] == 2 and out["iobb"] == pytest.approx(9 / 12)
+    assert out["energy"] == pytest.approx(10 / 16)
     accuracy = box_accuracies(np.array([0.75, 1.0, 0.1]), np.array([0.39, 0.05, 0.0]))
     assert accuracy["iobb_acc@0.5"].tolist() == [1, 1, 0] and accuracy["iobb_acc@0.1"].tolist() == [1, 1, 0]
     assert accuracy["iou_acc@0.3"].tolist() == [1, 0, 0] and set(accuracy) >= {"iobb_acc@0.25", "iou_acc@0.7"}
@@ -54,6 +66,51 @@ def test_regions_are_eight_connected_and_constant_maps_cover_the_image():
     assert out["regions"] == 1 and out["iobb"] == pytest.approx(4 / 16) and out["iou"] == pytest.approx(4 / 16)
     with pytest.raises(ValueError, match="covers no pixel"):
         score_box(np.ones((4, 4)), (0.6, 0.6, 0.9, 0.9))
+
+
+
+def test_score_mask_by_hand():
+    heat = np.zeros((6, 6))
+    heat[1:3, 1:4] = 1.0  # 6 px
+    heat[2, 2] = 4.0  # the peak
+    heat[5, 5] = -3.0  # negative: no energy, but it sets the minimum of the range
+    mask = np.zeros((6, 6), dtype=np.uint8)
+    mask[2:4, 2:4] = 1  # 4 px: (2, 2), (2, 3), (3, 2), (3, 3)
+    # range [-3, 4]: threshold 0.5 -> values >= 0.5 -> the 6 px block; inside the mask (2, 2), (2, 3)
+    out = score_mask(heat, mask)
+    assert out == {"hit": True, "iou": pytest.approx(2 / (6 + 4 - 2)), "energy": pytest.approx((4 + 1) / (5 + 4)),
+                   "peak_pixels": 1}
+    # threshold 0.9 keeps only the peak (>= 3.3): 1 px inside a 4 px mask
+    assert score_mask(heat, mask.astype(bool), map_threshold=0.9)["iou"] == pytest.approx(1 / 4)
+    assert threshold_map(heat, 0.9).sum() == 1 and threshold_map(np.ones((3, 3)), 0.9).all()
+    # the peak elsewhere: a miss; energy counts the positive part only
+    heat[0, 5] = 9.0
+    out = score_mask(heat, mask)
+    assert out["hit"] is False and out["energy"] == pytest.approx(5 / 18)
+    # ties: the first maximum in raster order; a flat map points at (0, 0)
+    flat = np.ones((6, 6))
+    corner = np.zeros((6, 6), dtype=bool)
+    corner[0, 0] = True
+    assert score_mask(flat, corner)["hit"] is True and score_mask(flat, mask)["hit"] is False
+    assert score_mask(flat, mask)["peak_pixels"] == 36 and score_mask(flat, mask)["energy"] == pytest.approx(4 / 36)
+    assert score_mask(flat, mask)["iou"] == pytest.approx(4 / 36)  # a constant map is one region, the whole image
+    # a box is a mask: score_box's energy is energy_pointing_game on box_mask
+    box = (2.0, 2.0, 4.0, 4.0)
+    assert score_box(heat, box)["energy"] == pytest.approx(energy_pointing_game(heat, box_mask(box, heat.shape)))
+    assert np.isnan(energy_pointing_game(-np.ones((6, 6)), mask))
+
+
+def test_score_mask_names_bad_input():
+    with pytest.raises(ValueError, match=r"binary \(bool or 0/1\), got values \[0, 255\]"):
+        score_mask(np.ones((4, 4)), np.full((4, 4), 255, dtype=np.uint8) * np.eye(4, dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"the mask must have the heat-map's shape \(4, 4\), got \(5, 5\)"):
+        score_mask(np.ones((4, 4)), np.ones((5, 5)))
+    with pytest.raises(ValueError, match="the mask is empty"):
+        score_mask(np.ones((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="finite"):
+        score_mask(np.full((4, 4), np.nan), np.ones((4, 4)))
+    with pytest.raises(ValueError, match="map_threshold is a fraction"):
+        score_mask(np.ones((4, 4)), np.ones((4, 4)), map_threshold=50)
 
 
 BOXES = [("00000004_000.png", "Mass", 100, 200, 300, 400), ("00000004_000.png", "Infiltrate", 0, 0, 512, 512),
