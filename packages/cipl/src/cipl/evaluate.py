@@ -42,6 +42,7 @@ from cipl.maps import (  # noqa: F401
     weighted_class_maps,
 )
 from cipl.model import CIPL
+from medimg_core.localisation import score_mask
 from medimg_core.metrics import bootstrap_ci
 
 
@@ -140,14 +141,12 @@ def localisation_metrics(model: CIPL, dataset: Dataset, device: str | torch.devi
                     detected = bool(probs[i, out_idx] > detect_threshold) if model.multilabel else \
                         int(probs[i].argmax()) == out_idx
                     m = maps[i, class_index[name]]
-                    peak = int(torch.argmax(m))
-                    hit = bool(mask.flatten()[peak])
+                    scored = score_mask(m.cpu().numpy(), mask.cpu().numpy(), iou_threshold)
+                    hit, iou = scored["hit"], scored["iou"]
+                    peak = int(torch.argmax(m))  # the first maximum, as score_mask's pointing game
                     ys, xs = torch.nonzero(mask, as_tuple=True)
                     py, px = divmod(peak, mask.shape[1])
                     miss = float(torch.sqrt(((ys - py) ** 2 + (xs - px) ** 2).float().min()))
-                    lo, hi = float(m.min()), float(m.max())
-                    region = (m - lo) / (hi - lo) >= iou_threshold if hi > lo else torch.ones_like(mask)
-                    iou = float((region & mask).sum()) / float((region | mask).sum())
                     rows[variant].append((name, detected, hit, iou, miss, cell_hit((py, px), mask, mask_grid)))
     if not rows[kind]:
         return {"n": 0, "all_present/n": 0}
