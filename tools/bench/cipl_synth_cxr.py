@@ -7,7 +7,8 @@ gallery and a reasoning figure of the first seed to docs/figures/cipl/.
 
     OMP_NUM_THREADS=2 python tools/bench/cipl_synth_cxr.py [--seeds 0 1 2 3 4] [--n 1500] [--out runs/bench-cipl]
 
-Targets (issue 5): mean AUROC within 2 points of the baseline; pointing game >= 0.8 for detected findings.
+Target (issue 5): pointing game >= 0.8 for detected findings. The AUROC target of issue 5 (within 2 points of the
+baseline) is dropped (issue 20, item 12): both models are at the ceiling on this data.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, command_line, mean_sd, run_command, run_or_reuse, write_result
+from common import ROOT, command_line, mean_sd, run_command, run_or_reuse, source_of, write_result
 
 FIGURES = ROOT / "docs" / "figures" / "cipl"
 
@@ -57,7 +58,12 @@ def seed_runs(args: argparse.Namespace, seed: int, k: int, data: Path, out: Path
                 "--device", "cpu", "--out", str(out), "--seed", str(seed), "--no-progress",
                 "--backbone", preset.model.backbone, "--image-size", str(preset.data.image_size),
                 "--epochs", str(preset.train.epochs)]
-    cipl_run, cipl_wall = run_or_reuse(cipl_cmd, args.cipl_runs[k] if args.cipl_runs else None, out)
+    from medimg_core.config import config_to_dict
+
+    # a reused CIPL run must be the preset with this root and seed (the baseline's flags are not re-resolved here)
+    expected = {**config_to_dict(preset), "seed": seed}
+    cipl_run, cipl_wall = run_or_reuse(cipl_cmd, args.cipl_runs[k] if args.cipl_runs else None, out,
+                                       expected_config=expected)
     base_run, base_wall = run_or_reuse(base_cmd, args.baseline_runs[k] if args.baseline_runs else None, out)
     dense_cmd = [str(bin_dir / "cipl"), "evaluate", str(cipl_run), "--split", "test", "--map-step", str(args.map_step)]
     _, dense_wall, _ = run_command(dense_cmd)
@@ -71,6 +77,7 @@ def seed_runs(args: argparse.Namespace, seed: int, k: int, data: Path, out: Path
     t, b = cm["test"], bm["test"]
     return {
         "seed": seed, "cipl_run": str(cipl_run), "cipl_command": relative(cipl_cmd, out),
+        "cipl_source": source_of(cipl_run), "baseline_source": source_of(base_run),
         "baseline_command": relative(base_cmd, out), "dense_command": relative(dense_cmd, out),
         "sizes": cm["sizes"],
         "cipl": {"test": t, "localisation": localisation_as(cm.get("test_localisation", {}), kind),
@@ -200,7 +207,8 @@ def main() -> None:
                    "localisation_map": preset.localisation_map},
         "runs": runs,
         "summary": summary,
-        "targets": {"auroc_within_2_points (mean over seeds)": bool(summary["auroc_gap_points"]["mean"] >= -2.0),
+        # no AUROC target: both models reach about 1.000 on every seed of this data, so it could not fail
+        "targets": {
                     "pointing_game_at_least_0.8 (mean over seeds)": bool(summary["pointing_game"]["mean"] >= 0.8),
                     "pointing_game_at_least_0.8 (every seed)": bool(summary["pointing_game"]["min"] >= 0.8),
                     f"pointing_game_at_least_0.8 (maps every {args.map_step} px, mean over seeds)":

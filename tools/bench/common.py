@@ -157,9 +157,10 @@ def run_command(cmd: list[str], creates_in: Path | None = None, echo: bool = Fal
     return made[0], wall, proc.stdout
 
 
-def run_or_reuse(cmd: list[str], reuse: str | None, creates_in: Path | None = None, echo: bool = False
-                 ) -> tuple[Path | None, float]:
-    """Run a training command, or take the run folder `reuse` of an earlier call instead (its command stands).
+def run_or_reuse(cmd: list[str], reuse: str | None, creates_in: Path | None = None, echo: bool = False,
+                 expected_config: dict | None = None) -> tuple[Path | None, float]:
+    """Run a training command, or take the run folder `reuse` of an earlier call instead (its command stands;
+    with `expected_config`, only if the run's config.yaml is that config: `check_reused_config`).
 
     Returns (the run folder, the wall seconds of its training: measured here, or the run's metrics.json
     `wall_time_s`, whose "total" where it is given per stage, as in a neuron-concepts pipeline).
@@ -168,5 +169,42 @@ def run_or_reuse(cmd: list[str], reuse: str | None, creates_in: Path | None = No
         path, wall, _ = run_command(cmd, creates_in, echo)
         return path, wall
     run = Path(reuse).resolve()
+    if expected_config is not None:
+        check_reused_config(run, expected_config)
     wall = json.loads((run / "metrics.json").read_text())["wall_time_s"]
     return run, wall["total"] if isinstance(wall, dict) else wall
+
+
+#: config keys (last component) that may differ between a reused run and the command it stands for: where it wrote,
+#: on which device, with which progress bars; and data.root, where the (regenerated, identical) data lay. A key
+#: the command leaves at "auto" is free too: the run saves what it resolved it to.
+REUSE_FREE_KEYS = ("out", "device", "progress")
+
+
+def check_reused_config(run: Path, expected: dict) -> None:
+    """Refuse a reused run whose config.yaml differs from `expected` (the config the benchmark's command would
+    resolve to, as a nested dict) in any key but REUSE_FREE_KEYS, listing the differences."""
+    import yaml
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    have = flat(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    want = flat(json.loads(json.dumps(expected)))  # tuples as lists, as YAML reads them
+    diff = [f"{k}: run {have.get(k)!r}, command {want.get(k)!r}" for k in sorted(set(have) | set(want))
+            if k.rsplit(".", 1)[-1] not in REUSE_FREE_KEYS and k != "data.root" and want.get(k) != "auto"
+            and have.get(k) != want.get(k)]
+    if diff:
+        raise SystemExit(f"{run}: not the run the benchmark's command makes ({len(diff)} config keys differ: "
+                         + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "") + "); rerun without reusing it")
+
+
+def source_of(run: Path) -> dict:
+    """The source commit a run recorded (provenance.json), or why there is none."""
+    path = run / "provenance.json"
+    if not path.is_file():
+        return {"commit": None, "why": "no provenance.json (the run predates it)"}
+    return json.loads(path.read_text()).get("source", {"commit": None, "why": "not recorded"})

@@ -50,6 +50,12 @@ def test_train_baseline_writes_a_complete_run_folder_and_resumes(tmp_path):
     assert resumed.exit_code == 0, resumed.output
     again = json.loads((run_dir / "metrics.json").read_text())
     assert np.isclose(again["test"]["accuracy"], test["accuracy"]) and again["epochs_run"] == 2
+    # provenance: the command, versions and source commit of the run, and one record per resume
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["versions"]["medimg-core"] and provenance["versions"]["torch"] != "absent"
+    source = provenance["source"]
+    assert (isinstance(source["commit"], str) and len(source["commit"]) == 40) or source["why"]
+    assert len(provenance["resumes"]) == 1 and provenance["resumes"][0]["time"] >= provenance["time"]
 
 
 def test_train_baseline_rejects_bad_options(tmp_path):

@@ -287,12 +287,51 @@ def setup_logging(run_dir: Path | None = None, is_main: bool = True, verbose: bo
             logger.addHandler(file)
 
 
+def source_commit(module_file: str | Path | None = None) -> dict[str, Any]:
+    """The git commit of the source checkout a module (default: medimg_core) is imported from: {"commit", "dirty"
+    (tracked files changed)}, or {"commit": None, "why": ...} where it is not a git checkout (an installed wheel)
+    or git is missing."""
+    import subprocess
+
+    folder = Path(module_file or __file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return {"commit": None, "why": "not a git checkout"}
+        status = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"commit": None, "why": f"git unavailable ({type(exc).__name__})"}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+#: the workspace's distributions, whose versions every run records
+MEDIMG_DISTRIBUTIONS = ("crl", "neuron-concepts", "cipl", "iis", "dae-counterfactual")
+
+
+def write_provenance(run_dir: Path) -> None:
+    """provenance.json of a run: the command line, the versions of medimg-core, torch, timm and the method
+    packages, and the source commit; a resumed run appends its own record under "resumes"."""
+    from medimg_core.pretrained import versions
+
+    record = {"command": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "versions": versions(*MEDIMG_DISTRIBUTIONS), "source": source_commit()}
+    path = run_dir / "provenance.json"
+    previous = read_json_object(path, "the run's provenance") if path.is_file() else None
+    payload = record if previous is None else {**previous, "resumes": [*previous.get("resumes", []), record]}
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
 def prepare_run(cfg, method: str, dataset: str, backbone: str, dist_info, resume_dir: str | Path | None = None) -> Run:
     """The run folder of a training run, ready on every rank.
 
     A new folder `<cfg.out>/<date>-<cfg.name or method-dataset-backbone[-foldF]>-seed<S>` is made by rank 0
     (or `resume_dir` is reused), shared with the other ranks, logging starts, the folder is checked for
-    writing and free space, and the resolved config is saved as config.yaml. `cfg` needs `out`, `name`,
+    writing and free space, the resolved config is saved as config.yaml and the command, versions and source
+    commit as provenance.json (`write_provenance`). `cfg` needs `out`, `name`,
     `seed` and `data.options`.
     """
     from medimg_core.config import save_config
@@ -319,4 +358,5 @@ def prepare_run(cfg, method: str, dataset: str, backbone: str, dist_info, resume
         if resume_dir is not None:
             check_writable(run_dir)
         save_config(cfg, run_dir / "config.yaml")
+        write_provenance(run_dir)
     return Run(run_dir)
