@@ -323,7 +323,9 @@ def test_explain_one_image(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # target None explains the predicted class; index 1 the other one, whose evidence is absent here
     assert explain(model, x).target == 0
-    assert explain(model, x, 1).map.max() == 0
+    other = explain(model, x, 1)
+    assert other.map.max() == 0 and other.peak == (0, 0) and other.top_pixels(2)[1][:2] == (0, 1)
+    assert "the map is constant" in other.to_text() and "the map is constant" not in text
     with pytest.raises(ValueError, match="one image, got a batch of 2"):
         explain(model, torch.zeros(2, 1, 32, 32))
     with pytest.raises(ValueError, match=r"target 'grey' is not a class; expected one of \['bright', 'dark'\]"):

@@ -5,7 +5,10 @@
     explanation = explain(model, x[:1], method="integrated_gradients", class_names=["benign", "malignant"])
 
 `model` is any `nn.Module` taking images x (N, C, H, W) to logits (N, K) (medimg's `ImageClassifier`, a timm
-model, an nn.Sequential CNN); `target` is an int, a sequence of N ints, or None for the predicted class.
+model, an nn.Sequential CNN); `target` is an int, a sequence of N ints, or None for the predicted class (the
+argmax of the logits; for a multi-label model, whose logits are one per label, the label with the highest logit).
+The map explains the target's *logit* (pytorch-grad-cam's `ClassifierOutputTarget`, Captum's `target=`), not its
+softmax probability.
 
 Methods (`METHODS`, named as the libraries name them):
 
@@ -433,7 +436,7 @@ class SaliencyExplanation:
         """The `top_k` highest pixels of the map as (y, x, value), highest first."""
         if int(top_k) < 1:
             raise ValueError(f"top_k must be at least 1 (or None for the default 5), got {top_k}")
-        order = np.argsort(self.map, axis=None)[::-1][:int(top_k)]
+        order = np.argsort(-self.map, axis=None, kind="stable")[:int(top_k)]  # ties: the first pixel, as `peak`
         return [(int(i // self.map.shape[1]), int(i % self.map.shape[1]), float(self.map.flat[i])) for i in order]
 
     def to_text(self, top_k: int | None = None) -> str:
@@ -445,6 +448,11 @@ class SaliencyExplanation:
                  f"max {float(self.map.max()):.4g}, mean {float(self.map.mean()):.4g}",
                  f"top {len(peaks)} pixels (y, x: value): "
                  + ", ".join(f"({y}, {x}: {v:.4g})" for y, x, v in peaks)]
+        if float(self.map.max()) == float(self.map.min()):
+            lines.append("the map is constant: no pixel stands out"
+                         + (" (a CAM is 0 where the ReLU removed every location: the layer holds no evidence for "
+                            "this class, or its feature map is too coarse)" if METHODS[self.method].kind == "cam"
+                            else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
