@@ -189,6 +189,23 @@ def test_medimg_image_classifier_default_layer_and_target_none():
     np.testing.assert_array_equal(attribute(model, x, 0, layer=name), attribute(model, x, 0, layer=layer))
 
 
+@gradcam_only
+def test_a_vit_layer_gets_its_tokens_laid_on_the_patch_grid():
+    from medimg_core.baseline import ImageClassifier
+    from medimg_core.posthoc import token_reshape
+    from medimg_core.testing import tiny_backbone
+
+    model = ImageClassifier(tiny_backbone("test_vit"), 2)
+    x = torch.randn(2, 3, 32, 32)
+    maps = attribute(model, x, 1, method="gradcam")
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all()
+    tokens = torch.arange(2 * 9 * 4, dtype=torch.float32).reshape(2, 9, 4)  # one class token + a 2 x 4 grid
+    grid = token_reshape(1, (16, 32))(tokens)
+    assert grid.shape == (2, 4, 2, 4) and torch.equal(grid[0, :, 1, 0], tokens[0, 5])
+    with pytest.raises(ValueError, match="cannot lay 7 patch tokens"):
+        token_reshape(2, (32, 32))(tokens)
+
+
 @captum_only
 def test_target_changes_the_map_and_an_int_applies_to_every_image():
     model, _ = linear_model()

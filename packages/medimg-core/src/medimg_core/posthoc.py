@@ -33,9 +33,11 @@ What each map is:
   Option: ``layer``, the module whose activations are explained (an `nn.Module` or its dotted name in
   `model.named_modules()`); None takes `default_cam_layer(model)`: the last stage of a timm model's
   `feature_info` (``layer4`` of a ResNet, also inside medimg's `ImageClassifier` whose `backbone.model` is the
-  timm model), else the last `nn.Conv2d`. Vision transformers give tokens (N, T, C): pass
-  ``reshape_transform`` (pytorch-grad-cam's `reshape_transforms.vit_reshape_transform` or your own), which is
-  handed to the library unchanged.
+  timm model), else the last `nn.Conv2d`. A timm vision transformer's blocks give tokens (N, T, C): inside a timm
+  model that has `num_prefix_tokens` (ViT, DeiT, EVA), a layer's tokens are laid back on the patch grid by
+  `token_reshape` (prefix tokens dropped, grid of the input's aspect ratio) unless ``reshape_transform`` is given;
+  a given ``reshape_transform`` (pytorch-grad-cam's `reshape_transforms.vit_reshape_transform`, or one that
+  permutes a Swin's NHWC maps) is handed to the library unchanged.
 * **pixel attributions** (``saliency``, ``integrated_gradients``): Captum's attribution per input value
   (N, C, H, W), reduced over channels by ``reduce``:
   ``"abs_sum"`` (the default) = sum over channels of |attribution|, the usual choice for IG maps in medical
@@ -122,6 +124,36 @@ def _import(module: str, method: str, library: str) -> Any:
 # ----------------------------------------------------------------------------------------------- the CAM layer
 
 
+def _timm_owner(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """(name, module) of the outermost submodule (the model included) with timm's `feature_info`, else None."""
+    for name, module in model.named_modules():
+        info = getattr(module, "feature_info", None)
+        if isinstance(info, list) and info and isinstance(info[-1], dict) and info[-1].get("module"):
+            return name, module
+    return None
+
+
+def token_reshape(num_prefix_tokens: int, input_hw: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A reshape_transform for pytorch-grad-cam: tokens (N, T, C) -> (N, C, h, w), dropping the first
+    `num_prefix_tokens` (class / register tokens) and laying the rest on the grid of the input's aspect ratio;
+    a 4-D tensor passes unchanged. Raises ValueError when the tokens fill no such grid."""
+    height, width = input_hw
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim != 3:
+            return t
+        tokens = t[:, num_prefix_tokens:]
+        n = tokens.shape[1]
+        rows = max(1, round(float(np.sqrt(n * height / width))))
+        cols = n // rows
+        if rows * cols != n:
+            raise ValueError(f"cannot lay {n} patch tokens on a grid for input {height}x{width}; pass "
+                             "reshape_transform=")
+        return tokens.reshape(tokens.shape[0], rows, cols, tokens.shape[2]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
 def default_cam_layer(model: nn.Module) -> tuple[str, nn.Module]:
     """(dotted name, module) of the layer a CAM explains when none is given.
 
@@ -130,15 +162,14 @@ def default_cam_layer(model: nn.Module) -> tuple[str, nn.Module]:
     model inside medimg's `ImageClassifier` (``backbone.model``). Otherwise the last `nn.Conv2d` in
     `model.named_modules()` order. Raises ValueError naming the model's class when there is neither.
     """
-    for name, module in model.named_modules():
-        info = getattr(module, "feature_info", None)
-        if isinstance(info, list) and info and isinstance(info[-1], dict) and info[-1].get("module"):
-            inner = str(info[-1]["module"])
-            try:
-                layer = module.get_submodule(inner)
-            except AttributeError:
-                continue
-            return (f"{name}.{inner}" if name else inner), layer
+    owner = _timm_owner(model)
+    if owner is not None:
+        name, module = owner
+        inner = str(module.feature_info[-1]["module"])
+        try:
+            return (f"{name}.{inner}" if name else inner), module.get_submodule(inner)
+        except AttributeError:
+            pass
     convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if convs:
         return convs[-1]
@@ -172,6 +203,10 @@ def _run_cam(cam_class: str, name: str) -> Callable[..., np.ndarray]:
         library = _import("pytorch_grad_cam", name, "grad-cam")
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+        if reshape_transform is None:
+            owner = _timm_owner(model)
+            if owner is not None and hasattr(owner[1], "num_prefix_tokens"):  # a timm ViT's blocks give tokens
+                reshape_transform = token_reshape(int(owner[1].num_prefix_tokens or 0), tuple(x.shape[-2:]))
         cam = getattr(library, cam_class)(model=model, target_layers=[_cam_layer(model, layer)],
                                           reshape_transform=reshape_transform)
         # not `with cam:`: BaseCAM.__exit__ prints and swallows an IndexError raised inside the block
