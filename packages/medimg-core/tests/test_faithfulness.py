@@ -176,7 +176,7 @@ def test_the_model_mode_is_restored_and_bad_input_is_named():
         deletion_insertion(model, x, maps, mode="erase")
     with pytest.raises(ValueError, match="step must be an int in"):
         deletion_insertion(model, x, maps, step=0)
-    with pytest.raises(ValueError, match="outside the model's 2 outputs"):
+    with pytest.raises(ValueError, match="out of range for a model with 2 outputs"):
         deletion_insertion(model, x, maps, target=5)
     with pytest.raises(ValueError, match="NaN"):
         deletion_insertion(model, x, np.full((1, 4, 4), np.nan))

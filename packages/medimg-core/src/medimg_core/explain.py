@@ -67,3 +67,37 @@ def resolve_target(target: int | str | None, predicted: int, class_names: list[s
         raise ValueError(f"target {index} is out of range; expected 0..{len(class_names) - 1} "
                          f"({', '.join(class_names)})")
     return index
+
+
+def class_targets(scores: Any, target: Any = None) -> list[int]:
+    """The class to explain for each of N images, from the model's scores (N, K): the predicted class (argmax) for
+    None, else `target`: one int for every image, or N ints (a sequence, array or tensor). Out-of-range or
+    misshapen targets are errors that say what was expected. The one target rule of the map explainers
+    (medimg_core.posthoc) and their protocols (medimg_core.faithfulness)."""
+    if hasattr(scores, "detach"):
+        scores = scores.detach().cpu().numpy()
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"the model must return (N, K) scores, got shape {scores.shape}")
+    n, k = scores.shape
+    if target is None:
+        return [int(i) for i in scores.argmax(axis=1)]
+    if hasattr(target, "detach"):
+        target = target.detach().cpu().numpy()
+    values = np.asarray(target)
+    if values.dtype.kind not in "iu" and not (values.dtype.kind == "O" and values.ndim == 1
+                                              and all(isinstance(v, (int, np.integer)) for v in values)):
+        raise TypeError(f"target must be an int, N ints or None, got {type(target).__name__} of {values.dtype}")
+    if values.ndim == 0:
+        targets = [int(values)] * n
+    elif values.ndim == 1:
+        if len(values) != n:
+            raise ValueError(f"target has {len(values)} entries for {n} images; expected one int per image, "
+                             "one int for all, or None")
+        targets = [int(v) for v in values]
+    else:
+        raise ValueError(f"target must be an int or N ints, got shape {values.shape}")
+    bad = [t for t in targets if not 0 <= t < k]
+    if bad:
+        raise ValueError(f"target {bad[0]} is out of range for a model with {k} outputs; expected 0..{k - 1}")
+    return targets

@@ -46,6 +46,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from medimg_core.explain import class_targets
+
 MODES: tuple[str, ...] = ("deletion", "insertion")
 ACTIVATIONS: tuple[str, ...] = ("softmax", "sigmoid", "none")
 
@@ -102,21 +104,9 @@ def resolve_targets(model: nn.Module, x: torch.Tensor, target: int | Sequence[in
                     batch_size: int = 64) -> torch.Tensor:
     """The class index to explain per image, (N,) long on x's device: the model's predicted class (argmax of its
     output on `x` (N, C, H, W), `batch_size` images a pass) for None, else `target` (one int for all images or
-    N ints), checked against the number of outputs."""
+    N ints), checked against the number of outputs (`medimg_core.explain.class_targets`)."""
     out = torch.cat([model(x[lo:lo + batch_size]) for lo in range(0, len(x), batch_size)])
-    if out.ndim != 2:
-        raise ValueError(f"the model must return (N, K) scores, got shape {tuple(out.shape)}")
-    n, k = out.shape
-    if target is None:
-        return out.argmax(dim=1)
-    t = torch.as_tensor(np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target), device=x.device)
-    if t.ndim == 0:
-        t = t.expand(n)
-    if t.shape != (n,) or t.is_floating_point():
-        raise ValueError(f"target must be an int or N = {n} ints, got {tuple(t.shape)} of {t.dtype}")
-    if bool(((t < 0) | (t >= k)).any()):
-        raise ValueError(f"target {t.tolist()} is outside the model's {k} outputs")
-    return t.long()
+    return torch.as_tensor(class_targets(out, target), dtype=torch.long, device=x.device)
 
 
 def _substrate(x: torch.Tensor, mode: str, substrate: Substrate) -> torch.Tensor:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medimg_core.explain import class_targets
+
 INSTALL_HINT = "pip install 'medimg-core[posthoc]'"
 REDUCTIONS = ("abs_sum", "sum", "abs_max")
 
@@ -273,27 +275,6 @@ def _check_inputs(x: Any) -> torch.Tensor:
     return x
 
 
-def _resolve_targets(target: int | Sequence[int] | None, logits: torch.Tensor) -> list[int]:
-    n, k = logits.shape
-    if target is None:
-        return [int(i) for i in logits.argmax(dim=1).tolist()]
-    if isinstance(target, torch.Tensor):
-        target = target.tolist()
-    if isinstance(target, (int, np.integer)):
-        targets = [int(target)] * n
-    elif isinstance(target, Sequence) and not isinstance(target, str):
-        targets = [int(t) for t in target]
-        if len(targets) != n:
-            raise ValueError(f"target has {len(targets)} entries for {n} images; expected one int per image, "
-                             "one int for all, or None")
-    else:
-        raise TypeError(f"target must be an int, a sequence of ints or None, got {type(target).__name__}")
-    bad = [t for t in targets if not 0 <= t < k]
-    if bad:
-        raise ValueError(f"target {bad[0]} is out of range for a model with {k} outputs; expected 0..{k - 1}")
-    return targets
-
-
 def _check_options(method: Method, options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(method.options))
     if unknown:
@@ -340,7 +321,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | N
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"{type(model).__name__} gave {shape} for {x.shape[0]} images; expected logits "
                              f"(N, K) = ({x.shape[0]}, K)")
-        targets = _resolve_targets(target, logits)
+        targets = class_targets(logits, target)
         maps = spec.run(model, x.detach(), targets, **options)
     expected = (x.shape[0], *x.shape[-2:])
     if maps.shape != expected:  # e.g. a CAM layer giving tokens without a reshape_transform
