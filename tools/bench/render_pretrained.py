@@ -8,6 +8,7 @@ here state what the numbers are; what they mean is left to the package READMEs.
 from __future__ import annotations
 
 import json
+import re
 
 from common import RESULTS, fmt, machine_line
 from render_cipl import mean_sd_text
@@ -174,10 +175,20 @@ def neuron_concepts() -> list[str]:
             if record["runs"]:
                 first = min(record["runs"].values(), key=lambda r: r["seed"])
                 lines.append(f"- {ARM_LABEL.get(arm, arm)}: `{first['command']}`")
-                for r in sorted(record["runs"].values(), key=lambda r: r["seed"]):
-                    if r.get("failure"):
-                        lines.append(f"  - seed {r['seed']} stopped after its name stage, so no bottleneck was "
-                                     f"built (the concept numbers above are its name stage's): {r['failure']}")
+                ordered = sorted(record["runs"].values(), key=lambda r: r["seed"])
+                failed = [r for r in ordered if r.get("failure")]
+                if failed:
+                    best = [re.search(r"best annotation score, ([0-9.]+)", r["failure"]) for r in failed]
+                    lines.append(
+                        f"  - seed(s) {', '.join(str(r['seed']) for r in failed)} stopped at the cav stage: no latent "
+                        f"reached the naming floor (naming.min_auroc {failed[0].get('min_auroc', 'n/a')}; best "
+                        "annotation train AUROC per seed "
+                        + ", ".join(m.group(1) if m else "n/a" for m in best)
+                        + "), so no named bottleneck was built; their concept numbers are the name stage's.")
+                reused = [r for r in ordered if r.get("opaque_reused")]
+                if reused:
+                    lines.append(f"  - seed(s) {', '.join(str(r['seed']) for r in reused)} reused the baseline "
+                                 "benchmark's opaque model (`--opaque-run`), so their wall time leaves its training out.")
         lines.append("")
     return lines
 
