@@ -73,6 +73,16 @@ def single_command(result: dict) -> list[str]:
              "weights). *ImageNet*: the `*-lite0-cpu` preset, EfficientNet-Lite0 (4.7 M parameters) fine-tuned from "
              "the offline ImageNet weights (`medimg weights`). Numbers: mean ± sd (min-max) over the seeds; every "
              "run's test value with its 95% bootstrap interval is listed under each table.", ""]
+    lite0 = [r for bench in result["benches"].values()
+             for r in bench["arms"].get("imagenet-lite0", {}).get("runs", {}).values()]
+    if lite0:
+        loaded = [r for r in lite0 if _under_load(r)]
+        lines += [f"The ImageNet arms of the tables below: {len(lite0)} runs, "
+                  f"{sum(r['wall_time_s'] for r in lite0) / 60:.0f} min of wall time in all, of which "
+                  f"{sum(r['wall_time_s'] for r in loaded) / 60:.0f} min in {len(loaded)} runs measured with other "
+                  "work on the machine (upper bounds); alone: "
+                  f"{sum(r['wall_time_s'] for r in lite0 if not _under_load(r)) / 60:.0f} min for the other "
+                  f"{len(lite0) - len(loaded)} runs.", ""]
     for name, bench in result["benches"].items():
         metrics = bench["metrics"]
         missing = [ARM_LABEL[a] for a in ARM_LABEL if not bench["arms"].get(a, {}).get("runs")]
