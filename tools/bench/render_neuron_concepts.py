@@ -163,4 +163,61 @@ def wbcatt(result: dict) -> list[str]:
     return lines
 
 
-RENDERERS = {"neuron_concepts_synth_derm": synth_derm, "neuron_concepts_wbcatt": wbcatt}
+def _stat(stat: dict | None, digits: int = 2) -> str:
+    """mean ± sd over seeds (one seed: the value)."""
+    if not stat:
+        return "n/a"
+    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['sd']:.{digits}f}" if stat["n"] > 1 else "")
+
+
+def naming_routes(result: dict) -> list[str]:
+    """The annotation-free (report) naming route against the annotation route on the same pipelines."""
+    rates = result["report_rates"]
+    lines = [
+        "## neuron-concepts: naming without annotations (reports + vocabulary) against annotations", "",
+        f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.", "",
+        f"Data: `{result['data']}` (one report per image from its drawn concepts: a drawn concept mentioned with "
+        f"probability {rates['report_mention']}, an absent one mentioned with {rates['report_false_mention']} or "
+        f"negated with {rates['report_negation']}; several phrasings per concept). Label rule `{result['rule']}` "
+        f"(label-relevant: {', '.join(result['label_relevant'])}). Per seed ({', '.join(map(str, result['seeds']))}) "
+        f"one opaque model ({result['config']}), encode and SAE; then the name stage twice on that SAE: from the "
+        f"annotations, and from the vocabulary `{result['vocabulary']}` ranked by enrichment in the reports of each "
+        f"latent's {result['vocabulary_top_n']} top train images (its `term => concept` lines only score the "
+        "names); cav, select and train-cbm after each."
+        + (f" Config overrides: `{' '.join(result['overrides'])}`." if result.get("overrides") else ""), "",
+        "| route | latents named | label-relevant concepts named | ... confirmed on test | all concepts confirmed on "
+        f"test | label-relevant concepts recovered (best latent test AUROC >= {result['recovered_threshold']}) | "
+        "CBM test accuracy | CBM not built |",
+        "|---|---|---|---|---|---|---|---|"]
+    summary = result["summary"]
+    for route in ("annotations", "vocabulary"):
+        s = summary.get(route)
+        if not s:
+            continue
+        n = s["relevant_count"]
+        lines.append(f"| {route} | {_stat(s['named'], 1)} | {_stat(s['relevant_named'], 2)} of {n} | "
+                     f"{_stat(s['relevant_named_confirmed'], 2)} of {n} | {_stat(s['concepts_named_confirmed'], 2)} "
+                     f"of {len(s['times_named_confirmed'])} | {_stat(s['relevant_recovered'], 2)} of {n} | "
+                     f"{_stat(s['cbm_test_accuracy'], 3)} | {s['cbm_not_built']} of {len(result['seeds'])} |")
+    lines += ["", f"Opaque test accuracy: {_stat(summary.get('opaque_test_accuracy'), 3)}. A concept is *confirmed* "
+              "when the latent named after it that has the highest train AUROC for it (a vocabulary term counts as "
+              "the concept it stands for) reaches the naming floor's AUROC on test; *recovered* does not look at "
+              "names (one SAE per seed, so it is the same for both routes).", "",
+              "Per seed and concept, the train-chosen named latent's test AUROC (route: annotations / vocabulary; "
+              "- where no latent carries the name):", "",
+              "| seed | " + " | ".join(result["label_relevant"]) + " |", "|---|" + "---|" * len(result["label_relevant"])]
+    for run in result["runs"]:
+        cells = []
+        for concept in result["label_relevant"]:
+            parts = []
+            for route in ("annotations", "vocabulary"):
+                row = next((r for r in run["routes"].get(route, {}).get("concept_naming_test", [])
+                            if r["concept"] == concept), None)
+                parts.append("-" if not row or row["check_auroc"] is None else f"{row['check_auroc']:.3f}")
+            cells.append(" / ".join(parts))
+        lines.append(f"| {run['seed']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+RENDERERS = {"neuron_concepts_synth_derm": synth_derm, "neuron_concepts_wbcatt": wbcatt,
+             "neuron_concepts_naming": naming_routes}

@@ -16,6 +16,7 @@ OMP_NUM_THREADS=2 "$PY" tools/bench/cipl_synth_cxr.py  # 5 seeds; thread count c
 "$PY" tools/bench/cipl_medmnist.py
 "$PY" tools/bench/neuron_concepts_synth_derm.py
 "$PY" tools/bench/neuron_concepts_wbcatt.py
+"$PY" tools/bench/neuron_concepts_naming.py
 "$PY" tools/bench/iis_synth_derm.py
 # IIS on WBCAtt compares the WBCAtt baseline trained by baselines.py above with a random resnet18
 WBC_RUN="$("$PY" -c 'import json; print(json.load(open("docs/bench/baselines.json"))["runs"]["wbcatt"]["run_dir"])')"

@@ -221,15 +221,29 @@ def datasets_download(name: str, out: Path, size: str, url: str | None) -> None:
               help="synth-derm: fraction of concept annotations flipped (pixels unchanged).")
 @click.option("--spurious", default=None, type=click.FloatRange(0, 1),
               help="synth-derm: strength of a label-correlated artifact in train/val (absent from test's correlation).")
+@click.option("--reports", is_flag=True, default=False,
+              help="synth-derm: also write reports.csv (id,report), one free-text report per image written from "
+                   "its drawn concepts with paraphrases, omissions and noise; the label is never written.")
+@click.option("--report-mention", default=None, type=click.FloatRange(0, 1),
+              help="synth-derm --reports: P(a drawn concept is mentioned) [0.7].")
+@click.option("--report-false-mention", default=None, type=click.FloatRange(0, 1),
+              help="synth-derm --reports: P(a concept not drawn is mentioned as present) [0.05].")
+@click.option("--report-negation", default=None, type=click.FloatRange(0, 1),
+              help="synth-derm --reports: P(a concept not drawn is explicitly negated, 'No streaks seen.') [0.15].")
 def synth(name: str, n: int, out: Path, seed: int, size: int | None, rule: str | None, label_noise: float | None,
-          concept_noise: float | None, spurious: float | None) -> None:
+          concept_noise: float | None, spurious: float | None, reports: bool, report_mention: float | None,
+          report_false_mention: float | None, report_negation: float | None) -> None:
     """Generate synthetic dataset NAME (synth-derm, synth-cxr, synth-grade) with ground truth into --out."""
     from medimg_core.synthetic import GENERATORS, generate
 
     if name not in GENERATORS:
         raise click.ClickException(f"unknown generator {name!r}; expected one of {sorted(GENERATORS)}")
+    rates = {"report_mention": report_mention, "report_false_mention": report_false_mention,
+             "report_negation": report_negation}
+    if not reports and any(v is not None for v in rates.values()):
+        raise click.ClickException("--report-mention, --report-false-mention and --report-negation need --reports")
     options = {"size": size, "rule": rule, "label_noise": label_noise, "concept_noise": concept_noise,
-               "spurious": spurious}
+               "spurious": spurious, "reports": True if reports else None, **rates}
     options = {k: v for k, v in options.items() if v is not None}
     try:
         path = generate(name, n=n, out=out, seed=seed, **options)

@@ -383,6 +383,23 @@ def _write_page(page: str, out: Path) -> Path:
     return out
 
 
+def html_page(title: str, body: list[str]) -> str:
+    """A whole self-contained HTML page around `body` (HTML fragments the caller has escaped), in this module's
+    style: no script, nothing fetched (images must be data URIs, e.g. from `html_figure`)."""
+    return _page(title, body)
+
+
+def html_figure(png: bytes, caption: str) -> str:
+    """A <figure> embedding PNG bytes as a data URI, its caption escaped. Read the bytes through `RunFolder`
+    so that only regular files inside a run folder are embedded."""
+    return _img(png, caption)
+
+
+def write_page(page: str, out: str | Path) -> Path:
+    """Write an HTML page atomically (a temporary file, then renamed); returns `out`."""
+    return _write_page(page, Path(out))
+
+
 @dataclass
 class IndexEntry:
     """One row of an index page: a run, its headline and its main figure (see `build_index`)."""

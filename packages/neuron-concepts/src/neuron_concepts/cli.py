@@ -33,6 +33,7 @@ def main() -> None:
     \b
     Stages (each reads the previous stage's folder, so any stage can be rerun alone):
       train-opaque -> encode -> train-sae -> name -> cav -> select -> train-cbm -> explain
+    `gallery PIPELINE` shows the latents' top images and writes a names file to edit and import.
     `neuron-concepts run --config synth-derm-cpu --root DATA` chains them all in one pipeline folder.
     Any config key can be overridden as --section.key VALUE (e.g. --sae.kind topk --select.k 64).
     """
@@ -219,6 +220,29 @@ def train_cbm_cmd(ctx, select_dir, config_name, device, seed, out, progress) -> 
     """Sparse decomposition (OMP, --cbm.n_nonzero) of every embedding over the concepts of SELECT_DIR, then
     logistic regression with C tuned on validation; CBM and opaque test metrics with 95% intervals."""
     _run_stage(ctx, "cbm", select_dir, config_name, device, seed, out, progress)
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--all", "all_latents", is_flag=True, default=False,
+              help="Every alive latent instead of the selected concepts.")
+@click.option("--top", "top_n", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Top-activating train images per latent.")
+@click.option("--thumb-size", default=96, show_default=True, type=click.IntRange(min=8), help="Thumbnail size (px).")
+@click.option("--overwrite", is_flag=True, default=False, help="Replace an existing gallery/names.csv.")
+def gallery(pipeline: Path, all_latents: bool, top_n: int, thumb_size: int, overwrite: bool) -> None:
+    """The human naming route: PIPELINE/gallery/index.html shows every selected latent (every alive one with
+    --all) with its top-activating images, current name, source and naming score; PIPELINE/gallery/names.csv
+    (latent,name, prefilled) is for a person to edit and import with
+    `neuron-concepts name SAE_DIR --sources file --names-file PIPELINE/gallery/names.csv`."""
+    from neuron_concepts.gallery import build_gallery
+
+    try:
+        out = build_gallery(pipeline, all_latents=all_latents, top_n=top_n, thumb_size=thumb_size,
+                            overwrite=overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out / 'index.html'} and {out / 'names.csv'}")
 
 
 @main.command()

@@ -72,6 +72,7 @@ from neuron_concepts.naming import (
     auroc_matrix,
     check_sources,
     concept_naming,
+    concept_of,
     floor_sweep,
     make_backend,
     name_latents,
@@ -79,6 +80,7 @@ from neuron_concepts.naming import (
     read_reports,
     read_vocabulary,
     top_activating,
+    vocabulary_concepts,
 )
 from neuron_concepts.opaque import eval_datasets, opaque_data, opaque_preprocess, with_eval_transform
 from neuron_concepts.sae import encode_all, fit_sae, load_sae, sae_metrics, save_sae
@@ -297,7 +299,14 @@ def name_stage(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
             metrics["concept_matching"] = matching
             metrics["matched_test_auroc_0.8"] = sum(1 for r in matching if (r["test_auroc"] or 0) >= 0.8)
             metrics["matched_test_auroc_0.9"] = sum(1 for r in matching if (r["test_auroc"] or 0) >= 0.9)
-            rows = concept_naming(names, concept_names, auroc_train, auroc_test, nc.min_auroc)
+            # a vocabulary's `term => concept` lines (for scoring only: the naming above read the terms alone)
+            term_concepts = vocabulary_concepts(nc.vocabulary) if nc.vocabulary else None
+            unknown = sorted({c for t, c in (term_concepts or {}).items()
+                              if concept_of(t, concept_names, term_concepts) is None})
+            if unknown:
+                log.warning("naming: the vocabulary maps terms to %s, which are not annotated concepts of this "
+                            "dataset (%s); those terms count as no concept", unknown, concept_names)
+            rows = concept_naming(names, concept_names, auroc_train, auroc_test, nc.min_auroc, term_concepts)
             metrics["concept_naming_test"] = rows
             metrics["concepts_named_confirmed_test"] = sum(r["confirmed"] for r in rows)
             relevant = (card.extra or {}).get("rule_variables")  # a synthetic set's label rule: what the label needs

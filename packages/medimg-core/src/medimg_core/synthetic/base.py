@@ -13,6 +13,8 @@ On disk a dataset is the folder the generic CSV loader reads (`--format csv`)::
     OUT/images/<id>.png
     OUT/masks/<id>_<concept>.png   0/255 single-channel, only where the concept is present
     OUT/card.md        the card, human-readable
+    OUT/reports.csv    id,report: one free-text report per image (only generators and options that write them,
+                       e.g. synth-derm with reports=True; the card's extra["reports"] names the file)
 """
 
 from __future__ import annotations
@@ -36,11 +38,13 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 LICENSE = "CC0-1.0 (generated)"
 DESCRIPTOR = "dataset.json"
 CSV_NAME = "labels.csv"
+REPORTS_NAME = "reports.csv"
 #: show a progress bar when writing more images than this (each image also has a few mask files)
 PROGRESS_MIN_IMAGES = 100
 
 # Independent random streams of one seed: changing one option never changes the others' draws.
 STREAM_TRUTH, STREAM_LABEL_NOISE, STREAM_CONCEPT_NOISE, STREAM_SPLITS, STREAM_ARTIFACT = 1, 2, 3, 4, 5
+STREAM_REPORT = 6  # per sample: [seed, STREAM_REPORT, index]
 STREAM_IMAGE = 100
 
 # The spurious artifact's card text, shared by the generators that draw a sticker.
@@ -74,6 +78,9 @@ class SyntheticData:
     - `clean_targets`: the same before label noise
     - `ids`: N strings; `splits`: (N,) "train" / "val" / "test"
     - `columns`: further per-sample columns, e.g. `artifact` (N,) uint8, `severity` (N,) float
+    - `reports`: N free-text reports, or None when the generator writes none
+    - `report_mentions`: int8 (N, K), what each report says of each concept: 1 mentioned as present,
+      -1 negated, 0 not mentioned (None without reports); not written to disk
     """
 
     name: str
@@ -89,6 +96,8 @@ class SyntheticData:
     masks: np.ndarray | None = None
     seed: int = 0
     generator: SyntheticGenerator | None = field(default=None, repr=False)
+    reports: list[str] | None = field(default=None, repr=False)
+    report_mentions: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -216,6 +225,11 @@ class SyntheticGenerator(ABC):
         """Generator-specific card entries (JSON values), shown first in `extra`."""
         return {}
 
+    def sample_reports(self, seed: int, truth: np.ndarray) -> tuple[list[str], np.ndarray] | None:
+        """Free-text reports of the samples with ground truth `truth` (N, K), and their mentions (N, K) int8;
+        None (the default) for a generator or options without reports."""
+        return None
+
     def column_docs(self) -> dict[str, str]:
         """labels.csv columns beyond the standard ones, with their meaning."""
         return {}
@@ -241,8 +255,12 @@ class SyntheticGenerator(ABC):
         columns["artifact"] = self.sample_artifact(stream(seed, STREAM_ARTIFACT), targets, splits)
         width = max(5, len(str(n - 1)))
         ids = [f"{self.id_prefix}_{i:0{width}d}" for i in range(n)]
-        return SyntheticData(self.name, self.card(seed), ids, splits, targets, clean, concepts, truth, columns,
+        data = SyntheticData(self.name, self.card(seed), ids, splits, targets, clean, concepts, truth, columns,
                              seed=seed, generator=self)
+        written = self.sample_reports(seed, truth)
+        if written is not None:
+            data.reports, data.report_mentions = written
+        return data
 
     def add_label_noise(self, rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:
         """Targets with `label_noise` of them changed (exact count, seeded)."""
@@ -438,6 +456,9 @@ class SyntheticGenerator(ABC):
             mask_paths.append(row)
         self.frame(data, paths, mask_paths).to_csv(out / CSV_NAME, index=False, lineterminator="\n",
                                                    float_format="%.6f")
+        if data.reports is not None:
+            pd.DataFrame({"id": data.ids, "report": data.reports}).to_csv(out / REPORTS_NAME, index=False,
+                                                                         lineterminator="\n")
         (out / "card.md").write_text(data.card.to_markdown() + "\n")
         # the descriptor last: a folder that was cut short is not mistaken for a dataset
         (out / DESCRIPTOR).write_text(json.dumps(self.descriptor(data.card), indent=1) + "\n")

@@ -7,7 +7,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medimg_core.synthetic.base import SyntheticGenerator, prevalence_vector
+from medimg_core.synthetic.base import (
+    REPORTS_NAME,
+    STREAM_REPORT,
+    SyntheticGenerator,
+    prevalence_vector,
+    stream,
+)
 from medimg_core.synthetic.draw import (
     blend,
     coords,
@@ -18,6 +24,7 @@ from medimg_core.synthetic.draw import (
     soft_edge,
     to_uint8,
 )
+from medimg_core.synthetic.reports import REPORT_TERMS, ReportOptions, write_report
 from medimg_core.synthetic.rules import parse_rule, truth_table
 
 DERM_CONCEPTS: tuple[str, ...] = (
@@ -51,6 +58,11 @@ class SynthDerm(SyntheticGenerator):
         rule: the label, a Boolean expression of `&`, `|`, `~` and parentheses over the concept names;
             malignant where true. Default `(irregular_border & blue_white_veil) | streaks`.
         prevalence: Bernoulli probability of each concept, one number, K numbers or {name: p} (default 0.45).
+        reports: also write one short free-text dermoscopy report per image (`reports.csv`, columns id,report),
+            written from the drawn concepts with paraphrases, omissions and noise (see synthetic.reports):
+            a drawn concept is mentioned with probability `report_mention` (default 0.7), a concept not drawn
+            is mentioned as present with probability `report_false_mention` (0.05) or else explicitly negated
+            with probability `report_negation` (0.15). The label is never written.
     """
 
     name = "synth-derm"
@@ -78,6 +90,10 @@ class SynthDerm(SyntheticGenerator):
         concept_noise: float = 0.0,
         spurious: float | None = None,
         split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+        reports: bool = False,
+        report_mention: float = 0.7,
+        report_false_mention: float = 0.05,
+        report_negation: float = 0.15,
     ):
         super().__init__(size=size, label_noise=label_noise, concept_noise=concept_noise, spurious=spurious,
                          split_fractions=split_fractions)
@@ -87,6 +103,11 @@ class SynthDerm(SyntheticGenerator):
             raise ValueError(f"{self.name}: rule {str(self.rule)!r} is always {bool(outputs[0])}; "
                              "the labels would have one class")
         self.prevalence = prevalence_vector(prevalence, DERM_CONCEPTS, self.name, default=0.45)
+        self.reports = bool(reports)
+        try:
+            self.report_options = ReportOptions(report_mention, report_false_mention, report_negation)
+        except ValueError as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
 
     # -- ground truth ----------------------------------------------------------------------------
     def sample_truth(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -110,7 +131,18 @@ class SynthDerm(SyntheticGenerator):
             "rule_variables": list(self.rule.variables),
             "concept_prevalence": {nm: float(p) for nm, p in zip(DERM_CONCEPTS, self.prevalence, strict=True)},
             "positive_rate": round(self.expected_positive_rate(), 6),
+            **({"reports": REPORTS_NAME, **self.report_options.to_dict(),
+                "report_terms": {c: list(REPORT_TERMS[c]) for c in DERM_CONCEPTS}} if self.reports else {}),
         }
+
+    def sample_reports(self, seed: int, truth: np.ndarray) -> tuple[list[str], np.ndarray] | None:
+        """With `reports`: one report per sample from its drawn concepts (stream [seed, STREAM_REPORT, i])."""
+        if not self.reports:
+            return None
+        written = [write_report(stream(seed, STREAM_REPORT, i), row > 0, DERM_CONCEPTS, self.report_options)
+                   for i, row in enumerate(np.asarray(truth))]
+        mentions = np.stack([m for _, m in written]) if written else np.zeros((0, len(DERM_CONCEPTS)), np.int8)
+        return [text for text, _ in written], mentions
 
     def description(self) -> str:
         looks = "; ".join(f"`{c}`: {CONCEPT_LOOKS[c]}" for c in DERM_CONCEPTS)
@@ -124,6 +156,12 @@ class SynthDerm(SyntheticGenerator):
             "which a concept is drawn (its sector's border band for irregular_border and streaks, its "
             "sector's inner band otherwise). Concept annotations may be flipped (concept_noise) while the "
             "pixels and masks keep the truth (true_<concept> columns)."
+            + (f" `{REPORTS_NAME}` holds one short free-text report per image (columns id, report), written "
+               "from the drawn concepts with several phrasings per concept, omissions and noise: a drawn concept "
+               f"is mentioned with probability {self.report_options.mention}, a concept not drawn is mentioned "
+               f"as present with probability {self.report_options.false_mention} or else negated with "
+               f"probability {self.report_options.negation}, plus filler on size, colour and site; the label is "
+               "never written." if self.reports else "")
         )
 
     # -- drawing -------------------------------------------------------------------------------------
