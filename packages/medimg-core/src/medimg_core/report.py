@@ -383,6 +383,26 @@ def _write_page(page: str, out: Path) -> Path:
     return out
 
 
+def html_page(title: str, body: list[str]) -> str:
+    """A whole self-contained HTML page (no script; images only as data URIs) around `body`, HTML fragments the
+    caller has escaped (`html.escape`); `title` is escaped here. The page of `build_report` and `build_index`,
+    for other commands that write one (`medimg benchmark`)."""
+    return _page(title, body)
+
+
+def write_html(page: str, out: str | Path) -> Path:
+    """Write `page` to `out` atomically (a temporary file, then a rename); returns `out`."""
+    return _write_page(page, Path(out))
+
+
+def embedded_figure(folder: str | Path, rel: str | Path, caption: str) -> str | None:
+    """An HTML <figure> embedding the PNG `rel` of `folder` as a data URI, with the escaped `caption`; None when
+    `rel` is not a regular file inside `folder` (absent, a symbolic link, or outside it): nothing outside the
+    folder is ever embedded."""
+    png = RunFolder(Path(folder)).read_bytes(rel)
+    return None if png is None else _img(png, caption)
+
+
 @dataclass
 class IndexEntry:
     """One row of an index page: a run, its headline and its main figure (see `build_index`)."""
