@@ -58,7 +58,7 @@ PROTOCOLS: dict[str, tuple[str, str]] = {
     "energy_pointing_game": ("energy pointing game", "higher"),
     "deletion_auc": ("deletion AUC", "lower"),
     "insertion_auc": ("insertion AUC", "higher"),
-    "sanity_spearman_abs": ("sanity: |rank corr.| after full randomisation", "lower"),
+    "sanity_spearman_abs": ("sanity: rank corr. of abs. maps after full randomisation", "lower"),
 }
 
 Explain = Callable[[nn.Module, torch.Tensor, torch.Tensor], np.ndarray]
