@@ -57,6 +57,10 @@ COMMANDS = {
     "medimg weights import": OTHER,
     "medimg weights verify": OTHER,
     "medimg report": OTHER,
+    # medimg-benchmark's, added to `medimg` through the entry-point group medimg.commands; it trains its own
+    # models from a generator and a preset (no --config, no --resume), seeds them with --seeds, and writes a run
+    # folder under --out
+    "medimg benchmark": explains("out", "progress"),
     "crl train": TRAINS,
     "crl evaluate": explains("seed", "out", "progress"),  # bootstrap; eval JSON; a whole split
     "crl rules": OTHER,
@@ -104,7 +108,12 @@ def _walk(command: click.Command, path: list[str]):
 
 
 def _all_commands() -> dict[str, click.Command]:
-    return {" ".join([program, *path]): command for program in PROGRAMS for path, command in _walk(_main(program), [])}
+    found = {" ".join([program, *path]): command for program in PROGRAMS for path, command in _walk(_main(program), [])}
+    # plugin commands join `medimg` only when their package is installed (entry points); check them either way
+    from medimg_benchmark.cli import benchmark
+
+    found.setdefault("medimg benchmark", benchmark)
+    return found
 
 
 def _command(name: str) -> click.Command:
@@ -148,7 +157,10 @@ def test_common_options(name):
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_help(name):
     program, *path = name.split()
-    result = CliRunner().invoke(_main(program), [*path, "--help"])
+    group = _main(program)
+    if name == "medimg benchmark" and "benchmark" not in group.commands:  # medimg-benchmark not installed
+        group = click.Group("medimg", commands={"benchmark": _command(name)})
+    result = CliRunner().invoke(group, [*path, "--help"])
     assert result.exit_code == 0, result.output
     for flag in COMMANDS[name][1]:
         assert flag in result.output, f"{name} --help does not show {flag}"

@@ -5,10 +5,13 @@ and classes, under `if TYPE_CHECKING:` alike, plus `importlib.import_module("lit
 run time, such as the lazy table of `dae_counterfactual.__init__`, cannot be seen). Relative imports are resolved
 against the importing module's package. Contracts:
 
-(a) medimg_core imports no method package;
-(b) no method package imports another method package;
+(a) medimg_core imports no method package and not medimg_benchmark;
+(b) no method package imports another method package, nor medimg_benchmark;
 (c) inside one package (its top-level name: medimg_core, cipl, ...), the modules import each other without a
-    cycle, checked on the strongly connected components of the module graph.
+    cycle, checked on the strongly connected components of the module graph;
+(d) medimg_benchmark (the `medimg benchmark` command, which scores every method) may import the core and every
+    method package; nothing imports it (core's `medimg` group finds its command through the entry-point group
+    `medimg.commands`, not an import).
 
 The module graph (c). A node is a module; a package's `__init__.py` is the node named after the package (`cipl`).
 An import makes one edge, to the module it names:
@@ -40,6 +43,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = "medimg_core"
+BENCHMARK = "medimg_benchmark"
 
 
 @dataclass(frozen=True)
@@ -232,13 +236,19 @@ def import_cycles(src_dirs: list[Path], root: Path | None = None) -> dict[str, l
 
 
 def cross_package_imports(src_dirs: list[Path], root: Path | None = None) -> list[str]:
-    """Imports that break (a) or (b): the core importing a method, or a method importing another method."""
+    """Imports that break (a), (b) or (d): the core importing a method, a method importing another method, or
+    anything importing the benchmark package (which may itself import every package)."""
     modules, imports = collect_imports(src_dirs)
-    methods = set(modules) - {CORE}
+    methods = set(modules) - {CORE, BENCHMARK}
     bad = []
     for imp in imports:
         source, target = imp.source.split(".")[0], imp.target.split(".")[0]
-        if target == source or target not in methods:
+        if target == source or source == BENCHMARK:
+            continue
+        if target == BENCHMARK:
+            bad.append(f"a package imports the benchmark package: {imp.describe(root)}")
+            continue
+        if target not in methods:
             continue
         rule = "the core imports a method package" if source == CORE else "a method package imports another"
         bad.append(f"{rule}: {imp.describe(root)}")
@@ -253,9 +263,9 @@ def _workspace_cycles() -> dict[str, list[str]]:
     return import_cycles(SRC_DIRS, ROOT)
 
 
-def test_the_workspace_has_the_core_and_five_methods():
+def test_the_workspace_has_the_core_five_methods_and_the_benchmark():
     modules, imports = collect_imports(SRC_DIRS)
-    assert {CORE, "crl", "cipl", "iis", "neuron_concepts", "dae_counterfactual"} <= set(modules)
+    assert {CORE, "crl", "cipl", "iis", "neuron_concepts", "dae_counterfactual", BENCHMARK} <= set(modules)
     assert len(imports) > 500  # the parse saw the code, function-level imports included
     assert any(i.where != "module level" for i in imports)
 
@@ -345,3 +355,18 @@ def test_checker_reports_imports_between_methods(tmp_path):
     assert len(bad) == 2, bad
     assert bad[0].startswith("a method package imports another: cipl.train -> crl.model")
     assert bad[1].startswith("the core imports a method package: medimg_core -> cipl.train")
+
+
+def test_checker_lets_the_benchmark_import_everything_and_nothing_import_it(tmp_path):
+    for name, text in {"medimg_core/__init__.py": "", "medimg_core/cli.py": "def f():\n    import medimg_benchmark\n",
+                       "cipl/__init__.py": "from medimg_benchmark import maps\n",
+                       "crl/__init__.py": "",
+                       "medimg_benchmark/__init__.py": "", "medimg_benchmark/maps.py": "",
+                       "medimg_benchmark/run.py": "import cipl\nimport crl\nfrom medimg_core import cli\n"}.items():
+        path = tmp_path / "src" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    bad = cross_package_imports([tmp_path / "src"], tmp_path)
+    assert len(bad) == 2, bad
+    assert bad[0].startswith("a package imports the benchmark package: cipl -> medimg_benchmark.maps")
+    assert bad[1].startswith("a package imports the benchmark package: medimg_core.cli -> medimg_benchmark")

@@ -1,5 +1,6 @@
 """Each method installs alone: its built wheel plus medimg-core's, in a fresh virtual environment that has
-only torch, resolves its dependencies from the package index, imports and answers --help.
+only torch, resolves its dependencies from the package index, imports and answers --help. medimg-benchmark,
+which depends on every method, installs with their wheels and adds `medimg benchmark` to core's command.
 
 Between packages, everything the previous install added is removed again, so a dependency missing from a
 package's metadata cannot hide behind another package's. The fresh environment borrows torch, torchvision and
@@ -26,6 +27,8 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"crl": ("crl", "crl"), "neuron-concepts": ("neuron_concepts", "neuron-concepts"),
            "cipl": ("cipl", "cipl"), "iis": ("iis", "iis"), "dae-counterfactual": ("dae_counterfactual", "dae-cf")}
+#: not a method: it depends on all of them and adds `medimg benchmark` through the entry-point group medimg.commands
+BENCHMARK = "medimg-benchmark"
 TORCH_PINS = os.environ.get("MEDIMG_TORCH_PINS", "torch==2.14.1 torchvision==0.29.1").split()
 
 pytestmark = pytest.mark.skipif(os.environ.get("MEDIMG_SKIP_WHEEL_INSTALL") == "1",
@@ -46,10 +49,10 @@ def _run(cmd, **kw):
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheels")
-    for dist in ["medimg-core", *METHODS]:
+    for dist in ["medimg-core", *METHODS, BENCHMARK]:
         _run([_hatch(), "build", "-t", "wheel", str(out)], cwd=ROOT / "packages" / dist, timeout=600)
     found = {w.name.split("-")[0].replace("_", "-"): w for w in out.glob("*.whl")}
-    assert set(found) == {"medimg-core", *METHODS}, found
+    assert set(found) == {"medimg-core", *METHODS, BENCHMARK}, found
     return found
 
 
@@ -122,6 +125,25 @@ def test_method_wheel_installs_alone_and_answers_help(wheels, torch_venv, dist):
         result = _run([str(torch_venv.parent / command), "--help"], timeout=300,
                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert "Usage" in result.stdout
+    finally:
+        added = sorted(_installed(torch_venv) - before)
+        if added:
+            _run([str(torch_venv), "-m", "pip", "uninstall", "-y", "-q", *added], timeout=600)
+
+
+def test_benchmark_wheel_installs_with_the_methods_and_adds_its_command_to_medimg(wheels, torch_venv):
+    """medimg-benchmark with the wheels of the core and the five methods (its dependencies) and the posthoc extra
+    from the index: `medimg benchmark --help` works, so the entry point reached core's `medimg` group."""
+    before = _installed(torch_venv)
+    try:
+        _run([str(torch_venv), "-m", "pip", "install", "-q", str(wheels["medimg-core"]) + "[posthoc]",
+              *(str(wheels[d]) for d in sorted(METHODS)), str(wheels[BENCHMARK])], timeout=1800)
+        _run([str(torch_venv), "-m", "pip", "check"], timeout=300)
+        _run([str(torch_venv), "-c", "import medimg_benchmark, captum, pytorch_grad_cam; "
+              "print(medimg_benchmark.__version__)"], timeout=300)
+        result = _run([str(torch_venv.parent / "medimg"), "benchmark", "--help"], timeout=300,
+                      env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert "Usage: medimg benchmark" in result.stdout and "--quick" in result.stdout
     finally:
         added = sorted(_installed(torch_venv) - before)
         if added:

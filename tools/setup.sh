@@ -7,7 +7,7 @@ VENV="${MEDIMG_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 # torch is pinned to the release this project is tested with; package metadata keeps ranges (torch>=2.2).
 TORCH_PINS="${MEDIMG_TORCH_PINS:-torch==2.14.1 torchvision==0.29.1}"
-MEMBERS=(medimg-core crl neuron-concepts cipl iis dae-counterfactual)
+MEMBERS=(medimg-core crl neuron-concepts cipl iis dae-counterfactual medimg-benchmark)
 
 stamp_of() {
   cat "$ROOT/pyproject.toml" "$ROOT"/packages/*/pyproject.toml "$ROOT/tools/setup.sh" | sha256sum | cut -c1-16

@@ -33,7 +33,8 @@ def main() -> None:
 
     Datasets (list, describe, verify, download), synthetic data with ground truth, and
     environment information. Each method has its own command (crl, cipl, iis,
-    neuron-concepts, dae-cf).
+    neuron-concepts, dae-cf). Installed packages may add commands (entry-point group
+    medimg.commands): medimg-benchmark adds `medimg benchmark`.
     """
 
 
@@ -374,6 +375,49 @@ def report_cmd(run_dir: Path, compare: tuple[Path, ...], out: Path | None) -> No
     from medimg_core.report import build_report
 
     click.echo(f"wrote {build_report(run_dir, compare, out)}")
+
+
+#: the entry-point group of commands that other packages add to `medimg` (medimg-benchmark's `benchmark`)
+COMMANDS_ENTRY_POINT_GROUP = "medimg.commands"
+
+
+def add_plugin_commands(group: click.Group = main) -> list[str]:
+    """Add to `group` the click commands that installed packages register under the entry-point group
+    `medimg.commands` (`name = "package.module:command"` in their pyproject), as `medimg name`, the way
+    `medimg.pretrained` registers checkpoint kinds. Returns the names added.
+
+    A plugin never breaks the built-in commands: a name `group` already has is not replaced, and an entry point
+    that fails to import or is not a click command is left out, each with a warning naming it. The same entry
+    point listed twice (a package seen twice on the path) is added once."""
+    import importlib.metadata
+    import warnings
+
+    added: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for ep in sorted(importlib.metadata.entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if (ep.name, ep.value) in seen:
+            continue
+        seen.add((ep.name, ep.value))
+        if ep.name in group.commands:
+            warnings.warn(f"medimg: the plugin command {ep.name!r} ({ep.value}) is left out: `medimg` already has "
+                          f"a command of that name", RuntimeWarning, stacklevel=2)
+            continue
+        try:
+            command = ep.load()
+        except Exception as exc:
+            warnings.warn(f"medimg: the plugin command {ep.name!r} ({ep.value}) is left out: it failed to load "
+                          f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+            continue
+        if not isinstance(command, click.Command):
+            warnings.warn(f"medimg: the plugin command {ep.name!r} ({ep.value}) is left out: expected a click "
+                          f"command, got {type(command).__name__}", RuntimeWarning, stacklevel=2)
+            continue
+        group.add_command(command, ep.name)
+        added.append(ep.name)
+    return added
+
+
+add_plugin_commands(main)
 
 
 if __name__ == "__main__":

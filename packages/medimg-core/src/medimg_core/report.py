@@ -384,15 +384,24 @@ def _write_page(page: str, out: Path) -> Path:
 
 
 def html_page(title: str, body: list[str]) -> str:
-    """A whole self-contained HTML page around `body` (HTML fragments the caller has escaped), in this module's
-    style: no script, nothing fetched (images must be data URIs, e.g. from `html_figure`)."""
+    """A whole self-contained HTML page (no script; images only as data URIs) around `body`, HTML fragments the
+    caller has escaped (`html.escape`); `title` is escaped here. The page of `build_report` and `build_index`,
+    for other commands that write one (`medimg benchmark`, `neuron-concepts gallery`)."""
     return _page(title, body)
 
 
 def html_figure(png: bytes, caption: str) -> str:
     """A <figure> embedding PNG bytes as a data URI, its caption escaped. Read the bytes through `RunFolder`
-    so that only regular files inside a run folder are embedded."""
+    (or `embedded_figure`) so that only regular files inside a run folder are embedded."""
     return _img(png, caption)
+
+
+def embedded_figure(folder: str | Path, rel: str | Path, caption: str) -> str | None:
+    """An HTML <figure> embedding the PNG `rel` of `folder` as a data URI, with the escaped `caption`; None when
+    `rel` is not a regular file inside `folder` (absent, a symbolic link, or outside it): nothing outside the
+    folder is ever embedded."""
+    png = RunFolder(Path(folder)).read_bytes(rel)
+    return None if png is None else html_figure(png, caption)
 
 
 def write_page(page: str, out: str | Path) -> Path:

@@ -1,0 +1,117 @@
+"""The benchmark's run folder: benchmark.json, benchmark.md, index.html and figures/example_maps.png.
+
+- `benchmark.json`: every number (per seed, per explainer, per protocol: value and bootstrap interval, the images'
+  values, the sanity check's steps), the summary over seeds, the config, the seeds, torch's thread count and the
+  libraries' versions. NaN (undefined) is written as null.
+- `benchmark.md`: one table, explainer x protocol, mean ± sd over seeds, plus the share of seeds whose sanity
+  check passed (`markdown_table`).
+- `index.html`: the same table and the figure on one self-contained page (medimg_core.report's page helpers:
+  every text escaped, the figure embedded only if it is a regular file inside the run folder).
+- `figures/example_maps.png`: each explainer's map on one scored test image of the first seed, with the ground-truth
+  mask's outline (medimg_core.figures.overlay_grid).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medimg_benchmark.maps import PROTOCOLS
+
+FIGURE = "figures/example_maps.png"
+
+
+def fmt_mean_sd(cell: dict[str, Any]) -> str:
+    """"0.812 ± 0.034" from {"mean", "sd"}; "n/a" for an undefined mean; "0.812 ± n/a" with one seed."""
+    mean, sd = cell.get("mean"), cell.get("sd")
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3f} ± {sd:.3f}" if sd is not None and math.isfinite(sd) else f"{mean:.3f} ± n/a"
+
+
+def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the summary table: explainer, each protocol (mean ± sd), sanity passed (k/n seeds)."""
+    header = ["explainer", *[f"{label} ({'↑' if better == 'higher' else '↓'})" for label, better in PROTOCOLS.values()],
+              "sanity check passed (seeds)"]
+    rows = []
+    for name, row in result["summary"].items():
+        passes = row["sanity_passes"]
+        rows.append([name, *[fmt_mean_sd(row[p]) for p in PROTOCOLS], f"{sum(passes)}/{len(passes)}"])
+    return header, rows
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    header, rows = table_rows(result)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _about(result: dict[str, Any]) -> list[str]:
+    cfg = result["config"]
+    seeds = result["seeds"]
+    scored = ", ".join(f"seed {s['seed']}: {s['scored_images']} ({s['selection']}), test accuracy "
+                       f"{s['test_accuracy']:.3f}" for s in seeds)
+    return [
+        f"{result['benchmark']}. Model: the medimg-core baseline ({cfg['preset']}, {cfg['epochs']} epochs) trained "
+        f"per seed on {cfg['n_images']} {result['generator']} images at {cfg['image_size']} px (data seeds "
+        f"{[s['data_seed'] for s in seeds]}, model seeds {cfg['seeds']}). Rule: {seeds[0]['rule']}.",
+        "Maps of the class 'malignant' are scored against the union of the masks of the rule's concepts present "
+        f"in each image. Images scored per seed: {scored}. Sanity check on the first {cfg['sanity_images']} of them.",
+        "Cells: mean ± sd over seeds of each seed's mean over images (its 95% bootstrap interval over images is in "
+        "benchmark.json). Sanity: Spearman correlation of |maps| before and after cascading randomisation of every "
+        f"block; passed when below {_threshold(result)} (ours). '{result['reference_explainer']}' is the image's "
+        "own gradient magnitude, independent of the model: it must fail the sanity check.",
+        f"torch threads: {result['torch_threads']}; wall time {result['seconds']:.0f} s"
+        f"{'; --quick budget (CI-sized, not for reporting)' if cfg['quick'] else ''}.",
+        "Not yet in this version: concepts (TCAV, recovery AUROC), rules, prototypes, counterfactuals, data "
+        "randomisation (permuted labels), harder synthetic settings, CIPL's class maps.",
+    ]
+
+
+def _threshold(result: dict[str, Any]) -> float:
+    first = result["seeds"][0]["explainers"]
+    return next(iter(first.values()))["sanity_threshold"]
+
+
+def write_figure(figure: dict[str, Any], path: Path) -> Path:
+    """Each explainer's map of the first scored image (`figure`: "maps" {name: (n, H, W)}, "display" (n, H, W, 3)
+    uint8, "masks" (n, H, W), "seed", "id"), with the ground truth's outline."""
+    from medimg_core.figures import overlay_grid
+
+    names = list(figure["maps"])
+    image, mask = figure["display"][0], figure["masks"][0]
+    return overlay_grid([image] * len(names), [figure["maps"][n][0] for n in names], names, path,
+                        contours=[mask.astype(np.uint8)] * len(names), contour_names=["rule concepts' masks"],
+                        ncols=4, title=f"{figure['id']} (seed {figure['seed']}), class malignant")
+
+
+def write_outputs(result: dict[str, Any], run_dir: str | Path, figure: dict[str, Any] | None = None) -> Path:
+    """Write benchmark.json, benchmark.md, index.html (and the figure when given) into `run_dir`."""
+    from medimg_core.explain import jsonable
+    from medimg_core.report import embedded_figure, html_page, write_page
+
+    run_dir = Path(run_dir)
+    if figure is not None:
+        write_figure(figure, run_dir / FIGURE)
+    tmp = run_dir / f".benchmark.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(jsonable(result), indent=1, allow_nan=False))
+    os.replace(tmp, run_dir / "benchmark.json")
+    about = _about(result)
+    (run_dir / "benchmark.md").write_text("# medimg benchmark\n\n" + "\n\n".join(about) + "\n\n"
+                                          + markdown_table(result) + "\n")
+    header, rows = table_rows(result)
+    table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+             + "</table>")
+    body = ["<h1>medimg benchmark</h1>", *(f"<p>{html.escape(p)}</p>" for p in about), table]
+    fig = embedded_figure(run_dir, FIGURE, "each explainer's map on one test image; outline: ground truth")
+    body.append(fig if fig is not None else "<p>No figure.</p>")
+    write_page(html_page("medimg benchmark", body), run_dir / "index.html")
+    return run_dir
