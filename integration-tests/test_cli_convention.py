@@ -63,6 +63,7 @@ COMMANDS = {
     "medimg benchmark": explains("out", "progress"),
     "crl train": TRAINS,
     "crl evaluate": explains("seed", "out", "progress"),  # bootstrap; eval JSON; a whole split
+    "crl intervene": explains("seed", "out", "progress"),  # random orders; JSON + figure; a whole split
     "crl rules": OTHER,
     "crl explain": explains("out"),  # one image, deterministic
     "crl split": OTHER,
@@ -75,6 +76,9 @@ COMMANDS = {
     "iis extract-concepts": STAGE,
     "iis explain": explains("out"),
     "neuron-concepts run": TRAINS,
+    # reads what the name stage recorded (no model, no randomness) and writes gallery/ into the pipeline, whose
+    # names.csv a later `neuron-concepts name --names-file` reads, like the stages' state
+    "neuron-concepts gallery": OTHER,
     "neuron-concepts train-opaque": TRAINS,
     "neuron-concepts encode": STAGE,
     "neuron-concepts train-sae": STAGE,
