@@ -344,13 +344,18 @@ def test_checker_passes_a_clean_package(tmp_path):
     assert cross_package_imports(src, tmp_path) == []
 
 
-def test_checker_reports_imports_between_methods(tmp_path):
-    for name, text in {"medimg_core/__init__.py": "def f():\n    import cipl.train\n",
-                       "cipl/__init__.py": "", "cipl/train.py": "from crl import model\n",
-                       "crl/__init__.py": "", "crl/model.py": ""}.items():
+def _write_sources(tmp_path, files: dict[str, str]) -> None:
+    """Write {relative path under tmp_path/src: text} for the checker tests."""
+    for name, text in files.items():
         path = tmp_path / "src" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+
+
+def test_checker_reports_imports_between_methods(tmp_path):
+    _write_sources(tmp_path, {"medimg_core/__init__.py": "def f():\n    import cipl.train\n",
+                       "cipl/__init__.py": "", "cipl/train.py": "from crl import model\n",
+                       "crl/__init__.py": "", "crl/model.py": ""})
     bad = cross_package_imports([tmp_path / "src"], tmp_path)
     assert len(bad) == 2, bad
     assert bad[0].startswith("a method package imports another: cipl.train -> crl.model")
@@ -358,14 +363,11 @@ def test_checker_reports_imports_between_methods(tmp_path):
 
 
 def test_checker_lets_the_benchmark_import_everything_and_nothing_import_it(tmp_path):
-    for name, text in {"medimg_core/__init__.py": "", "medimg_core/cli.py": "def f():\n    import medimg_benchmark\n",
+    _write_sources(tmp_path, {"medimg_core/__init__.py": "", "medimg_core/cli.py": "def f():\n    import medimg_benchmark\n",
                        "cipl/__init__.py": "from medimg_benchmark import maps\n",
                        "crl/__init__.py": "",
                        "medimg_benchmark/__init__.py": "", "medimg_benchmark/maps.py": "",
-                       "medimg_benchmark/run.py": "import cipl\nimport crl\nfrom medimg_core import cli\n"}.items():
-        path = tmp_path / "src" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+                       "medimg_benchmark/run.py": "import cipl\nimport crl\nfrom medimg_core import cli\n"})
     bad = cross_package_imports([tmp_path / "src"], tmp_path)
     assert len(bad) == 2, bad
     assert bad[0].startswith("a package imports the benchmark package: cipl -> medimg_benchmark.maps")

@@ -25,7 +25,6 @@ backend a phrase names the annotated concept it stands for after `=>`, negated w
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,58 +79,27 @@ def load_concept_list(path: str | Path) -> ConceptList:
     Blank lines and comments are skipped (the official lists gain an empty concept from a final newline);
     repeated phrases (case-insensitive) are kept once, with a note.
     """
+    from medimg_core.data.common import read_term_list
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: concept list not found")
-    phrases: list[str] = []
-    targets: list[tuple[str, bool] | None] = []
-    notes: list[str] = []
-    seen: dict[str, int] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        phrase, _, target = (part.strip() for part in line.partition("=>"))
-        if not phrase:
-            raise ValueError(f"{path}, line {lineno}: {raw.strip()!r} has no phrase before '=>'")
-        if "=>" in line and not target.lstrip("~").strip():
-            raise ValueError(f"{path}, line {lineno}: {raw.strip()!r} names no concept after '=>'")
-        key = " ".join(phrase.lower().split())
-        if key in seen:
-            notes.append(f"line {lineno}: {phrase!r} repeats line {seen[key]}; kept once")
-            continue
-        seen[key] = lineno
-        phrases.append(phrase)
-        targets.append((target.lstrip("~").strip(), target.startswith("~")) if target else None)
+    entries, notes = read_term_list(path, "phrase")
+    phrases = [phrase for phrase, _ in entries]
+    targets = [target for _, target in entries]
     if not phrases:
         raise ValueError(f"{path}: no concept phrase found (one phrase per line expected)")
     return ConceptList(phrases, targets, str(path), notes)
 
 
-def _concept_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("IIS_CONCEPTS_DIR"):
-        dirs.append(Path(os.environ["IIS_CONCEPTS_DIR"]))
-    for start in (Path.cwd(), Path(__file__).resolve()):
-        for parent in (start, *start.parents):
-            candidate = parent / "shared-data" / "concepts" / "text"
-            if candidate.is_dir():
-                dirs.append(candidate)
-                break
-    return dirs
-
-
 def find_concept_list(name_or_path: str) -> Path:
     """A concept list file: a path, or a dataset name looked up as <name>.txt in $IIS_CONCEPTS_DIR and in
     the project's shared-data/concepts/text (found from the working directory or the source tree)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
+    from medimg_core.data.common import find_shared_file
+
+    path, dirs = find_shared_file(name_or_path, "concepts/text", "IIS_CONCEPTS_DIR", __file__)
+    if path is not None:
         return path
-    dirs = _concept_dirs()
-    for folder in dirs:
-        candidate = folder / f"{name_or_path.removesuffix('.txt')}.txt"
-        if candidate.is_file():
-            return candidate
     where = ", ".join(str(d) for d in dirs) or "no shared-data/concepts/text folder found"
     raise FileNotFoundError(f"concept list {name_or_path!r}: neither a file nor a shipped list (looked in {where}); "
                             "pass --text.concept_list PATH")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -246,31 +245,14 @@ def concept_naming(names: dict[int, LatentName], concept_names: Sequence[str], a
 # --------------------------------------------------------------------------- vocabulary enrichment
 
 
-def _vocabulary_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get("NEURON_CONCEPTS_VOCABULARY_DIR"):
-        dirs.append(Path(os.environ["NEURON_CONCEPTS_VOCABULARY_DIR"]))
-    for start in (Path.cwd(), Path(__file__).resolve()):
-        for parent in (start, *start.parents):
-            candidate = parent / "shared-data" / "concepts" / "vocabulary"
-            if candidate.is_dir():
-                dirs.append(candidate)
-                break
-    return dirs
-
-
 def find_vocabulary(name_or_path: str | Path) -> Path:
     """A vocabulary file: a path, or a name looked up as <name>.txt in $NEURON_CONCEPTS_VOCABULARY_DIR and in the
     project's shared-data/concepts/vocabulary (found from the working directory or the source tree)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
+    from medimg_core.data.common import find_shared_file
+
+    path, dirs = find_shared_file(name_or_path, "concepts/vocabulary", "NEURON_CONCEPTS_VOCABULARY_DIR", __file__)
+    if path is not None:
         return path
-    dirs = _vocabulary_dirs()
-    if path.parent == Path(".") and path.suffix in ("", ".txt"):
-        for folder in dirs:
-            candidate = folder / f"{path.stem}.txt"
-            if candidate.is_file():
-                return candidate
     where = ", ".join(str(d) for d in dirs) or "no shared-data/concepts/vocabulary folder found"
     raise FileNotFoundError(f"{name_or_path}: vocabulary file not found, neither a file nor a shipped vocabulary "
                             f"(looked in {where}; expected one clinical term per line)")
@@ -279,26 +261,12 @@ def find_vocabulary(name_or_path: str | Path) -> Path:
 def _vocabulary_lines(path: str | Path) -> tuple[Path, list[tuple[str, str | None]]]:
     """(file, [(term, concept it stands for or None)]): one term per line, optional `=> concept` / `=> ~concept`
     (then "no <concept>"); blank lines and # comments skipped, repeated terms (case aside) kept once."""
+    from medimg_core.data.common import read_term_list
+
     path = find_vocabulary(path)
-    out: list[tuple[str, str | None]] = []
-    seen: set[str] = set()
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        term, arrow, target = (part.strip() for part in line.partition("=>"))
-        if not term:
-            raise ValueError(f"{path}, line {lineno}: {raw.strip()!r} has no term before '=>'")
-        if arrow and not target.lstrip("~").strip():
-            raise ValueError(f"{path}, line {lineno}: {raw.strip()!r} names no concept after '=>'")
-        key = " ".join(term.lower().split())
-        if key in seen:
-            continue
-        seen.add(key)
-        concept = None
-        if target:
-            concept = f"no {target.lstrip('~').strip()}" if target.startswith("~") else target
-        out.append((term, concept))
+    entries, _ = read_term_list(path, "term")
+    out = [(term, None if target is None else f"no {target[0]}" if target[1] else target[0])
+           for term, target in entries]
     if not out:
         raise ValueError(f"{path}: the vocabulary file holds no terms")
     return path, out

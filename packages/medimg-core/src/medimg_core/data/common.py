@@ -13,6 +13,70 @@ from medimg_core.data.errors import DatasetError, ProblemLog
 from medimg_core.data.images import walk
 
 
+def shared_data_dirs(subfolder: str, env_var: str | None = None, anchor: str | Path | None = None) -> list[Path]:
+    """Where the workspace's shared-data files of `subfolder` (e.g. "concepts/text") are: first the folder in the
+    environment variable `env_var` if set, then `shared-data/<subfolder>` in the nearest parent (itself included)
+    of the working directory and of `anchor` (the calling module's file: a source checkout) that has it."""
+    import os
+
+    dirs = []
+    if env_var and os.environ.get(env_var):
+        dirs.append(Path(os.environ[env_var]))
+    starts = [Path.cwd()] + ([Path(anchor).resolve()] if anchor is not None else [])
+    for start in starts:
+        for parent in (start, *start.parents):
+            candidate = parent / "shared-data" / subfolder
+            if candidate.is_dir():
+                dirs.append(candidate)
+                break
+    return dirs
+
+
+def find_shared_file(name_or_path: str | Path, subfolder: str, env_var: str | None = None,
+                     anchor: str | Path | None = None) -> tuple[Path | None, list[Path]]:
+    """A file given as a path, or as a bare name (`name` or `name.txt`) looked up as <name>.txt in the
+    `shared_data_dirs` of `subfolder`. Returns (the file or None, the folders searched), so the caller can say where
+    it looked in its own error."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path, []
+    dirs = shared_data_dirs(subfolder, env_var, anchor)
+    if path.parent == Path(".") and path.suffix in ("", ".txt"):
+        for folder in dirs:
+            candidate = folder / f"{path.stem}.txt"
+            if candidate.is_file():
+                return candidate, dirs
+    return None, dirs
+
+
+def read_term_list(path: str | Path, what: str = "term") -> tuple[list[tuple[str, tuple[str, bool] | None]], list[str]]:
+    """A list of phrases, one per line, each optionally naming the annotated concept it stands for:
+    `phrase => concept` or `phrase => ~concept` (negated); `#` starts a comment, blank lines are skipped, a phrase
+    repeated (case and spacing aside) is kept once with a note. The format of iis's text concept lists and
+    neuron-concepts' vocabularies. Returns ([(phrase, (concept, negated) or None)], notes); `what` names a phrase
+    in the errors."""
+    path = Path(path)
+    entries: list[tuple[str, tuple[str, bool] | None]] = []
+    notes: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        phrase, arrow, target = (part.strip() for part in line.partition("=>"))
+        if not phrase:
+            raise ValueError(f"{path}, line {lineno}: {raw.strip()!r} has no {what} before '=>'")
+        if arrow and not target.lstrip("~").strip():
+            raise ValueError(f"{path}, line {lineno}: {raw.strip()!r} names no concept after '=>'")
+        key = " ".join(phrase.lower().split())
+        if key in seen:
+            notes.append(f"line {lineno}: {phrase!r} repeats line {seen[key]}; kept once")
+            continue
+        seen[key] = lineno
+        entries.append((phrase, (target.lstrip("~").strip(), target.startswith("~")) if target else None))
+    return entries, notes
+
+
 def find_dir(root: Path, names: Sequence[str], max_depth: int = 3) -> Path | None:
     """The first directory under `root` (itself included) whose name matches one of `names`, case-insensitively."""
     wanted = [n.lower() for n in names]
