@@ -313,6 +313,7 @@ MEDIMG_DISTRIBUTIONS = ("crl", "neuron-concepts", "cipl", "iis", "dae-counterfac
 def write_provenance(run_dir: Path) -> None:
     """provenance.json of a run: the command line, the versions of medimg-core, torch, timm and the method
     packages, and the source commit; a resumed run appends its own record under "resumes"."""
+    from medimg_core.checkpoint import write_json
     from medimg_core.pretrained import versions
 
     record = {"command": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -320,9 +321,7 @@ def write_provenance(run_dir: Path) -> None:
     path = run_dir / "provenance.json"
     previous = read_json_object(path, "the run's provenance") if path.is_file() else None
     payload = record if previous is None else {**previous, "resumes": [*previous.get("resumes", []), record]}
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_json(path, payload)
 
 
 def prepare_run(cfg, method: str, dataset: str, backbone: str, dist_info, resume_dir: str | Path | None = None) -> Run:
