@@ -217,19 +217,27 @@ def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "tes
     if ds.card.num_concepts not in (0, card.num_concepts):
         raise DatasetError(f"{dataset} has {ds.card.num_concepts} concepts; the model predicts {card.num_concepts} "
                            f"({list(card.concept_names)})")
-    scores, concepts, truth, targets = [], [], [], []
-    for batch in tqdm(DataLoader(ds, batch_size=64), desc=f"evaluating {dataset}/{split}", unit="batch",
-                      disable=not progress, leave=False):
-        out = estimator._forward(batch["image"])
-        scores.append(torch.softmax(out["scaled_logits"], 1).cpu().numpy())
-        concepts.append(torch.sigmoid(out["concept_logits"]).cpu().numpy())
-        truth.append(batch["concepts"].numpy())
-        targets.append(batch["target"].numpy())
-    scores_arr, targets_arr = np.concatenate(scores), np.concatenate(targets)
+    passed = forward_split(estimator, ds, f"evaluating {dataset}/{split}", progress)
     result: dict[str, Any] = {"dataset": dataset, "split": split, "n": len(ds),
-                              "test": metrics_with_ci(card.task, targets_arr, scores_arr, list(card.class_names),
-                                                      n_boot=n_boot, seed=seed)}
-    truth_arr = np.concatenate(truth)
+                              "test": metrics_with_ci(card.task, passed["targets"], passed["scores"],
+                                                      list(card.class_names), n_boot=n_boot, seed=seed)}
+    truth_arr = passed["truth"]
     if truth_arr.shape[1] == card.num_concepts and not np.isnan(truth_arr).all():
-        result["concepts"] = concept_metrics(truth_arr, np.concatenate(concepts), list(card.concept_names))
+        result["concepts"] = concept_metrics(truth_arr, passed["probabilities"], list(card.concept_names))
     return result
+
+
+def forward_split(estimator: ConceptRuleLearner, dataset: Any, desc: str, progress: bool = True
+                  ) -> dict[str, np.ndarray]:
+    """One pass of a fitted CRL over a dataset (64 images a batch): the network's class probabilities "scores"
+    (N, C), concept probabilities "probabilities" (N, K), the annotated concepts "truth" (N, K) and "targets" (N,)."""
+    scores, concepts, truth, targets = [], [], [], []
+    for batch in tqdm(DataLoader(dataset, batch_size=64), desc=desc, unit="batch", disable=not progress,
+                      leave=False):
+        out = estimator._forward(batch["image"])
+        scores.append(torch.softmax(out["scaled_logits"].float(), 1).cpu().numpy())
+        concepts.append(torch.sigmoid(out["concept_logits"].float()).cpu().numpy())
+        truth.append(batch["concepts"].float().numpy())
+        targets.append(batch["target"].numpy())
+    return {"scores": np.concatenate(scores), "probabilities": np.concatenate(concepts),
+            "truth": np.concatenate(truth), "targets": np.concatenate(targets)}

@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from medimg_core.checkpoint import write_json
 from medimg_core.data import load_dataset
@@ -26,24 +24,12 @@ from medimg_core.data.errors import DatasetError
 from medimg_core.interventions import ORDERS, intervention_curve, plot_intervention_curves
 
 
-def _concepts_of(estimator: Any, dataset: Any, progress: bool) -> dict[str, np.ndarray]:
-    """Concept probabilities (N, K), annotations (N, K) and targets (N,) of a dataset through the CRL network."""
-    probs, truth, targets = [], [], []
-    for batch in tqdm(DataLoader(dataset, batch_size=64), desc=f"concepts of {dataset.split}", unit="batch",
-                      disable=not progress, leave=False):
-        out = estimator._forward(batch["image"])
-        probs.append(torch.sigmoid(out["concept_logits"].float()).cpu().numpy())
-        truth.append(batch["concepts"].float().numpy())
-        targets.append(batch["target"].numpy())
-    return {"probabilities": np.concatenate(probs), "truth": np.concatenate(truth), "targets": np.concatenate(targets)}
-
-
 def intervene_run(run_dir: str | Path, split: str = "test", n_orders: int = 5, seed: int = 0, device: str = "cpu",
                   progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
     """Intervention curves of a CRL run and of a logistic-regression bottleneck on its concepts, on `split` of the
     run's own dataset; writes interventions-<split>.json and the figure interventions-<split>.png into `out`
     (default: RUN and RUN/figures)."""
-    from crl.api import ConceptRuleLearner
+    from crl.api import ConceptRuleLearner, forward_split
 
     run_dir = Path(run_dir)
     estimator = ConceptRuleLearner.from_pretrained(run_dir).to(device)
@@ -55,7 +41,7 @@ def intervene_run(run_dir: str | Path, split: str = "test", n_orders: int = 5, s
     data = {}
     for role, name in (("train", cfg.data.train_split), ("eval", split)):
         ds = load_dataset(cfg.data.dataset, cfg.data.root, name, transform=transform, **cfg.data.options)
-        data[role] = _concepts_of(estimator, ds, progress)
+        data[role] = forward_split(estimator, ds, f"concepts of {name}", progress)
     test = data["eval"]
     if np.isnan(test["truth"]).all():
         raise DatasetError(f"{cfg.data.dataset}/{split} has no concept annotations to intervene with")
