@@ -160,10 +160,31 @@ def test_skin_folds_then_ddi_out_of_distribution(tmp_path):
     assert result.exit_code == 0, result.output
     run = next((tmp_path / "runs").iterdir())
     assert "fold1" in run.name
+    # the skin config's protocol: test = fold 1, train + val = the 4 other folds, val carved and recorded
+    fold_of = json.loads(folds.read_text())["folds"]
+    assert (tmp_path / "folds-fold1-val0.1.json").is_file()
+    sizes = json.loads((run / "metrics.json").read_text())["sizes"]
+    assert sizes["test"] == sum(f == 1 for f in fold_of.values()) == 6
+    assert sizes["train"] + sizes["val"] == 24 and 1 <= sizes["val"] <= 4  # 30 images: 4 of 5 folds, ~10 % val
+    preprocess = json.loads((run / "checkpoints" / "best" / "config.json").read_text())["preprocess"]
+    assert preprocess["eval_resize"] == "short-side-center-crop"  # the official evaluation transform, saved
     result = runner.invoke(main, ["evaluate", str(run), "--dataset", "ddi", "--root", str(ddi)])
     assert result.exit_code == 0, result.output
     report = json.loads((run / "eval-ddi-test.json").read_text())
-    assert report["n"] == 12 and "concepts" in report and "accuracy" in report["test"]
+    # the paper's DDI test set (SkinCon-annotated, not flagged) under its name, the whole set beside it
+    assert report["subset"] == "skincon-annotated" and report["n"] == 10 and "as published" in report["protocol"]
+    assert "concepts" in report and "accuracy" in report["test"]
+    assert report["all_images"]["subset"] == "all" and report["all_images"]["n"] == 12
+    whole = dict(report["all_images"]["concepts"])  # flagged / unannotated images have no concepts: same scores
+    assert whole.pop("concept_annotated_fraction") == pytest.approx(10 / 12)
+    assert report["concepts"].pop("concept_annotated_fraction") == 1.0 and whole == report["concepts"]
+    assert "subset skincon-annotated (as published" in result.output and "all images (ours" in result.output
+    result = runner.invoke(main, ["evaluate", str(run), "--dataset", "ddi", "--root", str(ddi), "-o", "subset=all",
+                                  "--out", str(tmp_path / "all.json")])
+    assert result.exit_code == 0, result.output
+    alone = json.loads((tmp_path / "all.json").read_text())
+    assert alone["subset"] == "all" and alone["n"] == 12 and "all_images" not in alone
+    assert alone["test"] == report["all_images"]["test"]
 
 
 def test_training_on_cached_frozen_features(tmp_path):

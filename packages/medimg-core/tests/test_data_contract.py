@@ -5,7 +5,7 @@ import torch
 from medimg_core.data import DatasetCard, DatasetError, MedicalImageDataset, SampleTable
 from medimg_core.data.errors import Problem, ProblemLog
 from medimg_core.data.images import PathResolver, read_image
-from medimg_core.data.splits import assign_folds, holdout_mask, load_or_create_folds
+from medimg_core.data.splits import assign_folds, fold_split_names, holdout_mask, load_or_create_folds
 from medimg_core.data.transforms import eval_transform, train_transform
 from medimg_core.testing import write_image, write_truncated_image
 
@@ -78,6 +78,69 @@ def test_transforms_move_masks_with_the_image():
         assert torch.equal((s["image"][0] > 0.5), s["masks"][0].bool())
     rgb = MedicalImageDataset(table, card, transform=eval_transform(size=8, channels=3))
     assert rgb[0]["image"].shape == (3, 8, 8) and rgb[0]["masks"].shape == (1, 8, 8)
+
+
+def test_short_side_center_crop_keeps_the_centre_of_non_square_images():
+    """eval_resize="short-side-center-crop" (CRL's official Resize(size) + CenterCrop(size)) on hand-computed pixels."""
+    from medimg_core.data.preprocess import DataConfig, Preprocess
+
+    wide = torch.arange(8, dtype=torch.uint8).mul(30).view(1, 1, 8).expand(1, 4, 8).clone()  # column j = 30 j
+    crop = eval_transform(size=4, channels=1, normalize=None, eval_resize="short-side-center-crop")
+    out = crop(wide)[0] * 255  # short side already 4: no resize, columns 2..5 kept
+    assert out.shape == (4, 4) and torch.allclose(out, torch.tensor([60.0, 90, 120, 150]).expand(4, 4))
+    tall = wide.transpose(1, 2).contiguous()  # 8 x 4: rows 2..5 kept
+    assert torch.allclose(crop(tall)[0] * 255, torch.tensor([60.0, 90, 120, 150]).view(4, 1).expand(4, 4))
+    squash = eval_transform(size=4, channels=1, normalize=None)(wide)[0] * 255  # both sides to 4: columns mixed
+    assert squash.shape == (4, 4) and not torch.allclose(squash, out)
+    # 8 x 24 with columns 6..17 dark (100) and the rest bright (200): short side 8 -> 4 gives 4 x 12, whose centre
+    # columns 4..7 read input columns 7..16 (antialiased 2:1), all dark; squashing mixes in the bright ends
+    image = torch.full((1, 8, 24), 200, dtype=torch.uint8)
+    image[:, :, 6:18] = 100
+    cropped = crop(image)[0] * 255
+    assert torch.allclose(cropped, torch.full((4, 4), 100.0), atol=1e-3)
+    squashed = eval_transform(size=4, channels=1, normalize=None)(image)[0] * 255
+    assert squashed[:, 0].min() > 140  # the left quarter of the output is the bright left third of the input
+    # a checkpoint's Preprocess carries it (older checkpoints without the key squash)
+    config = DataConfig(image_size=8, normalize="none", eval_resize="short-side-center-crop")
+    assert Preprocess.from_config(config, channels=1).eval_resize == "short-side-center-crop"
+    pre = Preprocess(image_size=4, channels=1, eval_resize="short-side-center-crop")
+    assert Preprocess.from_dict(pre.to_dict()) == pre
+    assert torch.allclose(pre.eval_transform()(image)[0] * 255, cropped)
+    legacy = {k: v for k, v in pre.to_dict().items() if k != "eval_resize"}
+    assert Preprocess.from_dict(legacy).eval_resize == "squash"
+    with pytest.raises(ValueError, match="eval_resize must be one of"):
+        eval_transform(size=4, eval_resize="crop")
+    with pytest.raises(ValueError, match="eval_resize: expected one of squash, short-side-center-crop, got 'crop'"):
+        DataConfig(eval_resize="crop")
+
+
+def test_random_resized_then_center_crop_train_transform():
+    """train_crop="random-resized-then-center": RandomResizedCrop(round(size * 256 / 224)) ... CenterCrop(size)."""
+    tf = train_transform(size=28, channels=3, normalize=None, train_crop="random-resized-then-center", rotation=15,
+                         vflip=True)
+    kinds = [type(t).__name__ for t in tf.transforms]
+    assert kinds[1:6] == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation",
+                          "CenterCrop"]
+    assert list(tf.transforms[1].size) == [32, 32] and list(tf.transforms[5].size) == [28, 28]
+    assert tf(torch.zeros(3, 40, 60, dtype=torch.uint8)).shape == (3, 28, 28)
+    assert type(train_transform(size=28).transforms[1]).__name__ == "RandomResizedCrop"
+    assert "CenterCrop" not in [type(t).__name__ for t in train_transform(size=28).transforms]
+
+
+def test_fold_split_names_train_folds_are_grouped(tmp_path):
+    """val_from="train-folds" carves val by group: a group is never on both sides of train / val / test."""
+    ids = [f"s{i}" for i in range(100)]
+    labels = np.array([i % 2 for i in range(100)])
+    groups = [f"p{i // 2}" for i in range(100)]
+    names = fold_split_names("toy", ids, labels, 5, 1, 0, tmp_path / "f.json", groups, "patient",
+                             val_from="train-folds", val_fraction=0.2)
+    again = fold_split_names("toy", ids, labels, 5, 1, 0, tmp_path / "f.json", groups, "patient",
+                             val_from="train-folds", val_fraction=0.2)
+    assert list(names) == list(again) and (tmp_path / "f-fold1-val0.2.json").is_file()
+    assert (names == "test").sum() == 20 and (names == "val").sum() + (names == "train").sum() == 80
+    assert 8 <= (names == "val").sum() <= 24
+    for g in set(groups):
+        assert len({names[i] for i in range(100) if groups[i] == g}) == 1
 
 
 def test_read_image_errors_name_the_file(tmp_path):

@@ -209,6 +209,28 @@ def test_ddi_single_test_split_with_skincon(tmp_path):
         DDI(root, "train")
 
 
+def test_ddi_skincon_annotated_subset_as_published(tmp_path):
+    """subset="skincon-annotated": CRL's official test_ood.py set, the inner join with SkinCon's DDI CSV less the
+    rows it flags; the fixture's 12 images lose image 12 (not annotated) and image 2 (flagged)."""
+    from medimg_core.data.errors import DatasetOptionError
+
+    root = write_ddi_fixture(tmp_path / "ddi")
+    paper = DDI(root, subset="skincon-annotated")
+    everything = DDI(root, subset="all")
+    assert len(everything) == 12 and everything.ids == DDI(root).ids  # "all" is the default
+    assert len(paper) == 10 and paper.ids == [f"{i:06d}" for i in range(1, 12) if i != 2]
+    assert not np.isnan(paper.concepts).any()
+    assert list(paper.targets) == [int(i % 3 == 0) for i in range(1, 12) if i != 2]
+    assert list(paper.concepts[1]) == [float((3 + k) % 4 == 0) for k in range(48)]  # image 3's row
+    assert set(paper.table.extra["skin_tone"]) == set(paper.ids) and paper.table.extra["n_all"] == 12
+    assert "subset 'skincon-annotated': 10 images" in DDI.verify(root, subset="skincon-annotated").to_text()
+    with pytest.raises(DatasetOptionError, match=r"option 'subset': expected one of \['all', 'skincon-annotated'\]"):
+        DDI(root, subset="annotated")
+    no_skincon = write_ddi_fixture(tmp_path / "bare", skincon=False)
+    with pytest.raises(DatasetError, match="subset 'skincon-annotated' needs SkinCon's DDI annotation CSV"):
+        DDI(no_skincon, subset="skincon-annotated")
+
+
 def test_ddi_without_skincon_and_images_folder(tmp_path):
     root = write_ddi_fixture(tmp_path / "ddi", skincon=False)
     (root / "images").mkdir()
@@ -239,3 +261,53 @@ def test_ddi_bad_input(tmp_path):
     frame.iloc[:0].to_csv(meta, index=False)
     with pytest.raises(DatasetError, match="the test split is empty"):
         DDI(root)
+
+
+def test_fitzpatrick_train_folds_protocol_carves_val_from_the_four_training_folds(tmp_path):
+    """val_from="train-folds" (CRL's official budget): test = the held-out fold, train + val = the 4 others, val a
+    seeded stratified ~10 % of them recorded in its own split file, deterministic across calls."""
+    import json
+
+    from medimg_core.data.splits import carved_val_file
+
+    root = write_fitzpatrick17k_skincon_fixture(tmp_path / "fitz", n_benign=25, n_malignant=25, n_missing_images=0)
+    folds_file = tmp_path / "folds.json"
+    opts = {"split_file": str(folds_file), "fold": 2, "val_from": "train-folds"}
+    tables = {s: Fitzpatrick17kSkinCon.read_table(root, s, **opts) for s in ("train", "val", "test")}
+    folds = json.loads(folds_file.read_text())["folds"]
+    held_out = {i for i, f in folds.items() if f == 2}
+    assert len(folds) == 50 and len(held_out) == 10
+    train, val, test = (set(tables[s].ids) for s in ("train", "val", "test"))
+    assert test == held_out  # the held-out fold, as in the three-folds protocol
+    assert train | val == set(folds) - held_out and not train & val  # the 4 other folds, no overlap
+    assert len(val) == 4 and len(train) == 36  # fold 0 of 10 stratified folds of 40 images
+    assert sorted(tables["val"].targets.tolist()) == [0, 0, 1, 1]  # stratified: 20 benign + 20 malignant in the pool
+    val_file = carved_val_file(folds_file, 2, 0.1)
+    assert val_file == tmp_path / "folds-fold2-val0.1.json" and val_file.is_file()
+    recorded = json.loads(val_file.read_text())
+    assert {i for i, f in recorded["folds"].items() if f == 0} == val and set(recorded["folds"]) == train | val
+    assert Fitzpatrick17kSkinCon.read_table(root, "val", **opts).ids == tables["val"].ids  # read back
+    val_file.unlink()  # derivable from the seed: redrawn identically
+    assert Fitzpatrick17kSkinCon.read_table(root, "val", **opts).ids == tables["val"].ids
+    other = Fitzpatrick17kSkinCon.read_table(root, "val", **opts, seed=1, val_fraction=0.25)  # same folds file
+    assert len(other) == 10 and set(other.ids) <= train | val
+    ours = {s: set(Fitzpatrick17kSkinCon.read_table(root, s, split_file=str(folds_file), fold=2).ids)
+            for s in ("train", "val", "test")}  # the three-folds protocol on the same folds
+    assert ours["test"] == held_out and ours["val"] == {i for i, f in folds.items() if f == 3}
+    assert len(ours["train"]) == 30
+
+
+def test_fitzpatrick_val_from_bad_values(tmp_path):
+    from medimg_core.data.errors import DatasetOptionError
+
+    root = write_fitzpatrick17k_skincon_fixture(tmp_path / "fitz")
+    with pytest.raises(DatasetOptionError, match=r"option 'val_from': expected one of \['train-folds', 'next-fold'\], "
+                                                 r"got 'last-fold'"):
+        Fitzpatrick17kSkinCon(root, "train", val_from="last-fold")
+    with pytest.raises(DatasetOptionError, match=r"option 'val_fraction': expected a number, got 'ten'"):
+        Fitzpatrick17kSkinCon(root, "train", val_from="train-folds", val_fraction="ten")
+    with pytest.raises(DatasetOptionError, match=r"option 'val_fraction': expected a fraction in \(0, 1\)"):
+        Fitzpatrick17kSkinCon(root, "train", val_from="train-folds", val_fraction=1.5)
+    with pytest.raises(DatasetOptionError, match="n_folds must be at least 3 with val_from='next-fold'"):
+        Fitzpatrick17kSkinCon(root, "train", n_folds=2)
+    assert len(Fitzpatrick17kSkinCon(root, "test", n_folds=2, val_from="train-folds", val_fraction=0.25)) > 0

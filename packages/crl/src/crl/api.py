@@ -203,14 +203,34 @@ def explain_image(run_dir: str | Path, image_path: str | Path, device: str = "cp
     return ConceptRuleLearner.from_pretrained(run_dir).to(device).explain(image_path)
 
 
+#: datasets whose published CRL evaluation scores a subset of them: name -> (the loader option, its value for the
+#: paper's subset, its value for the whole set, what the paper's subset is)
+PUBLISHED_SUBSETS: dict[str, tuple[str, str, str, str]] = {
+    "ddi": ("subset", "skincon-annotated", "all",
+            "as published (official test_ood.py): the DDI images SkinCon annotates, less those it flags 'Do not "
+            "consider this image'"),
+}
+
+
 def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "test",
                  options: dict | None = None, device: str = "cpu", n_boot: int = 1000, seed: int = 0,
                  progress: bool = True) -> dict[str, Any]:
     """The trained model of `run_dir` on another dataset's split (same classes; its concepts, when it has the
-    model's, are scored too): {"dataset", "split", "n", "test" (metrics with intervals), "concepts"?}."""
+    model's, are scored too): {"dataset", "split", "n", "test" (metrics with intervals), "concepts"?}.
+
+    For a dataset of `PUBLISHED_SUBSETS` (DDI) without its subset option in `options`, both are scored from one
+    pass: the paper's subset at the top level ("subset": "skincon-annotated", "protocol": what it is) and the
+    whole set under "all_images" ({"subset": "all", "n", "test", "concepts"?}). With the option given, only
+    that subset is scored (and named under "subset")."""
     estimator = ConceptRuleLearner.from_pretrained(run_dir).to(device)
     card = estimator.card_
-    ds = load_dataset(dataset, root, split, transform=estimator.preprocess_.eval_transform(), **(options or {}))
+    options = dict(options or {})
+    published = PUBLISHED_SUBSETS.get(dataset)
+    both = published is not None and published[0] not in options
+    if both:
+        assert published is not None
+        options[published[0]] = published[2]
+    ds = load_dataset(dataset, root, split, transform=estimator.preprocess_.eval_transform(), **options)
     if list(ds.card.class_names) != list(card.class_names):
         raise DatasetError(f"{dataset} classes {list(ds.card.class_names)} differ from the model's "
                            f"{list(card.class_names)}; evaluate on a dataset with the model's classes, in its order")
@@ -218,13 +238,27 @@ def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "tes
         raise DatasetError(f"{dataset} has {ds.card.num_concepts} concepts; the model predicts {card.num_concepts} "
                            f"({list(card.concept_names)})")
     passed = forward_split(estimator, ds, f"evaluating {dataset}/{split}", progress)
-    result: dict[str, Any] = {"dataset": dataset, "split": split, "n": len(ds),
-                              "test": metrics_with_ci(card.task, passed["targets"], passed["scores"],
-                                                      list(card.class_names), n_boot=n_boot, seed=seed)}
-    truth_arr = passed["truth"]
-    if truth_arr.shape[1] == card.num_concepts and not np.isnan(truth_arr).all():
-        result["concepts"] = concept_metrics(truth_arr, passed["probabilities"], list(card.concept_names))
-    return result
+
+    def scores(rows: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": int(len(rows)),
+                               "test": metrics_with_ci(card.task, passed["targets"][rows], passed["scores"][rows],
+                                                       list(card.class_names), n_boot=n_boot, seed=seed)}
+        truth_arr = passed["truth"][rows]
+        if truth_arr.shape[1] == card.num_concepts and not np.isnan(truth_arr).all():
+            out["concepts"] = concept_metrics(truth_arr, passed["probabilities"][rows], list(card.concept_names))
+        return out
+
+    every = np.arange(len(ds))
+    result: dict[str, Any] = {"dataset": dataset, "split": split}
+    if published is None:
+        return {**result, **scores(every)}
+    if not both:
+        return {**result, "subset": options[published[0]], **scores(every)}
+    option, paper, whole, protocol = published
+    paper_ids = set(load_dataset(dataset, root, split, **{**options, option: paper}).ids)
+    rows = np.flatnonzero([i in paper_ids for i in ds.ids])
+    return {**result, "subset": paper, "protocol": protocol, **scores(rows),
+            "all_images": {"subset": whole, **scores(every)}}
 
 
 def forward_split(estimator: ConceptRuleLearner, dataset: Any, desc: str, progress: bool = True

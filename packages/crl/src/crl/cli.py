@@ -62,7 +62,10 @@ def train(ctx: click.Context, config_name, device, seed, out, progress, resume_d
 def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device: str, seed: int, out: Path | None,
              progress: bool | None) -> None:
     """Evaluate the trained model of RUN_DIR on another dataset's split; writes RUN_DIR/eval-<dataset>-<split>.json
-    (or --out)."""
+    (or --out).
+
+    On DDI it scores the paper's test set (the images SkinCon annotates, less those flagged 'Do not consider this
+    image') and the whole set from one pass; `-o subset=all` or `-o subset=skincon-annotated` scores one of them."""
     from crl.api import evaluate_run
     from medimg_core.checkpoint import write_json
     from medimg_core.cli import parse_options
@@ -72,15 +75,20 @@ def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device
                           progress=show_progress(progress))
     path = out or run_dir / f"eval-{dataset}-{split}.json"
     write_json(path, result)
-    t = result["test"]
-    click.echo(f"{dataset}/{split} (n={result['n']}): accuracy {t['accuracy']:.4f} {t['accuracy_ci']}, "
-               f"macro-F1 {t['macro_f1']:.4f}, AUROC {t.get('auroc', float('nan')):.4f}")
-    if "concepts" in result:
-        c = result["concepts"]
-        click.echo(f"concepts, as published (mean over the {int(c['concept_with_positives'])} concepts with a "
-                   f"positive): accuracy {c['concept_accuracy']:.4f}, macro-F1 {c['concept_macro_f1']:.4f}; "
-                   f"pooled accuracy {c['concept_accuracy_pooled']:.4f}, positive-class F1 mean "
-                   f"{c['concept_positive_f1_mean']:.4f}")
+    parts = [(f"{dataset}/{split}" + (f", subset {result['subset']}" if "subset" in result else ""), result)]
+    if "all_images" in result:
+        parts[0] = (f"{dataset}/{split}, subset {result['subset']} ({result['protocol']})", result)
+        parts.append((f"{dataset}/{split}, all images (ours: the whole set)", result["all_images"]))
+    for title, part in parts:
+        t = part["test"]
+        click.echo(f"{title} (n={part['n']}): accuracy {t['accuracy']:.4f} {t['accuracy_ci']}, "
+                   f"macro-F1 {t['macro_f1']:.4f}, AUROC {t.get('auroc', float('nan')):.4f}")
+        if "concepts" in part:
+            c = part["concepts"]
+            click.echo(f"  concepts, as published (mean over the {int(c['concept_with_positives'])} concepts with a "
+                       f"positive): accuracy {c['concept_accuracy']:.4f}, macro-F1 {c['concept_macro_f1']:.4f}; "
+                       f"pooled accuracy {c['concept_accuracy_pooled']:.4f}, positive-class F1 mean "
+                       f"{c['concept_positive_f1_mean']:.4f}")
     click.echo(f"wrote {path}")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from medimg_core.data.base import FileDataset, SampleTable, collect_missing_files
 from medimg_core.data.card import DatasetCard
-from medimg_core.data.errors import DatasetError, ProblemLog
+from medimg_core.data.errors import DatasetError, DatasetOptionError, ProblemLog
 from medimg_core.data.images import PathResolver
 from medimg_core.data.registry import register_dataset
 from medimg_core.data.skincon import (
@@ -32,6 +32,8 @@ SKINCON_DDI_CSVS = (
 MALIGNANT = {"true": 1, "false": 0, "1": 1, "0": 0, "1.0": 1, "0.0": 0}
 SKIN_TONES = ("12", "34", "56")
 CLASSES = ("benign", "malignant")
+#: the values of the `subset` option: every image of the release, or CRL's published test set
+SUBSETS = ("all", "skincon-annotated")
 
 
 @register_dataset("ddi")
@@ -45,6 +47,13 @@ class DDI(FileDataset):
     annotate, or flags `Do not consider this image`, keep their label but get NaN concepts (the test set
     stays whole). Without that CSV every concept is NaN. `table.extra` holds the skin tone (12, 34, 56)
     and disease of every image, for per-skin-tone evaluation. No groups.
+
+    Option `subset`:
+
+    - `"all"` (default): every image of `ddi_metadata.csv` (656 in the release).
+    - `"skincon-annotated"`: CRL's published DDI test set (official `test_ood.py`): the images SkinCon's DDI
+      CSV annotates (an inner join on `DDI_file` = `ImageID`), less those it flags `Do not consider this
+      image`. Needs that CSV. `table.extra["n_all"]` keeps the size of the whole set.
     """
 
     card: ClassVar[DatasetCard] = DatasetCard(
@@ -83,10 +92,12 @@ class DDI(FileDataset):
     )
 
     @classmethod
-    def read_table(cls, root: str | Path, split: str = "test") -> SampleTable:
+    def read_table(cls, root: str | Path, split: str = "test", subset: str = "all") -> SampleTable:
         root = Path(root)
         split = cls.normalize_split(split)
         name = cls.card.name
+        if subset not in SUBSETS:
+            raise DatasetOptionError(f"{name}: option 'subset': expected one of {list(SUBSETS)}, got {subset!r}")
         meta_path = find_file(root, METADATA_CSVS, "DDI metadata ddi_metadata.csv")
         frame = read_table_file(meta_path)
         log = ProblemLog()
@@ -104,7 +115,9 @@ class DDI(FileDataset):
         paths = collect_missing_files(PathResolver(meta_path.parent), files, str(meta_path), "DDI_file", log)
 
         concepts = np.full((len(frame), len(SKINCON_CONCEPTS)), np.nan, dtype=np.float32)
-        extra: dict[str, Any] = {"skincon_file": None, "skincon_annotated": 0, "skincon_do_not_consider": 0}
+        extra: dict[str, Any] = {"skincon_file": None, "skincon_annotated": 0, "skincon_do_not_consider": 0,
+                                 "subset": subset, "n_all": len(frame)}
+        in_skincon = np.zeros(len(frame), dtype=bool)  # annotated by SkinCon and not flagged
         try:
             skincon_path: Path | None = find_file(meta_path.parent, SKINCON_DDI_CSVS, "SkinCon DDI annotations")
         except DatasetError:
@@ -122,6 +135,7 @@ class DDI(FileDataset):
                         extra["skincon_do_not_consider"] += 1
                         continue
                     concepts[r] = skincon.concepts[i]
+                    in_skincon[r] = True
                     extra["skincon_annotated"] += 1
                 known = {f.lower() for f in files}
                 extra["skincon_not_in_metadata"] = sum(i.lower() not in known for i in skincon.image_ids)
@@ -129,9 +143,21 @@ class DDI(FileDataset):
         ids = [Path(f).stem for f in files]
         if len(set(ids)) != len(ids):
             raise DatasetError(f"{meta_path}: DDI_file names repeat; expected one row per image")
-        extra["skin_tone"] = {i: int(t.removesuffix(".0")) for i, t in zip(ids, tones, strict=True)}
-        extra["disease"] = dict(zip(ids, (str(d) for d in frame["disease"].tolist()), strict=True))
-        return SampleTable(ids=ids, targets=targets, concepts=concepts, paths=paths, extra=extra)  # type: ignore[arg-type]
+        diseases = [str(d) for d in frame["disease"].tolist()]
+        keep = np.arange(len(frame))
+        if subset == "skincon-annotated":
+            if extra["skincon_file"] is None:
+                raise DatasetError(f"{name}: subset 'skincon-annotated' needs SkinCon's DDI annotation CSV (one of "
+                                   f"{list(SKINCON_DDI_CSVS)}) next to {meta_path}; none was found")
+            keep = np.flatnonzero(in_skincon)
+            if len(keep) == 0:
+                raise DatasetError(f"{extra['skincon_file']}: annotates none of the images of {meta_path} (or flags "
+                                   "all of them 'Do not consider this image'); expected ImageID = DDI_file")
+        ids = [ids[r] for r in keep]
+        extra["skin_tone"] = {ids[j]: int(tones[r].removesuffix(".0")) for j, r in enumerate(keep)}
+        extra["disease"] = {ids[j]: diseases[r] for j, r in enumerate(keep)}
+        return SampleTable(ids=ids, targets=np.asarray(targets)[keep], concepts=concepts[keep],
+                           paths=[paths[r] for r in keep], extra=extra)  # type: ignore[arg-type,misc]
 
     @classmethod
     def verify_notes(cls, table: SampleTable) -> list[str]:
@@ -140,6 +166,7 @@ class DDI(FileDataset):
         if extra["skincon_file"] is None:
             note = "SkinCon's DDI annotation CSV not found: all concepts are NaN"
         else:
-            note = (f"SkinCon concepts for {extra['skincon_annotated']} of {len(table)} images "
-                    f"({extra['skincon_do_not_consider']} flagged 'Do not consider this image' left NaN)")
+            note = (f"SkinCon concepts for {extra['skincon_annotated']} of {extra['n_all']} images "
+                    f"({extra['skincon_do_not_consider']} flagged 'Do not consider this image' left NaN); subset "
+                    f"{extra['subset']!r}: {len(table)} images")
         return [note]

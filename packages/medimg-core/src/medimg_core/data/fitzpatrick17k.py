@@ -41,13 +41,22 @@ class Fitzpatrick17kSkinCon(FileDataset):
     `annotations_fitzpatrick_final_v2.csv`, and the images `<md5hash>.jpg` in `images/`, `raw_data/` or
     the root itself (found by file name). Rows are SkinCon's annotated images (inner join on
     `ImageID` = `<md5hash>.jpg`), less those flagged `Do not consider this image` and the non-neoplastic
-    ones (`three_partition_label`). No official split: 5 seeded folds stratified by the target (test =
-    fold `fold`, val = fold `fold + 1`, train = the rest), computed over all eligible rows and written
-    to a split file, so the split does not depend on which images were downloaded. Images absent on
-    disk (Fitzpatrick17k images come from URLs, many fail) are then dropped and counted in
-    `table.extra["missing_images"]` and in `verify`'s notes.
+    ones (`three_partition_label`). No official split: 5 seeded folds stratified by the target, computed
+    over all eligible rows and written to a split file, so the split does not depend on which images were
+    downloaded; test = fold `fold`. The validation split (`val_from`, see `fold_split_names`):
 
-    Options: `n_folds=5, fold=0, seed=0, split_file=None`.
+    - `"train-folds"`: train + val = the other 4 folds (80 % of the data), val a seeded stratified
+      `val_fraction` (default 0.1) of them, recorded in a second split file next to the first. CRL's official
+      code trains on the 4 other folds (and has no validation split); this keeps its 80 % budget. CRL's
+      `skin` config uses it.
+    - `"next-fold"` (the loader's default, ours): val = fold `fold + 1`, train = the remaining 3 folds
+      (60 %).
+
+    The official code deals the images to folds round-robin, so no fold here equals an official one.
+    Images absent on disk (Fitzpatrick17k images come from URLs, many fail) are then dropped and counted
+    in `table.extra["missing_images"]` and in `verify`'s notes.
+
+    Options: `n_folds=5, fold=0, seed=0, split_file=None, val_from="next-fold", val_fraction=0.1`.
     """
 
     card: ClassVar[DatasetCard] = DatasetCard(
@@ -96,6 +105,8 @@ class Fitzpatrick17kSkinCon(FileDataset):
         fold: int = 0,
         seed: int = 0,
         split_file: str | Path | None = None,
+        val_from: str = "next-fold",
+        val_fraction: float = 0.1,
     ) -> SampleTable:
         root = Path(root)
         split = cls.normalize_split(split)
@@ -151,7 +162,7 @@ class Fitzpatrick17kSkinCon(FileDataset):
         md5 = [str(fitz["md5hash"].iloc[r]).strip() for r in keep_fz]
         targets = partition[keep_fz]
         split_of = fold_split_names(name, md5, targets, n_folds, fold, seed, split_file,
-                                    source=str(fitz_path.resolve()))
+                                    source=str(fitz_path.resolve()), val_from=val_from, val_fraction=val_fraction)
 
         resolver = PathResolver(fitz_path.parent)
         paths = [resolver.resolve(f"{m}.jpg") for m in md5]

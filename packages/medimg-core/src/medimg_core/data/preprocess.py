@@ -22,7 +22,14 @@ import torch
 from medimg_core.config import FieldError, check_range
 from medimg_core.data.card import DatasetCard
 from medimg_core.data.images import read_image, size_note
-from medimg_core.data.transforms import TransformConfig, eval_transform, normalization, train_transform
+from medimg_core.data.transforms import (
+    EVAL_RESIZES,
+    TRAIN_CROPS,
+    TransformConfig,
+    eval_transform,
+    normalization,
+    train_transform,
+)
 
 log = logging.getLogger("medimg")
 
@@ -35,7 +42,10 @@ NORMALIZE_NAMES = ("imagenet", "inception", "none", None)
 
 @dataclass
 class DataConfig:
-    """Which dataset, where, and how images are prepared for the model."""
+    """Which dataset, where, and how images are prepared for the model.
+
+    `eval_resize` ("squash" or "short-side-center-crop") and `train_crop` ("random-resized" or
+    "random-resized-then-center"): see `medimg_core.data.transforms.eval_transform` / `train_transform`."""
 
     dataset: str = "csv"
     root: str = ""
@@ -47,6 +57,8 @@ class DataConfig:
     vflip: bool = False
     rotation: float = 0.0
     scale_min: float = 0.8
+    eval_resize: str = "squash"
+    train_crop: str = "random-resized"
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
@@ -61,6 +73,10 @@ class DataConfig:
                                           f"null (no normalisation), got {self.normalize!r}")
         check_range(self, "rotation", minimum=0, maximum=180)
         check_range(self, "scale_min", above=0, maximum=1)
+        if self.eval_resize not in EVAL_RESIZES:
+            raise FieldError("eval_resize", f"expected one of {', '.join(EVAL_RESIZES)}, got {self.eval_resize!r}")
+        if self.train_crop not in TRAIN_CROPS:
+            raise FieldError("train_crop", f"expected one of {', '.join(TRAIN_CROPS)}, got {self.train_crop!r}")
         if not isinstance(self.options, dict):
             raise FieldError("options", f"expected a mapping of loader options, got {self.options!r}")
 
@@ -68,13 +84,15 @@ class DataConfig:
 def build_transforms(cfg: DataConfig, card: DatasetCard) -> tuple[Any, Any]:
     """(train transform, eval transform) of `cfg` for images of `card`."""
     tc = TransformConfig(size=cfg.image_size, channels=cfg.channels or card.channels, normalize=cfg.normalize,
-                         hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, scale=(cfg.scale_min, 1.0))
+                         hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, scale=(cfg.scale_min, 1.0),
+                         eval_resize=cfg.eval_resize, train_crop=cfg.train_crop)
     return train_transform(tc), eval_transform(tc)
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """What a trained model expects of an image: resized to `image_size` (whole image, no crop), `channels`
+    """What a trained model expects of an image: brought to `image_size` x `image_size` as `eval_resize` says
+    ("squash": the whole image, no crop; "short-side-center-crop": short side resized, the centre kept), `channels`
     channels, scaled to [0, 1] and normalised with `mean` / `std` (both None: no normalisation).
 
     `source_channels` is how images of the training data are decoded (1: grayscale, 3: RGB); `normalize` keeps
@@ -87,6 +105,7 @@ class Preprocess:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     source_channels: int | None = None
+    eval_resize: str = "squash"
 
     @classmethod
     def from_config(cls, data: DataConfig, card: DatasetCard | None = None, channels: int | None = None
@@ -99,13 +118,14 @@ class Preprocess:
         stats = normalization(seen, data.normalize)
         return cls(image_size=data.image_size, channels=seen, normalize=data.normalize,
                    mean=None if stats is None else tuple(stats[0]), std=None if stats is None else tuple(stats[1]),
-                   source_channels=source)
+                   source_channels=source, eval_resize=data.eval_resize)
 
     # -- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "channels": self.channels, "normalize": self.normalize,
                 "mean": None if self.mean is None else list(self.mean),
-                "std": None if self.std is None else list(self.std), "source_channels": self.source_channels}
+                "std": None if self.std is None else list(self.std), "source_channels": self.source_channels,
+                "eval_resize": self.eval_resize}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "preprocess") -> Preprocess:
@@ -121,23 +141,27 @@ class Preprocess:
         if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
             raise ValueError(f"{where}: mean and std must both be given, with one value per channel")
         source = data.get("source_channels")
+        eval_resize = data.get("eval_resize", "squash")  # checkpoints written before it existed squashed
+        if eval_resize not in EVAL_RESIZES:
+            raise ValueError(f"{where}: eval_resize {eval_resize!r}; expected one of {list(EVAL_RESIZES)}")
         return cls(size, channels, data.get("normalize"), None if mean is None else tuple(float(m) for m in mean),
                    None if std is None else tuple(float(s) for s in std),
-                   None if source is None else int(source))
+                   None if source is None else int(source), eval_resize)
 
     # -- transforms --------------------------------------------------------------------------------
     def transform_config(self) -> TransformConfig:
         if self.mean is None:
-            return TransformConfig(size=self.image_size, channels=self.channels, normalize=None)
+            return TransformConfig(size=self.image_size, channels=self.channels, normalize=None,
+                                   eval_resize=self.eval_resize)
         return TransformConfig(size=self.image_size, channels=self.channels, normalize="dataset", mean=self.mean,
-                               std=self.std)
+                               std=self.std, eval_resize=self.eval_resize)
 
     def eval_transform(self) -> Callable:
         """uint8 (C, H, W) image tensor -> the model's input (channels, image_size, image_size), float."""
         return eval_transform(self.transform_config())
 
     def display_transform(self) -> Callable:
-        """The same resize without normalisation: what the model saw, in [0, 1]."""
+        """The same resize (and crop) without normalisation: what the model saw, in [0, 1]."""
         return eval_transform(self.transform_config(), normalize=None)
 
     def to_display(self, x: torch.Tensor) -> np.ndarray:
@@ -165,8 +189,9 @@ def load_image(path: str | Path, preprocess: Preprocess) -> tuple[torch.Tensor, 
     arr = read_image(path, preprocess.source_channels or preprocess.channels)
     note = size_note(arr.shape)
     if note is not None:  # explained all the same, but the user should know what the model saw
-        log.warning("%s: %s; it is stretched to %d x %d pixels, so the prediction and its explanation rest on "
-                    "little of it", path, note, preprocess.image_size, preprocess.image_size)
+        how = "stretched" if preprocess.eval_resize == "squash" else "resized and centre-cropped"
+        log.warning("%s: %s; it is %s to %d x %d pixels, so the prediction and its explanation rest on "
+                    "little of it", path, note, how, preprocess.image_size, preprocess.image_size)
     tensor = image_tensor(arr)
     x = preprocess.eval_transform()(tensor)[None]
     shown = preprocess.display_transform()(tensor).float()

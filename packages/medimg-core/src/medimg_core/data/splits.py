@@ -240,6 +240,18 @@ def holdout_mask(
     return folds == 0
 
 
+#: how `fold_split_names` draws the validation split: "train-folds" (carved from the training folds) or
+#: "next-fold" (the fold after the test fold)
+VAL_FROM = ("train-folds", "next-fold")
+
+
+def carved_val_file(folds_file: str | Path, fold: int, val_fraction: float) -> Path:
+    """The split file recording the validation part carved from the training folds of test fold `fold`: next to
+    `folds_file`, named after it (`folds.json` -> `folds-fold0-val0.1.json`)."""
+    folds_file = Path(folds_file)
+    return folds_file.with_name(f"{folds_file.stem}-fold{fold}-val{val_fraction:g}.json")
+
+
 def fold_split_names(
     dataset: str,
     ids: Sequence[str],
@@ -251,17 +263,33 @@ def fold_split_names(
     groups: Sequence[str] | None = None,
     grouped_by: str | None = None,
     source: str | None = None,
+    val_from: str = "next-fold",
+    val_fraction: float = 0.1,
 ) -> np.ndarray:
     """The split name ("train", "val" or "test") of every id, from seeded stratified (grouped) folds.
 
-    test = fold `fold`, val = fold `(fold + 1) % n_folds`, train = the rest. The folds are written to
-    `split_file` (default: `default_split_file`, keyed by `source`, where the data live) once and reused; a
-    file that no longer matches the ids is an error (see `load_or_create_folds`).
+    test = fold `fold` in both protocols. `val_from` says where the validation split comes from:
+
+    - "next-fold": val = fold `(fold + 1) % n_folds`, train = the other `n_folds - 2` folds (3 of 5: 60 % of
+      the data trains).
+    - "train-folds": train + val = the `n_folds - 1` other folds (4 of 5: 80 %, the training budget of k-fold
+      cross-validation as in CRL's official code); val is about `val_fraction` of them, carved with the same
+      seeded stratification (and grouping) as the folds: fold 0 of round(1 / val_fraction) folds of those
+      images. It is recorded in its own split file, `carved_val_file(split_file, fold, val_fraction)`, written
+      the first time and read back after that (so it stays fixed, and a change in the data is an error, as for
+      the folds).
+
+    The folds are written to `split_file` (default: `default_split_file`, keyed by `source`, where the data live)
+    once and reused; a file that no longer matches the ids is an error (see `load_or_create_folds`).
     """
     n_folds, fold, seed = (_int_option(n_folds, "n_folds", dataset), _int_option(fold, "fold", dataset),
                            _int_option(seed, "seed", dataset))
-    if n_folds < 3:
-        raise DatasetOptionError(f"{dataset}: n_folds must be at least 3 (train, val and test folds), got {n_folds}")
+    if val_from not in VAL_FROM:
+        raise DatasetOptionError(f"{dataset}: option 'val_from': expected one of {list(VAL_FROM)}, got {val_from!r}")
+    minimum = 3 if val_from == "next-fold" else 2
+    if n_folds < minimum:
+        raise DatasetOptionError(f"{dataset}: n_folds must be at least {minimum} with val_from={val_from!r} "
+                                 f"(train, val and test need {minimum} folds), got {n_folds}")
     if not 0 <= fold < n_folds:
         raise DatasetOptionError(f"{dataset}: fold {fold} is out of range for {n_folds} folds; expected "
                                  f"0..{n_folds - 1}")
@@ -270,5 +298,26 @@ def fold_split_names(
                                  source=source)
     out = np.full(len(ids), "train", dtype=object)
     out[folds == fold] = "test"
-    out[folds == (fold + 1) % n_folds] = "val"
+    if val_from == "next-fold":
+        out[folds == (fold + 1) % n_folds] = "val"
+        return out
+    fraction = _float_option(val_fraction, "val_fraction", dataset)
+    if not 0 < fraction < 1:
+        raise DatasetOptionError(f"{dataset}: option 'val_fraction': expected a fraction in (0, 1) of the training "
+                                 f"folds, got {val_fraction!r}")
+    pool = np.flatnonzero(folds != fold)
+    labels_arr = np.asarray(labels)
+    val = holdout_mask([str(ids[i]) for i in pool], labels_arr[pool], fraction, seed,
+                       None if groups is None else [groups[i] for i in pool],
+                       split_file=carved_val_file(path, fold, fraction), dataset=dataset, grouped_by=grouped_by,
+                       source=source)
+    out[pool[val]] = "val"
     return out
+
+
+def _float_option(value: object, name: str, dataset: str) -> float:
+    try:
+        as_float = float(str(value).strip())
+    except ValueError:
+        raise DatasetOptionError(f"{dataset}: option '{name}': expected a number, got {value!r}") from None
+    return as_float

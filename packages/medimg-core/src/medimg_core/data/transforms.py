@@ -22,6 +22,13 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 #: the values `normalize` takes
 NORMALIZATIONS = ("imagenet", "inception", "dataset", None)
+#: how `eval_transform` brings an image to size x size: "squash" (resize both sides, aspect ratio lost, nothing
+#: cut) or "short-side-center-crop" (short side to size, aspect kept, then the central size x size)
+EVAL_RESIZES = ("squash", "short-side-center-crop")
+#: how `train_transform` crops: "random-resized" (RandomResizedCrop(size)) or "random-resized-then-center"
+#: (RandomResizedCrop(round(size * 256 / 224)), flips and rotation, then CenterCrop(size): the torchvision
+#: ImageNet recipe's 256 -> 224, as CRL's official training)
+TRAIN_CROPS = ("random-resized", "random-resized-then-center")
 
 
 def normalization(
@@ -51,7 +58,8 @@ def normalization(
 @dataclass(frozen=True)
 class TransformConfig:
     """What the presets do. `channels` is what the model sees: 1-channel images are repeated to 3
-    when `channels=3` (ImageNet backbones) and RGB images turned to luminance when `channels=1`."""
+    when `channels=3` (ImageNet backbones) and RGB images turned to luminance when `channels=1`.
+    `eval_resize` is one of `EVAL_RESIZES`, `train_crop` one of `TRAIN_CROPS`."""
 
     size: int = 224
     channels: int = 3
@@ -63,6 +71,14 @@ class TransformConfig:
     rotation: float = 0.0
     scale: tuple[float, float] = (0.8, 1.0)
     color_jitter: float = 0.0
+    eval_resize: str = "squash"
+    train_crop: str = "random-resized"
+
+    def __post_init__(self) -> None:
+        if self.eval_resize not in EVAL_RESIZES:
+            raise ValueError(f"eval_resize must be one of {list(EVAL_RESIZES)}, got {self.eval_resize!r}")
+        if self.train_crop not in TRAIN_CROPS:
+            raise ValueError(f"train_crop must be one of {list(TRAIN_CROPS)}, got {self.train_crop!r}")
 
 
 def _channels(channels: int) -> v2.Transform:
@@ -94,11 +110,17 @@ class _ImageOnly(v2.Transform):
 
 
 def train_transform(config: TransformConfig | None = None, **overrides) -> v2.Compose:
-    """Random resized crop, flips, rotation, optional colour jitter, then tensor float and normalisation."""
+    """Random resized crop, flips, rotation, optional colour jitter, then tensor float and normalisation.
+
+    With `train_crop="random-resized-then-center"` the random resized crop is round(size * 256 / 224) pixels and
+    the flips and rotation are followed by the central size x size crop (CRL's official order: crop, rotation,
+    flips, centre crop; the flips and a rotation uniform in +-rotation commute in distribution)."""
     cfg = _config(config, overrides)
+    then_center = cfg.train_crop == "random-resized-then-center"
+    crop = round(cfg.size * 256 / 224) if then_center else cfg.size
     steps: list[v2.Transform] = [
         _channels(cfg.channels),
-        v2.RandomResizedCrop(cfg.size, scale=cfg.scale, antialias=True),
+        v2.RandomResizedCrop(crop, scale=cfg.scale, antialias=True),
     ]
     if cfg.hflip:
         steps.append(v2.RandomHorizontalFlip())
@@ -109,13 +131,24 @@ def train_transform(config: TransformConfig | None = None, **overrides) -> v2.Co
     if cfg.color_jitter:
         j = cfg.color_jitter
         steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j if cfg.channels == 3 else 0))
+    if then_center:
+        steps.append(v2.CenterCrop(cfg.size))
     return v2.Compose(steps + _to_float(cfg))
 
 
 def eval_transform(config: TransformConfig | None = None, **overrides) -> v2.Compose:
-    """Resize to `size` (whole image, no crop: lesions near the border stay), tensor float, normalise."""
+    """Bring the image to size x size, then tensor float and normalisation.
+
+    `eval_resize="squash"` (default) resizes both sides to `size`: the whole image, no crop (lesions near the border
+    stay), but a non-square image changes its aspect ratio. `"short-side-center-crop"` resizes the short side to
+    `size` (aspect ratio kept) and keeps the central size x size (torchvision's Resize(size) + CenterCrop(size), as
+    CRL's official evaluation): the ends of the long side are cut."""
     cfg = _config(config, overrides)
-    steps = [_channels(cfg.channels), v2.Resize((cfg.size, cfg.size), antialias=True)]
+    steps: list[v2.Transform] = [_channels(cfg.channels)]
+    if cfg.eval_resize == "short-side-center-crop":
+        steps += [v2.Resize(cfg.size, antialias=True), v2.CenterCrop(cfg.size)]
+    else:
+        steps.append(v2.Resize((cfg.size, cfg.size), antialias=True))
     return v2.Compose(steps + _to_float(cfg))
 
 
