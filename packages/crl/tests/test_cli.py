@@ -199,6 +199,12 @@ def test_intervene_writes_curves_for_crl_and_a_bottleneck(trained, tmp_path):
     assert "| CRL | random |" in result.output and "| logistic-regression bottleneck | uncertainty |" in result.output
     report = json.loads((tmp_path / "interventions-test.json").read_text())
     assert report["concepts"] and set(report["curves"]) == {"CRL", "logistic-regression bottleneck"}
+    # the bottleneck's own test metrics: its accuracy is the k = 0 point of its curves
+    bottleneck = report["bottleneck_metrics"]
+    assert bottleneck["accuracy"] == pytest.approx(report["curves"]["logistic-regression bottleneck"]["random"]["accuracy"][0])
+    assert bottleneck["accuracy_ci"][0] <= bottleneck["accuracy"] <= bottleneck["accuracy_ci"][1]
+    for counts in report["predicted_class_counts"].values():
+        assert len(counts) == 2 and sum(counts) == report["n"]
     for by_order in report["curves"].values():
         for curve in by_order.values():
             assert curve["k"] == list(range(7)) and all(0 <= a <= 1 for a in curve["accuracy"])

@@ -27,7 +27,8 @@ def main() -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @training_options("wbc, skin, derm7pt (the paper's settings), synthetic-cpu, wbc-cpu (CPU presets from scratch), "
-                  "synthetic-lite0-cpu, wbc-lite0-cpu (CPU presets from the offline ImageNet weights)",
+                  "synthetic-lite0-cpu, wbc-lite0-cpu (CPU presets from the offline ImageNet weights), "
+                  "small-lite0-cpu (a few hundred images: a budget in steps; name the dataset)",
                   "model init, data order, augmentation")
 @click.option("--root", default=None, help="Dataset root (data.root).")
 @click.pass_context
