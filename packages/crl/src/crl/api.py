@@ -32,6 +32,7 @@ from medimg_core.checkpoint import CheckpointError, load_weights, read_tensors, 
 from medimg_core.config import ConfigError, config_from_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.data.errors import DatasetError
+from medimg_core.data.preprocess import load_split
 from medimg_core.estimator import Estimator
 from medimg_core.experiment import fit_run
 from medimg_core.metrics import concept_metrics, metrics_with_ci
@@ -224,7 +225,29 @@ def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "tes
     truth_arr = passed["truth"]
     if truth_arr.shape[1] == card.num_concepts and not np.isnan(truth_arr).all():
         result["concepts"] = concept_metrics(truth_arr, passed["probabilities"], list(card.concept_names))
+    if estimator.rules_ is not None:
+        result["compact"] = compact_on_split(estimator, passed, progress)
     return result
+
+
+def compact_on_split(estimator: ConceptRuleLearner, passed: dict[str, np.ndarray], progress: bool = True
+                     ) -> dict[str, Any]:
+    """The run's compact rules (`crl.compact`) and their fidelity to the network on the images of `passed` (a
+    `forward_split` output). A run trained before compact rules existed has none in its rules.json: they are
+    condensed here from its training split, as training would have (`"computed_now": true`)."""
+    from crl.compact import compact_fidelity, compact_rules
+
+    rules, cfg = estimator.rules_, estimator.resolved_config()
+    compact, computed_now = rules.compact, False
+    if compact is None:
+        train = forward_split(estimator, load_split(cfg.data, "train", transform=estimator.preprocess_.eval_transform()),
+                              "concepts of the training split", progress)
+        compact = compact_rules(rules, train["probabilities"] > 0.5, train["scores"].argmax(1),
+                                exact_max_concepts=cfg.compact.exact_max_concepts,
+                                prefix_fidelity=cfg.compact.prefix_fidelity)
+        computed_now = True
+    fidelity = compact_fidelity(rules, compact, passed["probabilities"] > 0.5, passed["scores"].argmax(1))
+    return {**compact.to_json(), "computed_now": computed_now, "fidelity_on_split": fidelity}
 
 
 def forward_split(estimator: ConceptRuleLearner, dataset: Any, desc: str, progress: bool = True

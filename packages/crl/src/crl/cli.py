@@ -82,6 +82,14 @@ def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device
                    f"positive): accuracy {c['concept_accuracy']:.4f}, macro-F1 {c['concept_macro_f1']:.4f}; "
                    f"pooled accuracy {c['concept_accuracy_pooled']:.4f}, positive-class F1 mean "
                    f"{c['concept_positive_f1_mean']:.4f}")
+    if "compact" in result:
+        c = result["compact"]
+        made = " (condensed now from the training split: the run predates them)" if c["computed_now"] else ""
+        per_class = ", ".join(f"{k} {v:.3f}" for k, v in c["fidelity_on_split"]["per_class"].items())
+        overall = (f"; prefix of {c['prefix_rules']} rules, overall {c['fidelity_on_split']['overall']:.3f}"
+                   if c["method"] == "prefix" else "")
+        click.echo(f"compact rules{made}, fidelity to the network on {dataset}/{split}, per class: {per_class}"
+                   f"{overall}")
     click.echo(f"wrote {path}")
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "PrefixClass",
     "RuleSet",
     "by_importance",
+    "compact_fidelity",
     "compact_rules",
     "cubes_to_formula",
     "minimal_sop",
@@ -192,3 +193,20 @@ def compact_rules(rules: RuleSet, train_concepts: np.ndarray, train_predicted: n
             float(((prefix_test == c) == (test_predicted == c)).mean()) if has_test else None))
     return CompactRules("prefix", prefix_rules=n, target_fidelity=prefix_fidelity, fidelity_train=fidelity,
                         fidelity_test=test_fidelity, exact_max_concepts=exact_max_concepts, per_class=per_class)
+
+
+def compact_fidelity(rules: RuleSet, compact: CompactRules, concepts: np.ndarray, predicted: np.ndarray
+                     ) -> dict[str, float | dict[str, float]]:
+    """The agreement of `compact` (a compact view of `rules`) with the network on other images: concepts (N, K)
+    binary, predicted (N,) the network's class. Returns {"per_class": {class: one-vs-rest agreement}} and, in
+    prefix mode, "overall" (agreement of the prefix's argmax)."""
+    concepts = np.asarray(concepts, dtype=np.float32)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    if compact.method == "exact":
+        return {"per_class": {c.class_name: float((c.evaluate(concepts) == (predicted == i)).mean())
+                              for i, c in enumerate(compact.classes)}}
+    prefix = RuleSet(rules.concept_names, rules.class_names, rules.bias, by_importance(rules)[:compact.prefix_rules],
+                     rules.pruning).predict(concepts)
+    return {"overall": float((prefix == predicted).mean()),
+            "per_class": {name: float(((prefix == i) == (predicted == i)).mean())
+                          for i, name in enumerate(rules.class_names)}}
