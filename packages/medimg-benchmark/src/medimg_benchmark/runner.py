@@ -21,6 +21,8 @@ Per seed s of `seeds`:
    `medimg_benchmark.maps.cam_layer`: the last stage, or an earlier one where the last is below 2 x 2 pixels, as a
    ResNet's layer4 at 32 px) plus the model-independent `edge_reference`, on every map protocol, with bootstrap intervals over images; the sanity check on the
    first `sanity_images` of them.
+5. `medimg_benchmark.concepts.score_tcav`: TCAV of every concept for `malignant` on the same layer, against the
+   generator's rule (the rule's concepts should be significant and positive, the others not).
 
 Over seeds: mean and sample standard deviation (ddof=1; NaN with one seed) of each protocol's per-seed value,
 and the share of seeds whose sanity check passed. Recorded: every per-seed number with its interval, the
@@ -43,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medimg_benchmark.concepts import score_tcav
 from medimg_benchmark.maps import EDGE_REFERENCE, PROTOCOLS, cam_layer, default_explainers, score_explainers
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,10 @@ class BenchmarkConfig:
 
     seeds: tuple[int, ...] = (0, 1, 2)
     n_images: int = 1000
+    #: TCAV (medimg_benchmark.concepts): images per concept and per random set, random sets, class images
+    tcav_images: int = 50
+    tcav_random_sets: int = 10
+    tcav_class_images: int = 100
     image_size: int = 64
     preset: str = "baseline-synth-derm"
     epochs: int = 10
@@ -80,6 +87,7 @@ class BenchmarkConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must not repeat, got {list(self.seeds)}")
         for key, minimum in (("n_images", 20), ("image_size", 32), ("epochs", 1), ("max_eval_images", 1),
+                             ("tcav_images", 2), ("tcav_random_sets", 3), ("tcav_class_images", 1),
                              ("sanity_images", 1), ("bootstrap", 10), ("data_seed_offset", 0)):
             value = getattr(self, key)
             if not isinstance(value, int) or value < minimum:
@@ -90,7 +98,7 @@ class BenchmarkConfig:
         """The CI budget: 2 seeds, 120 images at 32 px, 2 epochs, 6 images per protocol (2 in the sanity check),
         200 bootstrap resamples."""
         base = cls(seeds=(0, 1), n_images=120, image_size=32, epochs=2, max_eval_images=6, sanity_images=2,
-                   bootstrap=200, quick=True)
+                   bootstrap=200, tcav_images=8, tcav_random_sets=3, tcav_class_images=10, quick=True)
         return replace(base, **changes)
 
 
@@ -127,12 +135,13 @@ def _train(cfg: BenchmarkConfig, data: Any, seed: int, models_dir: Path):
     return BaselineClassifier(cfg.preset, **params).fit(data.dataset("train"), data.dataset("val"))
 
 
-def _test_inputs(estimator: Any, data: Any) -> torch.Tensor:
+def _test_inputs(estimator: Any, data: Any, split: str = "test") -> torch.Tensor:
+    """The model's inputs (N, C, H, W) of a split, with its evaluation transform."""
     from medimg_core.data.preprocess import build_transforms
 
     _, eval_tf = build_transforms(estimator.resolved_config().data, data.card)
-    test = data.dataset("test", transform=eval_tf)
-    return torch.stack([test[i]["image"] for i in range(len(test))])
+    images = data.dataset(split, transform=eval_tf)
+    return torch.stack([images[i]["image"] for i in range(len(images))])
 
 
 def run_seed(cfg: BenchmarkConfig, seed: int, models_dir: Path,
@@ -176,12 +185,18 @@ def run_seed(cfg: BenchmarkConfig, seed: int, models_dir: Path,
                               n_boot=cfg.bootstrap, seed=seed,
                               on_explainer=lambda name: say(f"seed {seed}: scoring {name}"))
     maps = {name: row.pop("maps") for name, row in scores.items()}
+    say(f"seed {seed}: TCAV of every concept for {POSITIVE_CLASS}")
+    train_idx = data.indices("train")
+    concepts = score_tcav(model, layer, _test_inputs(estimator, data, "train").to(device),
+                          data.true_concepts[train_idx], list(card.concept_names),
+                          list(card.extra["rule_variables"]), x[malignant[:cfg.tcav_class_images]], positive,
+                          n_concept=cfg.tcav_images, n_random=cfg.tcav_random_sets, seed=seed)
     return {
         "seed": seed, "data_seed": data_seed, "model_run": str(estimator.run_),
         "test_images": len(test_idx), "test_accuracy": accuracy, "selection": selection,
         "scored_images": int(len(chosen)), "scored_ids": [data.ids[i] for i in rows],
         "rule": card.extra["rule"], "cam_layer": layer, "explained_class": POSITIVE_CLASS, "seconds": time.perf_counter() - t0,
-        "explainers": scores, "maps": maps, "display": data.images[rows], "masks": masks,
+        "explainers": scores, "concepts": concepts, "maps": maps, "display": data.images[rows], "masks": masks,
     }
 
 
@@ -202,6 +217,23 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         row["sanity_pass_rate"] = sum(passes) / len(passes)
         out[name] = row
     return out
+
+
+def summarise_concepts(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over seeds: rule concepts found and other concepts flagged (per seed and mean), and per concept the mean
+    TCAV score, its sd over seeds and how many seeds found it significant."""
+    names = list(per_seed[0]["concepts"]["concepts"])
+    per_concept = {}
+    for name in names:
+        rows = [r["concepts"]["concepts"][name] for r in per_seed if name in r["concepts"]["concepts"]]
+        means = [row["tcav_mean"] for row in rows]
+        per_concept[name] = {"in_rule": rows[0]["in_rule"], "tcav_mean": float(np.mean(means)),
+                             "tcav_sd": float(np.std(means, ddof=1)) if len(means) > 1 else float("nan"),
+                             "significant_seeds": sum(row["significant"] for row in rows), "n_seeds": len(rows)}
+    first = per_seed[0]["concepts"]
+    return {"rule_found": [r["concepts"]["rule_found"] for r in per_seed], "rule_total": first["rule_total"],
+            "others_flagged": [r["concepts"]["others_flagged"] for r in per_seed],
+            "others_tested": first["others_tested"], "per_concept": per_concept}
 
 
 def run_benchmark(cfg: BenchmarkConfig, out: str | Path = "runs",
@@ -226,7 +258,8 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path = "runs",
         "generator": GENERATOR, "explainers": list(first["explainers"]), "protocols": dict(PROTOCOLS),
         "reference_explainer": EDGE_REFERENCE,
         "torch_threads": torch.get_num_threads(), "versions": versions(),
-        "seeds": per_seed, "summary": summarise(per_seed), "seconds": time.perf_counter() - t0,
+        "seeds": per_seed, "summary": summarise(per_seed), "concept_summary": summarise_concepts(per_seed),
+        "seconds": time.perf_counter() - t0,
     }
     write_outputs(result, run_dir, figure)
     result["run_dir"] = str(run_dir)
