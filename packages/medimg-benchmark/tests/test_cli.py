@@ -84,7 +84,7 @@ def test_the_markdown_table_has_every_cell_filled(quick_run):
     run, _ = quick_run
     tables = [block.splitlines() for block in (run / "benchmark.md").read_text().split("\n\n")
               if block.startswith("|")]
-    assert len(tables) == 2  # the maps, then the concepts
+    assert len(tables) == 3  # the maps, the concepts, the data randomisation
     header, rows = tables[0][0], tables[0][2:]
     assert header.count("|") == len(PROTOCOLS) + 3
     assert [r.split("|")[1].strip() for r in rows] == EXPLAINERS
@@ -106,12 +106,31 @@ def test_tcav_scores_every_concept_against_the_rule(quick_run):
             assert 0 <= row["tcav_mean"] <= 1 and 0 <= row["p_value"] <= 1, name
             assert len(row["scores"]) == c["n_random"] and len(row["random_scores"]) == c["n_random"] - 1
             assert row["in_rule"] == (name in ("irregular_border", "blue_white_veil", "streaks"))
+        for name, row in c["probe"].items():
+            assert row["auroc"] is None or 0 <= row["auroc"] <= 1, name
     summary = result["concept_summary"]
     assert len(summary["rule_found"]) == len(result["seeds"])
     table = [block.splitlines() for block in (run / "benchmark.md").read_text().split("\n\n")
              if block.startswith("|")][1]
     assert [r.split("|")[1].strip() for r in table[2:]] == list(summary["per_concept"])
     assert "Rule concepts found (significant, score > 0.5) per seed:" in (run / "benchmark.md").read_text()
+
+
+def test_data_randomisation_compares_each_explainer_with_a_permuted_label_model(quick_run):
+    run, _ = quick_run
+    result = json.loads((run / "benchmark.json").read_text())
+    summary = result["data_randomisation_summary"]
+    assert list(summary["explainers"]) == EXPLAINERS
+    for record in result["seeds"]:
+        rows = record["data_randomisation"]["explainers"]
+        # the reference's maps do not depend on the model: identical for both models, so it must fail
+        assert rows[EDGE_REFERENCE]["spearman_abs"]["value"] == pytest.approx(1.0) and not rows[EDGE_REFERENCE]["passes"]
+        for name, row in rows.items():
+            cell = row["spearman_abs"]
+            assert cell["low"] <= cell["value"] <= cell["high"] or not _finite(cell["value"]), name
+    table = [block.splitlines() for block in (run / "benchmark.md").read_text().split("\n\n")
+             if block.startswith("|")][2]
+    assert [r.split("|")[1].strip() for r in table[2:]] == EXPLAINERS and table[-1].endswith("| 0/2 |")
 
 
 def test_bad_seeds_are_refused_with_the_value():

@@ -16,6 +16,11 @@ Reported per concept: the mean TCAV score over the random sets, the p-value of t
 concepts, whether it is significant (Bonferroni over the concepts tested), and whether it is in the rule; per
 seed: how many rule concepts were found (significant, score > 0.5) and how many other concepts were flagged
 (significant). A concept with fewer than 2 annotated training images is not tested (`skipped`).
+
+Next to it, `probe_recovery`: whether the layer encodes each concept at all, the test AUROC of a linear probe
+(logistic regression, C = 1, on the standardised activations) fitted on every training image's activations
+against its annotation. TCAV asks whether the decision uses a concept; the probe whether the representation holds
+it: a rule concept the probe finds but TCAV does not is encoded and unused (or used in a way TCAV misses).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medimg_core.tcav import tcav
+from medimg_core.tcav import layer_activations, tcav
 
 
 def score_tcav(model: nn.Module, layer: str, train_x: torch.Tensor, train_concepts: np.ndarray,
@@ -59,3 +64,25 @@ def score_tcav(model: nn.Module, layer: str, train_x: torch.Tensor, train_concep
             "rule_found": sum(r["significant"] and r["tcav_mean"] > 0.5 for r in rule),
             "rule_total": len([v for v in rule_variables if v in concept_names]),
             "others_flagged": sum(r["significant"] for r in others), "others_tested": len(others)}
+
+
+def probe_recovery(model: nn.Module, layer: str, train_x: torch.Tensor, train_concepts: np.ndarray,
+                   test_x: torch.Tensor, test_concepts: np.ndarray, concept_names: list[str],
+                   rule_variables: list[str]) -> dict[str, dict[str, Any]]:
+    """{concept: {"auroc": test AUROC of the linear probe (None where train or test lacks a class), "in_rule"}}
+    (see the module docstring). x (N, C, H, W); concepts (N, K) 0/1."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    a_train, a_test = layer_activations(model, layer, train_x), layer_activations(model, layer, test_x)
+    out = {}
+    for k, name in enumerate(concept_names):
+        y_train, y_test = np.asarray(train_concepts)[:, k] > 0.5, np.asarray(test_concepts)[:, k] > 0.5
+        auroc = None
+        if 0 < y_train.sum() < len(y_train) and 0 < y_test.sum() < len(y_test):
+            probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(a_train, y_train)
+            auroc = float(roc_auc_score(y_test, probe.decision_function(a_test)))
+        out[name] = {"auroc": auroc, "in_rule": name in rule_variables}
+    return out
