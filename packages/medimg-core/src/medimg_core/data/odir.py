@@ -374,8 +374,9 @@ class ODIR(FileDataset):
     itself; carving validation from training is our change, so that nothing is selected on test.
     Where the sources stop: the sheet names, folders and columns above come from the released CIPL code and
     from other public code that reads the release; the `Images/` folder name from that other code only (the
-    release's own README does not list its files), hence the option `images=`. The per-part patient counts are
-    those of the OIA-ODIR paper; the eye counts are comments in the released code, not checked here.
+    release's own README does not list its files), hence the option `images=`. The per-part patient counts come
+    from public descriptions of the release (its README gives only the 5,000 total); the eye counts are comments
+    in the released code. Neither is checked here: the data are not on this machine.
 
     **protocol="medimg-folds"** (ours): 5 seeded folds over the eyes of the training sheet, grouped by patient
     and stratified by the rarest label (test = fold `fold`, val = fold `fold + 1`, train = the rest). It reads
