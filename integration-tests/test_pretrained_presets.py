@@ -66,6 +66,14 @@ def test_baseline_and_crl_wbcatt_presets_start_from_imagenet(tmp_path, e2e):
     assert _source(run).startswith("imagenet-lite0:")
     run = e2e.run_folder(e2e.run_cli("crl", "train", "--config", "wbc-lite0-cpu", "--root", str(root), *small))
     assert _source(run).startswith("imagenet-lite0:")
+    # the small-data preset: a budget in steps, on a stratified subset of the training split
+    run = e2e.run_folder(e2e.run_cli("crl", "train", "--config", "small-lite0-cpu", "--data.dataset", "wbcatt",
+                                     "--root", str(root), "--data.train_subset", "5", "--train.steps", "3",
+                                     *small[2:]))
+    assert _source(run).startswith("imagenet-lite0:")
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    # 5 of the 6 training images in batches of 4 (drop_last): one step an epoch, so 3 steps are 3 epochs
+    assert len([h for h in history if "train/loss" in h]) == 3
 
 
 def test_cipl_presets_start_from_imagenet(tmp_path, synth_data, e2e):

@@ -176,7 +176,8 @@ def evaluate_concepts(bench: str, run: dict, metric_names: list[str]) -> None:
     """Fill a reused CRL run's published concept metrics (None in runs trained before they were computed) from
     `crl evaluate RUN` on its test split, recording the command; the evaluation's test accuracy must equal the
     run's, or the two did not score the same model."""
-    if bench not in CONCEPT_EVALUATION or run["numbers"].get("concept_macro_f1") is not None:
+    if bench not in CONCEPT_EVALUATION or (run["numbers"].get("concept_macro_f1") is not None
+                                           and run.get("compact") is not None):
         return
     dataset, root = CONCEPT_EVALUATION[bench]
     run_dir = ROOT / run["run_dir"]
@@ -190,6 +191,17 @@ def evaluate_concepts(bench: str, run: dict, metric_names: list[str]) -> None:
                          f"run's {run['numbers']['accuracy']}")
     concepts = concept_numbers(evaluation["concepts"])
     run["numbers"].update({k: concepts[k] for k in concepts if k in metric_names})
+    compact = evaluation["compact"]  # the compact rules (condensed now where the run predates them), test fidelity
+    run["compact"] = {"method": compact["method"], "computed_now": compact["computed_now"],
+                      "prefix_rules": compact.get("prefix_rules"), "fidelity_train": compact.get("fidelity_train"),
+                      "fidelity_test": compact["fidelity_on_split"].get("overall"),
+                      "per_class": [{**({k: e[k] for k in ("class", "rules", "literals", "fidelity_train")}
+                                        if compact["method"] == "prefix" else
+                                        {"class": e["class"], "rule": e["rule"], "literals": e["literals"],
+                                         "fidelity_train": e["fidelity_train"]}),
+                                     "fidelity_test": compact["fidelity_on_split"]["per_class"][e["class"]]}
+                                    for e in compact.get("per_class" if compact["method"] == "prefix" else "classes",
+                                                         [])]}
     run["concept_evaluation"] = {"command": display(cmd), "wall_time_s": wall}
     print(f"{bench} seed {run['seed']}: published concept macro-F1 {concepts['concept_macro_f1']:.4f}, "
           f"accuracy {concepts['concept_accuracy']:.4f} (crl evaluate, {wall:.0f} s)", flush=True)

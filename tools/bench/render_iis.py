@@ -83,8 +83,16 @@ def _section(result: dict, title: str, data_line: str) -> list[str]:
             for b in run["backbones"]:
                 lib = b["library"]
                 dropped = lib["interpretability_filter"]["dropped"]
+                duplicates = lib.get("duplicate_filter")  # result files from before the filter have none
+                dup_step = ""
+                if duplicates is not None:
+                    kept = lib["activation_filter"]["kept"] - len(duplicates["dropped"])
+                    dup_step = (f" -> {kept} after the duplicate filter (|r| >= {duplicates['min_abs_correlation']} "
+                                "with an earlier phrase: " + (", ".join(
+                                    f"{k} ~ {v['duplicate_of']} (r = {v['correlation']:.2f})"
+                                    for k, v in duplicates["dropped"].items()) or "none") + ")")
                 lines.append(f"- {b['label']}: {lib['phrases']} phrases -> {lib['activation_filter']['kept']} after the "
-                             f"top-5 activation filter -> {lib['final']} after the interpretability filter "
+                             f"top-5 activation filter{dup_step} -> {lib['final']} after the interpretability filter "
                              f"(validation cos^3 > {lib['interpretability_filter']['cutoff']})"
                              + ("; dropped: " + ", ".join(f"{k} ({v:.2f})" for k, v in dropped.items()) if dropped
                                 else ""))

@@ -64,6 +64,30 @@ def _metric_label(metric: str, metrics: list[str]) -> str:
             "concept_accuracy": "concept accuracy (published)"}.get(metric, metric.replace("_", " "))
 
 
+def _compact_lines(runs: list[dict]) -> list[str]:
+    """The compact rules of CRL runs (`crl evaluate`): per class, the rules that argue for it (prefix mode) or the
+    formula's literals (exact mode), and the one-vs-rest fidelity to the network on test."""
+    found = [r for r in runs if r.get("compact")]
+    if not found:
+        return []
+    lines = []
+    for r in found:
+        c = r["compact"]
+        made = ", condensed by `crl evaluate` (the run predates compact rules)" if c["computed_now"] else ""
+        if c["method"] == "prefix":
+            head = (f"the {c['prefix_rules']} most important rules (fidelity train {c['fidelity_train']:.3f}, "
+                    f"test {c['fidelity_test']:.3f})")
+            per_class = "; ".join(f"{e['class']} {e['rules']} rules, {e['literals']} literals, test "
+                                  f"{e['fidelity_test']:.3f}" for e in c["per_class"])
+        else:
+            head = "exact formulas"
+            per_class = "; ".join(f"{e['class']} {e['literals']} literals, test {e['fidelity_test']:.3f}"
+                                  for e in c["per_class"])
+        lines.append(f"  - compact rules of seed {r['seed']}{made}: {head}; per class (rules for it, their literals, "
+                     f"one-vs-rest test fidelity): {per_class}")
+    return lines
+
+
 def single_command(result: dict) -> list[str]:
     lines = ["## From scratch against ImageNet weights (imagenet-lite0)", "",
              f"Last written: {result['date']}. Machine: {machine_line(result['machine'])}. Command: "
@@ -116,6 +140,7 @@ def single_command(result: dict) -> list[str]:
                 lines.append(f"  - published concept metrics of seed(s) {', '.join(str(r['seed']) for r in evaluated)} "
                              f"(trained before they were computed): `crl evaluate` on the run's best checkpoint and "
                              f"test split, e.g. `{example}`")
+            lines += _compact_lines(runs)
             loaded = [r for r in runs if _under_load(r)]
             if loaded:
                 lines.append(f"- Wall times of seed(s) {', '.join(str(r['seed']) for r in loaded)} were measured "

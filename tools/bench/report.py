@@ -145,6 +145,62 @@ def crl_interventions(result: dict) -> list[str]:
     return [*lines, ""]
 
 
+SMALL_DATA_ARMS = {"crl": "CRL, `small-lite0-cpu` (220 steps)",
+                   "blackbox": "black box, `baseline-wbcatt-lite0-cpu` with 220 steps",
+                   "crl-paper-lr": "CRL, `small-lite0-cpu` with the paper's logic lr 5e-4 and concept weight 1",
+                   "crl-two-epochs": "CRL, `wbc-lite0-cpu` as shipped (2 epochs: 22 steps here)"}
+
+
+def crl_small_data(result: dict) -> list[str]:
+    def stat(summary: dict, key: str) -> str:
+        s = summary.get(key)
+        return "-" if s is None else f"{s['mean']:.3f} ± {s['sd']:.3f}" if s["n"] > 1 else f"{s['mean']:.3f}"
+
+    arms = result["arms"]
+    lines = ["## CRL on small data: 350-image WBCAtt subsets", "",
+             f"Date: {result['date']}. Machine: {machine_line(result['machine'])}. Command: `{result['command']}`.", "",
+             f"Stratified training subsets of {result['subset']} images (subset seed = training seed = "
+             f"{', '.join(str(s) for s in result['seeds'])}); WBCAtt's official validation and test splits; "
+             "EfficientNet-Lite0 from ImageNet (`imagenet-lite0`) at 128 px for every model. The bottleneck is a "
+             "logistic regression on the same run's predicted concept probabilities (`crl intervene`). Test "
+             "metrics, mean ± sd over the seeds; *classes predicted* is the fewest classes a run's CRL assigned "
+             "any test image to (5: no collapse).", "",
+             "| model | test accuracy | balanced accuracy | macro-F1 | concept macro-F1 (published) | concept "
+             "accuracy (published) | bottleneck accuracy | bottleneck balanced accuracy | classes predicted |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arm, label in SMALL_DATA_ARMS.items():
+        if arm not in arms:
+            continue
+        summ = arms[arm]["summary"]
+        lines.append(f"| {label} | {stat(summ, 'test_accuracy')} | {stat(summ, 'test_balanced_accuracy')} | "
+                     f"{stat(summ, 'test_macro_f1')} | {stat(summ, 'concept_macro_f1')} | "
+                     f"{stat(summ, 'concept_accuracy')} | {stat(summ, 'bottleneck_accuracy')} | "
+                     f"{stat(summ, 'bottleneck_balanced_accuracy')} | {summ.get('min_classes_predicted', '-')} |")
+    if "crl" in arms and "blackbox" in arms:
+        gaps = [b["test"]["accuracy"] - c["test"]["accuracy"]
+                for c, b in zip(arms["crl"]["runs"], arms["blackbox"]["runs"], strict=True)]
+        lines += ["", f"Black box minus CRL (`small-lite0-cpu`), test accuracy per seed: "
+                      f"{', '.join(f'{g:+.3f}' for g in gaps)} (largest {max(gaps):+.3f})."]
+    lines += ["", "Per run (test accuracy [95% CI]; CRL: rules, compact prefix and its per-class test fidelity):", "",
+              "| model | seed | test accuracy [95% CI] | balanced accuracy [95% CI] | rules (mean length) | compact "
+              "prefix: rules kept, test fidelity | per class: rules for it / test fidelity | wall time |",
+              "|---|---|---|---|---|---|---|---|"]
+    for arm in SMALL_DATA_ARMS:
+        for r in arms.get(arm, {}).get("runs", []):
+            rules, compact, per_class = "-", "-", "-"
+            if "rules" in r:
+                rules = f"{r['rules']['count']} ({r['rules']['mean_length']:.2f})"
+                c = r["rules"].get("compact") or {}
+                if c.get("method") == "prefix":
+                    compact = f"{c['prefix_rules']}, {fmt(c.get('fidelity_test'))}"
+                    per_class = "; ".join(f"{e['class']} {e['rules']} / {fmt(e['fidelity_test'])}"
+                                          for e in c.get("per_class", [])) or "-"
+            lines.append(f"| {arm} | {r['seed']} | {ci(r['test'], 'accuracy')} | {ci(r['test'], 'balanced_accuracy')} | "
+                         f"{rules} | {compact} | {per_class} | {r['wall_time_s'] / 60:.1f} min |")
+    lines += [""] + [f"- {arm}: `{entry['command']}` (seed 0; one per seed)" for arm, entry in arms.items()]
+    return [*lines, ""]
+
+
 def concept_note(numbers: list[dict]) -> str:
     """What the concept columns of the CRL tables are (and why a published column reads n/a)."""
     note = ("- Concept metrics: *published* is the CRL paper's definition (official code: per concept, the macro-F1 "
@@ -157,7 +213,8 @@ def concept_note(numbers: list[dict]) -> str:
 
 
 RENDERERS = {"baselines": baselines, "loop_overhead": loop_overhead, "crl_logic_speed": crl_logic_speed,
-             "crl_synthetic": crl_synthetic, "crl_wbcatt": crl_wbcatt, "crl_interventions": crl_interventions}
+             "crl_synthetic": crl_synthetic, "crl_wbcatt": crl_wbcatt, "crl_interventions": crl_interventions,
+             "crl_small_data": crl_small_data}
 
 
 def _load(name: str) -> dict | None:

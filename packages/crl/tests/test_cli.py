@@ -79,6 +79,25 @@ def test_rules_explain_and_evaluate(trained, tmp_path):
     assert f"concepts, as published (mean over the {int(c['concept_with_positives'])} concepts" in result.output
     assert f"macro-F1 {c['concept_macro_f1']:.4f}" in result.output
     assert f"positive-class F1 mean {c['concept_positive_f1_mean']:.4f}" in result.output
+    # the compact rules' fidelity on the evaluated split: on the run's own test split, what training measured
+    saved = json.loads((run / "rules.json").read_text())["compact"]
+    compact = report["compact"]
+    assert compact["method"] == saved["method"] == "exact" and not compact["computed_now"]
+    assert compact["fidelity_on_split"]["per_class"] == {e["class"]: e["fidelity_test"] for e in saved["classes"]}
+    assert "compact rules" in result.output
+
+
+def test_evaluate_condenses_the_rules_of_a_run_from_before_compact_rules(trained, tmp_path):
+    data, run = trained
+    old = shutil.copytree(run, tmp_path / "old")
+    for rules_file in (old / "rules.json", old / "checkpoints" / "best" / "rules.json"):
+        payload = json.loads(rules_file.read_text())
+        saved = payload.pop("compact")
+        rules_file.write_text(json.dumps(payload))
+    result = CliRunner().invoke(main, ["evaluate", str(old), "--dataset", "csv", "--root", str(data), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    compact = json.loads((old / "eval-csv-test.json").read_text())["compact"]
+    assert compact["computed_now"] and [e["rule"] for e in compact["classes"]] == [e["rule"] for e in saved["classes"]]
 
 
 def test_run_folders_of_the_older_layout(trained, tmp_path):
@@ -220,6 +239,12 @@ def test_intervene_writes_curves_for_crl_and_a_bottleneck(trained, tmp_path):
     assert "| CRL | random |" in result.output and "| logistic-regression bottleneck | uncertainty |" in result.output
     report = json.loads((tmp_path / "interventions-test.json").read_text())
     assert report["concepts"] and set(report["curves"]) == {"CRL", "logistic-regression bottleneck"}
+    # the bottleneck's own test metrics: its accuracy is the k = 0 point of its curves
+    bottleneck = report["bottleneck_metrics"]
+    assert bottleneck["accuracy"] == pytest.approx(report["curves"]["logistic-regression bottleneck"]["random"]["accuracy"][0])
+    assert bottleneck["accuracy_ci"][0] <= bottleneck["accuracy"] <= bottleneck["accuracy_ci"][1]
+    for counts in report["predicted_class_counts"].values():
+        assert len(counts) == 2 and sum(counts) == report["n"]
     for by_order in report["curves"].values():
         for curve in by_order.values():
             assert curve["k"] == list(range(7)) and all(0 <= a <= 1 for a in curve["accuracy"])

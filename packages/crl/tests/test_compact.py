@@ -99,6 +99,19 @@ def test_prefix_mode_is_the_smallest_prefix_reaching_the_fidelity():
         assert compact.prefix_rules == expected and compact.fidelity_train == fidelities[expected]
         assert compact.fidelity_test == fidelities[expected]  # same images here
     assert "the 2 most important of 5 rules" in "\n".join(compact.to_text(rules))
+    # per class at target 1.0: both kept rules argue for malignant (streaks: 1 literal; ib & bwv: 2)
+    assert [c.to_json() for c in compact.per_class] == [
+        {"class": "benign", "rules": 0, "literals": 0, "fidelity_train": 1.0, "fidelity_test": 1.0},
+        {"class": "malignant", "rules": 2, "literals": 3, "fidelity_train": 1.0, "fidelity_test": 1.0}]
+    assert "malignant (bias -0.400) [2 rules for it, 3 literals; fidelity train 1.000, test 1.000]" \
+        in "\n".join(compact.to_text(rules))
+    # at 0.8 the prefix is `streaks` alone: it misses ib & bwv & ~streaks, 8 of the 64 patterns
+    compact = compact_rules(rules, ALL, network, ALL[32:], network[32:], exact_max_concepts=4, prefix_fidelity=0.8)
+    malignant = compact.per_class[1]
+    assert (compact.prefix_rules, malignant.rules, malignant.literals) == (1, 1, 1)
+    assert malignant.fidelity_train == 1 - 8 / 64
+    # ALL[32:] has irregular_border on: the 8 of its 32 patterns with bwv & ~streaks are missed
+    assert malignant.fidelity_test == 1 - 8 / 32
     with pytest.raises(ValueError, match="prefix_fidelity"):
         compact_rules(rules, ALL, prefix_fidelity=0.0)
 

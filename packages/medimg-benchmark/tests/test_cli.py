@@ -82,8 +82,10 @@ def test_the_model_independent_reference_fails_the_sanity_check(quick_run):
 
 def test_the_markdown_table_has_every_cell_filled(quick_run):
     run, _ = quick_run
-    lines = [line for line in (run / "benchmark.md").read_text().splitlines() if line.startswith("|")]
-    header, rows = lines[0], lines[2:]
+    tables = [block.splitlines() for block in (run / "benchmark.md").read_text().split("\n\n")
+              if block.startswith("|")]
+    assert len(tables) == 3  # the maps, the concepts, the data randomisation
+    header, rows = tables[0][0], tables[0][2:]
     assert header.count("|") == len(PROTOCOLS) + 3
     assert [r.split("|")[1].strip() for r in rows] == EXPLAINERS
     for row in rows:
@@ -91,6 +93,44 @@ def test_the_markdown_table_has_every_cell_filled(quick_run):
         assert all(re.fullmatch(r"-?\d+\.\d{3} ± \d+\.\d{3}", c) for c in cells[:-1]), row
         assert re.fullmatch(r"[0-2]/2", cells[-1]), row
     assert rows[-1].endswith("| 0/2 |")  # edge_reference
+
+
+def test_tcav_scores_every_concept_against_the_rule(quick_run):
+    run, _ = quick_run
+    result = json.loads((run / "benchmark.json").read_text())
+    for record in result["seeds"]:
+        c = record["concepts"]
+        assert c["rule_total"] == 3 and c["others_tested"] + c["rule_total"] + len(c["skipped"]) == 6
+        assert 0 <= c["rule_found"] <= 3 and 0 <= c["others_flagged"] <= c["others_tested"]
+        for name, row in c["concepts"].items():
+            assert 0 <= row["tcav_mean"] <= 1 and 0 <= row["p_value"] <= 1, name
+            assert len(row["scores"]) == c["n_random"] and len(row["random_scores"]) == c["n_random"] - 1
+            assert row["in_rule"] == (name in ("irregular_border", "blue_white_veil", "streaks"))
+        for name, row in c["probe"].items():
+            assert row["auroc"] is None or 0 <= row["auroc"] <= 1, name
+    summary = result["concept_summary"]
+    assert len(summary["rule_found"]) == len(result["seeds"])
+    table = [block.splitlines() for block in (run / "benchmark.md").read_text().split("\n\n")
+             if block.startswith("|")][1]
+    assert [r.split("|")[1].strip() for r in table[2:]] == list(summary["per_concept"])
+    assert "Rule concepts found (significant, score > 0.5) per seed:" in (run / "benchmark.md").read_text()
+
+
+def test_data_randomisation_compares_each_explainer_with_a_permuted_label_model(quick_run):
+    run, _ = quick_run
+    result = json.loads((run / "benchmark.json").read_text())
+    summary = result["data_randomisation_summary"]
+    assert list(summary["explainers"]) == EXPLAINERS
+    for record in result["seeds"]:
+        rows = record["data_randomisation"]["explainers"]
+        # the reference's maps do not depend on the model: identical for both models, so it must fail
+        assert rows[EDGE_REFERENCE]["spearman_abs"]["value"] == pytest.approx(1.0) and not rows[EDGE_REFERENCE]["passes"]
+        for name, row in rows.items():
+            cell = row["spearman_abs"]
+            assert cell["low"] <= cell["value"] <= cell["high"] or not _finite(cell["value"]), name
+    table = [block.splitlines() for block in (run / "benchmark.md").read_text().split("\n\n")
+             if block.startswith("|")][2]
+    assert [r.split("|")[1].strip() for r in table[2:]] == EXPLAINERS and table[-1].endswith("| 0/2 |")
 
 
 def test_bad_seeds_are_refused_with_the_value():

@@ -233,3 +233,38 @@ def test_csv_dataset_bad_input(tmp_path):
         CSVDataset(root, csv="escape.csv", split_column="split")
     with pytest.raises(TypeError, match="unknown option"):
         CSVDataset(root, csv="labels.csv", lable_column="x")
+
+
+# ---------------------------------------------------------------- small-data subsets of the training split
+
+
+def test_stratified_subset_keeps_class_proportions_and_is_seeded():
+    from medimg_core.data.splits import stratified_subset
+
+    targets = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    index = stratified_subset(targets, 20, seed=4)
+    assert len(index) == 20 and len(set(index)) == 20 and list(index) == sorted(index)
+    assert np.bincount(targets[index]).tolist() == [12, 6, 2]  # 60/30/10 % of 20
+    assert stratified_subset(targets, 20, seed=4).tolist() == index.tolist()
+    assert stratified_subset(targets, 20, seed=5).tolist() != index.tolist()
+    assert stratified_subset(targets, 100).tolist() == list(range(100))
+    with pytest.raises(DatasetError, match="asked for 101 images, the training split has 100"):
+        stratified_subset(targets, 101)
+    with pytest.raises(DatasetError, match="cannot hold the 3 classes"):
+        stratified_subset(targets, 2)
+
+
+def test_load_split_cuts_only_the_training_split(tmp_path):
+    from medimg_core.config import FieldError
+    from medimg_core.data.preprocess import DataConfig, load_split
+
+    root, _ = _csv_root(tmp_path, n=40)
+    opts = dict(csv="labels.csv", group_column="patient", n_folds=5, fold=1, seed=3)
+    full = {s: load_split(DataConfig(dataset="csv", root=str(root), options=opts), s) for s in ("train", "val")}
+    cfg = DataConfig(dataset="csv", root=str(root), options=opts, train_subset=10, train_subset_seed=1)
+    small = load_split(cfg, "train")
+    assert len(small) == 10 and set(small.ids) <= set(full["train"].ids)
+    assert load_split(cfg, cfg.train_split).ids == small.ids  # asked by its split name: the same images
+    assert load_split(cfg, "val").ids == full["val"].ids
+    with pytest.raises(FieldError, match="train_subset"):
+        DataConfig(train_subset=0)

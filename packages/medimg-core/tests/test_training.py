@@ -216,3 +216,16 @@ def test_bf16_autocast_on_cpu_trains_and_fp16_is_refused(tmp_path):
 def test_batch_larger_than_the_data_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="smaller than one batch of 64"):
         _toy_trainer(tmp_path, batch_size=64)
+
+
+def test_a_budget_in_steps_sets_the_epochs(tmp_path):
+    # 32 samples in batches of 8 (drop_last): 4 steps an epoch; 10 steps need 3 epochs whatever `epochs` says
+    trainer = _toy_trainer(tmp_path, epochs=1, steps=10)
+    assert trainer.steps_per_epoch == 4 and trainer.cfg.epochs == 3
+    result = trainer.fit()
+    assert len(result.history) == 3 and trainer.global_step == 12
+    from medimg_core.config import FieldError
+    from medimg_core.training import TrainConfig
+
+    with pytest.raises(FieldError, match="steps"):
+        TrainConfig(steps=0)

@@ -39,6 +39,7 @@ from cipl.train import CIPLRecipe
 from medimg_core.checkpoint import load_weights, save_checkpoint
 from medimg_core.data import MedicalImageDataset, load_dataset
 from medimg_core.data.errors import DatasetError
+from medimg_core.data.preprocess import load_split as load_data_split
 from medimg_core.estimator import Estimator
 from medimg_core.experiment import fit_run, sample_groups
 from medimg_core.explain import resolve_target
@@ -202,7 +203,7 @@ def evaluate_run(run_dir: str | Path, dataset: str | None = None, root: str | No
         result["localisation"] = loc
         index = model.push_index_ if dataset is None and root is None else None
         if index is not None:
-            train = load_dataset(name, data_root, cfg.data.train_split, **opts)
+            train = load_data_split(cfg.data, "train")  # the push ran on the run's own training images
             placement = prototype_placement(index.to_dict(), train)
             if placement is not None:
                 result["prototype_placement"] = placement
@@ -236,8 +237,7 @@ def push_run(run_dir: str | Path, checkpoint: str = "best", split: str | None = 
     run = Path(model.run_)
     cfg, labels = model.cfg_, model.labels_
     split_name = split or cfg.data.train_split
-    ds = load_dataset(cfg.data.dataset, cfg.data.root, split_name, transform=model.preprocess_.eval_transform(),
-                      **cfg.data.options)
+    ds = load_data_split(cfg.data, split_name, transform=model.preprocess_.eval_transform())
     loader = DataLoader(ds, batch_size=cfg.train.eval_batch_size or cfg.train.batch_size, shuffle=False)
     directory = f"prototypes/push-{checkpoint}-{split_name}"
     student = model.model_.to(device)

@@ -17,7 +17,8 @@ from cipl.model import CIPL, CIPLWithTeacher, LabelSpace, StageBackbone
 from cipl.push import PushIndex, find_push_dir
 from medimg_core.checkpoint import best_checkpoint, find_checkpoint, load_weights
 from medimg_core.config import config_from_dict
-from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
+from medimg_core.data import DatasetCard, MedicalImageDataset
+from medimg_core.data.preprocess import load_split as load_data_split
 from medimg_core.data.transforms import TransformConfig, eval_transform, normalization
 from medimg_core.models import create_backbone, parse_pretrained
 from medimg_core.pretrained import read_checkpoint_config
@@ -73,7 +74,7 @@ def display_fn(cfg: CIPLConfig, channels: int):
 
 def load_split(cfg: CIPLConfig, split: str, channels: int | None = None) -> MedicalImageDataset:
     """One split of the configured dataset with CIPL's evaluation transforms (resize, normalise)."""
-    ds = load_dataset(cfg.data.dataset, cfg.data.root, split, **cfg.data.options)
+    ds = load_data_split(cfg.data, split)
     ds.transform = eval_transform_for(cfg, channels or cfg.data.channels or ds.card.channels)
     return ds
 

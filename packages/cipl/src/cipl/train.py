@@ -65,8 +65,9 @@ from cipl.run import (  # noqa: F401
 )
 from medimg_core.checkpoint import find_checkpoint
 from medimg_core.config import ConfigError
-from medimg_core.data import MedicalImageDataset, load_dataset
+from medimg_core.data import MedicalImageDataset
 from medimg_core.data.preprocess import Preprocess
+from medimg_core.data.preprocess import load_split as load_data_split
 from medimg_core.estimator import with_transform
 from medimg_core.experiment import Built, FitContext, Splits, TaskFunctions, fit_run
 from medimg_core.metrics import classification_metrics
@@ -291,14 +292,12 @@ class CIPLSchedule(Hook):
 
 def load_data(cfg: CIPLConfig) -> dict[str, MedicalImageDataset]:
     """train (raw, for the pairs), push (train with eval transforms), val and test (eval transforms)."""
-    first = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, **cfg.data.options)
+    first = load_data_split(cfg.data, "train")
     channels = cfg.data.channels or first.card.channels
     tf = eval_transform_for(cfg, channels)
-    out = {"train": first,
-           "push": load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, transform=tf,
-                                **cfg.data.options)}
-    for key, split in (("val", cfg.data.val_split), ("test", cfg.data.test_split)):
-        out[key] = load_dataset(cfg.data.dataset, cfg.data.root, split, transform=tf, **cfg.data.options)
+    out = {"train": first, "push": load_data_split(cfg.data, "train", transform=tf)}
+    for key in ("val", "test"):
+        out[key] = load_data_split(cfg.data, key, transform=tf)
     return out
 
 

@@ -32,6 +32,7 @@ from medimg_core.checkpoint import CheckpointError, load_weights, read_tensors, 
 from medimg_core.config import ConfigError, config_from_dict
 from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
 from medimg_core.data.errors import DatasetError
+from medimg_core.data.preprocess import load_split
 from medimg_core.estimator import Estimator
 from medimg_core.experiment import fit_run
 from medimg_core.metrics import concept_metrics, metrics_with_ci
@@ -238,14 +239,15 @@ def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "tes
         raise DatasetError(f"{dataset} has {ds.card.num_concepts} concepts; the model predicts {card.num_concepts} "
                            f"({list(card.concept_names)})")
     passed = forward_split(estimator, ds, f"evaluating {dataset}/{split}", progress)
-
     def scores(rows: np.ndarray) -> dict[str, Any]:
+        part = {key: value[rows] for key, value in passed.items()}
         out: dict[str, Any] = {"n": int(len(rows)),
-                               "test": metrics_with_ci(card.task, passed["targets"][rows], passed["scores"][rows],
+                               "test": metrics_with_ci(card.task, part["targets"], part["scores"],
                                                        list(card.class_names), n_boot=n_boot, seed=seed)}
-        truth_arr = passed["truth"][rows]
-        if truth_arr.shape[1] == card.num_concepts and not np.isnan(truth_arr).all():
-            out["concepts"] = concept_metrics(truth_arr, passed["probabilities"][rows], list(card.concept_names))
+        if part["truth"].shape[1] == card.num_concepts and not np.isnan(part["truth"]).all():
+            out["concepts"] = concept_metrics(part["truth"], part["probabilities"], list(card.concept_names))
+        if estimator.rules_ is not None:
+            out["compact"] = compact_on_split(estimator, part, progress)
         return out
 
     every = np.arange(len(ds))
@@ -259,6 +261,26 @@ def evaluate_run(run_dir: str | Path, dataset: str, root: str, split: str = "tes
     rows = np.flatnonzero([i in paper_ids for i in ds.ids])
     return {**result, "subset": paper, "protocol": protocol, **scores(rows),
             "all_images": {"subset": whole, **scores(every)}}
+
+
+def compact_on_split(estimator: ConceptRuleLearner, passed: dict[str, np.ndarray], progress: bool = True
+                     ) -> dict[str, Any]:
+    """The run's compact rules (`crl.compact`) and their fidelity to the network on the images of `passed` (a
+    `forward_split` output). A run trained before compact rules existed has none in its rules.json: they are
+    condensed here from its training split, as training would have (`"computed_now": true`)."""
+    from crl.compact import compact_fidelity, compact_rules
+
+    rules, cfg = estimator.rules_, estimator.resolved_config()
+    compact, computed_now = rules.compact, False
+    if compact is None:
+        train = forward_split(estimator, load_split(cfg.data, "train", transform=estimator.preprocess_.eval_transform()),
+                              "concepts of the training split", progress)
+        compact = compact_rules(rules, train["probabilities"] > 0.5, train["scores"].argmax(1),
+                                exact_max_concepts=cfg.compact.exact_max_concepts,
+                                prefix_fidelity=cfg.compact.prefix_fidelity)
+        computed_now = True
+    fidelity = compact_fidelity(rules, compact, passed["probabilities"] > 0.5, passed["scores"].argmax(1))
+    return {**compact.to_json(), "computed_now": computed_now, "fidelity_on_split": fidelity}
 
 
 def forward_split(estimator: ConceptRuleLearner, dataset: Any, desc: str, progress: bool = True

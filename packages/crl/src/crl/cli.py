@@ -27,7 +27,8 @@ def main() -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @training_options("wbc, skin, derm7pt (the paper's settings), synthetic-cpu, wbc-cpu (CPU presets from scratch), "
-                  "synthetic-lite0-cpu, wbc-lite0-cpu (CPU presets from the offline ImageNet weights)",
+                  "synthetic-lite0-cpu, wbc-lite0-cpu (CPU presets from the offline ImageNet weights), "
+                  "small-lite0-cpu (a few hundred images: a budget in steps; name the dataset)",
                   "model init, data order, augmentation")
 @click.option("--root", default=None, help="Dataset root (data.root).")
 @click.pass_context
@@ -89,6 +90,14 @@ def evaluate(run_dir: Path, dataset: str, root: str, split: str, options, device
                        f"positive): accuracy {c['concept_accuracy']:.4f}, macro-F1 {c['concept_macro_f1']:.4f}; "
                        f"pooled accuracy {c['concept_accuracy_pooled']:.4f}, positive-class F1 mean "
                        f"{c['concept_positive_f1_mean']:.4f}")
+        if "compact" in part:
+            c = part["compact"]
+            made = " (condensed now from the training split: the run predates them)" if c["computed_now"] else ""
+            per_class = ", ".join(f"{k} {v:.3f}" for k, v in c["fidelity_on_split"]["per_class"].items())
+            overall = (f"; prefix of {c['prefix_rules']} rules, overall {c['fidelity_on_split']['overall']:.3f}"
+                       if c["method"] == "prefix" else "")
+            click.echo(f"  compact rules{made}, fidelity to the network on {title}, per class: {per_class}"
+                       f"{overall}")
     click.echo(f"wrote {path}")
 
 

@@ -19,15 +19,16 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from medimg_core.checkpoint import write_json
-from medimg_core.data import load_dataset
 from medimg_core.data.errors import DatasetError
+from medimg_core.data.preprocess import load_split
 from medimg_core.interventions import ORDERS, intervention_curve, plot_intervention_curves
+from medimg_core.metrics import metrics_with_ci
 
 
 def intervene_run(run_dir: str | Path, split: str = "test", n_orders: int = 5, seed: int = 0, device: str = "cpu",
                   progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
     """Intervention curves of a CRL run and of a logistic-regression bottleneck on its concepts, on `split` of the
-    run's own dataset; writes interventions-<split>.json and the figure interventions-<split>.png into `out`
+    run's own dataset, and the bottleneck's own test metrics with intervals (`bottleneck_metrics`); writes interventions-<split>.json and the figure interventions-<split>.png into `out`
     (default: RUN and RUN/figures)."""
     from crl.api import ConceptRuleLearner, forward_split
 
@@ -40,7 +41,7 @@ def intervene_run(run_dir: str | Path, split: str = "test", n_orders: int = 5, s
     transform = estimator.preprocess_.eval_transform()
     data = {}
     for role, name in (("train", cfg.data.train_split), ("eval", split)):
-        ds = load_dataset(cfg.data.dataset, cfg.data.root, name, transform=transform, **cfg.data.options)
+        ds = load_split(cfg.data, name, transform=transform)
         data[role] = forward_split(estimator, ds, f"concepts of {name}", progress)
     test = data["eval"]
     if np.isnan(test["truth"]).all():
@@ -68,7 +69,17 @@ def intervene_run(run_dir: str | Path, split: str = "test", n_orders: int = 5, s
     result = {"run": str(run_dir), "dataset": cfg.data.dataset, "split": split, "n": int(len(test["targets"])),
               "concepts": list(card.concept_names), "n_orders": n_orders, "seed": seed,
               "bottleneck": "sklearn LogisticRegression (C = 1) on the training split's predicted concept "
-                            "probabilities", "curves": curves, "figure": str(figure)}
+                            "probabilities",
+              # the bottleneck as a classifier in its own right (no intervention), with intervals as CRL's own
+              "bottleneck_metrics": metrics_with_ci(card.task, test["targets"],
+                                                    bottleneck.predict_proba(test["probabilities"]),
+                                                    list(card.class_names), seed=seed),
+              # how many test images each model assigns to each class (a model collapsed to one class shows it)
+              "predicted_class_counts": {
+                  "CRL": np.bincount(crl_predict(hard).argmax(1), minlength=card.num_classes).tolist(),
+                  "logistic-regression bottleneck": np.bincount(
+                      bottleneck.predict(test["probabilities"]).astype(np.int64), minlength=card.num_classes).tolist()},
+              "curves": curves, "figure": str(figure)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / f"interventions-{split}.json", result)
     return result

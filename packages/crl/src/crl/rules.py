@@ -447,6 +447,23 @@ class CompactClass:
 
 
 @dataclass
+class PrefixClass:
+    """One class in prefix mode: how many of the kept rules argue for it (positive weight on the class), their
+    literals in all, and the one-vs-rest agreement of "the prefix predicts the class" with "the network predicts
+    the class" (the per-class fidelity of exact mode, for the prefix)."""
+
+    class_name: str
+    rules: int
+    literals: int
+    fidelity_train: float
+    fidelity_test: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.class_name, "rules": self.rules, "literals": self.literals,
+                "fidelity_train": self.fidelity_train, "fidelity_test": self.fidelity_test}
+
+
+@dataclass
 class CompactRules:
     """The compact view of a rule set: per-class formulas ("exact") or a prefix of the rule list ("prefix").
 
@@ -462,6 +479,7 @@ class CompactRules:
     fidelity_train: float | None = None  # prefix mode
     fidelity_test: float | None = None  # prefix mode
     exact_max_concepts: int = EXACT_MAX_CONCEPTS
+    per_class: list[PrefixClass] = field(default_factory=list)  # prefix mode (empty in files written before it)
 
     def for_class(self, name: str) -> CompactClass | None:
         return next((c for c in self.classes if c.class_name == name), None)
@@ -472,7 +490,8 @@ class CompactRules:
             out["classes"] = [c.to_json() for c in self.classes]
         else:
             out.update(prefix_rules=self.prefix_rules, target_fidelity=self.target_fidelity,
-                       fidelity_train=self.fidelity_train, fidelity_test=self.fidelity_test)
+                       fidelity_train=self.fidelity_train, fidelity_test=self.fidelity_test,
+                       per_class=[c.to_json() for c in self.per_class])
         return out
 
     def to_text(self, rules: RuleSet) -> list[str]:
@@ -490,9 +509,16 @@ class CompactRules:
                  f"formula); the {self.prefix_rules} most important of {len(rules.rules)} rules reach fidelity "
                  f"train {self.fidelity_train:.3f}{test} (target {self.target_fidelity:.2f} on train)"]
         prefix = by_importance(rules)[:self.prefix_rules]
+        summary = {c.class_name: c for c in self.per_class}
         for c, name in enumerate(rules.class_names):
             kept = [r for r in prefix if abs(r.weights[c]) >= 1e-6]
-            lines.append(f"  {name} (bias {rules.bias[c]:+.3f}): "
+            fid = ""
+            if name in summary:
+                one = summary[name]
+                test_c = "" if one.fidelity_test is None else f", test {one.fidelity_test:.3f}"
+                fid = (f" [{one.rules} rules for it, {one.literals} literals; fidelity train "
+                       f"{one.fidelity_train:.3f}{test_c}]")
+            lines.append(f"  {name} (bias {rules.bias[c]:+.3f}){fid}: "
                          + ("; ".join(f"{r.weights[c]:+.3f} {r.text}" for r in kept) or "no rule"))
         return [*lines, ""]
 
@@ -521,11 +547,24 @@ def parse_compact(source: str, data: Any, concept_names: list[str], class_names:
         n = data.get("prefix_rules")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             _fail(source, "'compact'['prefix_rules']", n, "an integer >= 0")
+        per_class = []
+        entries = data.get("per_class", [])
+        if not isinstance(entries, list) or (entries and [e.get("class") if isinstance(e, dict) else None
+                                                          for e in entries] != list(class_names)):
+            _fail(source, "'compact'['per_class']", entries, f"one entry per class {class_names}, in that order")
+        for i, e in enumerate(entries):
+            at = f"'compact'['per_class'][{i}]"
+            counts = [e.get("rules"), e.get("literals")]
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in counts):
+                _fail(source, f"{at}['rules'/'literals']", counts, "integers >= 0")
+            per_class.append(PrefixClass(e["class"], counts[0], counts[1],
+                                         fraction(f"{at}['fidelity_train']", e.get("fidelity_train"), False),
+                                         fraction(f"{at}['fidelity_test']", e.get("fidelity_test"))))
         return CompactRules("prefix", prefix_rules=n,
                             target_fidelity=fraction("'compact'['target_fidelity']", data.get("target_fidelity")),
                             fidelity_train=fraction("'compact'['fidelity_train']", data.get("fidelity_train")),
                             fidelity_test=fraction("'compact'['fidelity_test']", data.get("fidelity_test")),
-                            exact_max_concepts=limit)
+                            exact_max_concepts=limit, per_class=per_class)
     entries = data.get("classes")
     if not isinstance(entries, list) or [e.get("class") if isinstance(e, dict) else None for e in entries] \
             != list(class_names):

@@ -29,8 +29,8 @@ from crl.compact import compact_rules
 from crl.config import CRLConfig, CRLLossConfig, CRLModelConfig
 from crl.model import CRL
 from crl.rules import concepts_of, extract_rules
-from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
-from medimg_core.data.preprocess import Preprocess, build_transforms
+from medimg_core.data import DatasetCard, MedicalImageDataset
+from medimg_core.data.preprocess import Preprocess, build_transforms, load_split
 from medimg_core.distributed import DistInfo
 from medimg_core.estimator import with_transform
 from medimg_core.experiment import Built, FitContext, Splits, TaskFunctions, fit_run
@@ -152,11 +152,9 @@ def build_model(cfg: CRLConfig, card: DatasetCard, in_chans: int, pretrained: bo
 
 def load_data(cfg: CRLConfig) -> tuple[dict[str, MedicalImageDataset], dict[str, MedicalImageDataset]]:
     """(datasets with train augmentation for training, the same splits with eval transforms)."""
-    first = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, **cfg.data.options)
+    first = load_split(cfg.data, "train")
     train_tf, eval_tf = build_transforms(cfg.data, first.card)
-    splits = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}
-    plain = {k: load_dataset(cfg.data.dataset, cfg.data.root, s, transform=eval_tf, **cfg.data.options)
-             for k, s in splits.items()}
+    plain = {k: load_split(cfg.data, k, transform=eval_tf) for k in ("train", "val", "test")}
     first.transform = train_tf
     return {"train": first, "val": plain["val"], "test": plain["test"]}, plain
 

@@ -39,8 +39,8 @@ from medimg_core.checkpoint import (
     write_json,
 )
 from medimg_core.config import config_from_dict, config_to_dict
-from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
-from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms
+from medimg_core.data import DatasetCard, MedicalImageDataset
+from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms, load_split
 from medimg_core.runs import RunFolderError, read_json_object
 
 #: the latent boundary's file inside a checkpoint folder (and, in runs written before it moved there, the run)
@@ -107,10 +107,9 @@ def eval_datasets(cfg: DAEConfig, splits: tuple[str, ...] = ("train", "val", "te
                   root: str | None = None) -> dict[str, MedicalImageDataset]:
     """The splits with eval transforms (resize, no augmentation, range [0, 1])."""
     data_cfg = cfg.data if root is None else DataConfig(**{**config_to_dict(cfg.data), "root": root})
-    names = {"train": data_cfg.train_split, "val": data_cfg.val_split, "test": data_cfg.test_split}
     out = {}
     for key in splits:
-        ds = load_dataset(data_cfg.dataset, data_cfg.root, names.get(key, key), **data_cfg.options)
+        ds = load_split(data_cfg, key)
         ds.transform = build_transforms(data_cfg, ds.card)[1]
         out[key] = ds
     return out

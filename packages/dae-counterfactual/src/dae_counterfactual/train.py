@@ -55,8 +55,8 @@ from dae_counterfactual.run import (  # noqa: F401
     save_dae,
     save_latents,
 )
-from medimg_core.data import MedicalImageDataset, load_dataset
-from medimg_core.data.preprocess import build_transforms
+from medimg_core.data import MedicalImageDataset
+from medimg_core.data.preprocess import build_transforms, load_split
 from medimg_core.experiment import Built, FitContext, Splits, TaskFunctions, fit_run
 from medimg_core.figures import image_grid
 from medimg_core.runs import Run
@@ -110,12 +110,11 @@ class DAERecipe:
 
     def load_data(self, cfg: DAEConfig) -> Splits:
         """The training split (train transform) and the validation split (eval transform) of cfg.data."""
-        train_set = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, **cfg.data.options)
+        train_set = load_split(cfg.data, "train")
         card = train_set.card
         train_tf, eval_tf = build_transforms(cfg.data, card)
         train_set.transform = train_tf
-        val_set = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split, transform=eval_tf,
-                               **cfg.data.options)
+        val_set = load_split(cfg.data, "val", transform=eval_tf)
         return Splits(train_set, val_set, None, card)
 
     def splits_of(self, cfg: DAEConfig, train: MedicalImageDataset, val: MedicalImageDataset | None) -> Splits:

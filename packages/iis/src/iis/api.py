@@ -27,7 +27,7 @@ from iis.heads import KIND, PICTURE_SIZE, ScoredBackbone, is_old_layout, old_lay
 from iis.pipeline import backbone_dirs, load_elements, run_score
 from medimg_core.checkpoint import CheckpointError
 from medimg_core.config import ConfigError, config_from_dict
-from medimg_core.data import load_dataset
+from medimg_core.data.preprocess import load_split
 from medimg_core.estimator import Estimator
 from medimg_core.experiment import Splits
 from medimg_core.runs import Run, RunFolderError, read_json_object
@@ -227,7 +227,7 @@ class InterpretabilityScore(Estimator):
             if self.root is not None:
                 cfg.data.root = self.root
             try:
-                train = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, **cfg.data.options)
+                train = load_split(cfg.data, "train")
                 self._elements = load_elements(self.run_, train, cfg)
             except (OSError, ValueError) as exc:  # the training images moved: explain without pictures
                 log.warning("concept pictures unavailable (%s); pass --root", exc)

@@ -44,8 +44,7 @@ from iis.sweep import SATURATION_IIS, IISResult, score_representation
 from iis.text import build_text_library, find_concept_list, load_concept_list, make_backend
 from medimg_core.checkpoint import write_json
 from medimg_core.config import ConfigError, config_to_dict
-from medimg_core.data import load_dataset
-from medimg_core.data.preprocess import DataConfig, Preprocess
+from medimg_core.data.preprocess import DataConfig, Preprocess, load_split
 from medimg_core.data.transforms import TransformConfig, eval_transform
 from medimg_core.distributed import DistInfo, seed_everything, select_device
 from medimg_core.estimator import with_transform
@@ -71,8 +70,7 @@ def load_splits(cfg: IISConfig) -> Splits:
     """Train, val and test datasets of `cfg.data` (no transform yet: each backbone sets its eval transform)."""
     if not cfg.data.root:
         raise ConfigError("--root (data.root) is required: the dataset folder or file")
-    names = {"train": cfg.data.train_split, "val": cfg.data.val_split, "test": cfg.data.test_split}
-    data = {k: load_dataset(cfg.data.dataset, cfg.data.root, s, **cfg.data.options) for k, s in names.items()}
+    data = {k: load_split(cfg.data, k) for k in ("train", "val", "test")}
     return Splits(data["train"], data["val"], data["test"], data["train"].card)
 
 

@@ -286,3 +286,25 @@ def score_explainers(model: nn.Module, x: torch.Tensor, masks: np.ndarray, targe
         row["maps"] = maps
         out[name] = row
     return out
+
+
+def data_randomisation_scores(maps: dict[str, np.ndarray], permuted_model: nn.Module, x: torch.Tensor,
+                              explainers: dict[str, Explain], target: int | Sequence[int], n_boot: int = 1000,
+                              seed: int = 0, threshold: float = RANDOMISATION_THRESHOLD) -> dict[str, dict[str, Any]]:
+    """Adebayo et al.'s data randomisation (NeurIPS 2018, section 4): each explainer's maps of the true model
+    (`maps`, {name: (N, H, W)}) against its maps of `permuted_model`, the same architecture trained on permuted
+    labels, on the same images x (N, C, H, W). Returns {name: {"spearman_abs", "ssim": interval over images,
+    "passes": mean |maps| Spearman below `threshold` (ours, as the model randomisation's), "threshold"}}."""
+    from medimg_core.sanity import explanation_similarity
+
+    targets = [int(target)] * len(x) if isinstance(target, (int, np.integer)) else [int(t) for t in target]
+    classes = torch.as_tensor(targets, dtype=torch.long, device=x.device)
+    out = {}
+    for name, explain in explainers.items():
+        other = np.asarray(explain(permuted_model, x, classes), dtype=np.float32)
+        sim = explanation_similarity(maps[name], other)
+        spearman = interval(sim["spearman_abs"], n_boot, seed)
+        out[name] = {"spearman_abs": spearman, "ssim": interval(sim["ssim"], n_boot, seed),
+                     "passes": bool(np.isfinite(spearman["value"]) and spearman["value"] < threshold),
+                     "threshold": threshold}
+    return out

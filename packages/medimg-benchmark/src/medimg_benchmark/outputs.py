@@ -47,10 +47,64 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    header, rows = table_rows(result)
+    return _markdown(*table_rows(result))
+
+
+def concept_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the TCAV table: concept, in the rule, mean TCAV score ± sd over seeds, significant in
+    how many seeds."""
+    summary = result["concept_summary"]["per_concept"]
+    header = ["concept", "in the rule", "TCAV score for malignant (mean ± sd over seeds)", "significant (seeds)",
+              "linear probe test AUROC (mean ± sd over seeds)"]
+    rows = [[name, "yes" if row["in_rule"] else "no", fmt_mean_sd({"mean": row["tcav_mean"], "sd": row["tcav_sd"]}),
+             f"{row['significant_seeds']}/{row['n_seeds']}",
+             fmt_mean_sd({"mean": row["probe_auroc_mean"], "sd": row["probe_auroc_sd"]})]
+            for name, row in summary.items()]
+    return header, rows
+
+
+def data_randomisation_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) of the data randomisation table, or None when it was not run."""
+    summary = result.get("data_randomisation_summary")
+    if not summary:
+        return None
+    header = ["explainer", "Spearman of |maps|, true vs permuted-label model (↓)", "SSIM (↓)",
+              "passed (seeds)"]
+    rows = [[name, fmt_mean_sd(row["spearman_abs"]), fmt_mean_sd(row["ssim"]),
+             f"{sum(row['passes'])}/{len(row['passes'])}"] for name, row in summary["explainers"].items()]
+    return header, rows
+
+
+def data_randomisation_line(result: dict[str, Any]) -> str:
+    summary = result["data_randomisation_summary"]
+    accuracy = ", ".join(f"{a:.3f}" for a in summary["permuted_model_test_accuracy"])
+    return ("Data randomisation (Adebayo et al. 2018, section 4): the baseline retrained per seed on permuted labels "
+            f"(its test accuracy against the true labels: {accuracy}); each explainer's maps of it compared with "
+            f"those of the true model on the same images; passed when the mean Spearman of |maps| is below "
+            f"{_threshold(result)} (ours).")
+
+
+def concept_line(result: dict[str, Any]) -> str:
+    """What the TCAV table shows, from its numbers."""
+    c = result["concept_summary"]
+    first = result["seeds"][0]["concepts"]
+    return (f"Concepts (TCAV, Kim et al. 2018) on layer {first['layer']}: {first['n_concept']} images per concept and "
+            f"per random set, {first['n_random']} random sets, up to {first['class_images']} malignant test images; "
+            f"t-test against random concepts, Bonferroni over the {c['others_tested'] + c['rule_total']} concepts. "
+            f"Rule concepts found (significant, score > 0.5) per seed: {c['rule_found']} of {c['rule_total']}; "
+            f"other concepts flagged significant per seed: {c['others_flagged']} of {c['others_tested']}.")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+            + "</table>")
 
 
 def _about(result: dict[str, Any]) -> list[str]:
@@ -70,8 +124,8 @@ def _about(result: dict[str, Any]) -> list[str]:
         "own gradient magnitude, independent of the model: it must fail the sanity check.",
         f"torch threads: {result['torch_threads']}; wall time {result['seconds']:.0f} s"
         f"{'; --quick budget (CI-sized, not for reporting)' if cfg['quick'] else ''}.",
-        "Not yet in this version: concepts (TCAV, recovery AUROC), rules, prototypes, counterfactuals, data "
-        "randomisation (permuted labels), harder synthetic settings, CIPL's class maps.",
+        "Not yet in this version: the methods' own concepts (recovery AUROC of neuron-concepts latents and CRL's "
+        "concept head), rules, prototypes, counterfactuals, harder synthetic settings, CIPL's class maps.",
     ]
 
 
@@ -104,13 +158,17 @@ def write_outputs(result: dict[str, Any], run_dir: str | Path, figure: dict[str,
     tmp.write_text(json.dumps(jsonable(result), indent=1, allow_nan=False))
     os.replace(tmp, run_dir / "benchmark.json")
     about = _about(result)
-    (run_dir / "benchmark.md").write_text("# medimg benchmark\n\n" + "\n\n".join(about) + "\n\n"
-                                          + markdown_table(result) + "\n")
-    header, rows = table_rows(result)
-    table = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-             + "</table>")
-    body = ["<h1>medimg benchmark</h1>", *(f"<p>{html.escape(p)}</p>" for p in about), table]
+    concepts = concept_line(result)
+    sections = [(None, table_rows(result)), (concepts, concept_rows(result))]
+    permuted = data_randomisation_rows(result)
+    if permuted is not None:
+        sections.append((data_randomisation_line(result), permuted))
+    text = "# medimg benchmark\n\n" + "\n\n".join(about)
+    body = ["<h1>medimg benchmark</h1>", *(f"<p>{html.escape(p)}</p>" for p in about)]
+    for line, table in sections:
+        text += ("" if line is None else "\n\n" + line) + "\n\n" + _markdown(*table)
+        body += ([] if line is None else [f"<p>{html.escape(line)}</p>"]) + [_html_table(*table)]
+    (run_dir / "benchmark.md").write_text(text + "\n")
     fig = embedded_figure(run_dir, FIGURE, "each explainer's map on one test image; outline: ground truth")
     body.append(fig if fig is not None else "<p>No figure.</p>")
     write_page(html_page("medimg benchmark", body), run_dir / "index.html")

@@ -21,6 +21,11 @@ Per seed s of `seeds`:
    `medimg_benchmark.maps.cam_layer`: the last stage, or an earlier one where the last is below 2 x 2 pixels, as a
    ResNet's layer4 at 32 px) plus the model-independent `edge_reference`, on every map protocol, with bootstrap intervals over images; the sanity check on the
    first `sanity_images` of them.
+5. `medimg_benchmark.concepts.score_tcav`: TCAV of every concept for `malignant` on the same layer, against the
+   generator's rule (the rule's concepts should be significant and positive, the others not); and
+   `probe_recovery`, the test AUROC of a linear probe per concept on that layer (is the concept encoded at all).
+6. data randomisation (Adebayo et al., section 4; `data_randomisation`): the baseline retrained on permuted
+   labels, every explainer's maps of it on the same images compared with the true model's.
 
 Over seeds: mean and sample standard deviation (ddof=1; NaN with one seed) of each protocol's per-seed value,
 and the share of seeds whose sanity check passed. Recorded: every per-seed number with its interval, the
@@ -43,7 +48,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from medimg_benchmark.maps import EDGE_REFERENCE, PROTOCOLS, cam_layer, default_explainers, score_explainers
+from medimg_benchmark.concepts import probe_recovery, score_tcav
+from medimg_benchmark.maps import (
+    EDGE_REFERENCE,
+    PROTOCOLS,
+    cam_layer,
+    data_randomisation_scores,
+    default_explainers,
+    score_explainers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +74,12 @@ class BenchmarkConfig:
 
     seeds: tuple[int, ...] = (0, 1, 2)
     n_images: int = 1000
+    #: TCAV (medimg_benchmark.concepts): images per concept and per random set, random sets, class images
+    tcav_images: int = 50
+    tcav_random_sets: int = 10
+    tcav_class_images: int = 100
+    #: Adebayo et al.'s data randomisation: a second baseline per seed trained on permuted labels
+    data_randomisation: bool = True
     image_size: int = 64
     preset: str = "baseline-synth-derm"
     epochs: int = 10
@@ -80,6 +99,7 @@ class BenchmarkConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must not repeat, got {list(self.seeds)}")
         for key, minimum in (("n_images", 20), ("image_size", 32), ("epochs", 1), ("max_eval_images", 1),
+                             ("tcav_images", 2), ("tcav_random_sets", 3), ("tcav_class_images", 1),
                              ("sanity_images", 1), ("bootstrap", 10), ("data_seed_offset", 0)):
             value = getattr(self, key)
             if not isinstance(value, int) or value < minimum:
@@ -90,7 +110,7 @@ class BenchmarkConfig:
         """The CI budget: 2 seeds, 120 images at 32 px, 2 epochs, 6 images per protocol (2 in the sanity check),
         200 bootstrap resamples."""
         base = cls(seeds=(0, 1), n_images=120, image_size=32, epochs=2, max_eval_images=6, sanity_images=2,
-                   bootstrap=200, quick=True)
+                   bootstrap=200, tcav_images=8, tcav_random_sets=3, tcav_class_images=10, quick=True)
         return replace(base, **changes)
 
 
@@ -118,21 +138,38 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _train(cfg: BenchmarkConfig, data: Any, seed: int, models_dir: Path):
+def _permuted(dataset: Any, seed: int) -> Any:
+    """The dataset with its labels permuted (`medimg_core.sanity.permuted_labels`), images and concepts kept."""
+    from dataclasses import replace as replace_field
+
+    from medimg_core.data.base import MedicalImageDataset
+    from medimg_core.sanity import permuted_labels
+
+    table = replace_field(dataset.table, targets=permuted_labels(dataset.table.targets, seed))
+    return MedicalImageDataset(table, dataset.card, dataset.split, dataset.transform)
+
+
+def _train(cfg: BenchmarkConfig, data: Any, seed: int, models_dir: Path, permuted: bool = False):
+    """The baseline on the train split (validation for the epoch choice); `permuted`: on permuted labels (both
+    splits, seeded by `seed`), for the data randomisation check."""
     from medimg_core.baseline import BaselineClassifier
 
-    params = {"out": str(models_dir), "name": "baseline", "seed": seed, "device": cfg.device,
-              "train__epochs": cfg.epochs, "data__image_size": cfg.image_size, "bootstrap": cfg.bootstrap,
-              "train__progress": cfg.progress, **cfg.overrides}
-    return BaselineClassifier(cfg.preset, **params).fit(data.dataset("train"), data.dataset("val"))
+    params = {"out": str(models_dir), "name": "baseline-permuted-labels" if permuted else "baseline", "seed": seed,
+              "device": cfg.device, "train__epochs": cfg.epochs, "data__image_size": cfg.image_size,
+              "bootstrap": cfg.bootstrap, "train__progress": cfg.progress, **cfg.overrides}
+    train, val = data.dataset("train"), data.dataset("val")
+    if permuted:
+        train, val = _permuted(train, seed), _permuted(val, seed + 1)
+    return BaselineClassifier(cfg.preset, **params).fit(train, val)
 
 
-def _test_inputs(estimator: Any, data: Any) -> torch.Tensor:
+def _test_inputs(estimator: Any, data: Any, split: str = "test") -> torch.Tensor:
+    """The model's inputs (N, C, H, W) of a split, with its evaluation transform."""
     from medimg_core.data.preprocess import build_transforms
 
     _, eval_tf = build_transforms(estimator.resolved_config().data, data.card)
-    test = data.dataset("test", transform=eval_tf)
-    return torch.stack([test[i]["image"] for i in range(len(test))])
+    images = data.dataset(split, transform=eval_tf)
+    return torch.stack([images[i]["image"] for i in range(len(images))])
 
 
 def run_seed(cfg: BenchmarkConfig, seed: int, models_dir: Path,
@@ -176,12 +213,31 @@ def run_seed(cfg: BenchmarkConfig, seed: int, models_dir: Path,
                               n_boot=cfg.bootstrap, seed=seed,
                               on_explainer=lambda name: say(f"seed {seed}: scoring {name}"))
     maps = {name: row.pop("maps") for name, row in scores.items()}
+    say(f"seed {seed}: TCAV of every concept for {POSITIVE_CLASS}")
+    train_idx = data.indices("train")
+    train_x = _test_inputs(estimator, data, "train").to(device)
+    names, rule_variables = list(card.concept_names), list(card.extra["rule_variables"])
+    concepts = score_tcav(model, layer, train_x, data.true_concepts[train_idx], names, rule_variables,
+                          x[malignant[:cfg.tcav_class_images]], positive, n_concept=cfg.tcav_images,
+                          n_random=cfg.tcav_random_sets, seed=seed)
+    concepts["probe"] = probe_recovery(model, layer, train_x, data.true_concepts[train_idx], x,
+                                       data.true_concepts[test_idx], names, rule_variables)
+    data_randomisation = None
+    if cfg.data_randomisation:
+        say(f"seed {seed}: training the baseline on permuted labels (data randomisation)")
+        permuted = _train(cfg, data, seed, models_dir, permuted=True).model_.eval()
+        with torch.no_grad():
+            permuted_predicted = torch.cat([permuted(x[i:i + 64]).argmax(1) for i in range(0, len(x), 64)]).cpu()
+        data_randomisation = {
+            "test_accuracy_of_permuted_model": float((permuted_predicted.numpy() == data.targets[test_idx]).mean()),
+            "explainers": data_randomisation_scores(maps, permuted, x[chosen], default_explainers(layer), positive,
+                                                    cfg.bootstrap, seed)}
     return {
         "seed": seed, "data_seed": data_seed, "model_run": str(estimator.run_),
         "test_images": len(test_idx), "test_accuracy": accuracy, "selection": selection,
         "scored_images": int(len(chosen)), "scored_ids": [data.ids[i] for i in rows],
         "rule": card.extra["rule"], "cam_layer": layer, "explained_class": POSITIVE_CLASS, "seconds": time.perf_counter() - t0,
-        "explainers": scores, "maps": maps, "display": data.images[rows], "masks": masks,
+        "explainers": scores, "concepts": concepts, "data_randomisation": data_randomisation, "maps": maps, "display": data.images[rows], "masks": masks,
     }
 
 
@@ -202,6 +258,47 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         row["sanity_pass_rate"] = sum(passes) / len(passes)
         out[name] = row
     return out
+
+
+def summarise_concepts(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over seeds: rule concepts found and other concepts flagged (per seed and mean), and per concept the mean
+    TCAV score, its sd over seeds and how many seeds found it significant."""
+    names = list(per_seed[0]["concepts"]["concepts"])
+    per_concept = {}
+    for name in names:
+        rows = [r["concepts"]["concepts"][name] for r in per_seed if name in r["concepts"]["concepts"]]
+        means = [row["tcav_mean"] for row in rows]
+        probes = [r["concepts"]["probe"][name]["auroc"] for r in per_seed]
+        probes = [v for v in probes if v is not None]
+        per_concept[name] = {"in_rule": rows[0]["in_rule"], "tcav_mean": float(np.mean(means)),
+                             "tcav_sd": float(np.std(means, ddof=1)) if len(means) > 1 else float("nan"),
+                             "significant_seeds": sum(row["significant"] for row in rows), "n_seeds": len(rows),
+                             "probe_auroc_mean": float(np.mean(probes)) if probes else float("nan"),
+                             "probe_auroc_sd": float(np.std(probes, ddof=1)) if len(probes) > 1 else float("nan")}
+    first = per_seed[0]["concepts"]
+    return {"rule_found": [r["concepts"]["rule_found"] for r in per_seed], "rule_total": first["rule_total"],
+            "others_flagged": [r["concepts"]["others_flagged"] for r in per_seed],
+            "others_tested": first["others_tested"], "per_concept": per_concept}
+
+
+def summarise_data_randomisation(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """{explainer: {"spearman_abs", "ssim": {"mean", "sd", "values"}, "passes": [bool per seed]}} over seeds, or
+    None when the check was not run."""
+    records = [r["data_randomisation"] for r in per_seed]
+    if any(r is None for r in records):
+        return None
+    out: dict[str, Any] = {}
+    for name in records[0]["explainers"]:
+        row: dict[str, Any] = {}
+        for key in ("spearman_abs", "ssim"):
+            values = [float(r["explainers"][name][key]["value"]) for r in records]
+            finite = [v for v in values if math.isfinite(v)]
+            row[key] = {"mean": float(np.mean(finite)) if finite else float("nan"),
+                        "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"), "values": values}
+        row["passes"] = [bool(r["explainers"][name]["passes"]) for r in records]
+        out[name] = row
+    return {"explainers": out,
+            "permuted_model_test_accuracy": [r["test_accuracy_of_permuted_model"] for r in records]}
 
 
 def run_benchmark(cfg: BenchmarkConfig, out: str | Path = "runs",
@@ -226,7 +323,9 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path = "runs",
         "generator": GENERATOR, "explainers": list(first["explainers"]), "protocols": dict(PROTOCOLS),
         "reference_explainer": EDGE_REFERENCE,
         "torch_threads": torch.get_num_threads(), "versions": versions(),
-        "seeds": per_seed, "summary": summarise(per_seed), "seconds": time.perf_counter() - t0,
+        "seeds": per_seed, "summary": summarise(per_seed), "concept_summary": summarise_concepts(per_seed),
+        "data_randomisation_summary": summarise_data_randomisation(per_seed),
+        "seconds": time.perf_counter() - t0,
     }
     write_outputs(result, run_dir, figure)
     result["run_dir"] = str(run_dir)

@@ -26,11 +26,11 @@ from torch import nn
 
 from medimg_core.checkpoint import load_weights
 from medimg_core.config import FieldError, check_range, load_config
-from medimg_core.data import DatasetCard, MedicalImageDataset, load_dataset
+from medimg_core.data import DatasetCard, MedicalImageDataset
 
 # DataConfig and build_transforms live in medimg_core.data.preprocess, parse_pretrained in medimg_core.models,
 # peak_memory_mb in medimg_core.runs; importing them from here keeps older code working.
-from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms
+from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms, load_split
 from medimg_core.estimator import Estimator
 from medimg_core.experiment import Built, FitContext, RunConfig, Splits, TaskFunctions, fit_run
 from medimg_core.models.backbones import create_backbone, parse_pretrained
@@ -85,12 +85,12 @@ def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 def load_splits(cfg: DataConfig) -> dict[str, MedicalImageDataset]:
     """Train, val and test datasets with the baseline's train/eval transforms."""
-    first = load_dataset(cfg.dataset, cfg.root, cfg.train_split, **cfg.options)
+    first = load_split(cfg, "train")
     train_tf, eval_tf = build_transforms(cfg, first.card)
     first.transform = train_tf
     out = {"train": first}
-    for key, split in (("val", cfg.val_split), ("test", cfg.test_split)):
-        out[key] = load_dataset(cfg.dataset, cfg.root, split, transform=eval_tf, **cfg.options)
+    for key in ("val", "test"):
+        out[key] = load_split(cfg, key, transform=eval_tf)
     return out
 
 

@@ -30,7 +30,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +94,10 @@ class TrainConfig:
     """The loop's settings (everything but the method's own hyperparameters)."""
 
     epochs: int = 10
+    #: the budget in optimiser steps instead of epochs (None: `epochs`): the run trains
+    #: ceil(steps / steps per epoch) epochs, so a preset means the same amount of training on 300 images as on
+    #: 30,000 (small-data presets use it); the epochs it resolved to are logged and kept in the Trainer's cfg
+    steps: int | None = None
     batch_size: int = 64
     eval_batch_size: int | None = None
     grad_accum: int = 1
@@ -115,6 +119,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_range(self, "epochs", minimum=1, integer=True, why="a run trains at least one epoch")
+        check_range(self, "steps", minimum=1, integer=True, optional=True, why="a run trains at least one step")
         check_range(self, "batch_size", minimum=1, integer=True)
         check_range(self, "eval_batch_size", minimum=1, integer=True, optional=True)
         check_range(self, "grad_accum", minimum=1, integer=True)
@@ -321,6 +326,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=train.precision == "fp16")
         batches = check_batch_size(len(train_dataset), train, self.dist.world_size)
         self.steps_per_epoch = math.ceil(batches / train.grad_accum)
+        if train.steps is not None:
+            train = replace(train, epochs=math.ceil(train.steps / self.steps_per_epoch))
+            self.cfg = train
+            log.info("train.steps %d: %d epochs of %d steps", train.steps, train.epochs, self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, optim, self.steps_per_epoch * train.epochs,
                                          self.steps_per_epoch)
         self.epoch = 0  # epochs completed

@@ -25,8 +25,8 @@ from medimg_core.baseline import (
     train_baseline,
 )
 from medimg_core.config import ConfigError
-from medimg_core.data import DatasetCard, DatasetError, load_dataset
-from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms
+from medimg_core.data import DatasetCard, DatasetError
+from medimg_core.data.preprocess import DataConfig, Preprocess, build_transforms, load_split
 from medimg_core.estimator import with_transform
 from medimg_core.experiment import fit_run
 from neuron_concepts.config import NeuronConceptsConfig
@@ -123,8 +123,7 @@ def eval_datasets(data: DataConfig, card: DatasetCard, transform: bool = True) -
         raise DatasetError(f"{data.root}: the opaque run's dataset root is a relative path that does not exist from "
                            f"{Path.cwd()}; run from the folder it was trained in, or pass --data.root")
     eval_tf = build_transforms(data, card)[1] if transform else None
-    names = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
-    return {k: load_dataset(data.dataset, data.root, s, transform=eval_tf, **data.options) for k, s in names.items()}
+    return {k: load_split(data, k, transform=eval_tf) for k in ("train", "val", "test")}
 
 
 def with_eval_transform(datasets: Mapping[str, Dataset | None], data: DataConfig,

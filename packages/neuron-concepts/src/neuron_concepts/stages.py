@@ -33,8 +33,8 @@ from torch.utils.data import Dataset
 
 from medimg_core.checkpoint import write_json
 from medimg_core.config import ConfigError, config_to_dict
-from medimg_core.data import DatasetError, load_dataset
-from medimg_core.data.preprocess import DataConfig
+from medimg_core.data import DatasetError
+from medimg_core.data.preprocess import DataConfig, load_split
 from medimg_core.distributed import seed_everything, select_device
 from medimg_core.features import FeatureCache
 from medimg_core.figures import concept_bar_chart, confusion_matrix_figure, training_curves
@@ -223,8 +223,7 @@ def _split_dataset(feats: dict[str, Any], split: str, datasets: Datasets | None)
         if not data.root:
             raise DatasetError(f"the {split} features were encoded from a dataset given in Python (no data.root); "
                                "pass the same datasets to this stage (datasets=...)")
-        ds = load_dataset(data.dataset, data.root, {"train": data.train_split, "val": data.val_split,
-                                                    "test": data.test_split}[split], **data.options)
+        ds = load_split(data, split)
         where = f"the {split} split of {data.root}"
     if [str(i) for i in ds.ids] != feats[split]["ids"]:
         raise RuntimeError(f"{where} no longer matches the encoded features (ids differ)")

@@ -41,6 +41,9 @@ class SampleTable:
     Exactly one of `paths` (files on disk) and `images` (an in-memory uint8 array, (N, H, W) or
     (N, H, W, 3)) is set. Masks likewise come as `mask_paths` (per sample, per concept, a file or
     None for an empty mask) or as an in-memory `masks` array (N, K, H, W).
+
+    `extra["image_op"]`, when a loader sets it, is a function applied to every image read from `paths`
+    (uint8 array in, uint8 array out: ODIR's fundus crop); it travels with `select`, so subsets apply it too.
     """
 
     ids: list[str]
@@ -179,7 +182,9 @@ class MedicalImageDataset(Dataset):
         if self.table.images is not None:
             return self.table.images[index]
         assert self.table.paths is not None
-        return read_image(self.table.paths[index], self.card.channels)
+        image = read_image(self.table.paths[index], self.card.channels)
+        op = self.table.extra.get("image_op")
+        return image if op is None else op(image)
 
     def load_masks(self, index: int, size: tuple[int, int]) -> np.ndarray:
         """Per-concept masks (K, H, W) uint8 in {0, 1}; an absent file is an empty mask."""
@@ -240,7 +245,11 @@ class MedicalImageDataset(Dataset):
         """Parse every split and decode every image; collect all problems instead of stopping at one."""
         cls.check_options(options)
         report = VerifyReport(name=cls.card.name, root=str(root))
-        for split in cls.card.splits:
+        try:  # the options may change the splits (a loader's own protocol without a split of the official one)
+            splits = cls.card_for(root, **options).splits
+        except DatasetError:
+            splits = cls.card.splits
+        for split in splits:
             try:
                 table = cls.read_table(root, split, **options)
             except DatasetError as exc:
@@ -254,7 +263,7 @@ class MedicalImageDataset(Dataset):
             report.card = cls.card_for(root, **options)
         except DatasetError as exc:  # the table itself is unreadable: its problems are listed already
             report.add_problems(exc.problems or [Problem(str(root), exc.header)])
-        if len(report.split_sizes) == len(cls.card.splits):
+        if len(report.split_sizes) == len(splits):
             report.notes.extend(report.coverage_notes())
         if check_images:
             report.check_images(progress=progress)

@@ -4,6 +4,8 @@
 - `build_transforms(data, card)`: its train and eval transforms.
 - `Preprocess`: the part of it a checkpoint stores (size, channels, normalisation with its mean and std), enough
   to feed a trained model a new image without the training config.
+- `load_split(data, split)`: one split of the dataset `data` names, with `data.train_subset` applied to the
+  training split, so every method reads its data alike.
 - `load_image(path, preprocess)`: an image file as the model's input (1, C, H, W) plus the picture it saw
   (H, W, 3), so every `explain` command reads files the same way.
 """
@@ -62,6 +64,9 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
+    #: train on a stratified, seeded subset of this many training images (small-data studies); None: all
+    train_subset: int | None = None
+    train_subset_seed: int = 0
 
     def __post_init__(self) -> None:
         check_range(self, "image_size", minimum=MIN_IMAGE_SIZE, integer=True,
@@ -79,6 +84,31 @@ class DataConfig:
             raise FieldError("train_crop", f"expected one of {', '.join(TRAIN_CROPS)}, got {self.train_crop!r}")
         if not isinstance(self.options, dict):
             raise FieldError("options", f"expected a mapping of loader options, got {self.options!r}")
+        check_range(self, "train_subset", minimum=1, integer=True, optional=True,
+                    why="it is the number of training images kept")
+        check_range(self, "train_subset_seed", minimum=0, integer=True)
+
+    def split_name(self, split: str) -> str:
+        """The dataset's split name for a role ("train", "val", "test"); any other name is returned as it is."""
+        return {"train": self.train_split, "val": self.val_split, "test": self.test_split}.get(split, split)
+
+
+def load_split(data: DataConfig, split: str, transform: Callable | None = None) -> Any:
+    """Split `split` of the dataset `data` names: a role ("train", "val", "test", mapped through
+    `data.train_split` etc.) or a split name of the dataset. The training split is cut to `data.train_subset`
+    images (stratified by class, seeded by `data.train_subset_seed`; `splits.stratified_subset`) when that is
+    set, whichever way it is asked for, so that training, the rule or bottleneck fits and the reports of one run
+    see the same images. Returns a MedicalImageDataset with `transform` (None: none yet)."""
+    from medimg_core.data.registry import load_dataset
+    from medimg_core.data.splits import stratified_subset
+
+    name = data.split_name(split)
+    ds = load_dataset(data.dataset, data.root, name, transform=transform, **data.options)
+    if data.train_subset is not None and name == data.train_split:
+        index = stratified_subset(ds.targets, data.train_subset, data.train_subset_seed,
+                                  what=f"the {name} split of {data.dataset}")
+        ds = ds.subset(index)
+    return ds
 
 
 def build_transforms(cfg: DataConfig, card: DatasetCard) -> tuple[Any, Any]:

@@ -83,6 +83,36 @@ def assign_folds(
     return folds
 
 
+def stratified_subset(targets: np.ndarray, size: int, seed: int = 0, what: str = "the training split") -> np.ndarray:
+    """Sorted indices of a seeded subset of `size` samples with the class proportions of `targets` (N,) or, for
+    multilabel targets (N, L), a plain seeded draw (label combinations are too many to stratify on).
+
+    Small-data studies (e.g. 350 training images of a large set) use it; every class keeps at least one sample
+    where `size` allows (scikit-learn's `train_test_split` with `stratify`).
+    """
+    from sklearn.model_selection import train_test_split
+
+    targets = np.asarray(targets)
+    n = len(targets)
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise DatasetOptionError(f"train_subset: expected a whole number of images >= 1, got {size!r}")
+    if size > n:
+        raise DatasetOptionError(f"train_subset: asked for {size} images, {what} has {n}")
+    index = np.arange(n)
+    if size == n:
+        return index
+    stratify = targets if targets.ndim == 1 else None
+    if stratify is not None:
+        classes = np.unique(stratify)
+        if size < len(classes):
+            raise DatasetOptionError(f"train_subset: {size} images cannot hold the {len(classes)} classes of {what}; "
+                                     f"expected at least {len(classes)}")
+        if np.unique(stratify, return_counts=True)[1].min() < 2:
+            stratify = None  # a class of one sample cannot be stratified: draw plainly
+    chosen, _ = train_test_split(index, train_size=int(size), random_state=int(seed), stratify=stratify)
+    return np.sort(chosen)
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -21,6 +21,8 @@ __all__ = [
     "HAM10000_DX",
     "ODIR_COLUMNS",
     "ODIR_KEYWORDS",
+    "OIA_ODIR_OFFSITE_KEYWORDS",
+    "OIA_ODIR_ONSITE_KEYWORDS",
     "WBCATT_COLUMNS",
     "WBCATT_ROWS",
     "fitzpatrick_fixture_md5",
@@ -30,10 +32,12 @@ __all__ = [
     "write_decompression_bomb",
     "write_derm7pt_fixture",
     "write_fitzpatrick17k_skincon_fixture",
+    "write_fundus_image",
     "write_ham10000_fixture",
     "write_image",
     "write_medmnist_fixture",
     "write_odir_fixture",
+    "write_oia_odir_fixture",
     "write_truncated_image",
     "write_wbcatt_fixture",
     "write_wide_image",
@@ -372,31 +376,92 @@ ODIR_COLUMNS = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus
                 "Right-Diagnostic Keywords", "N", "D", "G", "C", "A", "H", "M", "O"]
 
 
+def _odir_sheet(keywords: Sequence, first_id: int, image_dir: Path, fundus: bool = False):
+    """The rows of an ODIR annotation sheet for `keywords` (one (left, right) pair per patient), writing each
+    eye's image into `image_dir`; N..O are the patient-level labels derived from both eyes (released map)."""
+    import pandas as pd
+
+    from medimg_core.data.odir import eye_labels
+
+    rows = []
+    for p, (left, right) in enumerate(keywords):
+        pid = first_id + 3 * p  # real IDs skip numbers too
+        labels = [lab for lab in (eye_labels(k)[0] for k in (left, right)) if lab.any()]
+        union = np.max(labels, axis=0) if labels else np.zeros(8)
+        union[0] = float(bool(labels) and all(lab[0] == 1 for lab in labels))  # N only when every eye is normal
+        for eye in ("left", "right"):
+            path = image_dir / f"{pid}_{eye}.jpg"
+            if fundus:
+                write_fundus_image(path, seed=pid + len(eye))
+            else:
+                write_image(path, size=12, seed=10 * p + len(eye) + first_id)
+        rows.append([pid, 40 + p, "Female" if p % 2 else "Male", f"{pid}_left.jpg", f"{pid}_right.jpg", left, right,
+                     *[int(v) for v in union]])
+    return pd.DataFrame(rows, columns=ODIR_COLUMNS)
+
+
 def write_odir_fixture(root: Path, keywords: Sequence = ODIR_KEYWORDS, xlsx: bool = False) -> Path:
-    """ODIR-5K as released: the training annotation sheet and `ODIR-5K_Training_Dataset/<ID>_{left,right}.jpg`.
+    """ODIR-5K as released for the 2019 challenge: the training annotation sheet and
+    `ODIR-5K_Training_Dataset/<ID>_{left,right}.jpg` (no test labels: read with protocol="medimg-folds").
 
     The sheet is written as `ODIR-5K_Training_Annotations(Updated)_V2.csv` (the .xlsx saved as CSV), or as
     the official `.xlsx` when `xlsx` (needs openpyxl). Patient IDs skip numbers, as the real ones do;
     N..O are the patient-level labels derived from both eyes.
     """
-    import pandas as pd
-
-    from medimg_core.data.odir import eye_labels
-
     root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for p, (left, right) in enumerate(keywords):
-        pid = 3 * p  # real IDs skip numbers too
-        labels = [lab for lab in (eye_labels(k)[0] for k in (left, right)) if lab.any()]
-        union = np.max(labels, axis=0)
-        union[0] = float(all(lab[0] == 1 for lab in labels))  # N only when every labelled eye is normal
-        for eye in ("left", "right"):
-            write_image(root / "ODIR-5K_Training_Dataset" / f"{pid}_{eye}.jpg", size=12, seed=10 * p + len(eye))
-        rows.append([pid, 40 + p, "Female" if p % 2 else "Male", f"{pid}_left.jpg", f"{pid}_right.jpg", left, right,
-                     *[int(v) for v in union]])
-    frame = pd.DataFrame(rows, columns=ODIR_COLUMNS)
+    frame = _odir_sheet(keywords, 0, root / "ODIR-5K_Training_Dataset")
     if xlsx:
         frame.to_excel(root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx", index=False)
     else:
         frame.to_csv(root / "ODIR-5K_Training_Annotations(Updated)_V2.csv", index=False)
+    return root
+
+
+#: (left, right) keywords of the on-site and off-site test patients of the OIA-ODIR fixture
+OIA_ODIR_ONSITE_KEYWORDS = [
+    ("normal fundus", "mild hypertension"),
+    ("sever hypertension，moderate non proliferative retinopathy", "normal fundus"),
+    ("cataract", "anterior segment image"),
+    ("suspected glaucoma", "myopic maculopathy"),
+    ("dry age-related macular degeneration", "normal fundus"),
+]
+OIA_ODIR_OFFSITE_KEYWORDS = [
+    ("normal fundus", "normal fundus"),
+    ("hypertensive retinopathy", "pathological myopia"),
+    ("drusen", "lens dust"),
+]
+
+
+def write_fundus_image(path: Path, height: int = 18, width: int = 26, seed: int = 0) -> Path:
+    """A fundus-like JPEG: a bright disc of radius 8 centred in a black frame with faint noise (values <= 6)."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 7, (height, width, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    disc = (yy - height // 2) ** 2 + (xx - width // 2) ** 2 <= 64
+    arr[disc] = rng.integers(90, 200, (int(disc.sum()), 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, quality=95)
+    return path
+
+
+def write_oia_odir_fixture(root: Path, train: Sequence = ODIR_KEYWORDS, onsite: Sequence = OIA_ODIR_ONSITE_KEYWORDS,
+                           offsite: Sequence = OIA_ODIR_OFFSITE_KEYWORDS, xlsx: bool = False) -> Path:
+    """OIA-ODIR as released (github.com/nkicsl/OIA-ODIR) and read by the released CIPL code: `Training Set`,
+    `On-site Test Set` and `Off-site Test Set`, each with `Annotation/<part> annotation (English).csv` (the
+    .xlsx saved as CSV; the official `.xlsx` when `xlsx`, needs openpyxl), a Chinese sheet beside it that the
+    loader must ignore, and `Images/<ID>_{left,right}.jpg` (fundus-like: a bright disc on black). Patient IDs
+    differ between the parts (training from 0, on-site from 1000, off-site from 2000).
+    """
+    parts = [("Training Set", "training", train, 0), ("On-site Test Set", "on-site test", onsite, 1000),
+             ("Off-site Test Set", "off-site test", offsite, 2000)]
+    for folder, stem, keywords, first in parts:
+        frame = _odir_sheet(keywords, first, root / folder / "Images", fundus=True)
+        sheet = root / folder / "Annotation" / f"{stem} annotation (English)"
+        sheet.parent.mkdir(parents=True, exist_ok=True)
+        if xlsx:
+            frame.to_excel(sheet.with_suffix(".xlsx"), index=False)
+        else:
+            frame.to_csv(sheet.with_suffix(".csv"), index=False)
+        chinese = frame.assign(**{"Left-Diagnostic Keywords": "正常眼底", "Right-Diagnostic Keywords": "正常眼底"})
+        chinese.to_csv(root / folder / "Annotation" / f"{stem} annotation (Chinese).csv", index=False)
     return root
