@@ -1,16 +1,19 @@
 """CRL on small data: stratified 350-image training subsets of WBCAtt, from ImageNet weights, against the black box
 with the same backbone, subset and budget, and against a plain concept bottleneck on CRL's own predicted concepts.
 
-    python tools/bench/crl_small_data.py [--seeds 0 1 2] [--arms crl blackbox crl-paper-lr crl-two-epochs]
+    python tools/bench/crl_small_data.py [--seeds 0 1 2] [--arms crl blackbox crl-paper-lr crl-paper-lrs
+                                                               crl-two-epochs]
                                          [--subset 350] [--out runs/bench-crl-small-data]
 
 Seed s draws training subset s (`--data.train_subset 350 --data.train_subset_seed s`) and trains with seed s;
 validation and test are WBCAtt's official splits (1030 and 3099 images). Arms:
 
-- `crl`: `crl train --config small-lite0-cpu` (220 steps of 32 images: 20 epochs of 350);
+- `crl`: `crl train --config small-lite0-cpu` (220 steps of 32 images: 22 epochs of 350);
 - `blackbox`: `medimg train-baseline --config baseline-wbcatt-lite0-cpu` with the same 220 steps;
 - `crl-paper-lr`: the small-data preset with the paper's logic learning rate (5e-4) and concept weight (1);
-- `crl-two-epochs`: `crl train --config wbc-lite0-cpu` as shipped for the full set (2 epochs: 22 steps here).
+- `crl-paper-lrs`: the same with the paper's backbone and concept-head learning rate (5e-6) too: the paper's
+  learning rates and loss weights, at the small-data budget;
+- `crl-two-epochs`: `crl train --config wbc-lite0-cpu` as shipped for the full set (2 epochs: 20 steps here).
 
 After each CRL run, `crl intervene RUN` gives the logistic-regression bottleneck on the same predicted concepts
 (its test metrics with intervals) and how many test images each model puts in each class. The preset's settings
@@ -29,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, ROOT, command_line, concept_numbers, display, mean_sd, run_command, write_result
 
 SHARED = ROOT.parent / "shared" / "data"
-ARMS = ("crl", "blackbox", "crl-paper-lr", "crl-two-epochs")
+ARMS = ("crl", "blackbox", "crl-paper-lr", "crl-paper-lrs", "crl-two-epochs")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
@@ -42,7 +45,9 @@ def arm_command(arm: str, root: Path, subset: int, seed: int, out: Path) -> list
                 "--train.steps", "220", *data]
     if arm == "crl-two-epochs":
         return [str(bin_dir / "crl"), "train", "--config", "wbc-lite0-cpu", *data]
-    extra = ["--optim.lr", "5e-4", "--loss.concept_weight", "1"] if arm == "crl-paper-lr" else []
+    extra = {"crl-paper-lr": ["--optim.lr", "5e-4", "--loss.concept_weight", "1"],
+             "crl-paper-lrs": ["--optim.lr", "5e-4", "--lr_backbone", "5e-6", "--loss.concept_weight", "1"]
+             }.get(arm, [])
     return [str(bin_dir / "crl"), "train", "--config", "small-lite0-cpu", "--data.dataset", "wbcatt", *extra, *data]
 
 

@@ -148,7 +148,9 @@ def crl_interventions(result: dict) -> list[str]:
 SMALL_DATA_ARMS = {"crl": "CRL, `small-lite0-cpu` (220 steps)",
                    "blackbox": "black box, `baseline-wbcatt-lite0-cpu` with 220 steps",
                    "crl-paper-lr": "CRL, `small-lite0-cpu` with the paper's logic lr 5e-4 and concept weight 1",
-                   "crl-two-epochs": "CRL, `wbc-lite0-cpu` as shipped (2 epochs: 22 steps here)"}
+                   "crl-paper-lrs": "CRL, `small-lite0-cpu` with the paper's learning rates (logic 5e-4, backbone "
+                                    "and concept head 5e-6) and concept weight 1",
+                   "crl-two-epochs": "CRL, `wbc-lite0-cpu` as shipped (2 epochs: 20 steps here)"}
 
 
 def crl_small_data(result: dict) -> list[str]:
