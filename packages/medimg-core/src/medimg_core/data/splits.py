@@ -120,12 +120,13 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def _int_option(value: object, name: str, dataset: str) -> int:
+def _number_option(value: object, name: str, dataset: str, kind: type = int) -> int | float:
+    """A loader option given as text or a number, as `kind` (int, or float); otherwise a DatasetOptionError."""
     try:
-        as_int = int(str(value).strip())
+        return kind(str(value).strip())
     except ValueError:
-        raise DatasetOptionError(f"{dataset}: option '{name}': expected an integer, got {value!r}") from None
-    return as_int
+        expected = "an integer" if kind is int else "a number"
+        raise DatasetOptionError(f"{dataset}: option '{name}': expected {expected}, got {value!r}") from None
 
 
 def load_or_create_folds(
@@ -312,8 +313,8 @@ def fold_split_names(
     The folds are written to `split_file` (default: `default_split_file`, keyed by `source`, where the data live)
     once and reused; a file that no longer matches the ids is an error (see `load_or_create_folds`).
     """
-    n_folds, fold, seed = (_int_option(n_folds, "n_folds", dataset), _int_option(fold, "fold", dataset),
-                           _int_option(seed, "seed", dataset))
+    n_folds, fold, seed = (_number_option(n_folds, "n_folds", dataset), _number_option(fold, "fold", dataset),
+                           _number_option(seed, "seed", dataset))
     if val_from not in VAL_FROM:
         raise DatasetOptionError(f"{dataset}: option 'val_from': expected one of {list(VAL_FROM)}, got {val_from!r}")
     minimum = 3 if val_from == "next-fold" else 2
@@ -331,7 +332,7 @@ def fold_split_names(
     if val_from == "next-fold":
         out[folds == (fold + 1) % n_folds] = "val"
         return out
-    fraction = _float_option(val_fraction, "val_fraction", dataset)
+    fraction = _number_option(val_fraction, "val_fraction", dataset, kind=float)
     if not 0 < fraction < 1:
         raise DatasetOptionError(f"{dataset}: option 'val_fraction': expected a fraction in (0, 1) of the training "
                                  f"folds, got {val_fraction!r}")
@@ -343,11 +344,3 @@ def fold_split_names(
                        source=source)
     out[pool[val]] = "val"
     return out
-
-
-def _float_option(value: object, name: str, dataset: str) -> float:
-    try:
-        as_float = float(str(value).strip())
-    except ValueError:
-        raise DatasetOptionError(f"{dataset}: option '{name}': expected a number, got {value!r}") from None
-    return as_float
