@@ -36,7 +36,6 @@ from crl.rules import (  # the compact rules' data classes and parser live with 
     PrefixClass,
     RuleSet,
     _count_literals,
-    _evaluate,
     _render,
     by_importance,
     parse_compact,
@@ -163,36 +162,37 @@ def compact_rules(rules: RuleSet, train_concepts: np.ndarray, train_predicted: n
         for c, name in enumerate(rules.class_names):
             cubes = minimal_sop(codes[train_predicted == c], codes[train_predicted != c], k)
             formula = cubes_to_formula(cubes, k)
-            agree_train = float((_evaluate(formula, train_concepts) == (train_predicted == c)).mean())
-            agree_test = (float((_evaluate(formula, test_concepts) == (test_predicted == c)).mean())
-                          if has_test else None)
             classes.append(CompactClass(name, formula, _render(formula, rules.concept_names),
-                                        _count_literals(formula), len(cubes), agree_train, agree_test))
-        return CompactRules("exact", classes=classes, exact_max_concepts=exact_max_concepts)
-    ranked = by_importance(rules)
-    ordered = RuleSet(rules.concept_names, rules.class_names, rules.bias, ranked, rules.pruning)
-    fired = ordered.fired(train_concepts).astype(np.float64)  # (N, R)
-    weights = np.array([r.weights for r in ranked]).reshape(len(ranked), len(rules.class_names))
-    scores = np.tile(rules.bias, (len(train_concepts), 1))
-    n = 0
-    fidelity = float((scores.argmax(1) == train_predicted).mean())
-    while fidelity < prefix_fidelity and n < len(rules.rules):
-        scores = scores + fired[:, [n]] * weights[n]
-        n += 1
+                                        _count_literals(formula), len(cubes), fidelity_train=0.0))
+        compact = CompactRules("exact", classes=classes, exact_max_concepts=exact_max_concepts)
+        entries: list[CompactClass] | list[PrefixClass] = classes
+    else:
+        ranked = by_importance(rules)
+        ordered = RuleSet(rules.concept_names, rules.class_names, rules.bias, ranked, rules.pruning)
+        fired = ordered.fired(train_concepts).astype(np.float64)  # (N, R)
+        weights = np.array([r.weights for r in ranked]).reshape(len(ranked), len(rules.class_names))
+        scores = np.tile(rules.bias, (len(train_concepts), 1))
+        n = 0
         fidelity = float((scores.argmax(1) == train_predicted).mean())
-    prefix = RuleSet(rules.concept_names, rules.class_names, rules.bias, ranked[:n], rules.pruning)
-    prefix_train = scores.argmax(1)
-    prefix_test = prefix.predict(test_concepts) if has_test else None
-    test_fidelity = float((prefix_test == test_predicted).mean()) if has_test else None
-    per_class = []
-    for c, name in enumerate(rules.class_names):
-        arguing = [r for r in ranked[:n] if r.weights[c] > 0 and r.weights[c] == max(r.weights)]
-        per_class.append(PrefixClass(
-            name, len(arguing), sum(r.length for r in arguing),
-            float(((prefix_train == c) == (train_predicted == c)).mean()),
-            float(((prefix_test == c) == (test_predicted == c)).mean()) if has_test else None))
-    return CompactRules("prefix", prefix_rules=n, target_fidelity=prefix_fidelity, fidelity_train=fidelity,
-                        fidelity_test=test_fidelity, exact_max_concepts=exact_max_concepts, per_class=per_class)
+        while fidelity < prefix_fidelity and n < len(rules.rules):
+            scores = scores + fired[:, [n]] * weights[n]
+            n += 1
+            fidelity = float((scores.argmax(1) == train_predicted).mean())
+        entries = []
+        for c, name in enumerate(rules.class_names):
+            arguing = [r for r in ranked[:n] if r.weights[c] > 0 and r.weights[c] == max(r.weights)]
+            entries.append(PrefixClass(name, len(arguing), sum(r.length for r in arguing), fidelity_train=0.0))
+        compact = CompactRules("prefix", prefix_rules=n, target_fidelity=prefix_fidelity, fidelity_train=fidelity,
+                               exact_max_concepts=exact_max_concepts, per_class=entries)
+    # per-class fidelities (and the prefix's overall test fidelity) measured as on any other split
+    train = compact_fidelity(rules, compact, train_concepts, train_predicted)["per_class"]
+    test = compact_fidelity(rules, compact, test_concepts, test_predicted) if has_test else None
+    for entry in entries:
+        entry.fidelity_train = train[entry.class_name]
+        entry.fidelity_test = None if test is None else test["per_class"][entry.class_name]
+    if test is not None and compact.method == "prefix":
+        compact.fidelity_test = test["overall"]
+    return compact
 
 
 def compact_fidelity(rules: RuleSet, compact: CompactRules, concepts: np.ndarray, predicted: np.ndarray

@@ -55,6 +55,8 @@ def intervene_run(run_dir: str | Path, split: str = "test", n_orders: int = 5, s
     known = np.isfinite(train["probabilities"]).all(axis=1)
     bottleneck = LogisticRegression(max_iter=5000).fit(train["probabilities"][known], train["targets"][known])
     hard = (test["probabilities"] > 0.5).astype(np.float64)
+    crl_scores = crl_predict(hard)  # (N, C): both models with no concept set, for their own metrics and counts
+    bottleneck_scores = bottleneck.predict_proba(test["probabilities"])
     curves = {
         "CRL": {o: intervention_curve(crl_predict, hard, test["probabilities"], test["truth"], test["targets"], o,
                                       n_orders, seed) for o in ORDERS},
@@ -71,14 +73,14 @@ def intervene_run(run_dir: str | Path, split: str = "test", n_orders: int = 5, s
               "bottleneck": "sklearn LogisticRegression (C = 1) on the training split's predicted concept "
                             "probabilities",
               # the bottleneck as a classifier in its own right (no intervention), with intervals as CRL's own
-              "bottleneck_metrics": metrics_with_ci(card.task, test["targets"],
-                                                    bottleneck.predict_proba(test["probabilities"]),
+              "bottleneck_metrics": metrics_with_ci(card.task, test["targets"], bottleneck_scores,
                                                     list(card.class_names), seed=seed),
               # how many test images each model assigns to each class (a model collapsed to one class shows it)
               "predicted_class_counts": {
-                  "CRL": np.bincount(crl_predict(hard).argmax(1), minlength=card.num_classes).tolist(),
+                  "CRL": np.bincount(crl_scores.argmax(1), minlength=card.num_classes).tolist(),
                   "logistic-regression bottleneck": np.bincount(
-                      bottleneck.predict(test["probabilities"]).astype(np.int64), minlength=card.num_classes).tolist()},
+                      bottleneck.classes_[bottleneck_scores.argmax(1)].astype(np.int64),
+                      minlength=card.num_classes).tolist()},
               "curves": curves, "figure": str(figure)}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / f"interventions-{split}.json", result)

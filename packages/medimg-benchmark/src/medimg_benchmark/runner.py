@@ -163,7 +163,7 @@ def _train(cfg: BenchmarkConfig, data: Any, seed: int, models_dir: Path, permute
     return BaselineClassifier(cfg.preset, **params).fit(train, val)
 
 
-def _test_inputs(estimator: Any, data: Any, split: str = "test") -> torch.Tensor:
+def _model_inputs(estimator: Any, data: Any, split: str = "test") -> torch.Tensor:
     """The model's inputs (N, C, H, W) of a split, with its evaluation transform."""
     from medimg_core.data.preprocess import build_transforms
 
@@ -189,7 +189,7 @@ def run_seed(cfg: BenchmarkConfig, seed: int, models_dir: Path,
     estimator = _train(cfg, data, seed, models_dir)
     model = estimator.model_.eval()
     device = next(model.parameters()).device
-    x = _test_inputs(estimator, data).to(device)
+    x = _model_inputs(estimator, data).to(device)
     test_idx = data.indices("test")
     with torch.no_grad():
         predicted = torch.cat([model(x[i:i + 64]).argmax(1) for i in range(0, len(x), 64)]).cpu().numpy()
@@ -215,7 +215,7 @@ def run_seed(cfg: BenchmarkConfig, seed: int, models_dir: Path,
     maps = {name: row.pop("maps") for name, row in scores.items()}
     say(f"seed {seed}: TCAV of every concept for {POSITIVE_CLASS}")
     train_idx = data.indices("train")
-    train_x = _test_inputs(estimator, data, "train").to(device)
+    train_x = _model_inputs(estimator, data, "train").to(device)
     names, rule_variables = list(card.concept_names), list(card.extra["rule_variables"])
     concepts = score_tcav(model, layer, train_x, data.true_concepts[train_idx], names, rule_variables,
                           x[malignant[:cfg.tcav_class_images]], positive, n_concept=cfg.tcav_images,
