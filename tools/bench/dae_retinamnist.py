@@ -1,13 +1,17 @@
 """DAE latent classifier and grade regression on RetinaMNIST next to the medimg-core black-box baseline.
 
-    python tools/bench/dae_retinamnist.py [--out runs/bench-dae] [--baseline RUN]
+    python tools/bench/dae_retinamnist.py [--out runs/bench-dae] [--baseline RUN] [--dae-run RUN]
 
 The DAE is trained with `dae-cf train --config retinamnist-cpu` on the official training split (28 px images
 resized to 32 px, no labels); the linear SVM (grade > 0) and the grade calibration are fitted on the training
 latents and tested on the official val and test splits. The black-box baseline is trained here first with
 `medimg train-baseline --config baseline-retinamnist` (resnet18 at the native 28 px; `--baseline RUN` reuses an
 existing run instead): its softmax gives P(grade > 0) = 1 - p(grade 0) and the expected grade, on the same splits.
-A few test images also get counterfactual series (flip rates judged by the baseline).
+A few validation and test images also get counterfactual series with both edits (dae_edits.py: ours, the
+smallest move to each target grade, and the official notebooks' fixed steps, -900 ... +900 along the normal),
+judged by the baseline (flip rates), one edit chosen on validation; each evaluation also runs the latent-swap
+probe (a grade-0 image's x_T rendered with a grade-4 image's z_sem: pixel change and the baseline's expected
+grade). `--dae-run RUN` re-evaluates a trained DAE instead of training one.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, SHARED, command_line, run_command, write_result
+from common import ROOT, SHARED, command_line, run_command, run_or_reuse, write_result
+from dae_edits import compare_edits, summary
 from dae_synth_grade import FIGURES
 
 #: the official repository's released RetinaMNIST latents (128 px DAE trained on GPUs for 1.25 M steps), re-run in
@@ -70,7 +75,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", default=None, help="an existing baseline-retinamnist run (default: train one)")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-dae"))
-    p.add_argument("--n-eval", type=int, default=20, help="test images given counterfactual series")
+    p.add_argument("--n-eval", type=int, default=20, help="val and test images given counterfactual series")
+    p.add_argument("--dae-run", default=None, help="reuse this trained DAE run instead of training one")
     p.add_argument("--dae-args", nargs=argparse.REMAINDER, default=[], help="extra `dae-cf train` overrides")
     args = p.parse_args()
     out = Path(args.out)
@@ -90,24 +96,26 @@ def main() -> None:
                          .replace(str(SHARED), "../shared/data").replace(str(ROOT) + "/", ""))
     train_cmd = [str(bins / "dae-cf"), "train", "--config", "retinamnist-cpu", "--root", str(SHARED / "medmnist"),
                  "--device", "cpu", "--out", str(out), *args.dae_args]
-    dae_run, train_time, _ = run_command(train_cmd, creates_in=out, echo=True)
+    dae_run, train_time = run_or_reuse(train_cmd, args.dae_run, out, echo=True)
     encode_cmd = [str(bins / "dae-cf"), "encode", str(dae_run), "--device", "cpu"]
     _, encode_time, _ = run_command(encode_cmd, echo=True)
     boundary_cmd = [str(bins / "dae-cf"), "fit-boundary", str(dae_run), "--device", "cpu"]
     _, boundary_time, _ = run_command(boundary_cmd, echo=True)
-    eval_cmd = [str(bins / "dae-cf"), "evaluate", str(dae_run), "--n", str(args.n_eval), "--oracle", str(base_run),
-                "--device", "cpu", "--figures", "6"]
-    eval_dir, eval_time, _ = run_command(eval_cmd, creates_in=dae_run / "evaluations", echo=True)
+    edits = compare_edits(bins, dae_run, base_run, args.n_eval, short)
+    chosen = edits["chosen"]
+    eval_dir = edits["folders"][f"test_{chosen}"]
     t0 = time.perf_counter()
     base = {split: baseline_metrics(base_run, split) for split in ("val", "test")}
     base_time = time.perf_counter() - t0
     from medimg_core.checkpoint import load_config_json
     metrics = json.loads((dae_run / "metrics.json").read_text())
-    cf = json.loads((eval_dir / "metrics.json").read_text())
+    cf = edits["test"][chosen]
     base_saved = json.loads((base_run / "metrics.json").read_text())
     FIGURES.mkdir(parents=True, exist_ok=True)
     figures = {}
     for name, src in (("counterfactuals", eval_dir / "figures" / "counterfactuals.png"),
+                      ("counterfactuals_grade", edits["folders"]["test_grade"] / "figures" / "counterfactuals.png"),
+                      ("counterfactuals_step", edits["folders"]["test_step"] / "figures" / "counterfactuals.png"),
                       ("reconstructions", dae_run / "figures" / "reconstructions.png"),
                       ("calibration", dae_run / "figures" / "calibration.png")):
         dst = FIGURES / f"retinamnist_{name}.png"
@@ -117,7 +125,8 @@ def main() -> None:
         "command": command_line(),
         "batch_size": load_config_json(dae_run / "checkpoints" / "best")["config"]["train"]["batch_size"],
         "commands": {"train": short(train_cmd), "encode": short(encode_cmd), "fit_boundary": short(boundary_cmd),
-                     "evaluate": short(eval_cmd),
+                     "evaluate": edits["commands"][f"test_{chosen}"],
+                     **{f"evaluate_{k}": v for k, v in edits["commands"].items()},
                      "baseline": short(base_cmd) if args.baseline is None else f"(existing run {base_run})"},
         "train": metrics["train"], "reconstruction_val": metrics.get("reconstruction"),
         "dae": {split: metrics["boundary"][split] for split in ("val", "test")},
@@ -125,12 +134,14 @@ def main() -> None:
         "baseline": base, "baseline_run": str(base_run.relative_to(ROOT)) if base_run.is_relative_to(ROOT) else
         str(base_run),
         "baseline_saved_test": {k: v for k, v in base_saved["test"].items() if not isinstance(v, dict)},
-        "counterfactuals": {k: cf[k] for k in ("n_images", "target_grades", "reconstruction", "latent",
-                                                "image_classifier", "proximity_to_reconstruction", "per_target",
-                                                "settings", "latent_swap") if k in cf},
+        "counterfactuals": summary(cf),
+        "edits": {"chosen": chosen, "rule": edits["rule"],
+                  "val": {e: summary(m) for e, m in edits["val"].items()},
+                  "test": {e: summary(m) for e, m in edits["test"].items()}},
         "official_gpu_val": OFFICIAL_GPU_VAL,
         "wall_time_s": {"train": train_time, "encode": encode_time, "fit_boundary": boundary_time,
-                        "evaluate": eval_time, "baseline_predict": base_time,
+                        "evaluate": edits["wall_time_s"][f"test_{chosen}"], "baseline_predict": base_time,
+                        **{f"evaluate_{k}": v for k, v in edits["wall_time_s"].items()},
                         "baseline_train": base_train_time,
                         "baseline_train_reported": base_saved["wall_time_s"]},
         "peak_memory_mb": {"train": metrics["peak_memory_mb"], "evaluate": cf["peak_memory_mb"]},

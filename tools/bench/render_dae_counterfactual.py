@@ -9,15 +9,18 @@ def _minutes(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def _per_target(rows: list[dict]) -> list[str]:
+def _per_target(rows: list[dict], edit: str) -> list[str]:
     has_measure = any("measure" in r for r in rows)
     has_oracle = any("oracle_positive_rate" in r for r in rows)
-    head = ["target grade", "re-encoded grade", "L1 to recon.", "SSIM to recon."]
+    head = ["target grade" if edit == "grade" else "step along the normal"]
+    head += [] if edit == "grade" else ["edited latent's grade"]
+    head += ["re-encoded grade", "L1 to recon.", "SSIM to recon."]
     head += ["image classifier: P(grade > 0) > 0.5", "image classifier: expected grade"] if has_oracle else []
     head += ["measured structure (% of image)"] if has_measure else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f"{r['target']:g}", fmt(r["reencoded_grade"], 3), fmt(r["l1"], 5), fmt(r["ssim"], 5)]
+        cells = [f"{r['target']:g}"] + ([] if edit == "grade" else [fmt(r.get("edited_grade"), 2)])
+        cells += [fmt(r["reencoded_grade"], 3), fmt(r["l1"], 5), fmt(r["ssim"], 5)]
         if has_oracle:
             cells += [fmt(r.get("oracle_positive_rate"), 2), fmt(r.get("oracle_expected_grade"), 2)]
         if has_measure:
@@ -26,35 +29,67 @@ def _per_target(rows: list[dict]) -> list[str]:
     return lines
 
 
+EDIT_NAMES = {"grade": "ours (`--edit grade`: the smallest move to each target grade)",
+              "step": "the official notebooks' (`--edit step`: fixed steps along the normal, both signs)"}
+
+
+def _swap_line(sw: dict) -> str:
+    line = (f"- decoder probe ({sw['n_pairs']} pairs of a lowest- and a highest-grade image): the low image's x_T "
+            "rendered with z_low + s (z_high - z_low)")
+    if "pixel" in sw:
+        px = sw["pixel"]
+        line += (" changes the pixels by " + ", ".join(f"{fmt(v, 2)} (s = {k})" for k, v in
+                                                       px["response_by_scale"].items() if k != "0")
+                 + f" of the mean difference between the two images ({fmt(px['l1_inputs'], 4)} per pixel)")
+    if "response_by_scale" in sw:
+        line += ("; it moves " + (sw.get("measure") or "the measure") + " by "
+                 + ", ".join(f"{fmt(v, 2)} (s = {k})" for k, v in sw["response_by_scale"].items() if k != "0")
+                 + " of the real gap between the two groups")
+    return line
+
+
 def _cf_summary(cf: dict) -> list[str]:
     lat, prox, rec = cf["latent"], cf["proximity_to_reconstruction"], cf["reconstruction"]
     s = cf["settings"]
-    lines = [f"Counterfactuals: {cf['n_images']} test images x target grades {cf['target_grades']} "
-             f"(DDIM inversion {s['encode_steps']} steps, rendering {s['render_steps']} steps):", "",
+    edit = cf.get("edit", "grade")
+    targets = cf.get("targets", cf.get("target_grades"))
+    lines = [f"Counterfactuals with the {edit} edit, {EDIT_NAMES[edit]}: {cf['n_images']} {s.get('split', 'test')} "
+             f"images x targets {[float(f'{t:g}') for t in targets]} (DDIM inversion {s['encode_steps']} steps, "
+             f"rendering {s['render_steps']} steps):", "",
              f"- reconstruction (encode -> render) against the input: MSE {fmt(rec['mse'], 4)}, L1 {fmt(rec['l1'])}, "
              f"SSIM {fmt(rec['ssim'])}",
              f"- latent flip rate (re-encoded counterfactual on the target side, {lat['n_crossing_pairs']} pairs "
-             f"that cross the hyperplane): **{fmt(lat['flip_rate'])}**; Spearman(target grade, re-encoded grade) "
-             f"**{fmt(lat['spearman_target_vs_reencoded_grade'])}**, mean |re-encoded - target| "
+             f"that cross the hyperplane): **{fmt(lat['flip_rate'])}**; Spearman(target, re-encoded grade) "
+             f"**{fmt(lat['spearman_target_vs_reencoded_grade'])}**, mean |re-encoded - edited latent's grade| "
              f"{fmt(lat['mean_abs_grade_error'], 2)}",
              f"- proximity to the reconstruction: L1 {fmt(prox['l1'], 5)}, SSIM {fmt(prox['ssim'], 5)}"]
     if "image_classifier" in cf:
         ic = cf["image_classifier"]
         lines.append(f"- image classifier (medimg-core baseline) flip rate: **{fmt(ic['flip_rate'])}** "
-                     f"({ic['n_crossing_pairs']} pairs); Spearman(target grade, its expected grade) "
+                     f"({ic['n_crossing_pairs']} pairs); Spearman(target, its expected grade) "
                      f"{fmt(ic['spearman_target_vs_expected_grade'])}")
     if "measure" in cf:
         m = cf["measure"]
         lines.append(f"- measured structure (`measure_structure`, the generator's ground truth) of the "
-                     f"counterfactuals: Spearman with the target grade **{fmt(m['spearman_target_vs_measure'])}**; "
-                     f"monotone series (never decreasing, ending higher than they start) **{fmt(m['monotone_fraction'], 2)}**, strictly increasing "
+                     f"counterfactuals: Spearman with the target **{fmt(m['spearman_target_vs_measure'])}**; "
+                     f"monotone series (never decreasing, ending higher than they start) "
+                     f"**{fmt(m['monotone_fraction'], 2)}**, strictly increasing "
                      f"{fmt(m['strictly_increasing_fraction'], 2)}; inputs {fmt(m['mean_measure_inputs'], 2)}, "
                      f"reconstructions {fmt(m['mean_measure_reconstructions'], 2)}")
         if "effect_ratio" in m:
+            lo, hi = m.get("real_gap_grades", [0, 4])
             lines.append(f"- size of the move: the mean measure changes by {fmt(m['change_lowest_to_highest_target'], 4)} "
-                         f"from the lowest to the highest target, while the inputs of those true grades differ by "
-                         f"{fmt(m['real_gap_lowest_to_highest_grade'], 2)}: effect ratio "
+                         f"from the lowest to the highest target, while the inputs of true grades {lo:g} and {hi:g} "
+                         f"differ by {fmt(m['real_gap_lowest_to_highest_grade'], 2)}: effect ratio "
                          f"**{fmt(m['effect_ratio'], 4)}** (1 = the counterfactuals span the real range)")
+    if "towards_lowest" in cf:
+        low = cf["towards_lowest"]
+        inside = (f"; {fmt(1 - low['locality']['outside_fraction'], 2)} of that change lies inside the plaque"
+                  if "locality" in low else "")
+        lines.append(f"- towards grade {low['grade']:g}: for the {low['n_images']} images above it, the lowest "
+                     f"target's counterfactual removes {fmt(low['measure_removed'], 3)} of the measure, against "
+                     f"{fmt(low['real_excess'], 3)} between their reconstructions and real grade-{low['grade']:g} "
+                     f"images: removal ratio **{fmt(low['removal_ratio'], 3)}**{inside}")
     if "locality" in cf:
         loc = cf["locality"]
         lines.append(f"- locality: {fmt(loc['outside_fraction'], 2)} of each edit's change "
@@ -62,12 +97,47 @@ def _cf_summary(cf: dict) -> list[str]:
                      f"either image, {fmt(100 * loc['region_fraction'], 1)}% of the pixels); mean change per pixel "
                      f"outside {fmt(loc['mean_change_outside'], 4)}, inside {fmt(loc['mean_change_inside'], 4)}")
     if "latent_swap" in cf:
-        sw = cf["latent_swap"]
-        lines.append(f"- decoder probe ({sw['n_pairs']} pairs of a lowest- and a highest-grade test image): the low "
-                     "image's x_T rendered with z_low + s (z_high - z_low) moves the measure by "
-                     + ", ".join(f"{fmt(v, 2)} (s = {k})" for k, v in sw["response_by_scale"].items() if k != "0")
-                     + " of the real gap between the two groups")
-    return [*lines, "", *_per_target(cf["per_target"]), ""]
+        lines.append(_swap_line(cf["latent_swap"]))
+    return [*lines, "", *_per_target(cf["per_target"], edit), ""]
+
+
+def _edit_comparison(result: dict) -> list[str]:
+    """Both edits on validation (where one was chosen) and test, with the same metrics."""
+    edits = result.get("edits")
+    if not edits:
+        return []
+    rows = [("image classifier flip rate", lambda m: m.get("image_classifier", {}).get("flip_rate")),
+            ("latent flip rate", lambda m: m["latent"]["flip_rate"]),
+            ("Spearman(target, re-encoded grade)", lambda m: m["latent"]["spearman_target_vs_reencoded_grade"]),
+            ("Spearman(target, classifier's expected grade)",
+             lambda m: m.get("image_classifier", {}).get("spearman_target_vs_expected_grade")),
+            ("L1 to the reconstruction", lambda m: m["proximity_to_reconstruction"]["l1"]),
+            ("SSIM to the reconstruction", lambda m: m["proximity_to_reconstruction"]["ssim"])]
+    if any("measure" in m for m in edits["test"].values()):
+        rows += [("monotone series (measure)", lambda m: m["measure"]["monotone_fraction"]),
+                 ("effect ratio", lambda m: m["measure"]["effect_ratio"]),
+                 ("share of the change inside the plaque", lambda m: 1 - m["locality"]["outside_fraction"]),
+                 ("removal ratio towards the lowest grade", lambda m: m["towards_lowest"]["removal_ratio"]),
+                 ("share of that removal's change inside the plaque",
+                  lambda m: 1 - m["towards_lowest"]["locality"]["outside_fraction"])]
+
+    def cell(m: dict, get) -> str:
+        try:
+            return fmt(get(m), 3)
+        except (KeyError, TypeError):
+            return "n/a"
+
+    chosen = edits["chosen"]
+    lines = ["The two edits with the same metrics (val: where the edit is chosen; test: reported). The edit "
+             f"chosen on validation is **{chosen}**, by the rule: {edits['rule']}.", "",
+             "| measure | grade, val | step, val | grade, test | step, test |", "|---|---|---|---|---|"]
+    for name, get in rows:
+        lines.append(f"| {name} | {cell(edits['val']['grade'], get)} | {cell(edits['val']['step'], get)} | "
+                     f"{cell(edits['test']['grade'], get)} | {cell(edits['test']['step'], get)} |")
+    other = "step" if chosen == "grade" else "grade"
+    lines += ["", f"The {other} edit on test:", ""]
+    lines += _cf_summary(edits["test"][other])
+    return lines
 
 
 def _train_line(t: dict) -> str:
@@ -95,32 +165,12 @@ def dae_synth_grade(result: dict) -> list[str]:
               f"{ci(base, 'accuracy')}, grade MAE {fmt(base.get('mae'))}, Spearman {fmt(base.get('spearman'))}.", ""]
     lines += _cf_summary(result["counterfactuals"])
     met = {k: v for k, v in tg.items() if "met" in v}
-    lines += ["Issue targets: " + "; ".join(f"{k} {fmt(v['value'])} (target {v['target']}): "
+    lines += [f"Issue targets (the {result['counterfactuals'].get('edit', 'grade')} edit's test values): " + "; ".join(f"{k} {fmt(v['value'])} (target {v['target']}): "
                                            f"{'met' if v['met'] else '**not met**'}" for k, v in met.items()) + ".", ""]
-    cf = result["counterfactuals"]
-    ratio = cf.get("measure", {}).get("effect_ratio")
-    budget = (f"a {result['train']['parameters'] / 1e6:.1f} M-parameter DAE, "
-              f"{_minutes(result['train']['wall_time_s'])} of training")
-    if ratio is not None and ratio < 0.01:
-        lines += ["Reading: the latents separate the grades and the calibration is monotone, and the edits push "
-                  "the rendered structure in the right direction, but by a tiny fraction of the real difference "
-                  f"between grades: at this CPU budget ({budget}) the decoder "
-                  "reconstructs almost everything from the stochastic code x_T and responds only weakly to z_sem, "
-                  "so these counterfactuals are not usable as explanations. DiffAE-sized models train for days on "
-                  "GPUs (see the package README).", ""]
-    elif ratio is not None and ratio < 0.5:
-        swap = cf.get("latent_swap", {}).get("response_by_scale", {}).get("1")
-        swap_text = (f"; rendered with a high-grade image's z_sem, a low-grade image's x_T moves the measure by "
-                     f"{swap:.2f} of the real gap, so the decoder does use z_sem" if swap is not None else "")
-        lines += ["Reading: the latents separate the grades, the calibration is monotone, and the counterfactual "
-                  "series change the generator's structure in the direction of the target grade, on the structure "
-                  f"itself (see the locality line), but by {ratio:.2f} of the real difference between the lowest "
-                  f"and highest grade at this CPU budget ({budget}){swap_text}. The minimal edit along the "
-                  "hyperplane normal moves z_sem far less than that swap; larger effects need longer training "
-                  "(see the package README).", ""]
+    lines += _edit_comparison(result)
     lines += [f"Wall time: data {_minutes(w['data'])}, baseline {_minutes(w['baseline'])}, DAE training "
               f"{_minutes(w['train'])}, encoding {_minutes(w['encode'])}, boundary {_minutes(w['fit_boundary'])}, "
-              f"counterfactual evaluation {_minutes(w['evaluate'])}. Peak memory: training "
+              f"counterfactual evaluation {_minutes(w['evaluate'])} (one split, one edit). Peak memory: training "
               f"{result['peak_memory_mb']['train'] / 1024:.1f} GB, evaluation "
               f"{result['peak_memory_mb']['evaluate'] / 1024:.1f} GB.", "",
               f"![synth-grade counterfactuals]({result['figures']['counterfactuals'].removeprefix('docs/')})", "",
@@ -159,12 +209,13 @@ def dae_retinamnist(result: dict) -> list[str]:
               f"{fmt(off['grade_spearman'])} for the paper's GPU model, which saw about "
               f"{10e6 / max(1, result['train']['steps'] * result.get('batch_size', 32)):.0f} times as many training "
               "images at 16 times the pixels. The latent numbers are the classifier on top of an unsupervised "
-              "representation; how far a small, briefly trained DAE is from a converged one shows most in its "
-              "counterfactuals (below), whose edits are much weaker than their calibrated targets.", ""]
+              "representation.", ""]
     lines += _cf_summary(result["counterfactuals"])
+    lines += _edit_comparison(result)
     w = result["wall_time_s"]
     lines += [f"Wall time: DAE training {_minutes(w['train'])}, encoding {_minutes(w['encode'])}, boundary "
-              f"{_minutes(w['fit_boundary'])}, counterfactual evaluation {_minutes(w['evaluate'])}; the baseline "
+              f"{_minutes(w['fit_boundary'])}, counterfactual evaluation {_minutes(w['evaluate'])} (one split, one "
+              f"edit); the baseline "
               f"trained in {_minutes(w['baseline_train'] or w.get('baseline_train_reported'))}.", "",
               f"![RetinaMNIST counterfactuals]({result['figures']['counterfactuals'].removeprefix('docs/')})", "", "Commands:", ""]
     lines += [f"- {k}: `{v}`" for k, v in result["commands"].items()]

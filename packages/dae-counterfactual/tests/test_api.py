@@ -102,3 +102,33 @@ def test_without_a_boundary_the_model_loads_but_cannot_predict(tmp_path, parts):
         explainer.predict_proba(torch.rand(1, 3, 16, 16))
     with pytest.raises(NotFittedError, match="not fitted yet"):
         CounterfactualExplainer().explain(torch.rand(3, 16, 16))
+
+
+def test_explain_with_the_notebooks_fixed_steps(tmp_path, parts):
+    cfg, model, boundary = parts
+    cfg.counterfactual.edit, cfg.counterfactual.steps = "step", [300.0, 100.0]
+    explainer = CounterfactualExplainer.from_pretrained(save_dae(model, cfg, CARD, tmp_path / "ckpt",
+                                                                 boundary=boundary))
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    up = explainer.explain(x[0], target=1)
+    down = explainer.explain(x[0], target=0)
+    assert up.mode == "step" and up.targets.tolist() == [100.0, 300.0]
+    # towards the pathology the edited latents' distance rises with the step, towards health it falls
+    assert up.edited_distances[1] > up.edited_distances[0] > up.distance
+    assert down.edited_distances[1] < down.edited_distances[0] < down.distance
+    # the notebooks' unit: a step s moves the signed distance by s / sqrt(D)
+    assert up.edited_distances[0] - up.distance == pytest.approx(100 / np.sqrt(boundary.n_features_in_), rel=1e-4)
+
+
+def test_a_bad_edit_config_is_refused():
+    from dae_counterfactual.config import check_config
+    from medimg_core.config import ConfigError
+
+    cfg = DAEConfig()
+    cfg.counterfactual.steps = [100.0, -5.0]
+    with pytest.raises(ConfigError, match="counterfactual.steps"):
+        check_config(cfg)
+    cfg = DAEConfig()
+    cfg.counterfactual.edit = "nudge"
+    with pytest.raises(ConfigError, match="counterfactual.edit"):
+        check_config(cfg)

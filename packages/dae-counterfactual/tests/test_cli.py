@@ -169,8 +169,25 @@ def test_evaluate_with_an_image_classifier(fitted, tmp_path):
     assert {"flip_rate", "positive_rate_per_target"} <= set(m["image_classifier"])
     assert {"spearman_target_vs_measure", "monotone_fraction", "effect_ratio"} <= set(m["measure"])  # synth-grade
     assert set(m["latent_swap"]["response_by_scale"]) == {"0", "1", "2", "5"}
+    assert set(m["latent_swap"]["pixel"]["response_by_scale"]) == {"0", "1", "2", "5"}
+    assert m["edit"] == "grade" and m["towards_lowest"]["grade"] == 0.0
     assert (folder / "figures" / "counterfactuals.png").is_file()
-    assert "measured structure" in result.output
+    assert "measured structure" in result.output and "removal ratio" in result.output
+    # the notebooks' fixed steps, signed, under the same metrics; without a measure the swap probe reads the
+    # image classifier's expected grade
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--n", "4", "--edit", "step", "--steps", "300", "100",
+                                       "--oracle", str(oracle), "--encode-steps", "2", "--render-steps", "2",
+                                       "--measure", "none", "--out", str(tmp_path / "step"), "--figures", "0"],
+                               catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    m = json.loads((next((tmp_path / "step").iterdir()) / "metrics.json").read_text())
+    assert m["edit"] == "step" and m["targets"] == [-300.0, -100.0, 100.0, 300.0] and "target_grades" not in m
+    assert m["settings"]["edit"] == "step" and "measure" not in m
+    assert m["latent_swap"]["measure"] == "image classifier's expected grade"
+    edited = m["latent"]["mean_edited_grade_per_target"]
+    assert edited == sorted(edited)  # a larger signed step, a higher calibrated grade
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--edit", "step", "--grades", "0"])
+    assert result.exit_code != 0 and "--grades go with --edit grade" in result.output
 
 
 def test_resume_restores_ema_and_raw_weights(tmp_path, tiny_args):

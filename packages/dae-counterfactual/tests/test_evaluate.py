@@ -96,6 +96,68 @@ def test_effect_ratio_compares_the_move_with_real_images():
     assert ms["effect_ratio"] == pytest.approx(0.25)
 
 
+def step_series(distance: float, steps: list[float], brightness_in: float, cf: list[float], grade: float,
+                sid: str) -> CounterfactualSeries:
+    """A series in step mode (direction +1) on PLANE: the edited distance is distance + step / 100."""
+    steps_arr = np.asarray(steps)
+    d_edit = distance + steps_arr / 100
+    return CounterfactualSeries(id=sid, image=torch.full((3, 8, 8), brightness_in),
+                                reconstruction=torch.full((3, 8, 8), brightness_in), mode="step", targets=steps_arr,
+                                counterfactuals=torch.stack([torch.full((3, 8, 8), b) for b in cf]),
+                                grade=2 * distance + 1, distance=distance, edited_grades=2 * d_edit + 1,
+                                edited_distances=d_edit, reencoded_grades=2 * d_edit + 1, reencoded_distances=d_edit,
+                                true_grade=grade)
+
+
+def test_step_mode_series_get_the_same_metrics():
+    steps = [-200.0, 200.0]
+    low = step_series(-1.0, steps, 0.1, [0.1, 0.3], 0.0, "low")  # edited distances -3, +1: the +200 step crosses
+    high = step_series(1.0, steps, 0.9, [0.5, 0.9], 4.0, "high")  # -1, +3: the -200 step crosses
+    m = counterfactual_metrics([low, high], PLANE, measure=lambda x: x.mean(axis=(1, 2, 3)) * 10)
+    assert m["edit"] == "step" and m["targets"] == steps and "target_grades" not in m
+    assert m["latent"]["n_crossing_pairs"] == 2 and m["latent"]["flip_rate"] == 1.0
+    assert m["latent"]["mean_abs_grade_error"] == 0.0  # re-encoded grades equal the edited latents' grades
+    # the real gap is between the lowest and the highest TRUE grade (0 and 4): 9 - 1 = 8; the counterfactuals
+    # move from (1 + 5) / 2 = 3 to (3 + 9) / 2 = 6
+    assert m["measure"]["real_gap_grades"] == [0.0, 4.0]
+    assert m["measure"]["effect_ratio"] == pytest.approx(3 / 8)
+    # towards the lowest grade: the grade-4 image's reconstruction measures 9, its -200 counterfactual 5, a real
+    # grade-0 image 1: half the way
+    low_block = m["towards_lowest"]
+    assert low_block["n_images"] == 1 and low_block["removal_ratio"] == pytest.approx(0.5)
+    flipped = step_series(-1.0, steps, 0.1, [0.1, 0.3], 0.0, "flipped")
+    flipped.edited_distances = flipped.edited_distances[::-1].copy()  # as if made with direction -1
+    with pytest.raises(ValueError, match="direction \\+1"):
+        counterfactual_metrics([flipped], PLANE)
+    with pytest.raises(ValueError, match="one mode"):
+        counterfactual_metrics([low, series(-1.0, [0.0, 1.0, 2.0], [0.5, 0.5, 0.5], "g")], PLANE)
+
+
+def test_towards_lowest_reports_the_locality_of_the_removal():
+    # a 4x4 "plaque" in the corner of an 8x8 image: the grade-4 image's counterfactual to grade 0 darkens the
+    # plaque fully and one pixel outside it
+    def image(plaque: float, outside: float = 0.0) -> torch.Tensor:
+        x = torch.full((3, 8, 8), outside)
+        x[:, :4, :4] = plaque
+        return x
+
+    region = lambda x: np.pad(np.ones((len(x), 4, 4), bool), ((0, 0), (0, 4), (0, 4)))  # noqa: E731
+    s_hi = series(1.0, [0.0, 1.0, 2.0], [0.0, 0.0, 0.0], "hi")
+    s_hi.image, s_hi.reconstruction, s_hi.true_grade = image(1.0), image(1.0), 4.0
+    cf0 = image(0.0)
+    cf0[:, 7, 7] = 1.0  # one changed pixel outside
+    s_hi.counterfactuals = torch.stack([cf0, image(1.0), image(1.0)])
+    s_lo = series(-1.0, [0.0, 1.0, 2.0], [0.0, 0.0, 0.0], "lo")
+    s_lo.image, s_lo.reconstruction, s_lo.true_grade = image(0.0), image(0.0), 0.0
+    s_lo.counterfactuals = torch.stack([image(0.0), image(0.0), image(0.0)])
+    measure = lambda x: np.asarray(x)[:, :, :4, :4].mean(axis=(1, 2, 3))  # noqa: E731
+    m = counterfactual_metrics([s_hi, s_lo], PLANE, measure=measure, region=region)
+    low = m["towards_lowest"]
+    assert low["n_images"] == 1 and low["removal_ratio"] == pytest.approx(1.0)
+    # 16 plaque pixels changed by 3 (summed over channels), one outside pixel by 3: 1/17 of the change outside
+    assert low["locality"]["outside_fraction"] == pytest.approx(1 / 17)
+
+
 def test_latent_swap_probe_renders_the_low_image_with_interpolated_latents(tiny_config, randomise):
     from dae_counterfactual.evaluate import latent_swap_probe
     from dae_counterfactual.model import DiffusionAutoencoder
@@ -113,6 +175,12 @@ def test_latent_swap_probe_renders_the_low_image_with_interpolated_latents(tiny_
     gap = out["measure_high_inputs"] - out["measure_low_inputs"]
     expected = (out["measure_by_scale"]["1"] - out["measure_by_scale"]["0"]) / gap
     assert out["response_by_scale"]["1"] == pytest.approx(expected)
+    # the pixel response needs no measure: mean |render_s - render_0| against mean |x_high - x_low|
+    pixel = out["pixel"]
+    assert pixel["l1_by_scale"]["0"] == 0.0 and pixel["l1_inputs"] == pytest.approx(float((x_high - x_low).abs().mean()))
+    assert pixel["response_by_scale"]["1"] == pytest.approx(pixel["l1_by_scale"]["1"] / pixel["l1_inputs"])
+    bare = latent_swap_probe(model, x_low, x_high, None, 3, 3, scales=(0.0, 1.0))
+    assert "response_by_scale" not in bare and bare["pixel"]["l1_by_scale"] == pytest.approx(pixel["l1_by_scale"])
     with pytest.raises(ValueError, match="one shape"):
         latent_swap_probe(model, x_low, x_high[:1], brightness, 3, 3)
 

@@ -174,7 +174,8 @@ class CounterfactualExplainer(Estimator):
     def explain(self, x: Any, target: int | str | None = None) -> CounterfactualSeries:
         """The image `x` (a file path, a (C, H, W) / (1, C, H, W) tensor in [0, 1] or a dataset sample) moved to
         class `target` (index or name; None: the class it is not predicted in), rendered with its own x_T at
-        every grade of that class."""
+        every grade of that class (config counterfactual.edit "grade"), or at each of the config's fixed steps
+        towards that class ("step")."""
         image, _ = self.as_input(x)
         boundary = self._boundary()
         predicted = int(boundary.predict(self._model().encode(image.to(self.device_)).cpu().numpy())[0])
@@ -185,7 +186,12 @@ class CounterfactualExplainer(Estimator):
             truth = [float(x["target"])] if "target" in x else None
         elif isinstance(x, (str, Path)):
             ids = [Path(x).stem]
-        series = self.counterfactuals(image, self.grades_of(index), ids=ids, true_grades=truth)[0]
+        edit = self.dae_config_.counterfactual
+        if edit.edit == "step":
+            series = self.counterfactuals(image, sorted(edit.steps), "step", 1.0 if index == 1 else -1.0, ids=ids,
+                                          true_grades=truth)[0]
+        else:
+            series = self.counterfactuals(image, self.grades_of(index), ids=ids, true_grades=truth)[0]
         series.target = index
         return series
 
@@ -261,20 +267,33 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
                  oracle_run: str | Path | None = None, encode_steps: int | None = None,
                  render_steps: int | None = None, device: str = "cpu", seed: int = 0, batch_size: int = 8,
                  figures: int = 6, out: str | Path | None = None, measure: str = "auto",
-                 root: str | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Counterfactual series of n images of `split` at each target grade, and their metrics.
+                 root: str | None = None, progress: bool = True, edit: str | None = None,
+                 steps: Sequence[float] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Counterfactual series of n images of `split` at each target, and their metrics.
 
+    edit: "grade" (targets: `grades`, default every grade) or "step" (targets: -steps and +steps along the
+    normal, default the config's counterfactual.steps); None: the run config's counterfactual.edit.
     Writes a folder (default run_dir/evaluations/<date>-<split>-n<n>) with config.yaml, metrics.json
     (metrics, per-target rows, every series) and figures/counterfactuals.png (the first `figures` images).
-    measure: "auto" (the generator's measure for synth-grade, else none) or "none". With a measure, the
-    metrics also hold `latent_swap` (see `latent_swap_probe`) for up to 8 pairs of images of the lowest and
-    the highest true grade among the chosen ones.
+    measure: "auto" (the generator's measure for synth-grade, else none) or "none". The metrics also hold
+    `latent_swap` (see `latent_swap_probe`) for up to 8 pairs of images of the lowest and the highest true grade
+    among the chosen ones: always its pixel response, and the response of the generator's measure (synth-grade)
+    or else of the image classifier's expected grade (with an oracle).
     """
     start = time.perf_counter()
     seed_everything(seed)
     explainer = CounterfactualExplainer.from_pretrained(run_dir).to(device)
     boundary, card, cfg = explainer._boundary(), explainer.card_, explainer.dae_config_
-    grades = list(range(card.num_classes)) if grades is None else list(grades)
+    edit = edit or cfg.counterfactual.edit
+    if edit not in ("grade", "step"):
+        raise ValueError(f"edit must be 'grade' or 'step', got {edit!r}")
+    if edit == "step" and grades is not None:
+        raise ValueError("give target grades (edit 'grade') or steps (edit 'step'), not grades with edit 'step'")
+    if edit == "step":
+        sizes = sorted(abs(float(v)) for v in (steps or cfg.counterfactual.steps))
+        targets = [-v for v in reversed(sizes)] + sizes
+    else:
+        targets = list(range(card.num_classes)) if grades is None else list(grades)
     encode_steps = encode_steps or cfg.diffusion.encode_steps
     render_steps = render_steps or cfg.diffusion.render_steps
     if measure not in ("auto", "none"):
@@ -285,7 +304,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
     index = select_images(np.asarray(dataset.table.targets), n, seed)
     samples = [dataset[int(i)] for i in index]
     x = torch.stack([s["image"] for s in samples])
-    series = explainer.counterfactuals(x, grades, "grade", None, encode_steps, render_steps,
+    series = explainer.counterfactuals(x, targets, edit, 1.0 if edit == "step" else None, encode_steps, render_steps,
                                        ids=[s["id"] for s in samples],
                                        true_grades=[float(s["target"]) for s in samples], batch_size=batch_size,
                                        progress=progress)
@@ -293,12 +312,18 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
     region_fn = region_for(card.name) if measure == "auto" else None
     metrics = counterfactual_metrics(series, boundary, oracle, measure_fn, region_fn)
     truth = np.array([float(sm["target"]) for sm in samples])
-    if measure_fn is not None and (truth == truth.min()).any() and truth.max() > truth.min():
+    if truth.max() > truth.min():
         lo, hi = np.flatnonzero(truth == truth.min()), np.flatnonzero(truth == truth.max())
         pairs = min(len(lo), len(hi), 8)
-        metrics["latent_swap"] = latent_swap_probe(explainer._model(), x[lo[:pairs]], x[hi[:pairs]], measure_fn,
+        swap_measure, swap_name = measure_fn, "measure_structure"
+        if swap_measure is None and oracle is not None:
+            swap_measure, swap_name = (lambda imgs: oracle.expected_grade(oracle.probabilities(
+                torch.from_numpy(np.asarray(imgs)).float()))), "image classifier's expected grade"
+        metrics["latent_swap"] = latent_swap_probe(explainer._model(), x[lo[:pairs]], x[hi[:pairs]], swap_measure,
                                                    encode_steps, render_steps, device=explainer.device_)
-    settings = {"run": str(run_dir), "split": split, "n": len(series), "grades": grades, "encode_steps": encode_steps,
+        metrics["latent_swap"]["measure"] = swap_name if swap_measure is not None else None
+    settings = {"run": str(run_dir), "split": split, "n": len(series), "edit": edit, "targets": targets,
+                "grades": targets if edit == "grade" else None, "encode_steps": encode_steps,
                 "render_steps": render_steps, "oracle": None if oracle_run is None else str(oracle_run),
                 "measure": "measure_structure" if measure_fn else None, "device": device, "seed": seed}
     folder = _output_folder(explainer, out, "evaluations", f"{split}-n{len(series)}")
@@ -309,7 +334,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
         extra = [[f"measure {v:.1f}" for v in measure_fn(s.counterfactuals.numpy())] for s in shown]
     if figures > 0:
         series_figure(series[:figures], folder / "figures" / "counterfactuals.png",
-                      f"{card.name}: counterfactuals at target grades {grades}", extra)
+                      f"{card.name}: counterfactuals at target "
+                      f"{'grades' if edit == 'grade' else 'steps along the normal'} {[f'{t:g}' for t in targets]}",
+                      extra)
     metrics.update({"method": KIND, "dataset": card.name, "settings": settings,
                     "per_target": per_target_table(metrics), "wall_time_s": time.perf_counter() - start,
                     "generate_time_s": generate_time, "peak_memory_mb": peak_memory_mb(),

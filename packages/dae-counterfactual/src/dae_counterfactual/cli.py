@@ -186,6 +186,11 @@ def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps
 @click.option("--split", default="test", show_default=True)
 @click.option("--n", "n_images", default=40, show_default=True, help="Images (spread evenly over the grades).")
 @click.option("--grades", multiple=True, type=float, help="Target grades (default: every grade of the dataset).")
+@click.option("--edit", type=click.Choice(["grade", "step"]), default=None,
+              help="grade: the smallest move to each target grade; step: the notebooks' fixed steps, each with "
+                   "both signs (default: the run config's counterfactual.edit).")
+@click.option("--steps", multiple=True, type=float,
+              help="Step sizes for --edit step (default: the run config's counterfactual.steps).")
 @click.option("--oracle", type=RUN_DIR, default=None,
               help="A `medimg train-baseline` run: the independent image classifier of the image flip rate.")
 @click.option("--encode-steps", type=int, default=None, help="DDIM inversion steps (default: the run's config).")
@@ -199,16 +204,22 @@ def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps
 @device_option(from_config=False)
 @seed_option("which images are drawn, the sampler's noise", from_config=False)
 @progress_option()
-def evaluate(run_dir: Path, split, n_images, grades, oracle, encode_steps, render_steps, measure, figures, root, out,
-             batch_size, device, seed, progress) -> None:
+def evaluate(run_dir: Path, split, n_images, grades, edit, steps, oracle, encode_steps, render_steps, measure, figures,
+             root, out, batch_size, device, seed, progress) -> None:
     """Evaluate counterfactuals: reconstruction error, latent and image flip rates, Spearman of target vs
-    re-encoded grade, L1/SSIM to the reconstruction (and, on synth-grade, the measured structure)."""
+    re-encoded grade, L1/SSIM to the reconstruction, the decoder's latent-swap response (and, on synth-grade,
+    the measured structure, effect and removal ratios, locality)."""
     from dae_counterfactual.api import evaluate_run
     from medimg_core.training import show_progress
 
+    if (grades and edit == "step") or (steps and edit == "grade"):
+        raise click.UsageError("--grades go with --edit grade, --steps with --edit step")
+    edit = edit or ("step" if steps else "grade" if grades else None)
     folder, m = evaluate_run(run_dir, split, n_images, list(grades) or None, oracle, encode_steps, render_steps,
-                             device, seed, batch_size, figures, out, measure, root, show_progress(progress))
+                             device, seed, batch_size, figures, out, measure, root, show_progress(progress), edit,
+                             list(steps) or None)
     r, lat = m["reconstruction"], m["latent"]
+    click.echo(f"edit: {m['edit']}, targets {[round(t, 4) for t in m['targets']]}")
     click.echo(f"reconstruction: MSE {r['mse']:.5f}, L1 {r['l1']:.4f}, SSIM {r['ssim']:.4f}")
     click.echo(f"latent flip rate {lat['flip_rate']:.3f} ({lat['n_crossing_pairs']} pairs); Spearman(target, "
                f"re-encoded grade) {lat['spearman_target_vs_reencoded_grade']:.3f}")
@@ -218,7 +229,14 @@ def evaluate(run_dir: Path, split, n_images, grades, oracle, encode_steps, rende
     if "measure" in m:
         ms = m["measure"]
         click.echo(f"measured structure: Spearman {ms['spearman_target_vs_measure']:.3f}, monotone series "
-                   f"{ms['monotone_fraction']:.3f}")
+                   f"{ms['monotone_fraction']:.3f}, effect ratio {ms['effect_ratio']:.3f}")
+        low = m["towards_lowest"]
+        inside = 1 - low["locality"]["outside_fraction"] if "locality" in low else float("nan")
+        click.echo(f"towards grade {low['grade']:g} ({low['n_images']} images above it): removal ratio "
+                   f"{low['removal_ratio']:.3f}, share of the change inside the pathology {inside:.3f}")
+    if "latent_swap" in m:
+        sw = m["latent_swap"]["pixel"]["response_by_scale"]
+        click.echo("latent swap, pixel response: " + ", ".join(f"{v:.3f} (s = {k})" for k, v in sw.items() if k != "0"))
     click.echo(f"wrote {folder}")
 
 

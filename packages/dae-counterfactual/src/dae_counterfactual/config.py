@@ -34,6 +34,19 @@ class BoundaryConfig:
 
 
 @dataclass
+class CounterfactualConfig:
+    """Which edit of z_sem makes the counterfactuals (`explain`, `dae-cf evaluate`; see LatentBoundary).
+
+    "grade": `edit_to_grade`, the smallest move along the hyperplane normal whose calibrated grade is the
+    target (ours). "step": `edit_fixed_step`, the official notebooks' fixed steps u + step * w / (||w|| sqrt(D))
+    (`steps`, the notebooks' RetinaMNIST sizes by default); `evaluate` renders them signed, -steps and +steps.
+    """
+
+    edit: Literal["grade", "step"] = "grade"
+    steps: list[float] = field(default_factory=lambda: [100.0, 300.0, 500.0, 700.0, 900.0])
+
+
+@dataclass
 class DAEConfig(RunConfig):
     """Defaults are DiffAE's 64 px template (ffhq64_autoenc, as the paper's 64 px runs use it); see configs/.
 
@@ -50,6 +63,7 @@ class DAEConfig(RunConfig):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adam", lr=1e-4, weight_decay=0.0,
                                                                    scheduler="none", grad_clip=1.0))
     boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
+    counterfactual: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     #: images shown in figures/reconstructions.png after training (0: none)
     recon_images: int = 8
 
@@ -59,6 +73,12 @@ def check_config(cfg: DAEConfig) -> None:
     if cfg.data.normalize not in (None, "none"):
         raise ConfigError(f"data.normalize is {cfg.data.normalize!r}; the diffusion autoencoder maps the images' "
                           "[0, 1] range to [-1, 1] itself: set data.normalize to null")
+    edit = cfg.counterfactual
+    if edit.edit not in ("grade", "step"):
+        raise ConfigError(f"counterfactual.edit is {edit.edit!r}; expected 'grade' or 'step'")
+    if not edit.steps or any(not float(v) > 0 for v in edit.steps):
+        raise ConfigError(f"counterfactual.steps is {edit.steps!r}; expected one or more positive step sizes "
+                          "(evaluate renders each with both signs)")
     if cfg.data.rotation or cfg.data.scale_min < 1.0:
         log.warning("data.rotation / data.scale_min < 1 augment the autoencoder's training images; DiffAE uses "
                     "horizontal flips only")

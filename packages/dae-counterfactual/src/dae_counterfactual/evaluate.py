@@ -4,7 +4,10 @@ Pure: counterfactual series, a boundary and image arrays in (the run-level bench
 `dae_counterfactual.api`). The boundary's own metrics (`boundary_metrics`: AUROC from the signed distance,
 Spearman, MAE and quadratic kappa of the calibrated grade) are in `dae_counterfactual.metrics`.
 
-Counterfactuals (`counterfactual_metrics`), over (image, target grade) pairs:
+Counterfactuals (`counterfactual_metrics`), over (image, target) pairs. A target is a grade (mode "grade",
+`LatentBoundary.edit_to_grade`: the smallest move whose calibrated grade is the target) or a signed step along
+the hyperplane normal (mode "step", `edit_fixed_step` with direction +1: the official notebooks' edit, negative
+steps towards the healthy side); both are ordered so that a higher target means more pathology:
 
 - reconstruction error of encode -> render (MSE, L1, SSIM against the input);
 - latent flip rate: among pairs whose edited latent lies on the other side of the hyperplane than
@@ -12,15 +15,23 @@ Counterfactuals (`counterfactual_metrics`), over (image, target grade) pairs:
   on the target side;
 - image flip rate: the same with an independent image classifier (a medimg-core baseline run) on the
   counterfactual images, among pairs whose target side differs from its prediction on the input;
-- Spearman correlation between target grade and re-encoded calibrated grade (pooled), mean |error|;
+- Spearman correlation between target and re-encoded calibrated grade (pooled), and the mean |error| between
+  the re-encoded grade and the edited latent's calibrated grade (the target itself in grade mode);
 - proximity of each counterfactual to the reconstruction (L1, SSIM);
 - with a `measure` (synth-grade's measure_structure): Spearman of measured structure vs target grade
   and the fraction of monotone series: the measure never decreases as the target grade rises and ends
   higher than it starts (also reported: strictly increasing series); and the size of the move: the change
   of the mean measure from the lowest to the highest target, divided by the difference of the inputs'
-  mean measure between true grades equal to those targets (effect_ratio; 1 = the real range);
+  mean measure between the lowest and the highest true grade (the grades equal to the lowest and highest
+  target in grade mode; effect_ratio, 1 = the real range); and `towards_lowest`: for the inputs above the lowest
+  grade, how much of their structure the lowest target's counterfactual removes, as a share of the way from
+  their reconstruction to the mean of real lowest-grade inputs (removal_ratio, 1 = as little as a real
+  lowest-grade image), with the locality of those counterfactuals alone;
 - with a `region` (synth-grade's plaque map): locality, the share of each edit's change
   |counterfactual - reconstruction| outside the pathology (change_outside_region).
+
+The effect ratio, removal ratio and locality are ours (the paper shows its counterfactuals and reports flip
+rates); they exist because the synthetic generator knows the structure behind each grade.
 """
 
 from __future__ import annotations
@@ -116,19 +127,25 @@ def select_images(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: LatentBoundary,
                            oracle: ImageOracle | None = None, measure: Measure | None = None,
                            region: Region | None = None) -> dict[str, Any]:
-    """Metrics of counterfactual series made in grade mode (see the module docstring).
+    """Metrics of counterfactual series made in grade mode, or in step mode with direction +1 (signed steps; see
+    the module docstring). Every series must have the same mode and targets.
 
     region: images (N, C, H, W) -> pathology maps (N, H, W) bool (synth-grade: the generator's plaque); the
     change |counterfactual - reconstruction| outside the union of both images' maps is reported.
     """
     if not series:
         raise ValueError("no counterfactual series to evaluate")
-    if any(s.mode != "grade" for s in series):
-        raise ValueError("counterfactual_metrics needs series made with mode='grade' (target grades)")
+    mode = series[0].mode
+    if any(s.mode != mode for s in series):
+        raise ValueError("every series must be made in one mode ('grade' or 'step')")
     targets = series[0].targets
     k = targets.size
     if any(s.targets.size != k or not np.allclose(s.targets, targets) for s in series):
-        raise ValueError("every series must have the same target grades")
+        raise ValueError("every series must have the same targets")
+    order = np.argsort(targets, kind="stable")
+    if mode == "step" and any((np.diff(s.edited_distances[order]) < 0).any() for s in series):
+        raise ValueError("step-mode series must be made with direction +1 (signed steps: a larger step moves "
+                         "towards the pathology)")
     n = len(series)
     images = torch.stack([s.image for s in series]).numpy()
     recons = torch.stack([s.reconstruction for s in series]).numpy()
@@ -140,15 +157,19 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
     target_side = np.stack([s.edited_distances > 0 for s in series])  # (n, k)
     reenc_side = np.stack([s.reencoded_distances > 0 for s in series])
     reenc_grade = np.stack([s.reencoded_grades for s in series])
+    edited_grade = np.stack([s.edited_grades for s in series])
     crossing = target_side != orig_side[:, None]
-    out: dict[str, Any] = {"n_images": n, "target_grades": targets.tolist(), "n_pairs": n * k,
+    out: dict[str, Any] = {"edit": mode, "n_images": n, "targets": targets.tolist(), "n_pairs": n * k,
                            "reconstruction": image_distances(images, recons)}
+    if mode == "grade":
+        out["target_grades"] = targets.tolist()
     out["latent"] = {
         "flip_rate": float((reenc_side == target_side)[crossing].mean()) if crossing.any() else float("nan"),
         "n_crossing_pairs": int(crossing.sum()),
         "target_side_agreement": float((reenc_side == target_side).mean()),
         "spearman_target_vs_reencoded_grade": _spearman(t_all, reenc_grade.reshape(-1)),
-        "mean_abs_grade_error": float(np.abs(reenc_grade - targets[None]).mean()),
+        "mean_abs_grade_error": float(np.abs(reenc_grade - edited_grade).mean()),
+        "mean_edited_grade_per_target": edited_grade.mean(axis=0).tolist(),
         "mean_reencoded_grade_per_target": reenc_grade.mean(axis=0).tolist(),
     }
     l1, ssim = per_image(flat_cf, recon_rep)
@@ -173,10 +194,16 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
             "spearman_target_vs_expected_grade": _spearman(t_all, exp_cf),
             "mean_expected_grade_per_target": exp_cf.reshape(n, k).mean(axis=0).tolist(),
         }
+    truth = np.array([np.nan if s.true_grade is None else s.true_grade for s in series])
+    known = truth[~np.isnan(truth)]
+    if mode == "grade":
+        grade_lo, grade_hi = float(targets.min()), float(targets.max())
+    else:
+        grade_lo, grade_hi = (float(known.min()), float(known.max())) if known.size else (np.nan, np.nan)
     if measure is not None:
         m_cf = np.asarray(measure(flat_cf), dtype=np.float64).reshape(n, k)
         m_in = np.asarray(measure(images), dtype=np.float64).reshape(n)
-        order = np.argsort(targets, kind="stable")
+        m_rec = np.asarray(measure(recons), dtype=np.float64).reshape(n)
         steps = np.diff(m_cf[:, order], axis=1)
         per_series = [_spearman(targets, row) for row in m_cf]
         out["measure"] = {
@@ -187,9 +214,12 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
             "mean_series_spearman": float(np.nanmean(per_series)) if not np.isnan(per_series).all() else float("nan"),
             "mean_measure_per_target": m_cf.mean(axis=0).tolist(),
             "mean_measure_inputs": float(np.mean(m_in)),
-            "mean_measure_reconstructions": float(np.mean(measure(recons))),
+            "mean_measure_reconstructions": float(np.mean(m_rec)),
         }
-        out["measure"].update(_effect_size(series, targets, m_cf, m_in))
+        out["measure"].update(_effect_size(targets, m_cf, m_in, truth, grade_lo, grade_hi))
+        lowest = int(order[0])
+        out["towards_lowest"] = _towards_lowest(cfs[:, lowest], recons, m_cf[:, lowest], m_rec, m_in, truth,
+                                                grade_lo, region)
     if region is not None:
         out["locality"] = change_outside_region(flat_cf, recon_rep, region)
     return out
@@ -210,35 +240,56 @@ def change_outside_region(counterfactuals: np.ndarray, references: np.ndarray, r
             "region_fraction": float(inside.mean())}
 
 
-def _effect_size(series: Sequence[CounterfactualSeries], targets: np.ndarray, m_cf: np.ndarray,
-                 m_in: np.ndarray) -> dict[str, Any]:
+def _effect_size(targets: np.ndarray, m_cf: np.ndarray, m_in: np.ndarray, truth: np.ndarray, grade_lo: float,
+                 grade_hi: float) -> dict[str, Any]:
     """How far the counterfactuals move the measure, against how far it differs between real images.
 
     change = mean measure at the highest target - at the lowest; real_gap = mean measure of the
-    inputs whose true grade is the highest target - of those at the lowest (needs both among the
-    inputs); effect_ratio = change / real_gap (1: the counterfactuals span the real range).
+    inputs whose true grade is grade_hi - of those at grade_lo (needs both among the inputs);
+    effect_ratio = change / real_gap (1: the counterfactuals span the real range).
     """
     lo, hi = int(np.argmin(targets)), int(np.argmax(targets))
     change = float(m_cf[:, hi].mean() - m_cf[:, lo].mean())
-    truth = np.array([np.nan if s.true_grade is None else s.true_grade for s in series])
     per_grade = {f"{g:g}": float(m_in[truth == g].mean()) for g in np.unique(truth[~np.isnan(truth)])}
-    at_lo, at_hi = truth == targets[lo], truth == targets[hi]
+    at_lo, at_hi = truth == grade_lo, truth == grade_hi
     gap = float(m_in[at_hi].mean() - m_in[at_lo].mean()) if at_lo.any() and at_hi.any() else float("nan")
     ratio = change / gap if np.isfinite(gap) and abs(gap) > 1e-12 else float("nan")
     return {"change_lowest_to_highest_target": change, "mean_measure_inputs_per_true_grade": per_grade,
-            "real_gap_lowest_to_highest_grade": gap, "effect_ratio": ratio}
+            "real_gap_grades": [grade_lo, grade_hi], "real_gap_lowest_to_highest_grade": gap,
+            "effect_ratio": ratio}
+
+
+def _towards_lowest(cf_lowest: np.ndarray, recons: np.ndarray, m_cf_lowest: np.ndarray, m_rec: np.ndarray,
+                    m_in: np.ndarray, truth: np.ndarray, grade_lo: float, region: Region | None) -> dict[str, Any]:
+    """The lowest target's counterfactuals (n, C, H, W) of the inputs above the lowest true grade: removal_ratio =
+    (mean measure of their reconstructions - of the counterfactuals) / (mean measure of their reconstructions -
+    of the real inputs at grade_lo); with a region, the locality of those counterfactuals alone."""
+    above, at_lo = truth > grade_lo, truth == grade_lo
+    out: dict[str, Any] = {"n_images": int(above.sum()), "grade": grade_lo}
+    if not above.any() or not at_lo.any():
+        return {**out, "removal_ratio": float("nan"), "measure_removed": float("nan"), "real_excess": float("nan")}
+    removed = float(m_rec[above].mean() - m_cf_lowest[above].mean())
+    excess = float(m_rec[above].mean() - m_in[at_lo].mean())
+    out.update({"measure_removed": removed, "real_excess": excess,
+                "removal_ratio": removed / excess if abs(excess) > 1e-12 else float("nan")})
+    if region is not None:
+        out["locality"] = change_outside_region(cf_lowest[above], recons[above], region)
+    return out
 
 
 @torch.no_grad()
-def latent_swap_probe(model, x_low: torch.Tensor, x_high: torch.Tensor, measure: Measure, encode_steps: int,
+def latent_swap_probe(model, x_low: torch.Tensor, x_high: torch.Tensor, measure: Measure | None, encode_steps: int,
                       render_steps: int, scales: Sequence[float] = (0.0, 1.0, 2.0, 5.0),
                       device: str | torch.device = "cpu") -> dict[str, Any]:
     """How strongly the decoder follows z_sem, independent of the boundary.
 
     Pairs (low-grade image i, high-grade image i), x (P, C, H, W) each: render the low image's own x_T
     with z_low + s (z_high - z_low) for each scale s (s = 0: its reconstruction, s = 1: the high image's
-    whole z_sem) and measure the result. response[s] = (measure at s - measure at 0) / (measure of the
-    high inputs - of the low inputs): 1 means the rendered structure moved as far as the real images differ.
+    whole z_sem). Always (no measure needed): `pixel`, the mean |render_s - render_0| per pixel against the
+    mean |x_high - x_low| of the inputs (pixel response 1: the render changed as much as the two images
+    differ). With a measure (images (N, C, H, W) -> (N,)): response[s] = (measure at s - measure at 0) /
+    (measure of the high inputs - of the low inputs): 1 means the rendered structure moved as far as the real
+    images differ.
     """
     if x_low.shape != x_high.shape or x_low.shape[0] == 0:
         raise ValueError(f"latent_swap_probe: expected two image batches of one shape, got {tuple(x_low.shape)} "
@@ -246,25 +297,35 @@ def latent_swap_probe(model, x_low: torch.Tensor, x_high: torch.Tensor, measure:
     x_low, x_high = x_low.to(device), x_high.to(device)
     z_low, z_high = model.encode(x_low), model.encode(x_high)
     x_T = model.encode_stochastic(x_low, z_low, encode_steps)
+    renders = {f"{scale:g}": model.render(x_T, z_low + float(scale) * (z_high - z_low), render_steps).cpu()
+               for scale in scales}
+    base = renders["0"] if "0" in renders else model.render(x_T, z_low, render_steps).cpu()
+    input_gap = float((x_high - x_low).abs().mean())
+    pixel = {k: float((v - base).abs().mean()) for k, v in renders.items()}
+    out: dict[str, Any] = {
+        "n_pairs": int(x_low.shape[0]), "z_distance": float((z_high - z_low).norm(dim=1).mean()),
+        "pixel": {"l1_inputs": input_gap, "l1_by_scale": pixel,
+                  "response_by_scale": {k: v / input_gap if input_gap > 1e-12 else float("nan")
+                                        for k, v in pixel.items()}}}
+    if measure is None:
+        return out
     m_low = float(np.mean(measure(x_low.cpu().numpy())))
     m_high = float(np.mean(measure(x_high.cpu().numpy())))
-    rendered = {}
-    for scale in scales:
-        out = model.render(x_T, z_low + float(scale) * (z_high - z_low), render_steps)
-        rendered[f"{scale:g}"] = float(np.mean(measure(out.cpu().numpy())))
-    base = rendered.get("0", m_low)
+    rendered = {k: float(np.mean(measure(v.numpy()))) for k, v in renders.items()}
+    m_base = float(np.mean(measure(base.numpy())))
     gap = m_high - m_low
-    return {"n_pairs": int(x_low.shape[0]), "measure_low_inputs": m_low, "measure_high_inputs": m_high,
-            "measure_by_scale": rendered, "z_distance": float((z_high - z_low).norm(dim=1).mean()),
-            "response_by_scale": {k: (v - base) / gap if abs(gap) > 1e-12 else float("nan")
-                                  for k, v in rendered.items()}}
+    out.update({"measure_low_inputs": m_low, "measure_high_inputs": m_high, "measure_by_scale": rendered,
+                "response_by_scale": {k: (v - m_base) / gap if abs(gap) > 1e-12 else float("nan")
+                                      for k, v in rendered.items()}})
+    return out
 
 
 def per_target_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target grade from `counterfactual_metrics` output."""
     rows = []
-    for j, g in enumerate(metrics["target_grades"]):
-        row = {"target": g, "reencoded_grade": metrics["latent"]["mean_reencoded_grade_per_target"][j],
+    for j, g in enumerate(metrics["targets"]):
+        row = {"target": g, "edited_grade": metrics["latent"]["mean_edited_grade_per_target"][j],
+               "reencoded_grade": metrics["latent"]["mean_reencoded_grade_per_target"][j],
                "l1": metrics["proximity_to_reconstruction"]["l1_per_target"][j],
                "ssim": metrics["proximity_to_reconstruction"]["ssim_per_target"][j]}
         if "image_classifier" in metrics:
