@@ -95,7 +95,11 @@ def _cf_summary(cf: dict) -> list[str]:
         lines.append(f"- locality: {fmt(loc['outside_fraction'], 2)} of each edit's change "
                      f"|counterfactual - reconstruction| falls outside the plaque (the generator's structure map of "
                      f"either image, {fmt(100 * loc['region_fraction'], 1)}% of the pixels); mean change per pixel "
-                     f"outside {fmt(loc['mean_change_outside'], 4)}, inside {fmt(loc['mean_change_inside'], 4)}")
+                     f"outside {fmt(loc['mean_change_outside'], 4)}, inside {fmt(loc['mean_change_inside'], 4)}"
+                     + (f"; outside the plaque grown by one pixel: {fmt(loc['outside_fraction_beyond_1px'], 2)}; "
+                        "mean signed change outside per channel (R, G, B) "
+                        f"{', '.join(fmt(v, 4) for v in loc['mean_signed_change_outside'])}"
+                        if "outside_fraction_beyond_1px" in loc else ""))
     if "latent_swap" in cf:
         lines.append(_swap_line(cf["latent_swap"]))
     return [*lines, "", *_per_target(cf["per_target"], edit), ""]
@@ -117,9 +121,13 @@ def _edit_comparison(result: dict) -> list[str]:
         rows += [("monotone series (measure)", lambda m: m["measure"]["monotone_fraction"]),
                  ("effect ratio", lambda m: m["measure"]["effect_ratio"]),
                  ("share of the change inside the plaque", lambda m: 1 - m["locality"]["outside_fraction"]),
+                 ("... inside the plaque grown by one pixel",
+                  lambda m: 1 - m["locality"]["outside_fraction_beyond_1px"]),
                  ("removal ratio towards the lowest grade", lambda m: m["towards_lowest"]["removal_ratio"]),
                  ("share of that removal's change inside the plaque",
-                  lambda m: 1 - m["towards_lowest"]["locality"]["outside_fraction"])]
+                  lambda m: 1 - m["towards_lowest"]["locality"]["outside_fraction"]),
+                 ("... inside the plaque grown by one pixel",
+                  lambda m: 1 - m["towards_lowest"]["locality"]["outside_fraction_beyond_1px"])]
 
     def cell(m: dict, get) -> str:
         try:

@@ -203,6 +203,15 @@ def test_change_outside_the_pathology_region():
     assert out["outside_fraction"] == pytest.approx((3 / 4 + 0) / 2)
     assert out["mean_change_inside"] == pytest.approx(1.5) and out["mean_change_outside"] == pytest.approx(3 / 6)
     assert out["region_fraction"] == pytest.approx(0.25)
+    assert out["mean_signed_change_outside"] == pytest.approx([3 / 6])
+    # (1, 1) is diagonal to the region: outside the one-pixel ring (a cross) too
+    assert out["outside_fraction_beyond_1px"] == pytest.approx(out["outside_fraction"])
+    # a change right next to the region is outside it but inside its one-pixel ring
+    ring = np.zeros((1, 1, 2, 2))
+    ring[0, 0, 0, 1] = 1.0
+    ring[0, 0, 1, 1] = 1.0
+    out = change_outside_region(ring, np.zeros_like(ring), region)
+    assert out["outside_fraction"] == pytest.approx(1.0) and out["outside_fraction_beyond_1px"] == pytest.approx(0.5)
     s = series(-1.0, [0.2, 1.6, 3.0], [0.5, 0.6, 0.7], "a")
     m = counterfactual_metrics([s], PLANE, region=lambda x: np.zeros((len(x), 8, 8), bool))
     assert m["locality"]["outside_fraction"] == pytest.approx(1.0)  # no region: every change is outside

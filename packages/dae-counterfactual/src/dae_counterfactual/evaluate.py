@@ -225,19 +225,33 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
     return out
 
 
-def change_outside_region(counterfactuals: np.ndarray, references: np.ndarray, region: Region) -> dict[str, float]:
+def change_outside_region(counterfactuals: np.ndarray, references: np.ndarray, region: Region) -> dict[str, Any]:
     """Where an edit changes the image: |cf - ref| summed over channels, (N, H, W), split by the pathology
     region (the union of both images' maps). outside_fraction: the share of the total change that falls
-    outside (0: every change is on the pathology); mean_change_outside / _inside: mean per pixel."""
-    change = np.abs(np.asarray(counterfactuals, np.float64) - np.asarray(references, np.float64)).sum(axis=1)
+    outside (0: every change is on the pathology); mean_change_outside / _inside: mean per pixel.
+
+    Two diagnostics of the change outside: outside_fraction_beyond_1px, the same share outside the region grown
+    by one pixel (a plaque's soft edge, below the map's threshold, lies in that ring), and
+    mean_signed_change_outside, the mean of cf - ref per channel outside the region (a uniform drift of the
+    whole image shows here; changes that cancel do not).
+    """
+    from scipy.ndimage import binary_dilation
+
+    diff = np.asarray(counterfactuals, np.float64) - np.asarray(references, np.float64)
+    change = np.abs(diff).sum(axis=1)
     inside = np.asarray(region(counterfactuals), bool) | np.asarray(region(references), bool)
+    ring = np.stack([binary_dilation(m) for m in inside]) if inside.size else inside
     total = change.sum(axis=(1, 2))
     moved = total > 0
     outside = (change * ~inside).sum(axis=(1, 2))
+    beyond = (change * ~ring).sum(axis=(1, 2))
+    signed = [float(diff[:, c][~inside].mean()) if (~inside).any() else float("nan") for c in range(diff.shape[1])]
     return {"outside_fraction": float((outside[moved] / total[moved]).mean()) if moved.any() else float("nan"),
+            "outside_fraction_beyond_1px": float((beyond[moved] / total[moved]).mean()) if moved.any()
+            else float("nan"),
             "mean_change_outside": float(change[~inside].mean()) if (~inside).any() else float("nan"),
             "mean_change_inside": float(change[inside].mean()) if inside.any() else float("nan"),
-            "region_fraction": float(inside.mean())}
+            "mean_signed_change_outside": signed, "region_fraction": float(inside.mean())}
 
 
 def _effect_size(targets: np.ndarray, m_cf: np.ndarray, m_in: np.ndarray, truth: np.ndarray, grade_lo: float,
