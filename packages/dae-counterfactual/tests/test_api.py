@@ -74,6 +74,7 @@ def test_a_run_of_the_old_layout_loads(tmp_path, parts):
 
 def test_a_checkpoint_folder_alone_rebuilds_the_explainer(tmp_path, parts):
     cfg, model, boundary = parts
+    cfg.counterfactual.edit = "grade"
     folder = save_dae(model, cfg, CARD, tmp_path / "ckpt", boundary=boundary)
     config = json.loads((folder / "config.json").read_text())
     assert config["in_chans"] == 3 and "in_channels" not in config

@@ -25,14 +25,16 @@ def test_counterfactual_explainer_keeps_the_estimator_contract(task, tmp_path, t
     x = model._with_eval_transform(splits["test"])[0]["image"][None]
     d = model.boundary_.distance(model.model_.encode(x).numpy())
     np.testing.assert_allclose(model.predict_proba(x)[:, 1], 1 / (1 + np.exp(-d)), rtol=1e-6)
-    # explain: the other class by default, rendered at every grade of it
+    # explain: the other class by default; the preset's edit is the notebooks' fixed steps towards it
     series = model.explain(x[0])
     assert isinstance(series, CounterfactualSeries)
     assert series.predicted == int(d[0] > 0) and series.target == 1 - series.predicted
-    assert list(series.targets) == model.grades_of(series.target)
+    assert model.dae_config_.counterfactual.edit == "step" and series.mode == "step"
+    assert list(series.targets) == sorted(model.dae_config_.counterfactual.steps)
+    towards = np.sign(np.diff(np.r_[series.distance, series.edited_distances]))
+    assert (towards == (1.0 if series.target == 1 else -1.0)).all()  # every step further towards the target
     if task == "ordinal":
         assert model.grades_of(0) == [0] and model.grades_of(1) == [1, 2, 3, 4]
-    np.testing.assert_allclose(series.edited_grades, series.targets, atol=1e-6)  # the edits land on the grades
     text = series.to_text()
     assert f"moved to {model.classes_[series.target]}" in text
     assert len(series.to_text(top_k=1).splitlines()) <= 4

@@ -40,9 +40,11 @@ class CounterfactualConfig:
     "grade": `edit_to_grade`, the smallest move along the hyperplane normal whose calibrated grade is the
     target (ours). "step": `edit_fixed_step`, the official notebooks' fixed steps u + step * w / (||w|| sqrt(D))
     (`steps`, the notebooks' RetinaMNIST sizes by default); `evaluate` renders them signed, -steps and +steps.
+    The default is "step": on synth-grade's validation split it flips the image classifier 0.654 of the time
+    against 0.266 for "grade" (tools/bench/dae_synth_grade.py, the package README).
     """
 
-    edit: Literal["grade", "step"] = "grade"
+    edit: Literal["grade", "step"] = "step"
     steps: list[float] = field(default_factory=lambda: [100.0, 300.0, 500.0, 700.0, 900.0])
 
 
