@@ -114,8 +114,8 @@ def main() -> None:
     FIGURES.mkdir(parents=True, exist_ok=True)
     figures = {}
     for name, src in (("counterfactuals", eval_dir / "figures" / "counterfactuals.png"),
-                      ("counterfactuals_grade", edits["folders"]["test_grade"] / "figures" / "counterfactuals.png"),
-                      ("counterfactuals_step", edits["folders"]["test_step"] / "figures" / "counterfactuals.png"),
+                      *((f"counterfactuals_{v}", edits["folders"][f"test_{v}"] / "figures" / "counterfactuals.png")
+                        for v in edits["test"]),
                       ("reconstructions", dae_run / "figures" / "reconstructions.png"),
                       ("calibration", dae_run / "figures" / "calibration.png")):
         dst = FIGURES / f"retinamnist_{name}.png"

@@ -30,7 +30,14 @@ def _per_target(rows: list[dict], edit: str) -> list[str]:
 
 
 EDIT_NAMES = {"grade": "ours (`--edit grade`: the smallest move to each target grade)",
-              "step": "the official notebooks' (`--edit step`: fixed steps along the normal, both signs)"}
+              "step": "the official notebooks' (`--edit step`: fixed steps along the normal, both signs)",
+              "step-mean-difference": "ours (`--edit step --along mean-difference`: the notebooks' steps along the "
+                                      "class-mean difference of the training latents)"}
+
+
+def _variant(cf: dict) -> str:
+    edit, along = cf.get("edit", "grade"), cf.get("settings", {}).get("along", "normal")
+    return edit if along in (None, "normal") else f"{edit}-{along}"
 
 
 def _swap_line(sw: dict) -> str:
@@ -53,7 +60,7 @@ def _cf_summary(cf: dict) -> list[str]:
     s = cf["settings"]
     edit = cf.get("edit", "grade")
     targets = cf.get("targets", cf.get("target_grades"))
-    lines = [f"Counterfactuals with the {edit} edit, {EDIT_NAMES[edit]}: {cf['n_images']} {s.get('split', 'test')} "
+    lines = [f"Counterfactuals with the {_variant(cf)} edit, {EDIT_NAMES[_variant(cf)]}: {cf['n_images']} {s.get('split', 'test')} "
              f"images x targets {[float(f'{t:g}') for t in targets]} (DDIM inversion {s['encode_steps']} steps, "
              f"rendering {s['render_steps']} steps):", "",
              f"- reconstruction (encode -> render) against the input: MSE {fmt(rec['mse'], 4)}, L1 {fmt(rec['l1'])}, "
@@ -135,16 +142,17 @@ def _edit_comparison(result: dict) -> list[str]:
         except (KeyError, TypeError):
             return "n/a"
 
-    chosen = edits["chosen"]
-    lines = ["The two edits with the same metrics (val: where the edit is chosen; test: reported). The edit "
-             f"chosen on validation is **{chosen}**, by the rule: {edits['rule']}.", "",
-             "| measure | grade, val | step, val | grade, test | step, test |", "|---|---|---|---|---|"]
+    chosen, variants = edits["chosen"], list(edits["test"])
+    lines = ["The edits with the same metrics (val: where the edit is chosen; test: reported): "
+             + "; ".join(f"**{v}**, {EDIT_NAMES.get(v, v)}" for v in variants)
+             + f". The edit chosen on validation is **{chosen}**, by the rule: {edits['rule']}.", "",
+             "| measure | " + " | ".join(f"{v}, val" for v in variants) + " | "
+             + " | ".join(f"{v}, test" for v in variants) + " |",
+             "|---|" + "---|" * (2 * len(variants))]
     for name, get in rows:
-        lines.append(f"| {name} | {cell(edits['val']['grade'], get)} | {cell(edits['val']['step'], get)} | "
-                     f"{cell(edits['test']['grade'], get)} | {cell(edits['test']['step'], get)} |")
-    other = "step" if chosen == "grade" else "grade"
-    lines += ["", f"The {other} edit on test:", ""]
-    lines += _cf_summary(edits["test"][other])
+        lines.append(f"| {name} | " + " | ".join(cell(edits["val"][v], get) for v in variants) + " | "
+                     + " | ".join(cell(edits["test"][v], get) for v in variants) + " |")
+    lines.append("")
     return lines
 
 

@@ -133,3 +133,7 @@ def test_a_bad_edit_config_is_refused():
     cfg.counterfactual.edit = "nudge"
     with pytest.raises(ConfigError, match="counterfactual.edit"):
         check_config(cfg)
+    cfg = DAEConfig()
+    cfg.counterfactual.edit, cfg.counterfactual.along = "grade", "mean-difference"
+    with pytest.raises(ConfigError, match="needs counterfactual.edit: step"):
+        check_config(cfg)

@@ -99,7 +99,14 @@ def test_save_load_round_trip(tmp_path):
     assert again.get_params() == boundary.get_params()
     np.testing.assert_array_equal(again.grade(z), boundary.grade(z))
     np.testing.assert_array_equal(again.edit_to_grade(z, [0, 2]), boundary.edit_to_grade(z, [0, 2]))
+    np.testing.assert_array_equal(again.edit_fixed_step(z, [100.0], along="mean-difference"),
+                                  boundary.edit_fixed_step(z, [100.0], along="mean-difference"))
     data = json.loads(path.read_text())
+    del data["mean_difference"]  # a boundary written before the class-mean difference was stored
+    old = LatentBoundary.from_dict(data)
+    np.testing.assert_array_equal(old.edit_fixed_step(z, [100.0]), boundary.edit_fixed_step(z, [100.0]))
+    with pytest.raises(ValueError, match="refit it"):
+        old.edit_fixed_step(z, [100.0], along="mean-difference")
     data["format"] = "other"
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="not a latent boundary file"):
@@ -137,3 +144,24 @@ def test_fit_and_calibration_against_hand_computed_points(classifier):
     edited = boundary.edit_to_grade(np.array([[-2.0, 0.5]]), [3.0])[0, 0]
     np.testing.assert_allclose(edited, [1.5, 0.5], atol=2e-3)
     assert boundary.grade(edited[None])[0] == pytest.approx(3.0, abs=1e-12)  # exactly on the target
+
+
+def test_fixed_steps_along_the_class_mean_difference():
+    # two classes whose means differ along (1, 1) in standardised space; the classifier's normal is (1, 0)-ish
+    # because only z_0 separates them cleanly, while z_1 shifts the mean too but overlaps
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.repeat([0, 1], n // 2)
+    z = np.c_[np.where(y == 1, 3.0, -3.0) + rng.normal(size=n) * 0.3, np.where(y == 1, 1.0, -1.0) + rng.normal(size=n) * 3]
+    boundary = LatentBoundary(standardize=False).fit(z, y)
+    u = (z - boundary.mean_) / boundary.scale_
+    expected = u[y == 1].mean(axis=0) - u[y == 0].mean(axis=0)
+    np.testing.assert_allclose(boundary.mean_difference_, expected)
+    unit = boundary.edit_direction("mean-difference")
+    np.testing.assert_allclose(unit, expected / np.linalg.norm(expected))
+    step = boundary.edit_fixed_step(z[:1], [np.sqrt(2.0)], direction=1, along="mean-difference")[0, 0]
+    np.testing.assert_allclose(step - z[0], unit)  # step / sqrt(D) = 1 unit along the direction
+    normal = boundary.edit_fixed_step(z[:1], [np.sqrt(2.0)], direction=1)[0, 0]
+    np.testing.assert_allclose(normal - z[0], boundary.normal_)
+    with pytest.raises(ValueError, match="'normal' or 'mean-difference'"):
+        boundary.edit_direction("sideways")

@@ -188,6 +188,14 @@ def test_evaluate_with_an_image_classifier(fitted, tmp_path):
     assert edited == sorted(edited)  # a larger signed step, a higher calibrated grade
     result = CliRunner().invoke(main, ["evaluate", str(run), "--edit", "step", "--grades", "0"])
     assert result.exit_code != 0 and "--grades go with --edit grade" in result.output
+    # the same steps along the class-mean difference of the training latents
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--n", "2", "--edit", "step", "--steps", "100",
+                                       "--along", "mean-difference", "--encode-steps", "2", "--render-steps", "2",
+                                       "--measure", "none", "--out", str(tmp_path / "mean"), "--figures", "0"],
+                               catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    m = json.loads((next((tmp_path / "mean").iterdir()) / "metrics.json").read_text())
+    assert m["settings"]["along"] == "mean-difference" and m["series"][0]["along"] == "mean-difference"
 
 
 def test_resume_restores_ema_and_raw_weights(tmp_path, tiny_args):

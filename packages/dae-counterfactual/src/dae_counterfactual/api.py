@@ -189,7 +189,7 @@ class CounterfactualExplainer(Estimator):
         edit = self.dae_config_.counterfactual
         if edit.edit == "step":
             series = self.counterfactuals(image, sorted(edit.steps), "step", 1.0 if index == 1 else -1.0, ids=ids,
-                                          true_grades=truth)[0]
+                                          true_grades=truth, along=edit.along)[0]
         else:
             series = self.counterfactuals(image, self.grades_of(index), ids=ids, true_grades=truth)[0]
         series.target = index
@@ -199,10 +199,11 @@ class CounterfactualExplainer(Estimator):
                         direction: float | Sequence[float] | None = None, encode_steps: int | None = None,
                         render_steps: int | None = None, ids: Sequence[str] | None = None,
                         true_grades: Sequence[float] | None = None, batch_size: int = 8,
-                        progress: bool = False) -> list[CounterfactualSeries]:
+                        progress: bool = False, along: str | None = None) -> list[CounterfactualSeries]:
         """Counterfactual series of images at target grades (or, mode "step", the notebooks' fixed steps along
-        the normal; `direction` +1 / -1 / None = across the hyperplane): images (N, C, H, W) / (C, H, W) in
-        [0, 1], or image files (their names are the ids). Steps default to the config's diffusion section."""
+        the normal, or along="mean-difference" the class-mean difference; `direction` +1 / -1 / None = across the
+        hyperplane): images (N, C, H, W) / (C, H, W) in [0, 1], or image files (their names are the ids).
+        Diffusion steps default to the config's diffusion section; `along` (step mode) to counterfactual.along."""
         boundary = self._boundary()
         if isinstance(images, (str, Path)):
             images = [images]
@@ -216,7 +217,9 @@ class CounterfactualExplainer(Estimator):
         return generate_counterfactuals(self._model(), boundary, x, targets, mode,
                                         encode_steps or diffusion.encode_steps, render_steps or diffusion.render_steps,
                                         direction, ids, true_grades, batch_size, self.device_, progress,
-                                        classes=tuple(self.classes_))
+                                        classes=tuple(self.classes_),
+                                        along=(along or self.dae_config_.counterfactual.along) if mode == "step"
+                                        else "normal")
 
 
 # ---------------------------------------------------------------------------------- the commands on a run
@@ -238,7 +241,7 @@ def counterfactual_run(run_dir: str | Path, images: Sequence[str | Path], target
                        mode: Literal["grade", "step"] = "grade", direction: float | None = None,
                        encode_steps: int | None = None, render_steps: int | None = None, device: str = "cpu",
                        out: str | Path | None = None, seed: int = 0, batch_size: int = 8,
-                       progress: bool = True) -> tuple[Path, list[CounterfactualSeries]]:
+                       progress: bool = True, along: str | None = None) -> tuple[Path, list[CounterfactualSeries]]:
     """Counterfactual series of image files; writes a folder with config.yaml, metrics.json, images/, figures/
     (default RUN/counterfactuals/<date>-<mode>-<n>-images)."""
     seed_everything(seed)
@@ -246,10 +249,11 @@ def counterfactual_run(run_dir: str | Path, images: Sequence[str | Path], target
     diffusion = explainer.dae_config_.diffusion
     encode_steps = encode_steps or diffusion.encode_steps
     render_steps = render_steps or diffusion.render_steps
+    along = (along or explainer.dae_config_.counterfactual.along) if mode == "step" else "normal"
     series = explainer.counterfactuals(list(images), targets, mode, direction, encode_steps, render_steps,
-                                       batch_size=batch_size, progress=progress)
+                                       batch_size=batch_size, progress=progress, along=along)
     folder = _output_folder(explainer, out, "counterfactuals", f"{mode}-{len(series)}-images")
-    settings = {"run": str(run_dir), "images": [str(p) for p in images], "mode": mode,
+    settings = {"run": str(run_dir), "images": [str(p) for p in images], "mode": mode, "along": along,
                 "targets": [float(t) for t in targets], "direction": direction, "encode_steps": encode_steps,
                 "render_steps": render_steps, "device": device, "seed": seed}
     save_config(settings, folder / "config.yaml")
@@ -268,11 +272,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
                  render_steps: int | None = None, device: str = "cpu", seed: int = 0, batch_size: int = 8,
                  figures: int = 6, out: str | Path | None = None, measure: str = "auto",
                  root: str | None = None, progress: bool = True, edit: str | None = None,
-                 steps: Sequence[float] | None = None) -> tuple[Path, dict[str, Any]]:
+                 steps: Sequence[float] | None = None, along: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Counterfactual series of n images of `split` at each target, and their metrics.
 
     edit: "grade" (targets: `grades`, default every grade) or "step" (targets: -steps and +steps along the
-    normal, default the config's counterfactual.steps); None: the run config's counterfactual.edit.
+    normal, default the config's counterfactual.steps); None: the run config's counterfactual.edit. along (step
+    only): "normal" or "mean-difference"; None: the run config's counterfactual.along.
     Writes a folder (default run_dir/evaluations/<date>-<split>-n<n>) with config.yaml, metrics.json
     (metrics, per-target rows, every series) and figures/counterfactuals.png (the first `figures` images).
     measure: "auto" (the generator's measure for synth-grade, else none) or "none". The metrics also hold
@@ -289,6 +294,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
         raise ValueError(f"edit must be 'grade' or 'step', got {edit!r}")
     if edit == "step" and grades is not None:
         raise ValueError("give target grades (edit 'grade') or steps (edit 'step'), not grades with edit 'step'")
+    along = (along or cfg.counterfactual.along) if edit == "step" else "normal"
     if edit == "step":
         sizes = sorted(abs(float(v)) for v in (steps or cfg.counterfactual.steps))
         targets = [-v for v in reversed(sizes)] + sizes
@@ -307,7 +313,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
     series = explainer.counterfactuals(x, targets, edit, 1.0 if edit == "step" else None, encode_steps, render_steps,
                                        ids=[s["id"] for s in samples],
                                        true_grades=[float(s["target"]) for s in samples], batch_size=batch_size,
-                                       progress=progress)
+                                       progress=progress, along=along)
     generate_time = time.perf_counter() - start
     region_fn = region_for(card.name) if measure == "auto" else None
     metrics = counterfactual_metrics(series, boundary, oracle, measure_fn, region_fn)
@@ -322,7 +328,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
         metrics["latent_swap"] = latent_swap_probe(explainer._model(), x[lo[:pairs]], x[hi[:pairs]], swap_measure,
                                                    encode_steps, render_steps, device=explainer.device_)
         metrics["latent_swap"]["measure"] = swap_name if swap_measure is not None else None
-    settings = {"run": str(run_dir), "split": split, "n": len(series), "edit": edit, "targets": targets,
+    settings = {"run": str(run_dir), "split": split, "n": len(series), "edit": edit, "along": along,
+                "targets": targets,
                 "grades": targets if edit == "grade" else None, "encode_steps": encode_steps,
                 "render_steps": render_steps, "oracle": None if oracle_run is None else str(oracle_run),
                 "measure": "measure_structure" if measure_fn else None, "device": device, "seed": seed}

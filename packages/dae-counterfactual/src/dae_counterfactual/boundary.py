@@ -15,7 +15,9 @@ standardised latents). With u = (z - mu) / sigma (or u = z) and the hyperplane w
     edit_to_grade(z, g):  d* = (g - beta) / alpha,  u' = u + (d* - d(z)) w / ||w||,  z' = mu + sigma u'
 
 u' is the point nearest to u (L2) whose calibrated grade is exactly g. `edit_fixed_step` is the rule
-of the paper's notebooks: u' = u + direction * step * w / (||w|| sqrt(D)).
+of the paper's notebooks: u' = u + direction * step * w / (||w|| sqrt(D)). With along="mean-difference" (ours)
+it steps along the unit difference of the two classes' mean u on the training set instead of the normal: on
+RetinaMNIST the normal is nearly orthogonal to that difference and the decoder hardly renders it (package README).
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ class LatentBoundary(BaseEstimator):
     class_weight: None or "balanced", passed to the classifier.
 
     Fitted attributes: coef_ (D,) w, intercept_ b, slope_ alpha, offset_ beta, mean_ (D,), scale_ (D,),
-    n_features_in_, calibration_ (r2 of the regression on the training set).
+    n_features_in_, calibration_ (r2 of the regression on the training set), mean_difference_ (D,) the mean u
+    of the positive training latents minus that of the negative ones (None for a boundary written before it was
+    stored).
     """
 
     def __init__(self, classifier: Literal["svm", "logistic"] = "svm", C: float = 1.0, standardize: bool = True,
@@ -106,6 +110,7 @@ class LatentBoundary(BaseEstimator):
         else:
             clf = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=5000)
         clf.fit(u, y)
+        self.mean_difference_ = u[y == 1].mean(axis=0) - u[y == 0].mean(axis=0)
         self.coef_ = np.asarray(clf.coef_, dtype=np.float64).reshape(-1)
         self.intercept_ = float(np.asarray(clf.intercept_).reshape(-1)[0])
         if not np.linalg.norm(self.coef_) > 0:
@@ -128,6 +133,7 @@ class LatentBoundary(BaseEstimator):
         obj.scale_ = np.ones_like(w_arr) if scale is None else np.asarray(scale, dtype=np.float64)
         obj.slope_, obj.offset_ = float(slope), float(offset)
         obj.calibration_ = float("nan")
+        obj.mean_difference_ = None
         return obj
 
     # ---------------------------------------------------------------- geometry
@@ -183,8 +189,23 @@ class LatentBoundary(BaseEstimator):
         """The minimal (standardised-L2) edits whose calibrated grade equals each target: (N, D), (K,) -> (N, K, D)."""
         return self.edit_to_distance(z, self.distance_for_grade(np.atleast_1d(grades)))
 
-    def edit_fixed_step(self, z: Any, steps: Any, direction: Any | None = None) -> np.ndarray:
-        """The paper notebooks' edit u' = u + direction * step * w / (||w|| sqrt(D)): (N, D), (K,) -> (N, K, D).
+    def edit_direction(self, along: Literal["normal", "mean-difference"] = "normal") -> np.ndarray:
+        """The unit vector (D,) in u space that `edit_fixed_step` moves along: the hyperplane normal, or the unit
+        difference of the classes' mean training latents (pointing to the pathology)."""
+        if along == "normal":
+            return self.normal_
+        if along != "mean-difference":
+            raise ValueError(f"along must be 'normal' or 'mean-difference', got {along!r}")
+        diff = getattr(self, "mean_difference_", None)
+        if diff is None:
+            raise ValueError("this boundary stores no class-mean difference (fitted before it was stored): refit "
+                             "it with `dae-cf fit-boundary RUN`")
+        return diff / np.linalg.norm(diff)
+
+    def edit_fixed_step(self, z: Any, steps: Any, direction: Any | None = None,
+                        along: Literal["normal", "mean-difference"] = "normal") -> np.ndarray:
+        """The paper notebooks' edit u' = u + direction * step * v / sqrt(D): (N, D), (K,) -> (N, K, D), with v
+        the unit normal w / ||w|| (the notebooks') or, along="mean-difference", the unit class-mean difference.
 
         direction: +1 (towards pathology), -1, an (N,) array of those, or None for "across the
         hyperplane" (-sign of the current distance). The notebooks take it from the ground truth.
@@ -197,7 +218,8 @@ class LatentBoundary(BaseEstimator):
             sign = np.broadcast_to(np.asarray(direction, dtype=np.float64), (u.shape[0],)).copy()
             if not np.isin(sign, (-1.0, 1.0)).all():
                 raise ValueError(f"direction must be +1 or -1, got {np.unique(sign).tolist()}")
-        shift = sign[:, None, None] * steps[None, :, None] * self.normal_ / np.sqrt(self.n_features_in_)
+        unit = self.edit_direction(along)
+        shift = sign[:, None, None] * steps[None, :, None] * unit / np.sqrt(self.n_features_in_)
         return self._back(u[:, None, :] + shift)
 
     # ---------------------------------------------------------------- persistence (JSON, nothing pickled)
@@ -205,7 +227,9 @@ class LatentBoundary(BaseEstimator):
         check_is_fitted(self, "coef_")
         return {"format": FORMAT, "params": self.get_params(), "coef": self.coef_.tolist(),
                 "intercept": self.intercept_, "slope": self.slope_, "offset": self.offset_,
-                "mean": self.mean_.tolist(), "scale": self.scale_.tolist(), "calibration_r2": self.calibration_}
+                "mean": self.mean_.tolist(), "scale": self.scale_.tolist(), "calibration_r2": self.calibration_,
+                "mean_difference": None if getattr(self, "mean_difference_", None) is None
+                else self.mean_difference_.tolist()}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "boundary") -> LatentBoundary:
@@ -238,6 +262,10 @@ class LatentBoundary(BaseEstimator):
         obj.intercept_, obj.slope_, obj.offset_ = (_finite(source, k, data[k]) for k in ("intercept", "slope", "offset"))
         r2 = data.get("calibration_r2")
         obj.calibration_ = float("nan") if r2 is None else _finite(source, "calibration_r2", r2)
+        diff = data.get("mean_difference")
+        obj.mean_difference_ = None if diff is None else _vector(source, "mean_difference", diff, obj.n_features_in_)
+        if obj.mean_difference_ is not None and not np.any(obj.mean_difference_):
+            raise _bad(source, "'mean_difference'", diff, "a class-mean difference that is not all zeros")
         return obj
 
     def save(self, path: str | Path) -> Path:

@@ -151,6 +151,9 @@ def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, 
               help="Instead of grades: the notebooks' fixed steps along the normal, e.g. --steps 100 300 500.")
 @click.option("--direction", type=click.Choice(["auto", "up", "down"]), default="auto", show_default=True,
               help="Fixed steps only: towards the pathology (up), away (down), or across the hyperplane (auto).")
+@click.option("--along", type=click.Choice(["normal", "mean-difference"]), default=None,
+              help="Fixed steps only: along the hyperplane normal (the notebooks') or the class-mean difference of "
+                   "the training latents (default: the run config's counterfactual.along).")
 @click.option("--encode-steps", type=int, default=None, help="DDIM inversion steps (default: the run's config).")
 @click.option("--render-steps", type=int, default=None, help="DDIM rendering steps (default: the run's config).")
 @out_option("Folder receiving the output folder (default RUN_DIR/counterfactuals).", file_okay=False)
@@ -158,8 +161,8 @@ def fit_boundary(run_dir: Path, classifier, C, standardize, positive_min_grade, 
 @device_option(from_config=False)
 @seed_option("the sampler's noise", from_config=False)
 @progress_option()
-def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps, render_steps, out, batch_size,
-                   device, seed, progress) -> None:
+def counterfactual(run_dir: Path, images, grades, steps, direction, along, encode_steps, render_steps, out,
+                   batch_size, device, seed, progress) -> None:
     """Render IMAGE(s) at target grades (or fixed steps) with their own stochastic code x_T.
 
     Writes a folder with config.yaml, metrics.json (calibrated grade of each image, target and
@@ -174,7 +177,7 @@ def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps
     mode = "grade" if grades else "step"
     sign = {"auto": None, "up": 1.0, "down": -1.0}[direction]
     folder, series = counterfactual_run(run_dir, list(images), list(grades or steps), mode, sign, encode_steps,
-                                        render_steps, device, out, seed, batch_size, show_progress(progress))
+                                        render_steps, device, out, seed, batch_size, show_progress(progress), along)
     for s in series:
         pairs = ", ".join(f"{t:g}->{g:.2f}" for t, g in zip(s.targets, s.reencoded_grades, strict=True))
         click.echo(f"{s.id}: grade {s.grade:.2f}; {'target' if mode == 'grade' else 'step'} -> re-encoded: {pairs}")
@@ -191,6 +194,9 @@ def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps
                    "both signs (default: the run config's counterfactual.edit).")
 @click.option("--steps", multiple=True, type=float,
               help="Step sizes for --edit step (default: the run config's counterfactual.steps).")
+@click.option("--along", type=click.Choice(["normal", "mean-difference"]), default=None,
+              help="--edit step only: step along the hyperplane normal (the notebooks') or the class-mean difference "
+                   "of the training latents (default: the run config's counterfactual.along).")
 @click.option("--oracle", type=RUN_DIR, default=None,
               help="A `medimg train-baseline` run: the independent image classifier of the image flip rate.")
 @click.option("--encode-steps", type=int, default=None, help="DDIM inversion steps (default: the run's config).")
@@ -204,8 +210,8 @@ def counterfactual(run_dir: Path, images, grades, steps, direction, encode_steps
 @device_option(from_config=False)
 @seed_option("which images are drawn, the sampler's noise", from_config=False)
 @progress_option()
-def evaluate(run_dir: Path, split, n_images, grades, edit, steps, oracle, encode_steps, render_steps, measure, figures,
-             root, out, batch_size, device, seed, progress) -> None:
+def evaluate(run_dir: Path, split, n_images, grades, edit, steps, along, oracle, encode_steps, render_steps, measure,
+             figures, root, out, batch_size, device, seed, progress) -> None:
     """Evaluate counterfactuals: reconstruction error, latent and image flip rates, Spearman of target vs
     re-encoded grade, L1/SSIM to the reconstruction, the decoder's latent-swap response (and, on synth-grade,
     the measured structure, effect and removal ratios, locality)."""
@@ -217,9 +223,9 @@ def evaluate(run_dir: Path, split, n_images, grades, edit, steps, oracle, encode
     edit = edit or ("step" if steps else "grade" if grades else None)
     folder, m = evaluate_run(run_dir, split, n_images, list(grades) or None, oracle, encode_steps, render_steps,
                              device, seed, batch_size, figures, out, measure, root, show_progress(progress), edit,
-                             list(steps) or None)
+                             list(steps) or None, along)
     r, lat = m["reconstruction"], m["latent"]
-    click.echo(f"edit: {m['edit']}, targets {[round(t, 4) for t in m['targets']]}")
+    click.echo(f"edit: {m['edit']} (along {m['settings']['along']}), targets {[round(t, 4) for t in m['targets']]}")
     click.echo(f"reconstruction: MSE {r['mse']:.5f}, L1 {r['l1']:.4f}, SSIM {r['ssim']:.4f}")
     click.echo(f"latent flip rate {lat['flip_rate']:.3f} ({lat['n_crossing_pairs']} pairs); Spearman(target, "
                f"re-encoded grade) {lat['spearman_target_vs_reencoded_grade']:.3f}")

@@ -46,6 +46,9 @@ class CounterfactualConfig:
 
     edit: Literal["grade", "step"] = "step"
     steps: list[float] = field(default_factory=lambda: [100.0, 300.0, 500.0, 700.0, 900.0])
+    #: "step" only: along the hyperplane normal (the notebooks') or the class-mean difference of the training
+    #: latents (ours; see LatentBoundary.edit_direction)
+    along: Literal["normal", "mean-difference"] = "normal"
 
 
 @dataclass
@@ -78,6 +81,11 @@ def check_config(cfg: DAEConfig) -> None:
     edit = cfg.counterfactual
     if edit.edit not in ("grade", "step"):
         raise ConfigError(f"counterfactual.edit is {edit.edit!r}; expected 'grade' or 'step'")
+    if edit.along not in ("normal", "mean-difference"):
+        raise ConfigError(f"counterfactual.along is {edit.along!r}; expected 'normal' or 'mean-difference'")
+    if edit.along != "normal" and edit.edit != "step":
+        raise ConfigError("counterfactual.along: mean-difference needs counterfactual.edit: step (the calibrated "
+                          "grade of edit 'grade' is defined along the normal)")
     if not edit.steps or any(not float(v) > 0 for v in edit.steps):
         raise ConfigError(f"counterfactual.steps is {edit.steps!r}; expected one or more positive step sizes "
                           "(evaluate renders each with both signs)")

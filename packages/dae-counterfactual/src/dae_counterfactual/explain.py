@@ -129,11 +129,15 @@ def generate_counterfactuals(
     device: str | torch.device = "cpu",
     progress: bool = True,
     classes: Sequence[str] = (),
+    along: Literal["normal", "mean-difference"] = "normal",
 ) -> list[CounterfactualSeries]:
     """Counterfactual series of images (B, C, H, W) in [0, 1] at each target (grade or fixed step).
 
     `classes` names the two sides of the hyperplane in the series' text (default "negative", "positive").
+    `along`: the direction of the fixed steps (mode "step"; see LatentBoundary.edit_direction).
     """
+    if mode == "grade" and along != "normal":
+        raise ValueError("along='mean-difference' needs mode 'step': a target grade is reached along the normal")
     if mode not in ("grade", "step"):
         raise ValueError(f"mode must be 'grade' or 'step', got {mode!r}")
     targets_arr = np.asarray(targets, dtype=np.float64).reshape(-1)
@@ -154,7 +158,8 @@ def generate_counterfactuals(
         if mode == "grade":
             edited = boundary.edit_to_grade(z_np, targets_arr)
         else:
-            edited = boundary.edit_fixed_step(z_np, targets_arr, None if directions is None else directions[s:s + b])
+            edited = boundary.edit_fixed_step(z_np, targets_arr, None if directions is None else directions[s:s + b],
+                                              along)
         z_edit = torch.from_numpy(edited.reshape(b * k, -1)).to(device=device, dtype=z.dtype)
         cf = model.render(x_T.repeat_interleave(k, dim=0), z_edit, render_steps, progress=progress)
         z_cf = model.encode(cf).cpu().numpy()
@@ -170,7 +175,7 @@ def generate_counterfactuals(
                 counterfactuals=cf[i], grade=float(grade0[i]), distance=float(dist0[i]), edited_grades=e_grade[i],
                 edited_distances=e_dist[i], reencoded_grades=r_grade[i], reencoded_distances=r_dist[i],
                 true_grade=None if true_grades is None else float(true_grades[j]), predicted=int(dist0[i] > 0),
-                classes=tuple(classes)))
+                classes=tuple(classes), extra={"along": along} if mode == "step" else {}))
     return out
 
 
