@@ -4,11 +4,11 @@ a decision tree and a logistic regression on the same predicted concepts as plai
 Ground truth: synth-derm draws the label from a Boolean rule over its concepts (`card.extra["rule"]`, parsed by
 `medimg_core.synthetic.parse_rule`; default `(irregular_border & blue_white_veil) | streaks`). Per model:
 
-- **truth-table agreement** (ours; the CRL paper and its code report no rule-quality measure): every assignment of
-  the rule's R variables (2^R rows, `medimg_core.synthetic.truth_table`'s order), every other concept fixed at
-  `others` (default 0, absent); the fraction of rows where "the model predicts the positive class" equals the
-  generator's rule. It compares decisions, not formulas: a weighted rule list whose argmax equals the rule on every
-  row scores 1.0 however it is written.
+- **truth-table agreement** (ours; the official CRL code computes no rule-quality measure and we found none named
+  in the paper): every assignment of the rule's R variables (2^R rows, `medimg_core.synthetic.truth_table`'s
+  order), every other concept fixed at `others` (default 0, absent); the fraction of rows where "the model
+  predicts the positive class" equals the generator's rule. It compares decisions, not formulas: a weighted rule
+  list whose argmax equals the rule on every row scores 1.0 however it is written.
 - **test accuracy** against the test labels, and **fidelity**: agreement with CRL's network (its class on each
   test image), the fidelity of an extracted model to the model it explains (Craven & Shavlik, "Extracting
   Tree-Structured Representations of Trained Networks", NeurIPS 1996); for CRL's rule set it is
