@@ -84,7 +84,7 @@ def test_the_markdown_table_has_every_cell_filled(quick_run):
     run, _ = quick_run
     tables = [block.splitlines() for block in (run / "benchmark.md").read_text().split("\n\n")
               if block.startswith("|")]
-    assert len(tables) == 3  # the maps, the concepts, the data randomisation
+    assert len(tables) == 4  # the maps, the concepts, the rules, the data randomisation
     header, rows = tables[0][0], tables[0][2:]
     assert header.count("|") == len(PROTOCOLS) + 3
     assert [r.split("|")[1].strip() for r in rows] == EXPLAINERS
@@ -129,8 +129,49 @@ def test_data_randomisation_compares_each_explainer_with_a_permuted_label_model(
             cell = row["spearman_abs"]
             assert cell["low"] <= cell["value"] <= cell["high"] or not _finite(cell["value"]), name
     table = [block.splitlines() for block in (run / "benchmark.md").read_text().split("\n\n")
-             if block.startswith("|")][2]
+             if block.startswith("|")][3]
     assert [r.split("|")[1].strip() for r in table[2:]] == EXPLAINERS and table[-1].endswith("| 0/2 |")
+
+
+def _ordered(cell) -> bool:
+    return all(_finite(cell[k]) for k in ("value", "low", "high")) and cell["low"] <= cell["value"] <= cell["high"]
+
+
+def test_crl_concept_head_and_rules_against_the_generator(quick_run):
+    run, _ = quick_run
+    result = json.loads((run / "benchmark.json").read_text())
+    rule_concepts = ["irregular_border", "blue_white_veil", "streaks"]
+    for record in result["seeds"]:
+        crl = record["crl"]
+        assert Path(crl["model_run"]).is_dir() and crl["preset"] == "synthetic-cpu"
+        assert Path(crl["model_run"]).parent == Path(record["model_run"]).parent  # models/ of the same run
+        assert list(crl["concepts"]) == list(record["concepts"]["probe"])  # same concepts, same order
+        for name, row in crl["concepts"].items():
+            assert row["in_rule"] == (name in rule_concepts)
+            assert row["auroc"] is None or row["low"] <= row["auroc"] <= row["high"], name
+        assert list(crl["rules"]) == ["crl_rules", "crl_compact", "decision_tree", "logistic_regression"]
+        for name, row in crl["rules"].items():
+            table = row["truth_table"]
+            assert table["rows"] == 8 and table["variables"] == rule_concepts and table["others_fixed_at"] == 0
+            assert table["value"] == sum(table["agrees"]) / 8, name
+            assert _ordered(row["test_accuracy"]) and _ordered(row["fidelity"]), name
+            assert isinstance(row["size"], int) and isinstance(row["literals"], int) and row["size_unit"], name
+    summary = result["rules_summary"]
+    for name, row in summary.items():
+        for key in ("truth_table", "test_accuracy", "fidelity", "size", "literals"):
+            assert _finite(row[key]["mean"]) and _finite(row[key]["sd"]) and row[key]["n_seeds"] == 2, (name, key)
+    tables = [block.splitlines() for block in (run / "benchmark.md").read_text().split("\n\n")
+              if block.startswith("|")]
+    concepts, rules = tables[1], tables[2]
+    assert concepts[0].count("|") == 7 and "CRL concept head test AUROC" in concepts[0]
+    assert [r.split("|")[1].strip() for r in rules[2:]] == [result["rules_models"][n] for n in summary]
+    for row in rules[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        assert all(re.fullmatch(r"-?\d+\.\d{3} ± \d+\.\d{3}", c) for i, c in enumerate(cells) if i != 4), row
+        assert cells[4] in ("rules", "terms", "leaves", "non-zero coefficients"), row
+    assert "Truth-table agreement (ours)" in (run / "benchmark.md").read_text()
+    page = (run / "index.html").read_text()
+    assert "truth-table agreement with the generating rule" in page and "CRL concept head test AUROC" in page
 
 
 def test_bad_seeds_are_refused_with_the_value():

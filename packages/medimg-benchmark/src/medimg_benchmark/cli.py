@@ -23,16 +23,22 @@ What it runs, per seed (--seeds, default 0 1 2):
   magnitude, independent of the model: it must fail the sanity check);
 - protocols, on the test images that are malignant and predicted malignant, against the union of the masks
   of the rule's concepts present: pointing game, IoU and energy pointing game; RISE deletion and insertion
-  AUC; Adebayo et al.'s cascading model randomisation (pass/fail at |rank corr.| < 0.5).
+  AUC; Adebayo et al.'s cascading model randomisation (pass/fail at |rank corr.| < 0.5) and data
+  randomisation (the baseline retrained on permuted labels);
+- concepts: TCAV of every concept for malignant and a linear probe's test AUROC on the baseline's layer;
+- CRL (preset synthetic-cpu, crl's CPU preset; --quick: 2 epochs) trained on the same data and seed: its
+  concept head's test AUROC per concept; its rule set, its compact rule and, on its predicted concepts, a
+  decision tree (depth <= 3) and a logistic regression: truth-table agreement with the generating rule (every
+  assignment of the rule's concepts, the others absent), test accuracy, fidelity to CRL's network, size.
 
 \b
 Writes a run folder under --out: benchmark.json (every number with its bootstrap interval, config, seeds,
-versions, thread count), benchmark.md (explainer x protocol, mean ± sd over seeds), index.html and
+versions, thread count), benchmark.md (the tables, mean ± sd over seeds), index.html and
 figures/example_maps.png.
 
 \b
-Not yet in: concepts (TCAV, recovery AUROC), rules, prototypes and CIPL's class maps, counterfactuals,
-data randomisation (permuted labels), harder synthetic settings.
+Not yet in: neuron-concepts latents, intervention curves, prototypes and CIPL's class maps, counterfactuals,
+harder synthetic settings.
 """
 
 
@@ -51,7 +57,8 @@ def _parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 @click.command(help=HELP)
 @click.option("--quick", is_flag=True,
-              help="CI budget: 2 seeds, 120 images at 32 px, 2 epochs, 6 images per protocol (minutes on a CPU).")
+              help="CI budget: 2 seeds, 120 images at 32 px, 2 epochs (baseline and CRL), 6 images per protocol "
+                   "(minutes on a CPU).")
 @click.option("--seeds", default=None, metavar="N[,N...]", callback=_parse_seeds,
               help="Model seeds, comma- or space-separated (--seeds 0,1,2); default 0,1,2 (--quick: 0,1).")
 @device_option(from_config=False)

@@ -3,8 +3,9 @@
 - `benchmark.json`: every number (per seed, per explainer, per protocol: value and bootstrap interval, the images'
   values, the sanity check's steps), the summary over seeds, the config, the seeds, torch's thread count and the
   libraries' versions. NaN (undefined) is written as null.
-- `benchmark.md`: one table, explainer x protocol, mean ± sd over seeds, plus the share of seeds whose sanity
-  check passed (`markdown_table`).
+- `benchmark.md`: the tables, mean ± sd over seeds: explainer x map protocol with the share of seeds whose sanity
+  check passed (`markdown_table`), concept x TCAV, probe and CRL concept-head AUROC (`concept_rows`), rule model x
+  rule protocol (`rules_rows`) and, when run, explainer x data randomisation (`data_randomisation_rows`).
 - `index.html`: the same table and the figure on one self-contained page (medimg_core.report's page helpers:
   every text escaped, the figure embedded only if it is a regular file inside the run folder).
 - `figures/example_maps.png`: each explainer's map on one scored test image of the first seed, with the ground-truth
@@ -55,12 +56,41 @@ def concept_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     how many seeds."""
     summary = result["concept_summary"]["per_concept"]
     header = ["concept", "in the rule", "TCAV score for malignant (mean ± sd over seeds)", "significant (seeds)",
-              "linear probe test AUROC (mean ± sd over seeds)"]
+              "linear probe test AUROC (mean ± sd over seeds)", "CRL concept head test AUROC (mean ± sd over seeds)"]
     rows = [[name, "yes" if row["in_rule"] else "no", fmt_mean_sd({"mean": row["tcav_mean"], "sd": row["tcav_sd"]}),
              f"{row['significant_seeds']}/{row['n_seeds']}",
-             fmt_mean_sd({"mean": row["probe_auroc_mean"], "sd": row["probe_auroc_sd"]})]
+             fmt_mean_sd({"mean": row["probe_auroc_mean"], "sd": row["probe_auroc_sd"]}),
+             fmt_mean_sd({"mean": row["crl_auroc_mean"], "sd": row["crl_auroc_sd"]})]
             for name, row in summary.items()]
     return header, rows
+
+
+def rules_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the rules table: model, truth-table agreement with the generating rule, test accuracy,
+    agreement with CRL's network on test, size (what it counts) and literals, mean ± sd over seeds."""
+    header = ["model", "truth-table agreement with the generating rule (↑)", "test accuracy (↑)",
+              "agreement with CRL's network on test (fidelity, ↑)", "size (↓)", "size counts", "literals (↓)"]
+    rows = [[result["rules_models"][name], fmt_mean_sd(row["truth_table"]), fmt_mean_sd(row["test_accuracy"]),
+             fmt_mean_sd(row["fidelity"]), fmt_mean_sd(row["size"]), row["size_unit"], fmt_mean_sd(row["literals"])]
+            for name, row in result["rules_summary"].items()]
+    return header, rows
+
+
+def rules_line(result: dict[str, Any]) -> str:
+    """What the rules table shows: the models, the rows of the truth table, the concepts they read."""
+    first = result["seeds"][0]["crl"]
+    table = next(iter(first["rules"].values()))["truth_table"]
+    accuracy = ", ".join(f"{s['crl']['test_accuracy']:.3f}" for s in result["seeds"])
+    depth = first["rules"]["decision_tree"]["max_depth"]
+    return (f"Rules: CRL ({first['preset']}; its network's test accuracy per seed: {accuracy}) trained on the same "
+            f"data and seeds; its rule set, its compact rule for malignant, and two plain baselines fitted on its "
+            f"predicted training concepts (decision tree of depth at most {depth}; logistic regression, L2, C = 1, "
+            f"malignant where its probability is above 0.5). Truth-table agreement (ours): the share of the "
+            f"{table['rows']} assignments of the rule's concepts ({', '.join(table['variables'])}; the other "
+            f"concepts at {table['others_fixed_at']}) on which the model predicts malignant exactly where the "
+            f"generating rule does. Fidelity: agreement with CRL's network's class on the test images (Craven & "
+            f"Shavlik 1996); 95% bootstrap intervals over test images in benchmark.json. Concept AUROCs of CRL's "
+            f"head are in the concepts table.")
 
 
 def data_randomisation_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
@@ -124,8 +154,8 @@ def _about(result: dict[str, Any]) -> list[str]:
         "own gradient magnitude, independent of the model: it must fail the sanity check.",
         f"torch threads: {result['torch_threads']}; wall time {result['seconds']:.0f} s"
         f"{'; --quick budget (CI-sized, not for reporting)' if cfg['quick'] else ''}.",
-        "Not yet in this version: the methods' own concepts (recovery AUROC of neuron-concepts latents and CRL's "
-        "concept head), rules, prototypes, counterfactuals, harder synthetic settings, CIPL's class maps.",
+        "Not yet in this version: neuron-concepts latents' recovery AUROC, intervention curves, prototypes, "
+        "counterfactuals, harder synthetic settings, CIPL's class maps.",
     ]
 
 
@@ -159,7 +189,7 @@ def write_outputs(result: dict[str, Any], run_dir: str | Path, figure: dict[str,
     os.replace(tmp, run_dir / "benchmark.json")
     about = _about(result)
     concepts = concept_line(result)
-    sections = [(None, table_rows(result)), (concepts, concept_rows(result))]
+    sections = [(None, table_rows(result)), (concepts, concept_rows(result)), (rules_line(result), rules_rows(result))]
     permuted = data_randomisation_rows(result)
     if permuted is not None:
         sections.append((data_randomisation_line(result), permuted))

@@ -24,7 +24,13 @@ Per seed s of `seeds`:
 5. `medimg_benchmark.concepts.score_tcav`: TCAV of every concept for `malignant` on the same layer, against the
    generator's rule (the rule's concepts should be significant and positive, the others not); and
    `probe_recovery`, the test AUROC of a linear probe per concept on that layer (is the concept encoded at all).
-6. data randomisation (Adebayo et al., section 4; `data_randomisation`): the baseline retrained on permuted
+6. CRL (packages/crl, `crl.ConceptRuleLearner(crl_preset)`, default `synthetic-cpu`, the package's CPU preset,
+   with its own epochs unless `crl_epochs` is set) trained on the same splits with the same seed and image size
+   (`_train_crl`); its concept head scored per concept (`concepts.concept_head_recovery`, test AUROC against what
+   the pixels show, next to the probe), its rule set against the generator's rule, with a decision tree and a
+   logistic regression fitted on its predicted training concepts as plain baselines (`medimg_benchmark.rules`:
+   truth-table agreement, test accuracy, fidelity to CRL's network, complexity).
+7. data randomisation (Adebayo et al., section 4; `data_randomisation`): the baseline retrained on permuted
    labels, every explainer's maps of it on the same images compared with the true model's.
 
 Over seeds: mean and sample standard deviation (ddof=1; NaN with one seed) of each protocol's per-seed value,
@@ -48,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medimg_benchmark.concepts import probe_recovery, score_tcav
+from medimg_benchmark.concepts import concept_head_recovery, probe_recovery, score_tcav
 from medimg_benchmark.maps import (
     EDGE_REFERENCE,
     PROTOCOLS,
@@ -57,6 +63,7 @@ from medimg_benchmark.maps import (
     default_explainers,
     score_explainers,
 )
+from medimg_benchmark.rules import MODELS, TREE_MAX_DEPTH, score_rules
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +71,7 @@ GENERATOR = "synth-derm"
 POSITIVE_CLASS = "malignant"
 #: the benchmark's data seeds are this plus the model seed (a family no preset was tuned on)
 DATA_SEED_OFFSET = 1000
-LIBRARIES = ("medimg-core", "medimg-benchmark", "torch", "torchvision", "timm", "captum", "grad-cam", "numpy",
+LIBRARIES = ("medimg-core", "medimg-benchmark", "crl", "torch", "torchvision", "timm", "captum", "grad-cam", "numpy",
              "scipy", "scikit-image", "scikit-learn")
 
 
@@ -83,6 +90,10 @@ class BenchmarkConfig:
     image_size: int = 64
     preset: str = "baseline-synth-derm"
     epochs: int = 10
+    #: CRL: its preset and epochs (None: the preset's own), and the depth of the decision-tree baseline
+    crl_preset: str = "synthetic-cpu"
+    crl_epochs: int | None = None
+    tree_max_depth: int = TREE_MAX_DEPTH
     max_eval_images: int = 64
     sanity_images: int = 8
     bootstrap: int = 1000
@@ -100,17 +111,22 @@ class BenchmarkConfig:
             raise ValueError(f"seeds must not repeat, got {list(self.seeds)}")
         for key, minimum in (("n_images", 20), ("image_size", 32), ("epochs", 1), ("max_eval_images", 1),
                              ("tcav_images", 2), ("tcav_random_sets", 3), ("tcav_class_images", 1),
-                             ("sanity_images", 1), ("bootstrap", 10), ("data_seed_offset", 0)):
+                             ("sanity_images", 1), ("bootstrap", 10), ("data_seed_offset", 0),
+                             ("tree_max_depth", 1)):
             value = getattr(self, key)
             if not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{key} must be an integer of at least {minimum}, got {value!r}")
+        if self.crl_epochs is not None and (not isinstance(self.crl_epochs, int) or self.crl_epochs < 1):
+            raise ValueError(f"crl_epochs must be None (the preset's) or an integer of at least 1, got "
+                             f"{self.crl_epochs!r}")
 
     @classmethod
     def quick_budget(cls, **changes: Any) -> BenchmarkConfig:
-        """The CI budget: 2 seeds, 120 images at 32 px, 2 epochs, 6 images per protocol (2 in the sanity check),
-        200 bootstrap resamples."""
-        base = cls(seeds=(0, 1), n_images=120, image_size=32, epochs=2, max_eval_images=6, sanity_images=2,
-                   bootstrap=200, tcav_images=8, tcav_random_sets=3, tcav_class_images=10, quick=True)
+        """The CI budget: 2 seeds, 120 images at 32 px, 2 epochs (the baseline's and CRL's), 6 images per
+        protocol (2 in the sanity check), 200 bootstrap resamples."""
+        base = cls(seeds=(0, 1), n_images=120, image_size=32, epochs=2, crl_epochs=2, max_eval_images=6,
+                   sanity_images=2, bootstrap=200, tcav_images=8, tcav_random_sets=3, tcav_class_images=10,
+                   quick=True)
         return replace(base, **changes)
 
 
@@ -161,6 +177,46 @@ def _train(cfg: BenchmarkConfig, data: Any, seed: int, models_dir: Path, permute
     if permuted:
         train, val = _permuted(train, seed), _permuted(val, seed + 1)
     return BaselineClassifier(cfg.preset, **params).fit(train, val)
+
+
+def _train_crl(cfg: BenchmarkConfig, data: Any, seed: int, models_dir: Path):
+    """CRL (`crl.ConceptRuleLearner(cfg.crl_preset)`) on the baseline's train split (validation for the epoch
+    choice), with its seed and image size; `crl_epochs` overrides the preset's epochs when set."""
+    from crl import ConceptRuleLearner
+
+    params: dict[str, Any] = {"out": str(models_dir), "name": "crl", "seed": seed, "device": cfg.device,
+                              "data__image_size": cfg.image_size, "bootstrap": cfg.bootstrap,
+                              "train__progress": cfg.progress}
+    if cfg.crl_epochs is not None:
+        params["train__epochs"] = cfg.crl_epochs
+    return ConceptRuleLearner(cfg.crl_preset, **params).fit(data.dataset("train"), data.dataset("val"))
+
+
+def score_crl(cfg: BenchmarkConfig, data: Any, seed: int, models_dir: Path, positive: int) -> dict[str, Any]:
+    """CRL trained on the seed's data (`_train_crl`), its concept head's recovery AUROC per concept and its rules
+    with the plain baselines on its predicted concepts (`medimg_benchmark.rules.score_rules`) against the
+    generator's rule."""
+    from crl.api import forward_split
+    from medimg_core.synthetic import parse_rule
+
+    estimator = _train_crl(cfg, data, seed, models_dir)
+    card = data.card
+    names, rule_variables = list(card.concept_names), list(card.extra["rule_variables"])
+    eval_tf = estimator.preprocess_.eval_transform()
+    passed = {split: forward_split(estimator, data.dataset(split, transform=eval_tf), f"CRL on {split}",
+                                   progress=False) for split in ("train", "test")}
+    test_idx = data.indices("test")
+    network = passed["test"]["scores"].argmax(1)
+    return {
+        "model_run": str(estimator.run_), "preset": cfg.crl_preset,
+        "test_accuracy": float((network == data.targets[test_idx]).mean()),
+        "concepts": concept_head_recovery(passed["test"]["probabilities"], data.true_concepts[test_idx], names,
+                                          rule_variables, n_boot=cfg.bootstrap, seed=seed),
+        "rules": score_rules(estimator.rules_, passed["train"]["probabilities"] > 0.5,
+                             data.targets[data.indices("train")], passed["test"]["probabilities"] > 0.5,
+                             data.targets[test_idx], network, parse_rule(card.extra["rule"], names), positive,
+                             max_depth=cfg.tree_max_depth, n_boot=cfg.bootstrap, seed=seed),
+    }
 
 
 def _model_inputs(estimator: Any, data: Any, split: str = "test") -> torch.Tensor:
@@ -222,6 +278,8 @@ def run_seed(cfg: BenchmarkConfig, seed: int, models_dir: Path,
                           n_random=cfg.tcav_random_sets, seed=seed)
     concepts["probe"] = probe_recovery(model, layer, train_x, data.true_concepts[train_idx], x,
                                        data.true_concepts[test_idx], names, rule_variables)
+    say(f"seed {seed}: training CRL ({cfg.crl_preset}) and scoring its concepts and rules")
+    crl = score_crl(cfg, data, seed, models_dir, positive)
     data_randomisation = None
     if cfg.data_randomisation:
         say(f"seed {seed}: training the baseline on permuted labels (data randomisation)")
@@ -237,7 +295,7 @@ def run_seed(cfg: BenchmarkConfig, seed: int, models_dir: Path,
         "test_images": len(test_idx), "test_accuracy": accuracy, "selection": selection,
         "scored_images": int(len(chosen)), "scored_ids": [data.ids[i] for i in rows],
         "rule": card.extra["rule"], "cam_layer": layer, "explained_class": POSITIVE_CLASS, "seconds": time.perf_counter() - t0,
-        "explainers": scores, "concepts": concepts, "data_randomisation": data_randomisation, "maps": maps, "display": data.images[rows], "masks": masks,
+        "explainers": scores, "concepts": concepts, "crl": crl, "data_randomisation": data_randomisation, "maps": maps, "display": data.images[rows], "masks": masks,
     }
 
 
@@ -270,15 +328,43 @@ def summarise_concepts(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         means = [row["tcav_mean"] for row in rows]
         probes = [r["concepts"]["probe"][name]["auroc"] for r in per_seed]
         probes = [v for v in probes if v is not None]
+        heads = [r["crl"]["concepts"][name]["auroc"] for r in per_seed]
+        heads = [v for v in heads if v is not None]
         per_concept[name] = {"in_rule": rows[0]["in_rule"], "tcav_mean": float(np.mean(means)),
                              "tcav_sd": float(np.std(means, ddof=1)) if len(means) > 1 else float("nan"),
                              "significant_seeds": sum(row["significant"] for row in rows), "n_seeds": len(rows),
                              "probe_auroc_mean": float(np.mean(probes)) if probes else float("nan"),
-                             "probe_auroc_sd": float(np.std(probes, ddof=1)) if len(probes) > 1 else float("nan")}
+                             "probe_auroc_sd": float(np.std(probes, ddof=1)) if len(probes) > 1 else float("nan"),
+                             "crl_auroc_mean": float(np.mean(heads)) if heads else float("nan"),
+                             "crl_auroc_sd": float(np.std(heads, ddof=1)) if len(heads) > 1 else float("nan")}
     first = per_seed[0]["concepts"]
     return {"rule_found": [r["concepts"]["rule_found"] for r in per_seed], "rule_total": first["rule_total"],
             "others_flagged": [r["concepts"]["others_flagged"] for r in per_seed],
             "others_tested": first["others_tested"], "per_concept": per_concept}
+
+
+def _over_seeds(values: list[float]) -> dict[str, Any]:
+    finite = [v for v in values if math.isfinite(v)]
+    return {"mean": float(np.mean(finite)) if finite else float("nan"),
+            "sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"), "values": values,
+            "n_seeds": len(finite)}
+
+
+def summarise_rules(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{model: {"truth_table", "test_accuracy", "fidelity", "size", "literals": {"mean", "sd", "values", "n_seeds"},
+    "size_unit"}} over the seeds' rules tables (models in `medimg_benchmark.rules.MODELS` order; one missing in a
+    seed, as CRL's compact rule can be, is summarised over the seeds that have it)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in MODELS:
+        rows = [r["crl"]["rules"][name] for r in per_seed if name in r["crl"]["rules"]]
+        if not rows:
+            continue
+        row: dict[str, Any] = {key: _over_seeds([float(x[key]["value"]) for x in rows])
+                               for key in ("truth_table", "test_accuracy", "fidelity")}
+        row.update(size=_over_seeds([float(x["size"]) for x in rows]),
+                   literals=_over_seeds([float(x["literals"]) for x in rows]), size_unit=rows[0]["size_unit"])
+        out[name] = row
+    return out
 
 
 def summarise_data_randomisation(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -324,6 +410,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: str | Path = "runs",
         "reference_explainer": EDGE_REFERENCE,
         "torch_threads": torch.get_num_threads(), "versions": versions(),
         "seeds": per_seed, "summary": summarise(per_seed), "concept_summary": summarise_concepts(per_seed),
+        "rules_summary": summarise_rules(per_seed), "rules_models": dict(MODELS),
         "data_randomisation_summary": summarise_data_randomisation(per_seed),
         "seconds": time.perf_counter() - t0,
     }
