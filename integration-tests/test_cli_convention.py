@@ -76,9 +76,10 @@ COMMANDS = {
     "iis extract-concepts": STAGE,
     "iis explain": explains("out"),
     "neuron-concepts run": TRAINS,
-    # reads what the name stage recorded (no model, no randomness) and writes gallery/ into the pipeline, whose
-    # names.csv a later `neuron-concepts name --names-file` reads, like the stages' state
-    "neuron-concepts gallery": OTHER,
+    # reads what the name stage recorded and runs the opaque backbone and the SAE for the crops (no randomness);
+    # writes gallery/ into the pipeline, whose names.csv a later `neuron-concepts name --names-file` reads, like
+    # the stages' state (so no --out)
+    "neuron-concepts gallery": explains(),
     "neuron-concepts train-opaque": TRAINS,
     "neuron-concepts encode": STAGE,
     "neuron-concepts train-sae": STAGE,

@@ -6,12 +6,16 @@ reports) against the annotation route, on the same opaque model, features and SA
 
 Data: `medimg synth synth-derm --n N --seed 0 --reports` (one free-text report per image, written from the drawn
 concepts with paraphrases, omissions and noise; medimg_core.synthetic.reports). Per seed, ONE pipeline from the
-command line: `train-opaque --config synth-derm-cpu`, `encode`, `train-sae`; then the name stage twice on that SAE,
+command line: `train-opaque --config synth-derm-cpu`, `encode`, `train-sae`; then the name stage three times on that
+SAE,
 
 - annotations: `name SAE --sources annotations` (train AUROC against the concept annotations, floor naming.min_auroc),
 - vocabulary: `name SAE --sources vocabulary --vocabulary synth-derm --reports DATA/reports.csv --naming.top_n T`
   (the shipped vocabulary's terms ranked by enrichment in the reports of each latent's T top train images; the
   naming reads the terms alone, the `term => concept` lines only score the names),
+- vocabulary-val-floor: the same with `--naming.floor_from val`: naming.min_z chosen on the validation split from
+  naming.min_z_grid (the floor maximising the F1 of "named and holds on val", names chosen on train; the val
+  annotations serve that choice only; `floors_val` of the name stage's metrics.json, the chosen floor as `min_z`),
 
 each followed by `cav`, `select` and `train-cbm`. Per route: latents named; label-relevant concepts (the rule's
 variables) that some latent is named after, and those whose train-chosen named latent holds on test (test AUROC
@@ -35,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import ROOT, CommandFailed, command_line, display, machine, mean_sd, run_command, write_result
 
 RESULT = "neuron_concepts_naming"
-ROUTES = ("annotations", "vocabulary")
+ROUTES = ("annotations", "vocabulary", "vocabulary-val-floor")
 MATCH = 0.9  # a concept is recovered when its best train latent reaches this test AUROC
 
 
@@ -43,8 +47,9 @@ def route_args(route: str, data: Path, vocabulary_top_n: int) -> list[str]:
     """The name stage's options of a route."""
     if route == "annotations":
         return ["--sources", "annotations"]
+    floor = ["--naming.floor_from", "val"] if route == "vocabulary-val-floor" else []
     return ["--sources", "vocabulary", "--vocabulary", "synth-derm", "--reports", str(data / "reports.csv"),
-            "--naming.top_n", str(vocabulary_top_n)]
+            "--naming.top_n", str(vocabulary_top_n), *floor]
 
 
 def score_route(name_dir: Path, cbm_dir: Path | None, failure: str | None = None) -> dict:
@@ -55,7 +60,8 @@ def score_route(name_dir: Path, cbm_dir: Path | None, failure: str | None = None
     recovered = {r["concept"]: r.get("test_auroc") for r in m["concept_matching"]}
     out = {
         "name_dir": display(name_dir), "named": m["named"], "alive": m["alive"], "sources": m["sources"],
-        "distinct_names": m["distinct_names"], "min_auroc": m["min_auroc"], "label_relevant": relevant,
+        "distinct_names": m["distinct_names"], "min_auroc": m["min_auroc"], "min_z": m.get("min_z"),
+        "floor_from": m.get("floor_from", "given"), "floors_val": m.get("floors_val"), "label_relevant": relevant,
         "concepts_named": sorted(c for c, r in rows.items() if r["latents_named"] > 0),
         "relevant_named": sorted(c for c in relevant if rows[c]["latents_named"] > 0),
         "relevant_named_confirmed": sorted(c for c in relevant if rows[c]["confirmed"]),
@@ -116,6 +122,7 @@ def summarise(runs: list[dict]) -> dict:
             "cbm_not_built": sum(r["cbm_test_accuracy"] is None for r in rs),
             "times_named_confirmed": {c: sum(c in r["concepts_named_confirmed"] for r in rs) for c in concepts},
             "relevant_count": len(rs[0]["label_relevant"]),
+            "min_z_per_seed": [r.get("min_z") for r in rs],
         }
     out["opaque_test_accuracy"] = mean_sd([r["opaque_test_accuracy"] for r in runs])
     return out
@@ -159,7 +166,15 @@ def main(argv: list[str] | None = None) -> dict:
         prev = runs.get(str(seed))
         if prev and prev["commands"][0] == display(opaque_cmd) and (ROOT / prev["pipeline"]).is_dir() \
                 and prev.get("vocabulary_top_n") == args.vocabulary_top_n and prev.get("overrides") == overrides:
-            print(f"seed {seed}: reusing {prev['pipeline']}")
+            todo = [route for route in ROUTES if route not in prev["routes"]]
+            print(f"seed {seed}: reusing {prev['pipeline']}" + (f"; adding route(s) {todo}" if todo else ""))
+            if todo:  # a route added since: named on the recorded SAE
+                pipeline = ROOT / prev["pipeline"]
+                sae_dir = pipeline / json.loads((pipeline / "pipeline.json").read_text())["stages"]["sae"]
+                for route in todo:
+                    prev["routes"][route], prev["route_commands"][route] = run_route(
+                        route, sae_dir, pipeline, data, args.vocabulary_top_n, overrides)
+                _write(args, data_cmd, card, runs, overrides)
             continue
         pipeline, wall_opaque, _ = run_command(opaque_cmd, creates_in=out)
         opaque_run = pipeline / json.loads((pipeline / "pipeline.json").read_text())["stages"]["opaque"]
@@ -182,8 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
         for route, r in record["routes"].items():
             cbm = r["cbm_test_accuracy"]
             print(f"seed {seed} {route}: {r['named']} latents named; relevant named {r['relevant_named']}, confirmed "
-                  f"on test {r['relevant_named_confirmed']}; CBM {'not built' if cbm is None else f'{cbm:.4f}'}",
-                  flush=True)
+                  f"on test {r['relevant_named_confirmed']}; CBM {'not built' if cbm is None else f'{cbm:.4f}'}"
+                  + (f"; min_z {r['min_z']} chosen on val" if r.get("floors_val") else ""), flush=True)
         _write(args, data_cmd, card, runs, overrides)
     return _write(args, data_cmd, card, runs, overrides)
 

@@ -180,17 +180,23 @@ def naming_routes(result: dict) -> list[str]:
         f"probability {rates['report_mention']}, an absent one mentioned with {rates['report_false_mention']} or "
         f"negated with {rates['report_negation']}; several phrasings per concept). Label rule `{result['rule']}` "
         f"(label-relevant: {', '.join(result['label_relevant'])}). Per seed ({', '.join(map(str, result['seeds']))}) "
-        f"one opaque model ({result['config']}), encode and SAE; then the name stage twice on that SAE: from the "
+        f"one opaque model ({result['config']}), encode and SAE; then the name stage on that SAE: from the "
         f"annotations, and from the vocabulary `{result['vocabulary']}` ranked by enrichment in the reports of each "
         f"latent's {result['vocabulary_top_n']} top train images (its `term => concept` lines only score the "
-        "names); cav, select and train-cbm after each."
+        "names)"
+        + (", once at the given naming.min_z and once (vocabulary-val-floor) with naming.min_z chosen on the "
+           "validation split (the floor of naming.min_z_grid with the highest F1 of \"named on train and holds on "
+           "val\"; the val annotations serve that choice only)" if "vocabulary-val-floor" in result["summary"]
+           else "")
+        + "; cav, select and train-cbm after each."
         + (f" Config overrides: `{' '.join(result['overrides'])}`." if result.get("overrides") else ""), "",
         "| route | latents named | label-relevant concepts named | ... confirmed on test | all concepts confirmed on "
         f"test | label-relevant concepts recovered (best latent test AUROC >= {result['recovered_threshold']}) | "
         "CBM test accuracy | CBM not built |",
         "|---|---|---|---|---|---|---|---|"]
     summary = result["summary"]
-    for route in ("annotations", "vocabulary"):
+    routes = [r for r in ("annotations", "vocabulary", "vocabulary-val-floor") if summary.get(r)]
+    for route in routes:
         s = summary.get(route)
         if not s:
             continue
@@ -202,21 +208,41 @@ def naming_routes(result: dict) -> list[str]:
     lines += ["", f"Opaque test accuracy: {_stat(summary.get('opaque_test_accuracy'), 3)}. A concept is *confirmed* "
               "when the latent named after it that has the highest train AUROC for it (a vocabulary term counts as "
               "the concept it stands for) reaches the naming floor's AUROC on test; *recovered* does not look at "
-              "names (one SAE per seed, so it is the same for both routes).", "",
-              "Per seed and concept, the train-chosen named latent's test AUROC (route: annotations / vocabulary; "
+              "names (one SAE per seed, so it is the same for every route).", "",
+              f"Per seed and concept, the train-chosen named latent's test AUROC (route: {' / '.join(routes)}; "
               "- where no latent carries the name):", "",
               "| seed | " + " | ".join(result["label_relevant"]) + " |", "|---|" + "---|" * len(result["label_relevant"])]
     for run in result["runs"]:
         cells = []
         for concept in result["label_relevant"]:
             parts = []
-            for route in ("annotations", "vocabulary"):
+            for route in routes:
                 row = next((r for r in run["routes"].get(route, {}).get("concept_naming_test", [])
                             if r["concept"] == concept), None)
                 parts.append("-" if not row or row["check_auroc"] is None else f"{row['check_auroc']:.3f}")
             cells.append(" / ".join(parts))
         lines.append(f"| {run['seed']} | " + " | ".join(cells) + " |")
+    chosen = [(run["seed"], run["routes"]["vocabulary-val-floor"]) for run in result["runs"]
+              if run["routes"].get("vocabulary-val-floor", {}).get("floors_val")]
+    if chosen:
+        lines += ["", "naming.min_z chosen on validation (vocabulary-val-floor; given floor of the vocabulary route: "
+                  f"{_given_min_z(result)}), with the F1 of \"named on train and holds on val\" at that floor and "
+                  "the latents it names:", "",
+                  "| seed | chosen min_z | val F1 | latents named | candidates (named at no floor) | their names "
+                  "that hold on val |", "|---|---|---|---|---|---|"]
+        for seed, r in chosen:
+            f = r["floors_val"]["vocabulary"]
+            row = next(g for g in f["grid"] if g["floor"] == f["chosen"])
+            lines.append(f"| {seed} | {f['chosen']} | {row['f1']:.3f} | {r['named']} | {f['candidates']} | "
+                         f"{f['holding']} |")
     return [*lines, ""]
+
+
+def _given_min_z(result: dict) -> str:
+    """The min_z the vocabulary route ran at (the same on every seed, or each seed's)."""
+    values = sorted({run["routes"]["vocabulary"].get("min_z") for run in result["runs"]
+                     if "vocabulary" in run["routes"]} - {None})
+    return ", ".join(str(v) for v in values) or "not recorded"
 
 
 RENDERERS = {"neuron_concepts_synth_derm": synth_derm, "neuron_concepts_wbcatt": wbcatt,

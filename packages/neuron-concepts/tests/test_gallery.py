@@ -5,12 +5,17 @@ import csv
 import json
 import re
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from medimg_core.synthetic import generate
 from neuron_concepts.cli import main
+from neuron_concepts.config import NamingConfig
+from neuron_concepts.gallery import latent_maps, peak_crop_box
 from neuron_concepts.naming import read_names_file, read_vocabulary, vocabulary_concepts
+from neuron_concepts.sae import SparseAutoencoder
 
 TINY = ["--device", "cpu", "--model.backbone", "test_resnet", "--data.image_size", "32", "--train.epochs", "1",
         "--train.batch_size", "16", "--train.num_workers", "0", "--sae.expansion", "2", "--sae.batch_size", "32",
@@ -103,3 +108,100 @@ def test_report_route_from_the_command_line(pipeline):
     rows = {r["concept"]: r for r in metrics["concept_naming_test"]}
     for concept, row in rows.items():
         assert row["latents_named"] == sum(mapping.get(n) == concept for n in named.values())
+
+
+
+def test_name_stage_with_the_floors_chosen_on_validation(pipeline):
+    data, folder = pipeline
+    runner = CliRunner()
+    for sources in (["--sources", "vocabulary", "--vocabulary", "synth-derm", "--reports", str(data / "reports.csv"),
+                     "--naming.top_n", "20"], ["--sources", "annotations"]):
+        result = runner.invoke(main, ["name", str(folder / "sae"), *sources, "--naming.floor_from", "val",
+                                      "--no-progress"])
+        assert result.exit_code == 0, result.output
+        name_dir = sorted(folder.glob("name-*"), key=lambda p: p.stat().st_mtime)[-1]
+        metrics = json.loads((name_dir / "metrics.json").read_text())
+        source = sources[1]
+        floors = metrics["floors_val"][source]
+        key = "min_z" if source == "vocabulary" else "min_auroc"
+        assert list(metrics["floors_val"]) == [source] and metrics["floor_from"] == "val"
+        assert floors["key"] == f"naming.{key}" and metrics[key] == floors["chosen"]
+        grid = NamingConfig().min_z_grid if source == "vocabulary" else NamingConfig().min_auroc_grid
+        assert [r["floor"] for r in floors["grid"]] == sorted(grid)
+        # the names are those of the chosen floor
+        named = [v for v in _names(name_dir).values() if v["source"] != "none"]
+        assert all(v["score"] >= floors["chosen"] for v in named)
+        assert len(named) == next(r["named"] for r in floors["grid"] if r["floor"] == floors["chosen"])
+        assert metrics["named"] == len(named) and metrics["holds_auroc"] == 0.8
+
+class _BlockBackbone(torch.nn.Module):
+    """A backbone whose last feature map is the image averaged over 8 x 8 blocks (its channels are the
+    features) and whose pooled feature is that map's mean, as a global-average-pooled CNN's."""
+
+    def forward_both(self, x):
+        fmap = torch.nn.functional.avg_pool2d(x, 8)
+        return fmap.mean(dim=(2, 3)), fmap
+
+
+def _colour_sae():
+    """An SAE over 3 features whose latent 0 reads the red channel and latent 1 the green one."""
+    sae = SparseAutoencoder(3, 2)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        sae.b_enc.zero_()
+        sae.b_pre.zero_()
+    return sae.eval()
+
+
+def test_the_crop_lands_where_the_planted_pattern_is():
+    """A red square in the top-right corner of one image and the bottom-left of another: latent 0 (red) peaks
+    there, and the crop around the map's maximum holds the square."""
+    images = torch.zeros(2, 3, 64, 64)
+    images[0, 0, 4:12, 48:60] = 1.0  # top right
+    images[1, 0, 50:60, 2:14] = 1.0  # bottom left
+    images[:, 1] = 0.2  # a uniform green: latent 1's map is flat
+    maps, gap = latent_maps(_BlockBackbone(), _colour_sae(), images, [0, 1])
+    assert maps.shape == (2, 2, 8, 8) and gap < 1e-6
+    # the mean of a map over the positions is the latent's pre-activation on the pooled feature
+    pooled = images.mean(dim=(2, 3))
+    assert maps[:, 0].mean(axis=(1, 2)) == pytest.approx(_colour_sae().pre_activation(pooled)[:, 0].detach().numpy(),
+                                                         abs=1e-6)
+    top, left, bottom, right = peak_crop_box(maps[0, 0], 64, 64, 0.25)
+    assert (bottom - top, right - left) == (16, 16)
+    assert top < 8 < bottom and left < 54 < right  # the square's centre (row 8, column 54) is inside the crop
+    assert bottom <= 32 and left >= 32  # in the top-right quadrant
+    top, left, bottom, right = peak_crop_box(maps[1, 0], 64, 64, 0.25)
+    assert top < 55 < bottom and left < 8 < right and top >= 32 and right <= 32
+    # a crop near an edge is moved inside the image; a whole-image crop is the image
+    assert peak_crop_box(np.array([[0.0, 0.0], [0.0, 1.0]]), 10, 10, 0.6) == (4, 4, 10, 10)
+    assert peak_crop_box(maps[0, 0], 64, 64, 1.0) == (0, 0, 64, 64)
+    with pytest.raises(ValueError, match="crop fraction"):
+        peak_crop_box(maps[0, 0], 64, 64, 0.0)
+    # a backbone whose pooled feature is not the mean of its map: the gap says so
+    class MaxPooled(_BlockBackbone):
+        def forward_both(self, x):
+            fmap = torch.nn.functional.avg_pool2d(x, 8)
+            return fmap.amax(dim=(2, 3)), fmap
+
+    assert latent_maps(MaxPooled(), _colour_sae(), images, [0])[1] > 0.1
+    with pytest.raises(ValueError, match="channels"):
+        latent_maps(_BlockBackbone(), SparseAutoencoder(4, 2), images, [0])
+
+
+def test_the_gallery_shows_a_map_and_a_crop_beside_every_top_image(pipeline):
+    _, folder = pipeline
+    runner = CliRunner()
+    result = runner.invoke(main, ["gallery", str(folder), "--all", "--overwrite", "--top", "3", "--thumb-size", "24"])
+    assert result.exit_code == 0, result.output
+    page = (folder / "gallery" / "index.html").read_text()
+    thumbs = re.findall(r"<figcaption>([^<]*)</figcaption>", page)
+    images = [c for c in thumbs if ":" not in c]
+    assert images and [c for c in thumbs if c.endswith(": crop at the peak")] == [f"{c}: crop at the peak"
+                                                                                  for c in images]
+    assert len([c for c in thumbs if c.endswith(": latent map")]) == len(images)
+    assert len(list((folder / "gallery" / "crops").glob("*.png"))) == 2 * len(images)
+    assert "an approximation" in page
+    result = runner.invoke(main, ["gallery", str(folder), "--all", "--overwrite", "--top", "3", "--no-crops"])
+    assert result.exit_code == 0, result.output
+    page = (folder / "gallery" / "index.html").read_text()
+    assert "crop at the peak" not in page and "Crops not drawn" in page

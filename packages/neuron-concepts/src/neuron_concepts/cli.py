@@ -230,16 +230,23 @@ def train_cbm_cmd(ctx, select_dir, config_name, device, seed, out, progress) -> 
               help="Top-activating train images per latent.")
 @click.option("--thumb-size", default=96, show_default=True, type=click.IntRange(min=8), help="Thumbnail size (px).")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace an existing gallery/names.csv.")
-def gallery(pipeline: Path, all_latents: bool, top_n: int, thumb_size: int, overwrite: bool) -> None:
+@click.option("--crops/--no-crops", default=True, show_default=True,
+              help="Beside each image, the latent's map over it and the crop around the map's maximum.")
+@click.option("--crop-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="The crop's side as a fraction of the image's.")
+@device_option(from_config=False)
+def gallery(pipeline: Path, all_latents: bool, top_n: int, thumb_size: int, overwrite: bool, crops: bool,
+            crop_fraction: float, device: str) -> None:
     """The human naming route: PIPELINE/gallery/index.html shows every selected latent (every alive one with
-    --all) with its top-activating images, current name, source and naming score; PIPELINE/gallery/names.csv
+    --all) with its top-activating images (and, unless --no-crops, where in each image the latent fires: a map
+    and the crop around its maximum), current name, source and naming score; PIPELINE/gallery/names.csv
     (latent,name, prefilled) is for a person to edit and import with
     `neuron-concepts name SAE_DIR --sources file --names-file PIPELINE/gallery/names.csv`."""
     from neuron_concepts.gallery import build_gallery
 
     try:
         out = build_gallery(pipeline, all_latents=all_latents, top_n=top_n, thumb_size=thumb_size,
-                            overwrite=overwrite)
+                            overwrite=overwrite, crops=crops, crop_fraction=crop_fraction, device=device)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out / 'index.html'} and {out / 'names.csv'}")

@@ -67,6 +67,14 @@ class NamingConfig:
     report_id_column: str = "id"
     report_column: str = "report"
     min_z: float = 1.96  # vocabulary: the smallest enrichment z-score that names a latent
+    # "given": min_auroc and min_z as set; "val": each chosen on the validation split from its grid (needs
+    # concept annotations on val, for choosing only; see neuron_concepts.naming.floors_from_validation)
+    floor_from: Literal["given", "val"] = "given"
+    min_auroc_grid: tuple[float, ...] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+    min_z_grid: tuple[float, ...] = (1.96, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0)
+    # the AUROC at which a name holds on a held-out split (val when choosing floors, test in the naming check);
+    # None: min_auroc when floor_from is "given", else the default floor (0.8)
+    holds_auroc: float | None = None
     names_file: str | None = None  # JSON {latent: name} or CSV latent,name
     backend: str | None = None  # "mock", "clip:/local/model", "text:/local/model"
     figures: int | None = None  # per-latent top-image figures to write (None: every alive latent)

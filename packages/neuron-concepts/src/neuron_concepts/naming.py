@@ -24,7 +24,10 @@ they stay out of the named bottleneck.
 
 `floor_sweep` and `concept_naming` measure naming on a split other than the one the names were chosen on (see
 their docstrings): the first is what the default floor was chosen from, on validation; the second checks
-train-chosen names against test annotations.
+train-chosen names against test annotations. `floors_from_validation` (``naming.floor_from: val``) chooses
+``min_auroc`` and ``min_z`` for the data at hand: names chosen on train with no floor, each checked on the
+validation annotations (`name_holds`), and the floor of a grid that maximises the F1 score of "named and holds"
+(`choose_floor`); the validation annotations serve that choice only.
 """
 
 from __future__ import annotations
@@ -240,6 +243,139 @@ def concept_naming(names: dict[int, LatentName], concept_names: Sequence[str], a
                        confirmed=bool(not np.isnan(check) and check >= floor))
         rows.append(row)
     return rows
+
+
+#: the enrichment z-score floors `floors_from_validation` tries by default for the vocabulary route (naming.min_z_grid)
+Z_FLOORS = (1.96, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0)
+#: the criterion `choose_floor` maximises
+FLOOR_CRITERION = "holds_f1"
+
+
+def holds_threshold(nc: NamingConfig) -> float:
+    """The AUROC at which a name holds on a held-out split (validation when choosing floors, test in the naming
+    check): `naming.holds_auroc`, else `naming.min_auroc` when the floors are given, else the default floor."""
+    if nc.holds_auroc is not None:
+        return float(nc.holds_auroc)
+    return float(nc.min_auroc) if nc.floor_from == "given" else DEFAULT_MIN_AUROC
+
+
+def name_holds(names: Mapping[int, LatentName], concept_names: Sequence[str], aurocs_check: np.ndarray,
+               threshold: float, term_concepts: Mapping[str, str] | None = None) -> dict[int, bool]:
+    """{latent: does its name hold on the check split}, for every named latent of `names` (source not "none").
+
+    A name holds when it stands for an annotated concept (`concept_of`: the concept itself, "no <concept>", or a
+    vocabulary term mapped to either by `term_concepts`) and the latent's AUROC for that concept on the check
+    split (aurocs_check (m, C); 1 - AUROC for "no <concept>") is at least `threshold`, the rule `concept_naming`
+    applies on test. A name that stands for no annotated concept (a distractor term) cannot hold."""
+    A = np.asarray(aurocs_check, dtype=np.float64)
+    out: dict[int, bool] = {}
+    for k, v in names.items():
+        if v.source == "none":
+            continue
+        match = concept_of(v.name, concept_names, term_concepts)
+        if match is None:
+            out[int(k)] = False
+            continue
+        auroc = A[k, match[0]]
+        score = 1 - auroc if match[1] else auroc
+        out[int(k)] = bool(not np.isnan(score) and score >= threshold)
+    return out
+
+
+def choose_floor(scores: Sequence[float], holds: Sequence[bool], floors: Sequence[float]) -> dict[str, Any]:
+    """The naming floor that maximises the F1 score of "named and holds" over the candidate latents.
+
+    scores (n,): each candidate latent's naming score on the split its name was chosen on (train AUROC, or
+    enrichment z-score); holds (n,) bool: whether that name holds on a held-out split (`name_holds`, validation).
+    A floor t names the candidates with score >= t; over them, precision = named and holding / named, recall =
+    named and holding / all holding candidates (those a floor of -inf would name), F1 = 2 TP / (named + holding).
+    The chosen floor has the highest F1, ties going to the highest floor (fewer names for the same F1); when no
+    candidate holds, every F1 is 0 and the highest floor is chosen.
+
+    Why F1: precision alone is maximised by naming almost nothing (one lucky latent), recall alone by having no
+    floor (which is what over-names); F1 weighs a name that does not hold against a holding name left out.
+
+    Returns {"criterion": "holds_f1", "candidates", "holding", "grid": [{"floor", "named", "named_holding",
+    "precision", "recall", "f1"} per floor, ascending], "chosen"}.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    h = np.asarray(holds, dtype=bool)
+    if s.shape != h.shape:
+        raise ValueError(f"choose_floor: scores {s.shape} and holds {h.shape} differ in shape")
+    grid = sorted({float(t) for t in floors})
+    if not grid:
+        raise ValueError("choose_floor: no candidate floor given")
+    total = int(h.sum())
+    rows = []
+    for t in grid:
+        named = s >= t
+        n, tp = int(named.sum()), int((named & h).sum())
+        rows.append({"floor": t, "named": n, "named_holding": tp, "precision": tp / n if n else None,
+                     "recall": tp / total if total else None, "f1": 2 * tp / (n + total) if n + total else 0.0})
+    # exact comparison of 2 TP / (named + holding) by cross-multiplication; ties to the higher floor
+    best = rows[0]
+    for r in rows[1:]:
+        lhs = 2 * r["named_holding"] * (best["named"] + total)
+        rhs = 2 * best["named_holding"] * (r["named"] + total)
+        if lhs >= rhs:
+            best = r
+    return {"criterion": FLOOR_CRITERION, "candidates": int(len(s)), "holding": total, "grid": rows,
+            "chosen": best["floor"]}
+
+
+def floors_from_validation(
+    activations: np.ndarray,
+    activations_val: np.ndarray,
+    concepts_val: np.ndarray,
+    concept_names: Sequence[str],
+    sources: Sequence[str],
+    *,
+    alive: np.ndarray | None = None,
+    concepts: np.ndarray | None = None,
+    negations: bool = True,
+    vocabulary: Sequence[str] | None = None,
+    reports: Sequence[str | None] | None = None,
+    term_concepts: Mapping[str, str] | None = None,
+    top_n: int = 16,
+    holds: float = DEFAULT_MIN_AUROC,
+    auroc_floors: Sequence[float] = FLOORS,
+    z_floors: Sequence[float] = Z_FLOORS,
+) -> dict[str, dict[str, Any]]:
+    """The naming floors chosen on the validation split (`naming.floor_from: val`), one per source that has one:
+    `annotations` (naming.min_auroc, from `auroc_floors`) and `vocabulary` (naming.min_z, from `z_floors`).
+
+    Names are chosen on train as `name_latents` would with no floor (activations (N, m) of the train images,
+    `concepts`, `vocabulary`, `reports` and `top_n` as there); each candidate name is checked on validation
+    (activations_val (N_val, m), concepts_val (N_val, C) 0/1/NaN) with `name_holds` at the AUROC `holds`; and
+    `choose_floor` picks the floor (the F1 of "named and holds"). The validation annotations serve this choice
+    only; the names themselves still come from train (and, for the vocabulary route, from the reports alone).
+    The vocabulary route needs `term_concepts` (a vocabulary's `term => concept` lines) to check its names.
+
+    Returns {source: `choose_floor`'s record + "key" (the config key) and "holds_auroc"}.
+    """
+    aurocs_val = auroc_matrix(activations_val, concepts_val)
+    out: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        if source == "annotations":
+            candidates = name_latents(activations, ["annotations"], alive=alive, concepts=concepts,
+                                      concept_names=concept_names, negations=negations, min_auroc=-np.inf,
+                                      top_n=top_n, progress=False)
+            key, floors = "naming.min_auroc", auroc_floors
+        elif source == "vocabulary":
+            if not term_concepts:
+                raise ValueError("choosing naming.min_z on validation needs a vocabulary whose terms say which "
+                                 "annotated concept they stand for (`term => concept` lines), to check its names")
+            candidates = name_latents(activations, ["vocabulary"], alive=alive, vocabulary=vocabulary,
+                                      reports=reports, min_z=-np.inf, top_n=top_n, progress=False)
+            key, floors = "naming.min_z", z_floors
+        else:
+            continue
+        named = {k: v for k, v in candidates.items() if v.source != "none"}
+        check = name_holds(named, concept_names, aurocs_val, holds, term_concepts)
+        latents = sorted(named)
+        result = choose_floor([float(named[k].score) for k in latents], [check[k] for k in latents], floors)
+        out[source] = {"key": key, "holds_auroc": float(holds), **result}
+    return out
 
 
 # --------------------------------------------------------------------------- vocabulary enrichment
@@ -533,6 +669,8 @@ def check_sources(nc: NamingConfig, num_concepts: int) -> list[str]:
         raise ConfigError(f"naming.sources: unknown source(s) {unknown}; expected some of {list(SOURCES)}")
     if not 0.0 <= float(nc.min_auroc) <= 1.0:
         raise ConfigError(f"naming.min_auroc {nc.min_auroc}: expected an AUROC in [0, 1]")
+    if nc.holds_auroc is not None and not 0.0 <= float(nc.holds_auroc) <= 1.0:
+        raise ConfigError(f"naming.holds_auroc {nc.holds_auroc}: expected an AUROC in [0, 1]")
     usable = {"annotations": num_concepts > 0, "vocabulary": bool(nc.vocabulary and nc.reports),
               "file": bool(nc.names_file), "backend": bool(nc.backend)}
     sources = [s for s in nc.sources if usable[s]]
@@ -557,7 +695,27 @@ def check_sources(nc: NamingConfig, num_concepts: int) -> list[str]:
             check()
         except (OSError, ImportError, ValueError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{key}: {exc}") from None
+    if nc.floor_from == "val":
+        _check_floor_from_val(nc, sources, num_concepts)
     return sources
+
+
+def _check_floor_from_val(nc: NamingConfig, sources: Sequence[str], num_concepts: int) -> None:
+    """What `naming.floor_from: val` needs: concept annotations (read on val, for choosing only), a grid for
+    each floored source, and a vocabulary whose terms map to concepts."""
+    if num_concepts == 0:
+        raise ConfigError("naming.floor_from val: choosing the naming floors on validation needs concept "
+                          "annotations (on the val split, for the choice only); this dataset has none, so set "
+                          "naming.floor_from given (and naming.min_z / naming.min_auroc by hand)")
+    if "annotations" in sources and not nc.min_auroc_grid:
+        raise ConfigError("naming.min_auroc_grid is empty: naming.floor_from val has no floor to choose from")
+    if "vocabulary" in sources:
+        if not nc.min_z_grid:
+            raise ConfigError("naming.min_z_grid is empty: naming.floor_from val has no floor to choose from")
+        if not vocabulary_concepts(nc.vocabulary):
+            raise ConfigError(f"naming.floor_from val: the vocabulary {nc.vocabulary} says for no term which "
+                              "annotated concept it stands for (`term => concept` lines), so its names cannot be "
+                              "checked on validation; add those lines or set naming.floor_from given")
 
 
 def top_activating(activations: np.ndarray, n: int) -> np.ndarray:

@@ -129,7 +129,8 @@ def pipeline_summary(folders: dict[str, Path]) -> dict[str, Any]:
         "sae": {k: sae.get("train", {}).get(k) for k in ("r2", "l0", "dead_fraction", "alive")}
         | {"test_r2": sae.get("test", {}).get("r2"), "n_latents": sae.get("n_latents"),
            "fit_time_s": sae.get("fit_time_s"), "resampling": sae.get("resampling")},
-        "naming": {k: nm.get(k) for k in ("alive", "named", "unnamed", "min_auroc", "sources", "distinct_names",
+        "naming": {k: nm.get(k) for k in ("alive", "named", "unnamed", "min_auroc", "min_z", "floor_from", "sources",
+                                          "distinct_names",
                                           "matched_test_auroc_0.8", "matched_test_auroc_0.9",
                                           "concepts_named_confirmed_test", "relevant_named_confirmed_test")},
         "concept_matching": nm.get("concept_matching"), "concept_naming_test": nm.get("concept_naming_test"),

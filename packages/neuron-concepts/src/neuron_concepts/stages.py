@@ -74,6 +74,8 @@ from neuron_concepts.naming import (
     concept_naming,
     concept_of,
     floor_sweep,
+    floors_from_validation,
+    holds_threshold,
     make_backend,
     name_latents,
     read_names_file,
@@ -258,12 +260,31 @@ def name_stage(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
         reports = [by_id.get(i) for i in feats["train"]["ids"]]
         log.info("naming: reports for %d of %d train images", sum(r is not None for r in reports), len(reports))
     concepts = feats["train"]["concepts"].numpy()
+    vocabulary = read_vocabulary(nc.vocabulary) if nc.vocabulary else None
+    # a vocabulary's `term => concept` lines (for scoring only: the naming reads the terms alone)
+    term_concepts = vocabulary_concepts(nc.vocabulary) if nc.vocabulary else None
+    holds = holds_threshold(nc)
+    min_auroc, min_z, floors_val = nc.min_auroc, nc.min_z, None
+    if nc.floor_from == "val":  # the floors chosen on validation; its annotations serve that choice only
+        if "val" not in feats:
+            raise ConfigError("naming.floor_from val: this pipeline encoded no val split to choose the naming floors "
+                              "on; set naming.floor_from given")
+        floors_val = floors_from_validation(
+            A, encode_all(sae, feats["val"]["features"]).numpy(), feats["val"]["concepts"].numpy(),
+            list(card.concept_names), sources, alive=alive, concepts=concepts, negations=nc.negations,
+            vocabulary=vocabulary, reports=reports, term_concepts=term_concepts, top_n=nc.top_n, holds=holds,
+            auroc_floors=nc.min_auroc_grid, z_floors=nc.min_z_grid)
+        min_auroc = floors_val.get("annotations", {}).get("chosen", min_auroc)
+        min_z = floors_val.get("vocabulary", {}).get("chosen", min_z)
+        for chosen in floors_val.values():
+            log.info("naming: %s %s chosen on validation (F1 of named-and-holds %.3f)", chosen["key"],
+                     chosen["chosen"], next(r["f1"] for r in chosen["grid"] if r["floor"] == chosen["chosen"]))
     names = name_latents(
         A, sources, alive=alive,
         concepts=concepts if card.num_concepts else None, concept_names=list(card.concept_names),
-        negations=nc.negations, vocabulary=read_vocabulary(nc.vocabulary) if nc.vocabulary else None,
-        reports=reports, min_z=nc.min_z, names=read_names_file(nc.names_file) if nc.names_file else None,
-        min_auroc=nc.min_auroc,
+        negations=nc.negations, vocabulary=vocabulary,
+        reports=reports, min_z=min_z, names=read_names_file(nc.names_file) if nc.names_file else None,
+        min_auroc=min_auroc,
         backend=make_backend(nc.backend, str(_device(cfg))) if nc.backend else None, images=images,
         top_n=nc.top_n, seed=cfg.seed, progress=_progress(cfg))
     top = top_activating(A, nc.top_n)
@@ -281,8 +302,11 @@ def name_stage(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
     named = [v for v in names.values() if v.source != "none"]
     metrics: dict[str, Any] = {"stage": "name", "n_latents": int(A.shape[1]), "alive": int(alive.sum()),
                                "sources_used": sources, "sources": counts, "named": len(named),
-                               "unnamed": len(names) - len(named), "min_auroc": nc.min_auroc,
+                               "unnamed": len(names) - len(named), "min_auroc": min_auroc, "min_z": min_z,
+                               "floor_from": nc.floor_from, "holds_auroc": holds,
                                "distinct_names": len({v.name for v in named})}
+    if floors_val is not None:
+        metrics["floors_val"] = floors_val
     if card.num_concepts:
         concept_names = list(card.concept_names)
         auroc_train = auroc_matrix(A, concepts)
@@ -298,14 +322,12 @@ def name_stage(sae_dir: str | Path, cfg: NeuronConceptsConfig, pipeline: Path | 
             metrics["concept_matching"] = matching
             metrics["matched_test_auroc_0.8"] = sum(1 for r in matching if (r["test_auroc"] or 0) >= 0.8)
             metrics["matched_test_auroc_0.9"] = sum(1 for r in matching if (r["test_auroc"] or 0) >= 0.9)
-            # a vocabulary's `term => concept` lines (for scoring only: the naming above read the terms alone)
-            term_concepts = vocabulary_concepts(nc.vocabulary) if nc.vocabulary else None
             unknown = sorted({c for t, c in (term_concepts or {}).items()
                               if concept_of(t, concept_names, term_concepts) is None})
             if unknown:
                 log.warning("naming: the vocabulary maps terms to %s, which are not annotated concepts of this "
                             "dataset (%s); those terms count as no concept", unknown, concept_names)
-            rows = concept_naming(names, concept_names, auroc_train, auroc_test, nc.min_auroc, term_concepts)
+            rows = concept_naming(names, concept_names, auroc_train, auroc_test, holds, term_concepts)
             metrics["concept_naming_test"] = rows
             metrics["concepts_named_confirmed_test"] = sum(r["confirmed"] for r in rows)
             relevant = (card.extra or {}).get("rule_variables")  # a synthetic set's label rule: what the label needs
