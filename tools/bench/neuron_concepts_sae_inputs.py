@@ -59,6 +59,13 @@ def encode_dir_of(pipeline: Path) -> Path:
     return pipeline / stage
 
 
+def seed_of(encode: Path) -> int | None:
+    """The seed of an encode stage (its config.yaml): the seed its train-sae runs with."""
+    import yaml
+
+    return (yaml.safe_load((encode / "config.yaml").read_text()) or {}).get("seed")
+
+
 def latent_matching(sae_dir: Path, feats: dict) -> list[dict]:
     """Per annotated concept: the SAE latent best on train (AUROC), its train and test AUROC, and the best test
     AUROC of any latent (chosen on test: a ceiling, not a result); `feats` is the encode stage's features."""
@@ -77,7 +84,6 @@ def latent_matching(sae_dir: Path, feats: dict) -> list[dict]:
 def score_pipeline(pipeline: Path, overrides: list[str]) -> dict:
     """Train the SAE of every variant on the pipeline's cached features and score it."""
     import numpy as np
-    import yaml
     from sklearn.decomposition import PCA
 
     from medimg_core.synthetic import parse_rule
@@ -93,8 +99,7 @@ def score_pipeline(pipeline: Path, overrides: list[str]) -> dict:
     relevant = list(parse_rule(card.extra["rule"], names).variables)
     H = feats["train"]["features"].numpy()
     pca = PCA(min(5, *H.shape)).fit(H)
-    seed = (yaml.safe_load((encode / "config.yaml").read_text()) or {}).get("seed")
-    out = {"pipeline": display(pipeline), "encode": display(encode), "seed": seed, "rule": card.extra["rule"],
+    out = {"pipeline": display(pipeline), "encode": display(encode), "seed": seed_of(encode), "rule": card.extra["rule"],
            "label_relevant": relevant, "concepts": names, "probe_test_auroc": probe_test_aurocs(feats),
            "pca_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
            "concept_prevalence_test": {c: float(v) for c, v in
@@ -151,6 +156,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.results_dir is not None:  # write_result writes to common.RESULTS
         common.RESULTS = Path(args.results_dir).resolve()
     pipelines = [Path(d).resolve() for d in args.pipelines]
+    seeds: dict = {}
+    for pipeline in pipelines:  # mean ± sd over pipelines is over seeds: one pipeline per seed
+        seed = seed_of(encode_dir_of(pipeline))
+        if seed in seeds:
+            raise SystemExit(f"{pipeline}: the same seed ({seed}) as {seeds[seed]}; pass one pipeline per seed")
+        seeds[seed] = pipeline
     overrides = (QUICK if args.quick else []) + overrides
     runs = []
     for pipeline in pipelines:

@@ -370,6 +370,9 @@ def test_sae_inputs_benchmark_on_a_tiny_pipeline(pipeline, tmp_path):
                                        "--sae.standardize", "true", "--no-progress"])
     assert result.exit_code != 0 and "sae.whiten: exclusive with sae.standardize" in str(result.output) + str(
         result.exception)
+    same = subprocess.run([sys.executable, str(script), "--pipelines", str(copy), str(folder), "--quick"],
+                          capture_output=True, text=True)
+    assert same.returncode != 0 and "the same seed (0)" in same.stderr, same.stderr[-2000:]
     proc = subprocess.run([sys.executable, str(script), "--pipelines", str(copy), "--quick", "--results-dir",
                            str(tmp_path / "bench"), "--result", "sae_inputs_tiny"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
