@@ -44,9 +44,23 @@ def rule_terms(rule) -> list:
     return [Rule(a, rule.concept_names) for a in args]
 
 
+def probe_test_aurocs(feats: dict) -> dict[str, float]:
+    """Per annotated concept: the test AUROC of a logistic-regression probe fitted on the train features (`feats`:
+    an encode stage's `load_features`), what any linear latent could reach at most, up to the probe's fit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    H = {s: feats[s]["features"].numpy() for s in ("train", "test")}
+    C = {s: feats[s]["concepts"].numpy() for s in ("train", "test")}
+    probes = {}
+    for j, name in enumerate(feats["card"].concept_names):
+        lr = LogisticRegression(max_iter=3000).fit(H["train"], C["train"][:, j])
+        probes[name] = float(roc_auc_score(C["test"][:, j], lr.decision_function(H["test"])))
+    return probes
+
+
 def diagnostics(pipeline: Path, sae_dir: Path) -> dict:
     """Linear-probe upper bounds per concept and the best latent per rule term (train-chosen, test-scored)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
     from medimg_core.synthetic import parse_rule
@@ -60,10 +74,7 @@ def diagnostics(pipeline: Path, sae_dir: Path) -> dict:
     rule = parse_rule(card.extra["rule"], names)
     H = {s: feats[s]["features"].numpy() for s in ("train", "test")}
     C = {s: feats[s]["concepts"].numpy() for s in ("train", "test")}
-    probes = {}
-    for j, name in enumerate(names):
-        lr = LogisticRegression(max_iter=3000).fit(H["train"], C["train"][:, j])
-        probes[name] = float(roc_auc_score(C["test"][:, j], lr.decision_function(H["test"])))
+    probes = probe_test_aurocs(feats)
     sae = load_sae(sae_dir)
     A = {s: encode_all(sae, feats[s]["features"]).numpy() for s in ("train", "test")}
     terms = []

@@ -349,3 +349,54 @@ def test_a_pipeline_written_before_still_loads_and_explains(pipeline, tmp_path):
         assert sorted(p.name for p in old.glob("sae*")) == sorted(p.name for p in folder.glob("sae*"))  # no new folder
     finally:
         moved.rename(entry)
+
+
+def test_sae_inputs_benchmark_on_a_tiny_pipeline(pipeline, tmp_path):
+    """tools/bench/neuron_concepts_sae_inputs.py --quick on a copy of the tiny pipeline: one SAE per input through
+    the CLI (the whitened one included), scored per concept; the result file has the documented structure and
+    renders. Structure only: 3-epoch SAEs on 56 images mean nothing."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    script = root / "tools" / "bench" / "neuron_concepts_sae_inputs.py"
+    if not script.is_file():
+        pytest.skip("tools/bench is not in this checkout")
+    _, folder = pipeline
+    copy = tmp_path / "pipeline"
+    shutil.copytree(folder, copy)
+    result = CliRunner().invoke(main, ["train-sae", str(copy / "encode"), "--sae.whiten", "true",
+                                       "--sae.standardize", "true", "--no-progress"])
+    assert result.exit_code != 0 and "sae.whiten: exclusive with sae.standardize" in str(result.output) + str(
+        result.exception)
+    same = subprocess.run([sys.executable, str(script), "--pipelines", str(copy), str(folder), "--quick"],
+                          capture_output=True, text=True)
+    assert same.returncode != 0 and "the same seed (0)" in same.stderr, same.stderr[-2000:]
+    proc = subprocess.run([sys.executable, str(script), "--pipelines", str(copy), "--quick", "--results-dir",
+                           str(tmp_path / "bench"), "--result", "sae_inputs_tiny"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = json.loads((tmp_path / "bench" / "sae_inputs_tiny.json").read_text())
+    concepts = out["concepts"]
+    assert set(out["label_relevant"]) <= set(concepts) and len(concepts) > len(out["label_relevant"])
+    assert list(out["variants"]) == ["published", "standardised", "whitened"] and out["quick"]
+    (run,) = out["runs"]
+    assert set(run["probe_test_auroc"]) == set(concepts)
+    for label, v in run["variants"].items():
+        sae_dir = copy / Path(v["sae_dir"]).name
+        stage_cfg = (sae_dir / "config.yaml").read_text()
+        assert f"whiten: {'true' if label == 'whitened' else 'false'}" in stage_cfg
+        assert f"standardize: {'true' if label == 'standardised' else 'false'}" in stage_cfg
+        assert (v["whitening"] is not None) == (label == "whitened")
+        assert set(v["concepts"]) == set(concepts) and set(v["sae_test"]) == {"r2", "l0", "dead_fraction", "alive"}
+        for row in v["concepts"].values():
+            assert row["test_auroc"] is None or 0 <= row["test_auroc"] <= 1
+    summary = out["summary"]["variants"]["whitened"]
+    assert set(summary["test_auroc"]) == set(concepts) and summary["r2"]["n"] == 1
+    sys.path.insert(0, str(script.parent))
+    try:
+        from render_neuron_concepts_sae import RENDERERS
+    finally:
+        sys.path.remove(str(script.parent))
+    text = "\n".join(RENDERERS["neuron_concepts_sae_inputs"](out))
+    assert "Quick run" in text and all(f"| {c}" in text for c in concepts) and "| whitened |" in text

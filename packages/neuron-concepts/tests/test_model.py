@@ -2,6 +2,7 @@
 dead-latent resampling, facility location, OMP and the concept bottleneck's logit decomposition."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -273,3 +274,123 @@ def test_concept_bottleneck_fixed_c_and_errors():
         ConceptBottleneck(D).predict(H)
     with pytest.raises(ValueError, match="class index"):
         cbm.contributions(H[:2], 7)
+
+
+# --------------------------------------------------------------------------- whitened input (sae.whiten, ours)
+
+
+def planted_features(n: int = 500, seed: int = 0, scales: tuple[float, ...] = (30, 3, 1, 0.3, 0.1, 0.03)
+                     ) -> torch.Tensor:
+    """Correlated features (N, 6) off the origin whose principal standard deviations are about `scales` (by default
+    their variances span six orders of magnitude)."""
+    g = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    scales = torch.tensor(scales, dtype=torch.float64)
+    return (torch.randn(n, 6, generator=g, dtype=torch.float64) * scales) @ basis.T + 5.0
+
+
+def covariance(x: torch.Tensor) -> torch.Tensor:
+    c = x - x.mean(0)
+    return c.T @ c / (len(x) - 1)
+
+
+def test_whitening_gives_identity_covariance_and_inverts():
+    from neuron_concepts.sae import whitening
+
+    x = planted_features()
+    mean, P, P_pinv, info = whitening(x, eps=0.0)
+    assert info["kept"] == 6 and info["dropped"] == 0
+    xw = (x - mean) @ P
+    torch.testing.assert_close(covariance(xw), torch.eye(6, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(xw @ P_pinv + mean, x, atol=1e-9, rtol=0)
+    # the default eps (1e-6 of the largest eigenvalue): direction j gets variance lambda_j / (lambda_j + eps lambda_max),
+    # here 0.5 for the weakest (lambda 1e-6 of the largest), near 1 for the others
+    mean, P, P_pinv, info = whitening(x)
+    var = torch.diagonal(covariance((x - mean) @ P))
+    lam = torch.linalg.eigvalsh(covariance(x))
+    torch.testing.assert_close(var, lam / (lam + 1e-6 * lam.max()), atol=1e-9, rtol=0)
+    assert info["eps"] == 1e-6 and 0.4 < var.min() < 0.6 and var[2:].min() > 0.99
+    torch.testing.assert_close(((x - mean) @ P) @ P_pinv + mean, x, atol=1e-9, rtol=0)
+
+
+def test_whitening_drops_the_null_directions_of_a_rank_deficient_covariance():
+    from neuron_concepts.sae import whitening
+
+    base = planted_features()[:, :4]
+    x = torch.cat([base, torch.full((len(base), 1), 2.0), base[:, :1] - base[:, 1:2]], dim=1)  # constant, dependent
+    mean, P, P_pinv, info = whitening(x, eps=0.0)
+    assert (info["kept"], info["dropped"]) == (4, 2)
+    xw = (x - mean) @ P
+    kept = torch.diagonal(covariance(xw)) > 0.5
+    assert int(kept.sum()) == 4
+    torch.testing.assert_close(covariance(xw)[kept][:, kept], torch.eye(4, dtype=torch.float64), atol=1e-9, rtol=0)
+    assert xw[:, ~kept].abs().max() < 1e-9  # the dropped directions read zero, not amplified rounding noise
+    torch.testing.assert_close(xw @ P_pinv + mean, x, atol=1e-9, rtol=0)
+    with pytest.raises(ValueError, match="no variance"):
+        whitening(torch.ones(5, 3))
+
+
+def test_whitened_sae_encodes_in_the_whitened_space_and_decodes_to_features():
+    """An autoencoder whose latents are the positive and negative parts of the whitened input reproduces the raw
+    features: decode maps the whitened reconstruction back (x = x'' @ P^+ + mean)."""
+    from neuron_concepts.sae import whitening
+
+    x = planted_features(200)
+    mean, P, P_pinv, _ = whitening(x)
+    sae = SparseAutoencoder(6, 12, whiten=True).double()
+    eye = torch.eye(6, dtype=torch.float64)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye]))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=1))
+        sae.b_enc.zero_()
+        sae.b_pre.zero_()
+    sae.set_whitening(mean, P, P_pinv)
+    z, recon = sae(x)
+    xw = (x - mean) @ P
+    torch.testing.assert_close(z, torch.relu(torch.cat([xw, -xw], dim=1)))
+    torch.testing.assert_close(recon, x, atol=1e-9, rtol=0)
+    torch.testing.assert_close(sae.standardize(x), xw)
+    with pytest.raises(ValueError, match="whiten=False"):
+        SparseAutoencoder(6, 12).set_whitening(mean, P, P_pinv)
+
+
+def test_fit_sae_whitened_input_saves_and_loads(tmp_path):
+    from medimg_core.config import ConfigError
+    from neuron_concepts.sae import load_sae, save_sae
+
+    x = planted_features(256, scales=(10, 3, 1, 0.3, 0.5, 2)).float()  # variances within 1e-3 of the largest
+    sae, _, info = fit_sae(x, SAEConfig(expansion=2, batch_size=64, epochs=3, whiten=True), progress=False)
+    assert info["whitening"]["kept"] == 6 and info["whitening"]["eps"] == 1e-6
+    xw = sae.standardize(x).double()
+    # eps damps the weakest direction (variance 9e-4 of the largest) to lambda / (lambda + eps lambda_max) = 0.9989
+    torch.testing.assert_close(covariance(xw), torch.eye(6, dtype=torch.float64), atol=2e-3, rtol=0)
+    save_sae(sae, tmp_path)
+    loaded = load_sae(tmp_path)
+    assert loaded.whiten and "whiten_matrix" in loaded.state_dict()
+    for a, b in zip(sae(x), loaded(x), strict=True):
+        assert torch.equal(a, b)
+    # an autoencoder without whitening keeps the earlier keys, and a sae.json without "whiten" still loads
+    plain, _, info = fit_sae(x, SAEConfig(expansion=2, batch_size=64, epochs=1), progress=False)
+    assert "whitening" not in info and "whiten_matrix" not in plain.state_dict()
+    save_sae(plain, tmp_path)
+    conf = json.loads((tmp_path / "sae.json").read_text())
+    del conf["whiten"]
+    (tmp_path / "sae.json").write_text(json.dumps(conf))
+    assert torch.equal(load_sae(tmp_path).encode(x), plain.encode(x))
+    # whitening and standardisation are exclusive, in a config and in a config changed after it was built
+    with pytest.raises(ConfigError, match="whiten: exclusive with sae.standardize"):
+        SAEConfig(whiten=True, standardize=True)
+    cfg = SAEConfig(standardize=True)
+    cfg.whiten = True
+    with pytest.raises(ConfigError, match="exclusive"):
+        fit_sae(x, cfg, progress=False)
+
+
+def test_whiten_and_standardize_refused_together_when_the_config_loads():
+    from medimg_core.config import ConfigError, load_config
+    from neuron_concepts.config import NeuronConceptsConfig
+
+    with pytest.raises(ConfigError, match=r"^sae\.whiten: exclusive with sae\.standardize"):
+        load_config(NeuronConceptsConfig, None, {"sae.whiten": "true", "sae.standardize": "true"})
+    with pytest.raises(ConfigError, match=r"sae\.whiten_eps"):
+        load_config(NeuronConceptsConfig, None, {"sae.whiten_eps": "-1"})

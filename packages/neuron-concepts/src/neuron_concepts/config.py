@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from medimg_core.baseline import ModelConfig
+from medimg_core.config import FieldError, check_range
 from medimg_core.data.preprocess import DataConfig
 from medimg_core.experiment import RunConfig
 from medimg_core.training import OptimConfig, TrainConfig
@@ -43,11 +44,24 @@ class SAEConfig:
     batch_size: int = 4096
     epochs: int = 200
     standardize: bool = False  # standardise each feature with the train mean/std
+    # PCA-whiten the input with the train covariance (ours, not published; exclusive with standardize): every
+    # principal direction at unit variance; eps is added to each eigenvalue and directions at or below floor, both
+    # relative to the largest eigenvalue, are dropped (see neuron_concepts.sae.whitening)
+    whiten: bool = False
+    whiten_eps: float = 1e-6
+    whiten_floor: float = 1e-10
     pre_bias_init: Literal["zero", "mean"] = "zero"  # published: zero (no geometric median is passed)
     resample_every: int = 0  # steps between dead-latent resamplings; 0 = never (as published, in effect)
     resample_stop: float = 0.5  # no resampling after this fraction of the steps
     resample_max_fraction: float = 1.0  # at most this fraction of the latents per resampling
     eval_every: int = 10  # epochs between validation R^2 / L0 in the history
+
+    def __post_init__(self) -> None:
+        if self.whiten and self.standardize:
+            raise FieldError("whiten", "exclusive with sae.standardize (whitening already puts every principal "
+                             "direction at unit variance); set one of them to false")
+        check_range(self, "whiten_eps", minimum=0)
+        check_range(self, "whiten_floor", minimum=0)
 
 
 #: the naming floor of annotation names (naming.min_auroc): chosen on validation, see the package README

@@ -3,6 +3,7 @@
     sae = SparseAutoencoder(d_in=512, n_latents=4096)            # ReLU + L1, tied pre-encoder bias
     z = sae.encode(h); h_hat = sae.decode(z); sae.loss(h)["loss"]
     sae, history, info = fit_sae(h_train, SAEConfig(), seed=0)   # Adam, unit-norm decoder columns
+    mean, P, P_pinv, info = whitening(h_train)                   # PCA whitening (SAEConfig.whiten; not published)
     save_sae(sae, folder); load_sae(folder)                      # sae.safetensors + sae.json
 
 The training loop follows DN-CBM's vendored `sparse_autoencoder` (see the README's "The method as implemented").
@@ -21,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medimg_core.checkpoint import CheckpointError, read_tensors, state_dict_to_cpu, write_json
+from medimg_core.config import ConfigError
 from medimg_core.runs import read_json_object
 from neuron_concepts.config import SAEConfig
 
@@ -35,6 +37,7 @@ class SparseAutoencoder(nn.Module):
     kind "relu" (as published, after "Towards Monosemanticity" / DN-CBM)::
 
         x' = (x - mean) / std                      # standardisation (identity unless `set_standardization`)
+        x' = (x - mean) @ P                        # or PCA whitening (`whiten=True`, `set_whitening`; ours)
         z  = ReLU(W_enc (x' - b_pre) + b_enc)      # W_enc (m, d), tied pre-encoder bias b_pre (d,)
         x'^ = W_dec z + b_pre                      # W_dec (d, m), unit-norm columns
         loss = mean_batch mean_d (x' - x'^)^2 + l1 * mean_batch sum_m |z|
@@ -42,10 +45,14 @@ class SparseAutoencoder(nn.Module):
     kind "topk" keeps the k largest ReLU activations of each row; "batchtopk" keeps the k x B largest of a
     batch in training and, in eval mode, the activations above a threshold estimated during training. Both
     use no L1 term; an auxiliary loss (weight `auxk_alpha`) lets dead latents reconstruct the residual.
+
+    `whiten=True` (not in the paper: our option, `sae.whiten`) gives the autoencoder two more (d, d) buffers, the
+    whitening matrix P and its pseudo-inverse P^+ (see `whitening`): it reads x' = (x - mean) @ P and `decode` maps
+    its output back to the feature space, x^ = x'^ @ P^+ + mean, so that every later stage sees raw features.
     """
 
     def __init__(self, d_in: int, n_latents: int, kind: SAEKind = "relu", l1: float = 3e-5, k: int = 32,
-                 auxk_alpha: float = 1 / 32, threshold_momentum: float = 0.9):
+                 auxk_alpha: float = 1 / 32, threshold_momentum: float = 0.9, whiten: bool = False):
         super().__init__()
         if kind not in ("relu", "topk", "batchtopk"):
             raise ValueError(f"SparseAutoencoder: kind must be relu, topk or batchtopk, got {kind!r}")
@@ -55,6 +62,7 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(f"SparseAutoencoder: k must be in [1, {n_latents}], got {k}")
         self.d_in, self.n_latents, self.kind = d_in, n_latents, kind
         self.l1, self.k, self.auxk_alpha, self.threshold_momentum = l1, k, auxk_alpha, threshold_momentum
+        self.whiten = bool(whiten)
         self.W_enc = nn.Parameter(torch.empty(n_latents, d_in))
         self.b_enc = nn.Parameter(torch.empty(n_latents))
         self.W_dec = nn.Parameter(torch.empty(d_in, n_latents))
@@ -62,6 +70,9 @@ class SparseAutoencoder(nn.Module):
         self.register_buffer("input_mean", torch.zeros(d_in))
         self.register_buffer("input_std", torch.ones(d_in))
         self.register_buffer("threshold", torch.tensor(-1.0))  # batchtopk eval threshold; < 0: not estimated yet
+        if self.whiten:  # only then: the weights of an autoencoder without whitening keep their keys
+            self.register_buffer("whiten_matrix", torch.eye(d_in))  # P (d, d): x' = (x - mean) @ P
+            self.register_buffer("unwhiten_matrix", torch.eye(d_in))  # P^+ (d, d): x = x' @ P^+ + mean
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -77,7 +88,7 @@ class SparseAutoencoder(nn.Module):
     def config(self) -> dict:
         """The constructor's arguments (what sae.json stores)."""
         return {"d_in": self.d_in, "n_latents": self.n_latents, "kind": self.kind, "l1": self.l1, "k": self.k,
-                "auxk_alpha": self.auxk_alpha, "threshold_momentum": self.threshold_momentum}
+                "auxk_alpha": self.auxk_alpha, "threshold_momentum": self.threshold_momentum, "whiten": self.whiten}
 
     # -- the maps ------------------------------------------------------------------------------------
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-6) -> None:
@@ -86,8 +97,30 @@ class SparseAutoencoder(nn.Module):
         self.input_mean.copy_(mean)
         self.input_std.copy_(std)
 
+    def set_whitening(self, mean: torch.Tensor, matrix: torch.Tensor, inverse: torch.Tensor) -> None:
+        """Whiten inputs: x' = (x - mean) @ matrix, decoded as x' @ inverse + mean (`whitening` computes them).
+        Only for an autoencoder built with whiten=True."""
+        if not self.whiten:
+            raise ValueError("SparseAutoencoder.set_whitening: this autoencoder was built with whiten=False")
+        d = self.d_in
+        if mean.shape != (d,) or matrix.shape != (d, d) or inverse.shape != (d, d):
+            raise ValueError(f"SparseAutoencoder.set_whitening: expected shapes ({d},), ({d}, {d}), ({d}, {d}); "
+                             f"got {tuple(mean.shape)}, {tuple(matrix.shape)}, {tuple(inverse.shape)}")
+        self.input_mean.copy_(mean)
+        self.input_std.fill_(1.0)
+        self.whiten_matrix.copy_(matrix)
+        self.unwhiten_matrix.copy_(inverse)
+
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.input_mean) / self.input_std
+        """(B, d) raw features -> the autoencoder's input space (standardised or whitened; identity by default)."""
+        xs = (x - self.input_mean) / self.input_std
+        return xs @ self.whiten_matrix if self.whiten else xs
+
+    def unstandardize(self, xs: torch.Tensor) -> torch.Tensor:
+        """The inverse of `standardize` (on the whitening's kept components): input space -> raw features."""
+        if self.whiten:
+            xs = xs @ self.unwhiten_matrix
+        return xs * self.input_std + self.input_mean
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """(B, d) raw features -> (B, m) encoder pre-activations."""
@@ -125,7 +158,7 @@ class SparseAutoencoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, m) latents -> (B, d) reconstruction in the raw feature space."""
-        return self.decode_standardized(z) * self.input_std + self.input_mean
+        return self.unstandardize(self.decode_standardized(z))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d) -> (latents (B, m), reconstruction (B, d))."""
@@ -170,6 +203,42 @@ class SparseAutoencoder(nn.Module):
         if self.W_dec.grad is not None:
             g, w = self.W_dec.grad, self.W_dec
             g.sub_((g * w).sum(dim=0, keepdim=True) * w)
+
+
+def whitening(x: torch.Tensor, eps: float = 1e-6, floor: float = 1e-10
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """PCA whitening of features x (N, d), computed in float64: (mean (d,), P (d, d), P^+ (d, d), info).
+
+    With the covariance C = U diag(lambda) U^T of x (divisor N - 1), P = U diag(1 / sqrt(lambda + eps * lambda_max))
+    so that (x - mean) @ P has unit variance along every principal direction whose lambda is well above
+    eps * lambda_max (a direction with lambda = eps * lambda_max gets variance 1/2; much weaker ones are damped, not
+    amplified). Directions with lambda <= floor * lambda_max (a rank-deficient covariance: constant features,
+    fewer images than features) are dropped: their columns of P and rows of P^+ are zero. P^+ = diag(sqrt(lambda +
+    eps * lambda_max)) U^T on the kept directions, so (x - mean) @ P @ P^+ + mean = x for every x whose offset
+    from the mean lies in the kept span (every training row, up to the dropped variance).
+
+    info: {"eps", "floor", "kept", "dropped", "largest_eigenvalue", "smallest_kept_eigenvalue"}.
+    """
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"whitening: expected at least 2 feature rows (N, d), got shape {tuple(x.shape)}")
+    if not eps >= 0 or not floor >= 0:
+        raise ValueError(f"whitening: eps and floor must be >= 0, got {eps}, {floor}")
+    xd = x.double()
+    mean = xd.mean(0)
+    centred = xd - mean
+    cov = centred.T @ centred / (len(x) - 1)
+    lam, U = torch.linalg.eigh(cov)  # ascending
+    top = float(lam[-1])
+    if top <= 0:
+        raise ValueError("whitening: the features have no variance (every row is the same)")
+    keep = lam > floor * top
+    scale = torch.where(keep, 1.0 / torch.sqrt(lam.clamp_min(0) + eps * top), torch.zeros_like(lam))
+    inverse_scale = torch.where(keep, torch.sqrt(lam.clamp_min(0) + eps * top), torch.zeros_like(lam))
+    P = U * scale  # column j of U scaled by scale[j]
+    P_pinv = inverse_scale[:, None] * U.T
+    info = {"eps": eps, "floor": floor, "kept": int(keep.sum()), "dropped": int((~keep).sum()),
+            "largest_eigenvalue": top, "smallest_kept_eigenvalue": float(lam[keep].min())}
+    return mean.to(x.dtype), P.to(x.dtype), P_pinv.to(x.dtype), info
 
 
 def sae_metrics(sae: SparseAutoencoder, x: torch.Tensor, batch_size: int = 8192) -> dict[str, float]:
@@ -269,7 +338,8 @@ def fit_sae(x: torch.Tensor, cfg: SAEConfig, seed: int = 0, device: str | torch.
     """Train a sparse autoencoder on features x (N, d) with Adam, unit-norm decoder columns (gradient
     projected, columns renormalised after each step) and optional dead-latent resampling.
 
-    Returns (sae in eval mode on the CPU, per-epoch history, info with the resampling events).
+    Returns (sae in eval mode on the CPU, per-epoch history, info with the resampling events and, with
+    `cfg.whiten`, the whitening's info: see `whitening`).
     """
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"fit_sae: features must be a non-empty (N, d) tensor, got shape {tuple(x.shape)}")
@@ -279,9 +349,20 @@ def fit_sae(x: torch.Tensor, cfg: SAEConfig, seed: int = 0, device: str | torch.
     gen = torch.Generator().manual_seed(seed)
     device = torch.device(device)
     n, d = x.shape
-    sae = SparseAutoencoder(d, cfg.expansion * d, cfg.kind, cfg.l1, cfg.k, cfg.auxk_alpha)
+    sae = SparseAutoencoder(d, cfg.expansion * d, cfg.kind, cfg.l1, cfg.k, cfg.auxk_alpha, whiten=cfg.whiten)
+    whitened = None
+    if cfg.standardize and cfg.whiten:  # SAEConfig refuses this too; a config built otherwise ends here
+        raise ConfigError("sae.whiten and sae.standardize are exclusive: whitening already puts every direction "
+                          "at unit variance; set one of them")
     if cfg.standardize:
         sae.set_standardization(x.mean(0), x.std(0))
+    if cfg.whiten:
+        mean, P, P_pinv, whitened = whitening(x, cfg.whiten_eps, cfg.whiten_floor)
+        sae.set_whitening(mean, P, P_pinv)
+        if whitened["dropped"]:
+            log.info("SAE whitening: the train covariance has %d of %d directions at <= %g x its largest "
+                     "eigenvalue; they are dropped (the autoencoder reads %d)", whitened["dropped"], d,
+                     cfg.whiten_floor, whitened["kept"])
     if cfg.pre_bias_init == "mean":
         with torch.no_grad():
             sae.b_pre.copy_(sae.standardize(x).mean(0))
@@ -331,7 +412,10 @@ def fit_sae(x: torch.Tensor, cfg: SAEConfig, seed: int = 0, device: str | torch.
         history.append(row)
         bar.set_postfix(loss=f"{row['train/loss']:.4g}", l0=f"{row['train/l0']:.1f}")
     sae.eval().cpu()
-    return sae, history, {"steps": step, "steps_per_epoch": steps_per_epoch, "resampling": events}
+    info = {"steps": step, "steps_per_epoch": steps_per_epoch, "resampling": events}
+    if whitened is not None:
+        info["whitening"] = whitened
+    return sae, history, info
 
 
 def save_sae(sae: SparseAutoencoder, folder: Path) -> None:
@@ -349,7 +433,7 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
         sae = SparseAutoencoder(**conf)
     except (TypeError, ValueError) as exc:  # unknown or missing keys; values out of range
         raise CheckpointError(f"{path}: not the settings of a sparse autoencoder ({exc}); expected the keys "
-                              "d_in, n_latents, kind, l1, k, auxk_alpha, threshold_momentum") from None
+                              "d_in, n_latents, kind, l1, k, auxk_alpha, threshold_momentum (and optionally whiten)") from None
     weights = folder / "sae.safetensors"
     state = read_tensors(weights, "the sparse autoencoder's weights")
     try:
