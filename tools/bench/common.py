@@ -71,6 +71,15 @@ def mean_sd(values: list[float | None]) -> dict[str, float] | None:
             "min": float(vals.min()), "max": float(vals.max()), "n": len(vals)}
 
 
+def split_overrides(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """A benchmark's own arguments and the config overrides after `--` (passed on to every stage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
 def display(cmd: list[str] | str | Path) -> str:
     """A command (or path) as the report shows it: this environment's programs by name, the shared data as
     ../shared/data, paths inside the repository relative to it."""

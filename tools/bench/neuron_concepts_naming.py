@@ -36,7 +36,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import ROOT, CommandFailed, command_line, display, machine, mean_sd, run_command, write_result
+from common import (
+    ROOT,
+    CommandFailed,
+    command_line,
+    display,
+    machine,
+    mean_sd,
+    run_command,
+    split_overrides,
+    write_result,
+)
 
 RESULT = "neuron_concepts_naming"
 ROUTES = ("annotations", "vocabulary", "vocabulary-val-floor")
@@ -129,9 +139,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000, help="synth-derm images (seed 0, with reports)")
     p.add_argument("--size", type=int, default=64, help="synth-derm image size")

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import command_line, display, mean_sd, run_command, write_result
+from common import command_line, display, mean_sd, run_command, split_overrides, write_result
 from neuron_concepts_synth_derm import probe_test_aurocs
 
 RESULT = "neuron_concepts_sae_inputs"
@@ -142,9 +142,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipelines", nargs="+", required=True, help="synth-derm pipeline folders with cached features")
     p.add_argument("--quick", action="store_true", help="3-epoch SAEs at 2x expansion (tests only)")
