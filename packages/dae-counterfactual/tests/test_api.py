@@ -31,7 +31,8 @@ def parts(tiny, randomise):
     cfg.diffusion.encode_steps, cfg.diffusion.render_steps = 3, 3  # explanations in seconds
     model = randomise(DiffusionAutoencoder(tiny, 3, 16, cfg.diffusion)).eval()
     g = np.random.default_rng(0)
-    boundary = LatentBoundary.from_hyperplane(g.normal(size=tiny.z_dim), 0.1, slope=1.5, offset=1.5)
+    boundary = LatentBoundary.from_hyperplane(g.normal(size=tiny.z_dim), 0.1, slope=1.5, offset=1.5,
+                                              mean_difference=g.normal(size=tiny.z_dim))
     return cfg, model, boundary
 
 
@@ -107,7 +108,7 @@ def test_without_a_boundary_the_model_loads_but_cannot_predict(tmp_path, parts):
 
 def test_explain_with_the_notebooks_fixed_steps(tmp_path, parts):
     cfg, model, boundary = parts
-    cfg.counterfactual.edit, cfg.counterfactual.steps = "step", [300.0, 100.0]
+    cfg.counterfactual.edit, cfg.counterfactual.steps, cfg.counterfactual.along = "step", [300.0, 100.0], "normal"
     explainer = CounterfactualExplainer.from_pretrained(save_dae(model, cfg, CARD, tmp_path / "ckpt",
                                                                  boundary=boundary))
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))

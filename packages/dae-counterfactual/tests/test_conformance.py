@@ -25,14 +25,18 @@ def test_counterfactual_explainer_keeps_the_estimator_contract(task, tmp_path, t
     x = model._with_eval_transform(splits["test"])[0]["image"][None]
     d = model.boundary_.distance(model.model_.encode(x).numpy())
     np.testing.assert_allclose(model.predict_proba(x)[:, 1], 1 / (1 + np.exp(-d)), rtol=1e-6)
-    # explain: the other class by default; the preset's edit is the notebooks' fixed steps towards it
+    # explain: the other class by default; the preset's edit is fixed steps towards it along the class-mean
+    # difference, so each step moves the distance by the same multiple of that direction's cosine with the normal
     series = model.explain(x[0])
     assert isinstance(series, CounterfactualSeries)
     assert series.predicted == int(d[0] > 0) and series.target == 1 - series.predicted
-    assert model.dae_config_.counterfactual.edit == "step" and series.mode == "step"
-    assert list(series.targets) == sorted(model.dae_config_.counterfactual.steps)
-    towards = np.sign(np.diff(np.r_[series.distance, series.edited_distances]))
-    assert (towards == (1.0 if series.target == 1 else -1.0)).all()  # every step further towards the target
+    edit = model.dae_config_.counterfactual
+    assert (edit.edit, edit.along, series.mode) == ("step", "mean-difference", "step")
+    assert list(series.targets) == sorted(edit.steps)
+    cosine = float(model.boundary_.edit_direction("mean-difference") @ model.boundary_.normal_)
+    sign = 1.0 if series.target == 1 else -1.0
+    expected = series.distance + sign * series.targets / np.sqrt(model.boundary_.n_features_in_) * cosine
+    np.testing.assert_allclose(series.edited_distances, expected, rtol=1e-6, atol=1e-9)
     if task == "ordinal":
         assert model.grades_of(0) == [0] and model.grades_of(1) == [1, 2, 3, 4]
     text = series.to_text()

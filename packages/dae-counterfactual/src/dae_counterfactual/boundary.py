@@ -123,8 +123,9 @@ class LatentBoundary(BaseEstimator):
     @classmethod
     def from_hyperplane(cls, w: Sequence[float], b: float, slope: float, offset: float,
                         mean: Sequence[float] | None = None, scale: Sequence[float] | None = None,
-                        **params: Any) -> LatentBoundary:
-        """A boundary with a given hyperplane w . u + b = 0 and calibration grade = slope * d + offset."""
+                        mean_difference: Sequence[float] | None = None, **params: Any) -> LatentBoundary:
+        """A boundary with a given hyperplane w . u + b = 0 and calibration grade = slope * d + offset (and,
+        optionally, the class-mean difference in u space that along="mean-difference" edits follow)."""
         w_arr = np.asarray(w, dtype=np.float64).reshape(-1)
         obj = cls(standardize=mean is not None or scale is not None, **params)
         obj.n_features_in_ = w_arr.shape[0]
@@ -133,7 +134,7 @@ class LatentBoundary(BaseEstimator):
         obj.scale_ = np.ones_like(w_arr) if scale is None else np.asarray(scale, dtype=np.float64)
         obj.slope_, obj.offset_ = float(slope), float(offset)
         obj.calibration_ = float("nan")
-        obj.mean_difference_ = None
+        obj.mean_difference_ = None if mean_difference is None else np.asarray(mean_difference, dtype=np.float64)
         return obj
 
     # ---------------------------------------------------------------- geometry
