@@ -12,7 +12,7 @@ def _minutes(seconds: float | None) -> str:
 def _per_target(rows: list[dict], edit: str) -> list[str]:
     has_measure = any("measure" in r for r in rows)
     has_oracle = any("oracle_positive_rate" in r for r in rows)
-    head = ["target grade" if edit == "grade" else "step along the normal"]
+    head = ["target grade" if edit == "grade" else "signed step"]
     head += [] if edit == "grade" else ["edited latent's grade"]
     head += ["re-encoded grade", "L1 to recon.", "SSIM to recon."]
     head += ["image classifier: P(grade > 0) > 0.5", "image classifier: expected grade"] if has_oracle else []

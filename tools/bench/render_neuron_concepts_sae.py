@@ -49,4 +49,6 @@ def sae_inputs(result: dict) -> list[str]:
     return lines
 
 
-RENDERERS = {"neuron_concepts_sae_inputs": sae_inputs}
+#: the second file: the same comparison with the whitening's eps at 1e-2 of the largest eigenvalue
+#: (`neuron_concepts_sae_inputs.py --result neuron_concepts_sae_inputs_whiten_eps_1e-2 ... -- --sae.whiten_eps 0.01`)
+RENDERERS = {"neuron_concepts_sae_inputs": sae_inputs, "neuron_concepts_sae_inputs_whiten_eps_1e-2": sae_inputs}

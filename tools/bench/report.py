@@ -258,7 +258,8 @@ def ground_truth_summary() -> list[str]:
                         f"(Prototype concepts) | {pair} | trained clearly higher |")
     if r := _load("dae_synth_grade"):
         c = r["counterfactuals"]
-        edit = c.get("edit", "grade")
+        along = c.get("settings", {}).get("along")
+        edit = c.get("edit", "grade") + ("" if along in (None, "normal") else f" along the {along}")
         inside = fmt(1 - c["locality"]["outside_fraction"], 2) if "locality" in c else "not measured"
         low = c.get("towards_lowest", {})
         removal = fmt(low.get("removal_ratio"), 2) if low else "not measured"

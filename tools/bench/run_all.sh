@@ -21,6 +21,8 @@ OMP_NUM_THREADS=2 "$PY" tools/bench/cipl_synth_cxr.py  # 5 seeds; thread count c
 NC_PIPELINES="$("$PY" -c 'import json; print(" ".join(r["pipeline"] for r in json.load(open("docs/bench/neuron_concepts_naming.json"))["runs"]))')"
 # shellcheck disable=SC2086
 "$PY" tools/bench/neuron_concepts_sae_inputs.py --pipelines $NC_PIPELINES
+# shellcheck disable=SC2086
+"$PY" tools/bench/neuron_concepts_sae_inputs.py --pipelines $NC_PIPELINES --result neuron_concepts_sae_inputs_whiten_eps_1e-2 -- --sae.whiten_eps 0.01
 "$PY" tools/bench/iis_synth_derm.py
 # IIS on WBCAtt compares the WBCAtt baseline trained by baselines.py above with a random resnet18
 WBC_RUN="$("$PY" -c 'import json; print(json.load(open("docs/bench/baselines.json"))["runs"]["wbcatt"]["run_dir"])')"
