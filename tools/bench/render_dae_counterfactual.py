@@ -66,13 +66,13 @@ def _cf_summary(cf: dict) -> list[str]:
              f"- reconstruction (encode -> render) against the input: MSE {fmt(rec['mse'], 4)}, L1 {fmt(rec['l1'])}, "
              f"SSIM {fmt(rec['ssim'])}",
              f"- latent flip rate (re-encoded counterfactual on the target side, {lat['n_crossing_pairs']} pairs "
-             f"that cross the hyperplane): **{fmt(lat['flip_rate'])}**; Spearman(target, re-encoded grade) "
+             f"that cross the hyperplane): **{ci(lat, 'flip_rate')}**; Spearman(target, re-encoded grade) "
              f"**{fmt(lat['spearman_target_vs_reencoded_grade'])}**, mean |re-encoded - edited latent's grade| "
              f"{fmt(lat['mean_abs_grade_error'], 2)}",
              f"- proximity to the reconstruction: L1 {fmt(prox['l1'], 5)}, SSIM {fmt(prox['ssim'], 5)}"]
     if "image_classifier" in cf:
         ic = cf["image_classifier"]
-        lines.append(f"- image classifier (medimg-core baseline) flip rate: **{fmt(ic['flip_rate'])}** "
+        lines.append(f"- image classifier (medimg-core baseline) flip rate: **{ci(ic, 'flip_rate')}** "
                      f"({ic['n_crossing_pairs']} pairs); Spearman(target, its expected grade) "
                      f"{fmt(ic['spearman_target_vs_expected_grade'])}")
     if "measure" in cf:
@@ -88,7 +88,7 @@ def _cf_summary(cf: dict) -> list[str]:
             lines.append(f"- size of the move: the mean measure changes by {fmt(m['change_lowest_to_highest_target'], 4)} "
                          f"from the lowest to the highest target, while the inputs of true grades {lo:g} and {hi:g} "
                          f"differ by {fmt(m['real_gap_lowest_to_highest_grade'], 2)}: effect ratio "
-                         f"**{fmt(m['effect_ratio'], 4)}** (1 = the counterfactuals span the real range)")
+                         f"**{ci(m, 'effect_ratio')}** (1 = the counterfactuals span the real range)")
     if "towards_lowest" in cf:
         low = cf["towards_lowest"]
         inside = (f"; {fmt(1 - low['locality']['outside_fraction'], 2)} of that change lies inside the plaque"
@@ -96,7 +96,7 @@ def _cf_summary(cf: dict) -> list[str]:
         lines.append(f"- towards grade {low['grade']:g}: for the {low['n_images']} images above it, the lowest "
                      f"target's counterfactual removes {fmt(low['measure_removed'], 3)} of the measure, against "
                      f"{fmt(low['real_excess'], 3)} between their reconstructions and real grade-{low['grade']:g} "
-                     f"images: removal ratio **{fmt(low['removal_ratio'], 3)}**{inside}")
+                     f"images: removal ratio **{ci(low, 'removal_ratio')}**{inside}")
     if "locality" in cf:
         loc = cf["locality"]
         lines.append(f"- locality: {fmt(loc['outside_fraction'], 2)} of each edit's change "
@@ -117,8 +117,8 @@ def _edit_comparison(result: dict) -> list[str]:
     edits = result.get("edits")
     if not edits:
         return []
-    rows = [("image classifier flip rate", lambda m: m.get("image_classifier", {}).get("flip_rate")),
-            ("latent flip rate", lambda m: m["latent"]["flip_rate"]),
+    rows = [("image classifier flip rate [95% CI]", lambda m: ci(m["image_classifier"], "flip_rate")),
+            ("latent flip rate [95% CI]", lambda m: ci(m["latent"], "flip_rate")),
             ("Spearman(target, re-encoded grade)", lambda m: m["latent"]["spearman_target_vs_reencoded_grade"]),
             ("Spearman(target, classifier's expected grade)",
              lambda m: m.get("image_classifier", {}).get("spearman_target_vs_expected_grade")),
@@ -126,11 +126,11 @@ def _edit_comparison(result: dict) -> list[str]:
             ("SSIM to the reconstruction", lambda m: m["proximity_to_reconstruction"]["ssim"])]
     if any("measure" in m for m in edits["test"].values()):
         rows += [("monotone series (measure)", lambda m: m["measure"]["monotone_fraction"]),
-                 ("effect ratio", lambda m: m["measure"]["effect_ratio"]),
+                 ("effect ratio [95% CI]", lambda m: ci(m["measure"], "effect_ratio")),
                  ("share of the change inside the plaque", lambda m: 1 - m["locality"]["outside_fraction"]),
                  ("... inside the plaque grown by one pixel",
                   lambda m: 1 - m["locality"]["outside_fraction_beyond_1px"]),
-                 ("removal ratio towards the lowest grade", lambda m: m["towards_lowest"]["removal_ratio"]),
+                 ("removal ratio towards the lowest grade [95% CI]", lambda m: ci(m["towards_lowest"], "removal_ratio")),
                  ("share of that removal's change inside the plaque",
                   lambda m: 1 - m["towards_lowest"]["locality"]["outside_fraction"]),
                  ("... inside the plaque grown by one pixel",
@@ -138,9 +138,10 @@ def _edit_comparison(result: dict) -> list[str]:
 
     def cell(m: dict, get) -> str:
         try:
-            return fmt(get(m), 3)
+            value = get(m)
         except (KeyError, TypeError):
             return "n/a"
+        return value if isinstance(value, str) else fmt(value, 3)
 
     chosen, variants = edits["chosen"], list(edits["test"])
     lines = ["The edits with the same metrics (val: where the edit is chosen; test: reported): "

@@ -125,6 +125,11 @@ def test_step_mode_series_get_the_same_metrics():
     # grade-0 image 1: half the way
     low_block = m["towards_lowest"]
     assert low_block["n_images"] == 1 and low_block["removal_ratio"] == pytest.approx(0.5)
+    # intervals over the images: each resample of two images holds both, one, or the other twice
+    assert m["latent"]["flip_rate_ci"] == [1.0, 1.0]  # every crossing pair flips
+    # only the resamples holding both images define the ratio, and all of those give 3/8
+    assert m["measure"]["effect_ratio_ci"] == pytest.approx([3 / 8, 3 / 8], rel=1e-5)
+    assert m["towards_lowest"]["removal_ratio_ci"] == pytest.approx([0.5, 0.5])  # defined only with both images
     flipped = step_series(-1.0, steps, 0.1, [0.1, 0.3], 0.0, "flipped")
     flipped.edited_distances = flipped.edited_distances[::-1].copy()  # as if made with direction -1
     with pytest.raises(ValueError, match="direction \\+1"):

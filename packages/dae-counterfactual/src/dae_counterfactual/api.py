@@ -316,7 +316,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", n: int = 40, grades: 
                                        progress=progress, along=along)
     generate_time = time.perf_counter() - start
     region_fn = region_for(card.name) if measure == "auto" else None
-    metrics = counterfactual_metrics(series, boundary, oracle, measure_fn, region_fn)
+    metrics = counterfactual_metrics(series, boundary, oracle, measure_fn, region_fn, n_boot=cfg.bootstrap, seed=seed)
     truth = np.array([float(sm["target"]) for sm in samples])
     if truth.max() > truth.min():
         lo, hi = np.flatnonzero(truth == truth.min()), np.flatnonzero(truth == truth.max())

@@ -30,6 +30,9 @@ steps towards the healthy side); both are ordered so that a higher target means 
 - with a `region` (synth-grade's plaque map): locality, the share of each edit's change
   |counterfactual - reconstruction| outside the pathology (change_outside_region).
 
+Flip rates, the effect ratio and the removal ratio carry 95% percentile bootstrap intervals over the images
+(`*_ci`; medimg_core.metrics.bootstrap_ci, an image's pairs resampled together).
+
 The effect ratio, removal ratio and locality are ours (the paper shows its counterfactuals and reports flip
 rates); they exist because the synthetic generator knows the structure behind each grade.
 """
@@ -58,6 +61,7 @@ from dae_counterfactual.metrics import (  # noqa: F401
 )
 from medimg_core.baseline import load_baseline
 from medimg_core.data.transforms import TransformConfig, eval_transform
+from medimg_core.metrics import bootstrap_ci
 from medimg_core.synthetic import measure_structure, structure_map
 
 Measure = Callable[[np.ndarray], np.ndarray]
@@ -126,9 +130,10 @@ def select_images(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: LatentBoundary,
                            oracle: ImageOracle | None = None, measure: Measure | None = None,
-                           region: Region | None = None) -> dict[str, Any]:
+                           region: Region | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Metrics of counterfactual series made in grade mode, or in step mode with direction +1 (signed steps; see
-    the module docstring). Every series must have the same mode and targets.
+    the module docstring). Every series must have the same mode and targets. n_boot, seed: the bootstrap over
+    images of the intervals.
 
     region: images (N, C, H, W) -> pathology maps (N, H, W) bool (synth-grade: the generator's plaque); the
     change |counterfactual - reconstruction| outside the union of both images' maps is reported.
@@ -165,6 +170,7 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
         out["target_grades"] = targets.tolist()
     out["latent"] = {
         "flip_rate": float((reenc_side == target_side)[crossing].mean()) if crossing.any() else float("nan"),
+        "flip_rate_ci": _flip_ci(reenc_side == target_side, crossing, n_boot, seed),
         "n_crossing_pairs": int(crossing.sum()),
         "target_side_agreement": float((reenc_side == target_side).mean()),
         "spearman_target_vs_reencoded_grade": _spearman(t_all, reenc_grade.reshape(-1)),
@@ -187,6 +193,7 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
         out["image_classifier"] = {
             "run": str(oracle.run_dir),
             "flip_rate": float((pos_cf == target_side)[o_cross].mean()) if o_cross.any() else float("nan"),
+            "flip_rate_ci": _flip_ci(pos_cf == target_side, o_cross, n_boot, seed),
             "n_crossing_pairs": int(o_cross.sum()),
             "target_side_agreement": float((pos_cf == target_side).mean()),
             "positive_rate_inputs": float(pos_in.mean()),
@@ -217,12 +224,49 @@ def counterfactual_metrics(series: Sequence[CounterfactualSeries], boundary: Lat
             "mean_measure_reconstructions": float(np.mean(m_rec)),
         }
         out["measure"].update(_effect_size(targets, m_cf, m_in, truth, grade_lo, grade_hi))
+        out["measure"]["effect_ratio_ci"] = _ci(
+            lambda mc, mi, t: _effect_size(targets, mc, mi, t, grade_lo, grade_hi)["effect_ratio"],
+            (m_cf, m_in, truth), n_boot, seed)
         lowest = int(order[0])
         out["towards_lowest"] = _towards_lowest(cfs[:, lowest], recons, m_cf[:, lowest], m_rec, m_in, truth,
                                                 grade_lo, region)
+        out["towards_lowest"]["removal_ratio_ci"] = _ci(_removal_ratio(grade_lo), (m_cf[:, lowest], m_rec, m_in,
+                                                                                  truth), n_boot, seed)
     if region is not None:
         out["locality"] = change_outside_region(flat_cf, recon_rep, region)
     return out
+
+
+def _ci(metric, arrays: tuple[np.ndarray, ...], n_boot: int, seed: int) -> list[float]:
+    """[low, high] of a percentile bootstrap over the images (rows of every array), NaN where undefined."""
+    try:
+        _, low, high = bootstrap_ci(metric, *arrays, n_boot=n_boot, seed=seed)
+    except ValueError:  # the point value itself is undefined
+        return [float("nan"), float("nan")]
+    return [low, high]
+
+
+def _flip_ci(agree: np.ndarray, crossing: np.ndarray, n_boot: int, seed: int) -> list[float]:
+    """Interval of the flip rate agree[crossing].mean() (both (n, k)), resampling images with all their pairs."""
+    if not crossing.any():
+        return [float("nan"), float("nan")]
+
+    def rate(a: np.ndarray, c: np.ndarray) -> float:
+        return float(a[c].mean()) if c.any() else float("nan")
+
+    return _ci(rate, (agree, crossing), n_boot, seed)
+
+
+def _removal_ratio(grade_lo: float):
+    """removal_ratio of `_towards_lowest` from per-image measures: (cf at the lowest target, reconstruction,
+    input, true grade), each (n,)."""
+    def ratio(m_low: np.ndarray, m_rec: np.ndarray, m_in: np.ndarray, truth: np.ndarray) -> float:
+        above, at_lo = truth > grade_lo, truth == grade_lo
+        if not above.any() or not at_lo.any():
+            return float("nan")
+        excess = m_rec[above].mean() - m_in[at_lo].mean()
+        return float((m_rec[above].mean() - m_low[above].mean()) / excess) if abs(excess) > 1e-12 else float("nan")
+    return ratio
 
 
 def change_outside_region(counterfactuals: np.ndarray, references: np.ndarray, region: Region) -> dict[str, Any]:
@@ -282,10 +326,9 @@ def _towards_lowest(cf_lowest: np.ndarray, recons: np.ndarray, m_cf_lowest: np.n
     out: dict[str, Any] = {"n_images": int(above.sum()), "grade": grade_lo}
     if not above.any() or not at_lo.any():
         return {**out, "removal_ratio": float("nan"), "measure_removed": float("nan"), "real_excess": float("nan")}
-    removed = float(m_rec[above].mean() - m_cf_lowest[above].mean())
-    excess = float(m_rec[above].mean() - m_in[at_lo].mean())
-    out.update({"measure_removed": removed, "real_excess": excess,
-                "removal_ratio": removed / excess if abs(excess) > 1e-12 else float("nan")})
+    out.update({"measure_removed": float(m_rec[above].mean() - m_cf_lowest[above].mean()),
+                "real_excess": float(m_rec[above].mean() - m_in[at_lo].mean()),
+                "removal_ratio": _removal_ratio(grade_lo)(m_cf_lowest, m_rec, m_in, truth)})
     if region is not None:
         out["locality"] = change_outside_region(cf_lowest[above], recons[above], region)
     return out
