@@ -672,7 +672,9 @@ DAE_BOUNDARY = {
     "wrong-format": (_set("format", "other"), "not a latent boundary file"),
     "coef-all-zero": (lambda d: {**d, "coef": [0.0] * len(d["coef"])}, "not all zeros"),
     "coef-one-nan": (lambda d: {**d, "coef": [*d["coef"][:-1], float("nan")]}, "is NaN; expected a finite number"),
-    "another-models-size": (lambda d: {**d, **{k: d[k] + d[k] for k in ("coef", "mean", "scale")}},
+    # every per-dimension vector of another model's boundary is longer (mean_difference too, since it is stored)
+    "another-models-size": (lambda d: {**d, **{k: d[k] + d[k] for k in ("coef", "mean", "scale", "mean_difference")
+                                               if d.get(k) is not None}},
                             "'coef' has 32 dimensions; expected the model's 16"),
 }
 
